@@ -1,0 +1,43 @@
+# poimatch: the same commands locally and in CI.
+#   make run    set up (first time) and run the main job on generated sample data
+#   make test   set up (first time) and run the test suite
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.poimatch-setup
+ENV   ?= local
+SRC   := lib/poimatch jobs tests benchmarks
+
+.PHONY: setup run test lint format typecheck security check ci clean
+
+$(STAMP): pyproject.toml requirements.lock deploy/jvm/pom.xml scripts/setup.sh
+	./scripts/setup.sh
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	./spark-submit.sh jobs/main.py --env $(ENV)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(SRC)
+	$(VENV)/bin/ruff format --check $(SRC)
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix $(SRC)
+	$(VENV)/bin/ruff format $(SRC)
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+security: $(STAMP)
+	$(VENV)/bin/bandit -q -c pyproject.toml -r lib/poimatch jobs
+
+check: lint typecheck security
+
+ci: check test
+
+clean:
+	rm -rf data/ci spark-warehouse metastore_db .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,57 @@
+"""Shared command-line plumbing for the thin job entry points in ``jobs/``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from pyspark.sql import SparkSession
+
+from poimatch.config import ConfigError, Settings, load_settings
+from poimatch.session import build_session
+
+__all__ = ["job_parser", "start_job", "fail"]
+
+
+def job_parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every job shares (``--env``, ``--set``)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--env", default=None, help="configuration overlay: local, ci, prod (default $POIMATCH_ENV)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one configuration value (repeatable)",
+    )
+    return parser
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error for the user and exit."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def start_job(
+    args: argparse.Namespace, *, with_spark: bool = True
+) -> tuple[Settings, SparkSession | None]:
+    """Load the configuration once and build the session for a job."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("py4j", "great_expectations", "alembic", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    overrides: Sequence[str] = args.overrides
+    try:
+        settings = load_settings(args.env, overrides)
+    except ConfigError as exc:
+        fail(str(exc))
+        raise  # unreachable: fail() exits
+    spark = build_session(settings.spark) if with_spark else None
+    return settings, spark

@@ -1,0 +1,229 @@
+"""Typed configuration, read once at the edge of a job.
+
+``conf/base.yaml`` holds the defaults; ``conf/<env>.yaml`` overlays what differs per
+environment; ``--set section.key=value`` overrides either from the command line. The
+result is a frozen, validated :class:`Settings`: an unknown key or a bad value raises
+:class:`ConfigError` naming the key (``spark.shuffle_partitions: ...``).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "ConfigError",
+    "Settings",
+    "SparkSettings",
+    "StorageSettings",
+    "GeneratorSettings",
+    "load_settings",
+    "project_root",
+    "resolve_path",
+]
+
+ENV_VAR = "POIMATCH_ENV"
+CONF_DIR_VAR = "POIMATCH_CONF_DIR"
+DEFAULT_ENV = "local"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SparkSettings(_Frozen):
+    """How the SparkSession is built (see :func:`poimatch.session.build_session`)."""
+
+    app_name: str = "poimatch"
+    master: str = "local[*]"
+    driver_memory: str = Field(default="6g", pattern=r"^\d+[kmgt]?$")
+    shuffle_partitions: int = Field(default=8, ge=1, le=100_000)
+    jars_dir: str = ".jars"
+    ui_enabled: bool = False
+    log_level: str = Field(default="WARN", pattern=r"^(ALL|DEBUG|INFO|WARN|ERROR|FATAL|OFF)$")
+    extra: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("extra")
+    @classmethod
+    def _spark_keys_only(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if not k.startswith("spark.")]
+        if bad:
+            raise ValueError(f"keys must start with 'spark.': {bad}")
+        return value
+
+
+class StorageSettings(_Frozen):
+    """Where the Delta tables live."""
+
+    root: str = "data/lake"
+    pois_table: str = Field(default="pois", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    quarantine_table: str = Field(default="pois_quarantine", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    candidates_table: str = Field(default="candidates", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    matches_table: str = Field(default="matches", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    def table_path(self, table: str) -> str:
+        """Location of a Delta table under the storage root."""
+        return f"{self.root.rstrip('/')}/{table}"
+
+
+class GeneratorSettings(_Frozen):
+    """Built-in sample data for the main job."""
+
+    rows: int = Field(default=20_000, ge=1, le=1_000_000_000)
+    seed: int = Field(default=42, ge=0)
+    output: str = "data/sample/pois.csv"
+
+
+class Settings(_Frozen):
+    """The whole configuration of one run; log it with the run to reproduce it."""
+
+    env: str = DEFAULT_ENV
+    spark: SparkSettings = SparkSettings()
+    storage: StorageSettings = StorageSettings()
+    generator: GeneratorSettings = GeneratorSettings()
+
+    def flat(self) -> dict[str, str]:
+        """Flattened ``section.key -> value`` view, for MLflow params."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, Mapping):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                out[prefix] = str(value)
+
+        walk("", self.model_dump())
+        return out
+
+
+def project_root() -> Path:
+    """The folder that holds ``conf/`` (the repository root for an editable install)."""
+    override = os.environ.get(CONF_DIR_VAR)
+    if override:
+        return Path(override).resolve().parent
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "conf" / "base.yaml").is_file():
+            return parent
+    return Path.cwd()
+
+
+def resolve_path(value: str, root: Path) -> str:
+    """Resolve a relative local path against ``root``; URIs and absolute paths pass."""
+    if "://" in value or value.startswith("dbfs:") or Path(value).is_absolute():
+        return value
+    return str((root / value).resolve())
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], overlay: Mapping[str, Any], where: str) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, f"{where}{key}.")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r}: expected section.key=value")
+    dotted, raw = override.split("=", 1)
+    keys = [k for k in dotted.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override {override!r}: empty key")
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted}: {key} is not a section")
+        node = child
+    # YAML parsing gives `8` -> int, `true` -> bool, `[a, b]` -> list, like in the files.
+    node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{key}: {msg}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+_PATH_KEYS = (("spark", "jars_dir"), ("storage", "root"), ("generator", "output"))
+
+
+def load_settings(
+    env: str | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    conf_dir: str | Path | None = None,
+) -> Settings:
+    """Load ``base.yaml`` + ``<env>.yaml`` + overrides into frozen :class:`Settings`.
+
+    Args:
+        env: environment overlay name; defaults to ``$POIMATCH_ENV`` or ``local``.
+        overrides: ``section.key=value`` strings, applied last.
+        conf_dir: folder with the YAML files; defaults to ``<project root>/conf``.
+
+    Returns:
+        Validated settings with local paths made absolute.
+
+    Raises:
+        ConfigError: a missing file, bad YAML, an unknown key or a bad value (named).
+
+    Example:
+        >>> s = load_settings("ci", ["spark.shuffle_partitions=4"])
+        >>> s.spark.shuffle_partitions
+        4
+    """
+    env = env or os.environ.get(ENV_VAR) or DEFAULT_ENV
+    if conf_dir is None:
+        conf_dir = os.environ.get(CONF_DIR_VAR) or project_root() / "conf"
+    conf_path = Path(conf_dir)
+    root = conf_path.resolve().parent
+    data = _read_yaml(conf_path / "base.yaml")
+    env_file = conf_path / f"{env}.yaml"
+    if not env_file.is_file():
+        known = sorted(p.stem for p in conf_path.glob("*.yaml") if p.stem != "base")
+        raise ConfigError(f"unknown environment {env!r}: no {env_file} (known: {known})")
+    data = _merge(data, _read_yaml(env_file), "")
+    for override in overrides:
+        _apply_override(data, override)
+    data["env"] = env
+    for section, key in _PATH_KEYS:
+        value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
+        if isinstance(value, str):
+            data[section][key] = resolve_path(value, root)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None

@@ -1,0 +1,177 @@
+"""Named readers and writers: the only library code that performs I/O.
+
+Input files are read as strings so that a bad value is kept and quarantined, never
+coerced to null by the reader. The checks that make a whole file unusable (no file,
+empty, missing required columns, bytes that are not UTF-8) raise :class:`InputError`
+with a message that names the problem.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from poimatch import schema as S
+
+__all__ = [
+    "InputError",
+    "CsvInput",
+    "read_poi_csv",
+    "read_poi_input",
+    "is_delta_table",
+    "delta_version",
+    "write_delta",
+]
+
+_BOM = "\ufeff"
+_REPLACEMENT_CHAR = "\ufffd"
+_CORRUPT = "_corrupt_record"
+
+
+class InputError(ValueError):
+    """An input file cannot be used at all; the message names the problem."""
+
+
+@dataclass(frozen=True)
+class CsvInput:
+    """A raw input read: all layout columns as strings, plus what the reader saw."""
+
+    frame: DataFrame
+    has_poi: bool
+    missing_optional: tuple[str, ...]
+    ignored_columns: tuple[str, ...]
+
+
+def is_delta_table(spark: SparkSession, path: str) -> bool:
+    """True when ``path`` holds a Delta table."""
+    return DeltaTable.isDeltaTable(spark, path)
+
+
+def delta_version(spark: SparkSession, path: str) -> int:
+    """Current version of the Delta table at ``path``."""
+    row = DeltaTable.forPath(spark, path).history(1).select("version").first()
+    if row is None:
+        raise InputError(f"{path}: Delta table has no history")
+    return int(row[0])
+
+
+def _header(spark: SparkSession, path: str) -> list[str]:
+    first = spark.read.text(path).limit(1).collect()
+    if not first or not str(first[0][0]).strip(_BOM + " \t\r"):
+        raise InputError(f"{path}: the file is empty (no header line)")
+    return list(spark.read.option("header", "true").csv(path).columns)
+
+
+def _check_utf8(spark: SparkSession, path: str) -> None:
+    # Spark's text reader decodes as UTF-8 and turns every invalid byte sequence into
+    # U+FFFD; finding one means the file is not UTF-8 (or holds U+FFFD, equally suspect).
+    bad = (
+        spark.read.text(path)
+        .withColumn("_line", F.monotonically_increasing_id())
+        .where(F.instr(F.col("value"), _REPLACEMENT_CHAR) > 0)
+        .limit(1)
+        .collect()
+    )
+    if bad:
+        snippet = str(bad[0]["value"])[:80]
+        raise InputError(
+            f"{path}: bytes that are not valid UTF-8 (first bad line starts {snippet!r}); "
+            "re-encode the file as UTF-8"
+        )
+
+
+def read_poi_csv(spark: SparkSession, path: str) -> CsvInput:
+    """Read a CSV in the input layout (with or without ``point_of_interest``).
+
+    Args:
+        spark: the session.
+        path: a CSV file or folder of CSV parts.
+
+    Returns:
+        :class:`CsvInput` whose frame has every layout column as a string (missing
+        optional columns as nulls), ``point_of_interest`` if present, and
+        ``source_file``. Rows the CSV parser could not split keep their raw text in
+        ``_corrupt_record``.
+
+    Raises:
+        InputError: no such file, empty file, missing required columns, not UTF-8.
+    """
+    if "://" not in path and not os.path.exists(path):
+        raise InputError(f"{path}: no such file or folder")
+    header_raw = _header(spark, path)
+    header = [h.lstrip(_BOM).strip() for h in header_raw]
+    missing = [c for c in S.REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise InputError(f"{path}: missing required column(s) {missing}; the header has {header}")
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise InputError(f"{path}: duplicate column name(s) {dupes} in the header")
+    _check_utf8(spark, path)
+    schema = T.StructType(
+        [T.StructField(h, T.StringType(), True) for h in header]
+        + [T.StructField(_CORRUPT, T.StringType(), True)]
+    )
+    df = (
+        spark.read.schema(schema)
+        .option("header", "true")
+        .option("multiLine", "true")
+        .option("escape", '"')
+        .option("mode", "PERMISSIVE")
+        .option("columnNameOfCorruptRecord", _CORRUPT)
+        .option("encoding", "UTF-8")
+        .csv(path)
+    )
+    has_poi = S.POI in header
+    wanted = S.INPUT_COLUMNS + ((S.POI,) if has_poi else ())
+    missing_optional = tuple(c for c in S.INPUT_COLUMNS if c not in header)
+    ignored = tuple(h for h in header if h not in wanted)
+    cols = [F.col(c) if c in header else F.lit(None).cast(T.StringType()).alias(c) for c in wanted]
+    frame = df.select(
+        *cols,
+        F.col(_CORRUPT),
+        F.lit(Path(path).name).alias(S.SOURCE_FILE),
+    )
+    return CsvInput(frame, has_poi, missing_optional, ignored)
+
+
+def read_poi_input(spark: SparkSession, path: str) -> DataFrame:
+    """Read POIs from a Delta table or a CSV file, typed like the POI table.
+
+    A CSV read here is not validated row by row: ingest it first for that. Use this
+    to feed train/match/evaluate with either a Delta table or a CSV, as the command
+    contract requires.
+    """
+    if is_delta_table(spark, path):
+        df = spark.read.format("delta").load(path)
+    else:
+        df = read_poi_csv(spark, path).frame
+    if S.POI not in df.columns:
+        df = df.withColumn(S.POI, F.lit(None).cast(T.StringType()))
+    return df.select(
+        F.col(S.ID).cast(T.StringType()),
+        F.col(S.NAME).cast(T.StringType()),
+        F.col(S.LATITUDE).cast(T.DoubleType()),
+        F.col(S.LONGITUDE).cast(T.DoubleType()),
+        *[
+            F.col(c).cast(T.StringType())
+            for c in S.INPUT_COLUMNS
+            if c not in (S.ID, S.NAME, S.LATITUDE, S.LONGITUDE)
+        ],
+        F.col(S.POI).cast(T.StringType()),
+    )
+
+
+def write_delta(
+    df: DataFrame, path: str, *, mode: str = "overwrite", partition_by: tuple[str, ...] = ()
+) -> None:
+    """Write ``df`` as a Delta table (overwrite replaces data and schema)."""
+    writer = df.write.format("delta").mode(mode).option("overwriteSchema", "true")
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    writer.save(path)

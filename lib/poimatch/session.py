@@ -1,0 +1,100 @@
+"""The one SparkSession builder, for jobs, the REST service, notebooks and tests.
+
+Library code never builds a session: it receives one. This module is the only place
+that knows how: local mode by default with Delta configured and the project's jars
+attached; under ``spark-submit`` (or in a notebook that already has a session) it
+leaves the master and resources alone and only adds what the library needs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pyspark import SparkConf, SparkContext
+from pyspark.sql import SparkSession
+
+from poimatch.config import SparkSettings
+
+__all__ = ["build_session", "find_jars", "launched_by_spark_submit", "MissingJarsError"]
+
+_DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+_DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+_REQUIRED_JAR_PREFIXES = ("delta-spark_", "delta-storage-")
+
+
+class MissingJarsError(RuntimeError):
+    """The project's JVM jars are not in the jars folder: run ``make setup``."""
+
+
+def launched_by_spark_submit() -> bool:
+    """True when this Python driver was started by spark-submit / pyspark.
+
+    spark-submit starts the JVM first and hands Python the gateway through these
+    variables; the master and resources it was given must then win.
+    """
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def find_jars(jars_dir: str | Path) -> list[str]:
+    """The jar files in ``jars_dir``, checked to hold Delta (sorted, absolute)."""
+    folder = Path(jars_dir)
+    jars = sorted(str(p.resolve()) for p in folder.glob("*.jar")) if folder.is_dir() else []
+    names = [Path(j).name for j in jars]
+    missing = [p for p in _REQUIRED_JAR_PREFIXES if not any(n.startswith(p) for n in names)]
+    if missing:
+        raise MissingJarsError(
+            f"no {', '.join(m + '*.jar' for m in missing)} in {folder}: "
+            "run `make setup` (it resolves the jars through Maven once)"
+        )
+    return jars
+
+
+def build_session(settings: SparkSettings) -> SparkSession:
+    """Build (or adopt) the SparkSession with Delta Lake configured.
+
+    Args:
+        settings: the ``spark`` section of the configuration.
+
+    Returns:
+        The session. An already active session (notebook, Databricks) is returned
+        as-is after checking that Delta is available; under spark-submit the master,
+        driver memory and jars given to spark-submit are kept.
+
+    Example:
+        >>> spark = build_session(load_settings("ci").spark)  # doctest: +SKIP
+    """
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+
+    wanted: dict[str, str] = {
+        "spark.app.name": settings.app_name,
+        "spark.sql.extensions": _DELTA_EXTENSION,
+        "spark.sql.catalog.spark_catalog": _DELTA_CATALOG,
+        "spark.sql.shuffle.partitions": str(settings.shuffle_partitions),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.databricks.delta.snapshotPartitions": "2",
+        "spark.ui.showConsoleProgress": "false",
+        **settings.extra,
+    }
+    builder = SparkSession.builder
+    if launched_by_spark_submit():
+        # The submitter chose master, resources and jars: keep every key it set.
+        SparkContext._ensure_initialized()
+        submitted = SparkConf()
+        wanted = {k: v for k, v in wanted.items() if not submitted.contains(k)}
+    else:
+        # Plain `python jobs/x.py`, pytest or the service: we own the JVM, so we size it.
+        builder = builder.master(settings.master)
+        wanted |= {
+            "spark.driver.memory": settings.driver_memory,
+            "spark.jars": ",".join(find_jars(settings.jars_dir)),
+            "spark.ui.enabled": str(settings.ui_enabled).lower(),
+        }
+    for key, value in wanted.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(settings.log_level)
+    return spark

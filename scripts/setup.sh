@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Bootstrap a fresh machine: virtualenv, pinned Python packages, JVM jars (once, via Maven).
+# Idempotent: re-running it is fast and changes nothing. After it, no job touches the network.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+VENV=.venv
+STAMP="$VENV/.poimatch-setup"
+
+need() { command -v "$1" >/dev/null 2>&1 || { echo "setup: '$1' is required but not installed ($2)" >&2; exit 1; }; }
+need java "Java 17: apt-get install openjdk-17-jre-headless"
+need mvn "Maven: apt-get install maven"
+
+"$PYTHON" - <<'PY' || { echo "setup: Python 3.11 is required (found $("$PYTHON" --version 2>&1))" >&2; exit 1; }
+import sys
+sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)
+PY
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ requirements.lock -nt "$STAMP" ]; then
+  "$VENV/bin/pip" install --quiet --upgrade pip
+  "$VENV/bin/pip" install --quiet -c requirements.lock -e '.[dev]'
+fi
+
+# JVM jars: Delta for Spark 4.1, resolved through Maven into a project-local folder.
+if ! ls .jars/delta-spark_*.jar >/dev/null 2>&1 || ! ls .jars/delta-storage-*.jar >/dev/null 2>&1; then
+  mkdir -p .jars
+  mvn --batch-mode --quiet -f deploy/jvm/pom.xml dependency:copy-dependencies \
+      -DoutputDirectory="$PWD/.jars" -DexcludeTransitive=true
+fi
+touch "$STAMP"
+echo "setup: ok ($("$VENV/bin/python" --version), jars: $(ls .jars | tr '\n' ' '))"

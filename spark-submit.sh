@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# spark-submit with poimatch's jars, Python and package attached.
+#   local:   ./spark-submit.sh jobs/train.py --input data/train.csv
+#   cluster: ./spark-submit.sh --master yarn --deploy-mode cluster jobs/match.py --input ...
+# Options before the job file go to spark-submit; the rest go to the job. A --master,
+# --driver-memory or --jars you give wins: the wrapper only fills what is missing.
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+VENV="$HERE/.venv"
+[ -x "$VENV/bin/spark-submit" ] || "$HERE/scripts/setup.sh"
+
+submit_args=()
+while [ $# -gt 0 ] && [[ "$1" == -* ]]; do
+  case "$1" in
+    --verbose|-v|--supervise) submit_args+=("$1"); shift ;;
+    *) submit_args+=("$1" "$2"); shift 2 ;;
+  esac
+done
+[ $# -gt 0 ] || { echo "usage: $0 [spark-submit options] JOB.py [job options]" >&2; exit 2; }
+job="$1"; shift
+
+has() { local k; for k in "${submit_args[@]+"${submit_args[@]}"}"; do [ "$k" == "$1" ] && return 0; done; return 1; }
+master="local[*]"
+for ((i = 0; i < ${#submit_args[@]}; i++)); do
+  [ "${submit_args[$i]}" == "--master" ] && master="${submit_args[$((i + 1))]}"
+done
+extra=()
+has --master || extra+=(--master "$master")
+if [[ "$master" == local* ]] && ! has --driver-memory; then
+  extra+=(--driver-memory "${POIMATCH_DRIVER_MEMORY:-6g}")
+fi
+if ! has --jars; then
+  jars=$(ls "$HERE"/.jars/*.jar 2>/dev/null | paste -sd, -)
+  [ -n "$jars" ] || { echo "no jars in $HERE/.jars: run make setup" >&2; exit 1; }
+  extra+=(--jars "$jars")
+fi
+if [[ "$master" != local* ]]; then
+  # Ship the library to the executors; their Python environment must hold the pinned
+  # dependencies (requirements.lock, e.g. the deploy/ image).
+  "$VENV/bin/pip" wheel --quiet --no-deps -w "$HERE/dist" "$HERE" >/dev/null
+  wheel=$(ls -t "$HERE"/dist/poimatch-*.whl | head -1)
+  has --py-files || extra+=(--py-files "$wheel")
+fi
+
+export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$VENV/bin/python}"
+export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$VENV/bin/python}"
+export GX_ANALYTICS_ENABLED=false
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
+cd "$HERE"
+exec "$VENV/bin/spark-submit" "${extra[@]}" "${submit_args[@]+"${submit_args[@]}"}" \
+  --conf spark.ui.showConsoleProgress=false "$job" "$@"

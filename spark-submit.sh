@@ -48,4 +48,5 @@ export GX_ANALYTICS_ENABLED=false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
 cd "$HERE"
 exec "$VENV/bin/spark-submit" "${extra[@]}" "${submit_args[@]+"${submit_args[@]}"}" \
-  --conf spark.ui.showConsoleProgress=false "$job" "$@"
+  --conf spark.ui.showConsoleProgress=false --conf spark.log.level="${POIMATCH_LOG_LEVEL:-WARN}" \
+  "$job" "$@"

@@ -1,7 +1,7 @@
 """Generate synthetic POIs (with point_of_interest labels) as CSV or a Delta table.
 
-    ./spark-submit.sh jobs/generate.py --rows 1000000 --seed 7 --output data/gen.csv
-    python jobs/generate.py --rows 20000 --output data/lake/generated --format delta
+./spark-submit.sh jobs/generate.py --rows 1000000 --seed 7 --output data/gen.csv
+python jobs/generate.py --rows 20000 --output data/lake/generated --format delta
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from poimatch.cli import job_parser, start_job
+from poimatch.cli import job_parser, job_settings
 from poimatch.config import resolve_path
-from poimatch.schema import POI
 from poimatch.generator import generate_pois, write_pois_csv
+from poimatch.schema import POI
 
 
 def main() -> None:
@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--output", default=None, help="file or table (default: generator.output)")
     parser.add_argument("--format", choices=("csv", "delta"), default="csv")
     args = parser.parse_args()
-    settings, _ = start_job(args, with_spark=False)
+    settings = job_settings(args)
     rows = args.rows or settings.generator.rows
     seed = settings.generator.seed if args.seed is None else args.seed
     output = resolve_path(args.output, Path.cwd()) if args.output else settings.generator.output

@@ -1,6 +1,6 @@
 """The main job: the whole chain on built-in generated sample data.
 
-    make run            (same as ./spark-submit.sh jobs/main.py --env local)
+make run            (same as ./spark-submit.sh jobs/main.py --env local)
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ def main() -> None:
     parser = job_parser(__doc__ or "")
     args = parser.parse_args()
     settings, spark = start_job(args)
-    assert spark is not None  # nosec B101: start_job(with_spark=True) always builds one
     gen, storage = settings.generator, settings.storage
     started = time.perf_counter()
     sample = Path(gen.output)

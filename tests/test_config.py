@@ -68,7 +68,7 @@ def test_malformed_override_and_yaml(tmp_path: Path) -> None:
         load_settings("local", conf_dir=conf)
     (tmp_path / "g").mkdir()
     good = _conf(tmp_path / "g", "", local="")
-    with pytest.raises(ConfigError, match="expected section.key=value"):
+    with pytest.raises(ConfigError, match=r"expected section\.key=value"):
         load_settings("local", ["spark.shuffle_partitions"], conf_dir=good)
 
 

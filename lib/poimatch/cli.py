@@ -12,7 +12,7 @@ from pyspark.sql import SparkSession
 from poimatch.config import ConfigError, Settings, load_settings
 from poimatch.session import build_session
 
-__all__ = ["job_parser", "start_job", "fail"]
+__all__ = ["fail", "job_parser", "job_settings", "start_job"]
 
 
 def job_parser(description: str) -> argparse.ArgumentParser:
@@ -38,10 +38,8 @@ def fail(message: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
-def start_job(
-    args: argparse.Namespace, *, with_spark: bool = True
-) -> tuple[Settings, SparkSession | None]:
-    """Load the configuration once and build the session for a job."""
+def job_settings(args: argparse.Namespace) -> Settings:
+    """Set up logging and load the configuration once (``--env``, ``--set``)."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -49,9 +47,13 @@ def start_job(
         logging.getLogger(noisy).setLevel(logging.WARNING)
     overrides: Sequence[str] = args.overrides
     try:
-        settings = load_settings(args.env, overrides)
+        return load_settings(args.env, overrides)
     except ConfigError as exc:
         fail(str(exc))
         raise  # unreachable: fail() exits
-    spark = build_session(settings.spark) if with_spark else None
-    return settings, spark
+
+
+def start_job(args: argparse.Namespace) -> tuple[Settings, SparkSession]:
+    """Load the configuration once and build the session for a job."""
+    settings = job_settings(args)
+    return settings, build_session(settings.spark)

@@ -22,7 +22,11 @@ __all__ = [
     "Settings",
     "SparkSettings",
     "StorageSettings",
+    "BlockingSettings",
     "GeneratorSettings",
+    "GroupingSettings",
+    "ModelSettings",
+    "TrackingSettings",
     "load_settings",
     "project_root",
     "resolve_path",
@@ -84,6 +88,58 @@ class GeneratorSettings(_Frozen):
     output: str = "data/sample/pois.csv"
 
 
+class BlockingSettings(_Frozen):
+    """Candidate generation: a spatial k-nearest pass plus exact-key passes."""
+
+    cell_m: float = Field(default=300.0, gt=0)
+    k_nearest: int = Field(default=10, ge=1, le=200)
+    key_passes: tuple[str, ...] = ("name", "phone", "url")
+    key_cell_m: float = Field(default=25_000.0, gt=0)
+    k_key: int = Field(default=4, ge=1, le=100)
+    max_key_group: int = Field(default=100, ge=2)
+
+    @field_validator("key_passes")
+    @classmethod
+    def _known_passes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [p for p in value if p not in ("name", "phone", "url", "name_prefix")]
+        if bad:
+            raise ValueError(f"unknown pass(es) {bad}; known: name, phone, url, name_prefix")
+        return value
+
+
+class ModelSettings(_Frozen):
+    """The classifier and its registry entry."""
+
+    name: str = Field(default="poimatch-xgb", pattern=r"^[A-Za-z0-9_.-]+$")
+    num_workers: int = Field(default=1, ge=1)
+    max_depth: int = Field(default=8, ge=1, le=20)
+    n_estimators: int = Field(default=400, ge=1)
+    learning_rate: float = Field(default=0.08, gt=0, le=1)
+    subsample: float = Field(default=0.9, gt=0, le=1)
+    colsample_bytree: float = Field(default=0.9, gt=0, le=1)
+    validation_fraction: float = Field(default=0.2, gt=0, lt=1)
+    split_cell_deg: float = Field(default=0.05, gt=0)
+    seed: int = 7
+    max_sweep_pairs: int = Field(default=3_000_000, ge=1000)
+
+
+class GroupingSettings(_Frozen):
+    """How matched pairs become groups."""
+
+    mode: str = Field(default="auto", pattern=r"^(auto|components|pairwise)$")
+    max_group_size: int = Field(default=25, ge=2)
+    split_step: float = Field(default=0.05, gt=0, lt=1)
+    max_iterations: int = Field(default=40, ge=1)
+
+
+class TrackingSettings(_Frozen):
+    """MLflow: embedded SQLite store by default; $MLFLOW_TRACKING_URI wins."""
+
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_root: str = "mlartifacts"
+    experiment: str = "poimatch"
+
+
 class Settings(_Frozen):
     """The whole configuration of one run; log it with the run to reproduce it."""
 
@@ -91,6 +147,10 @@ class Settings(_Frozen):
     spark: SparkSettings = SparkSettings()
     storage: StorageSettings = StorageSettings()
     generator: GeneratorSettings = GeneratorSettings()
+    blocking: BlockingSettings = BlockingSettings()
+    model: ModelSettings = ModelSettings()
+    grouping: GroupingSettings = GroupingSettings()
+    tracking: TrackingSettings = TrackingSettings()
 
     def flat(self) -> dict[str, str]:
         """Flattened ``section.key -> value`` view, for MLflow params."""
@@ -178,7 +238,12 @@ def _format_errors(exc: ValidationError) -> str:
     return "invalid configuration: " + "; ".join(lines)
 
 
-_PATH_KEYS = (("spark", "jars_dir"), ("storage", "root"), ("generator", "output"))
+_PATH_KEYS = (
+    ("spark", "jars_dir"),
+    ("storage", "root"),
+    ("generator", "output"),
+    ("tracking", "artifact_root"),
+)
 
 
 def load_settings(
@@ -223,6 +288,11 @@ def load_settings(
         value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
         if isinstance(value, str):
             data[section][key] = resolve_path(value, root)
+    tracking = data.get("tracking")
+    if isinstance(tracking, dict) and isinstance(tracking.get("tracking_uri"), str):
+        uri = tracking["tracking_uri"]
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            tracking["tracking_uri"] = "sqlite:///" + resolve_path(uri[len("sqlite:///") :], root)
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:

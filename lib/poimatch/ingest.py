@@ -237,7 +237,9 @@ def ingest_file(
     updated = poi_metrics.get("numTargetRowsUpdated", 0)
     notes = []
     if csv.missing_optional:
-        notes.append(f"note: optional column(s) absent, stored as empty: {list(csv.missing_optional)}")
+        notes.append(
+            f"note: optional column(s) absent, stored as empty: {list(csv.missing_optional)}"
+        )
     if csv.ignored_columns:
         notes.append(f"note: column(s) not in the layout, ignored: {list(csv.ignored_columns)}")
     return IngestReport(

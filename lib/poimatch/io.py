@@ -27,10 +27,12 @@ __all__ = [
     "is_delta_table",
     "delta_version",
     "write_delta",
+    "input_fingerprint",
+    "read_matches",
+    "write_single_csv",
 ]
 
 _BOM = "\ufeff"
-_REPLACEMENT_CHAR = "\ufffd"
 _CORRUPT = "_corrupt_record"
 
 
@@ -69,12 +71,12 @@ def _header(spark: SparkSession, path: str) -> list[str]:
 
 
 def _check_utf8(spark: SparkSession, path: str) -> None:
-    # Spark's text reader decodes as UTF-8 and turns every invalid byte sequence into
-    # U+FFFD; finding one means the file is not UTF-8 (or holds U+FFFD, equally suspect).
+    # The text source keeps each line's raw bytes; Spark's is_valid_utf8 checks them
+    # where they are, so a file of any size is checked without leaving the cluster.
     bad = (
         spark.read.text(path)
-        .withColumn("_line", F.monotonically_increasing_id())
-        .where(F.instr(F.col("value"), _REPLACEMENT_CHAR) > 0)
+        .where(~F.is_valid_utf8(F.col("value")))
+        .select(F.make_valid_utf8(F.col("value")).alias("value"))
         .limit(1)
         .collect()
     )
@@ -140,7 +142,7 @@ def read_poi_csv(spark: SparkSession, path: str) -> CsvInput:
     return CsvInput(frame, has_poi, missing_optional, ignored)
 
 
-def read_poi_input(spark: SparkSession, path: str) -> DataFrame:
+def read_poi_input(spark: SparkSession, path: str, *, require_labels: bool = False) -> DataFrame:
     """Read POIs from a Delta table or a CSV file, typed like the POI table.
 
     A CSV read here is not validated row by row: ingest it first for that. Use this
@@ -152,6 +154,8 @@ def read_poi_input(spark: SparkSession, path: str) -> DataFrame:
     else:
         df = read_poi_csv(spark, path).frame
     if S.POI not in df.columns:
+        if require_labels:
+            raise InputError(f"{path}: no {S.POI} column; training needs labelled rows")
         df = df.withColumn(S.POI, F.lit(None).cast(T.StringType()))
     return df.select(
         F.col(S.ID).cast(T.StringType()),
@@ -175,3 +179,51 @@ def write_delta(
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     writer.save(path)
+
+
+def input_fingerprint(spark: SparkSession, path: str) -> str:
+    """``delta:<path>@v<version>`` for a Delta table, ``file:<path>:<size>:<mtime>`` else.
+
+    Logged with every run so that its inputs can be found again.
+    """
+    if is_delta_table(spark, path):
+        return f"delta:{path}@v{delta_version(spark, path)}"
+    p = Path(path)
+    if p.is_file():
+        stat = p.stat()
+        return f"file:{p.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
+    return f"path:{path}"
+
+
+def read_matches(spark: SparkSession, path: str) -> DataFrame:
+    """A submission (``id,matches``) from CSV or Delta."""
+    if is_delta_table(spark, path):
+        df = spark.read.format("delta").load(path)
+    else:
+        if "://" not in path and not os.path.exists(path):
+            raise InputError(f"{path}: no such file or folder")
+        df = spark.read.option("header", "true").csv(path)
+        df = df.toDF(*[c.lstrip(_BOM).strip() for c in df.columns])
+    missing = [c for c in S.MATCH_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {missing}; it has {df.columns}")
+    return df.select(F.col(S.ID).cast(T.StringType()), F.col(S.MATCHES).cast(T.StringType()))
+
+
+def write_single_csv(df: DataFrame, path: str) -> None:
+    """Write ``df`` as one CSV file with a header at ``path`` (local file systems).
+
+    Spark writes a folder of parts; for the output contract (one file) the frame is
+    coalesced to one part, which is then moved into place.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.parts"
+    df.coalesce(1).write.mode("overwrite").option("header", "true").csv(str(tmp))
+    parts = sorted(tmp.glob("part-*.csv"))
+    if len(parts) != 1:
+        raise RuntimeError(f"expected one CSV part in {tmp}, found {len(parts)}")
+    parts[0].replace(target)
+    for leftover in tmp.iterdir():
+        leftover.unlink()
+    tmp.rmdir()

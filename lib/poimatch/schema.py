@@ -120,3 +120,8 @@ F_PHONE_EQ = FEATURE_PREFIX + "phone_eq"
 F_URL_EQ = FEATURE_PREFIX + "url_eq"
 F_CAT_JACCARD = FEATURE_PREFIX + "cat_jaccard"
 F_SAME_COUNTRY = FEATURE_PREFIX + "same_country"
+
+# --- contracts.py ---
+# Helper columns that exist only while the output contract is checked.
+OUTPUT_FIRST_MATCH = "first_match_id"
+OUTPUT_ID_FOUND = "output_id"

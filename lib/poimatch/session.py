@@ -9,6 +9,7 @@ leaves the master and resources alone and only adds what the library needs.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from pyspark import SparkConf, SparkContext
@@ -93,6 +94,8 @@ def build_session(settings: SparkSettings) -> SparkSession:
             "spark.jars": ",".join(find_jars(settings.jars_dir)),
             "spark.ui.enabled": str(settings.ui_enabled).lower(),
         }
+        # Python workers run the driver's interpreter, so they see the same packages.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     for key, value in wanted.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

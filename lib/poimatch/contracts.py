@@ -1,0 +1,600 @@
+"""Data contracts, checked with great_expectations (GX 1.x) on Spark DataFrames.
+
+Two contracts:
+
+* **input** — the rules a POI row must meet to be ingested. Each :class:`Rule` is
+  expressed twice, from one definition: as a Spark SQL predicate (``violated``, used by
+  :func:`add_rejection_reasons` to tag each row with why it is rejected) and as a GX
+  expectation (used by :func:`validate_input` to report on a whole frame). The two
+  agree: the GX unexpected count of a rule equals the number of rows whose ``reason``
+  names that rule.
+* **output** — what a match result must be before it is written
+  (:func:`validate_output`): one row per input id, ``matches`` starting with the id.
+
+Typical use in the ingest job::
+
+    typed = add_typed_coordinates(raw)          # transform: no Spark action
+    checked = add_rejection_reasons(typed)      # transform: no Spark action
+    report = validate_input(checked)            # validator: runs Spark jobs
+    require(validate_input(checked.where(F.col(REASON).isNull())))
+
+Validators run Spark actions (GX computes its metrics with Spark, never through
+pandas). A frame that is not cached already is persisted (memory and disk) for the
+time of the validation and released afterwards, so the metrics do not recompute its
+lineage; cache a frame yourself if it is written after being validated.
+
+GX runs in one *ephemeral* context per process, created on first use (in memory, no
+files, no project directory); analytics are switched off before it is made and GX's
+progress bars and info logging are silenced.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+# Before great_expectations is imported: never send usage statistics, and keep its
+# import-time and info logging out of the jobs' logs (unless a level was chosen).
+os.environ["GX_ANALYTICS_ENABLED"] = "False"
+_GX_LOGGER = logging.getLogger("great_expectations")
+if _GX_LOGGER.level == logging.NOTSET:
+    _GX_LOGGER.setLevel(logging.WARNING)
+
+import great_expectations as gx  # noqa: E402
+from great_expectations.core.batch_definition import BatchDefinition  # noqa: E402
+from great_expectations.data_context.types.base import (  # noqa: E402
+    DataContextConfig,
+    InMemoryStoreBackendDefaults,
+    ProgressBarsConfig,
+)
+from great_expectations.expectations.core.expect_column_pair_values_to_be_equal import (  # noqa: E402
+    ExpectColumnPairValuesToBeEqual,
+)
+from great_expectations.expectations.core.expect_column_values_to_be_between import (  # noqa: E402
+    ExpectColumnValuesToBeBetween,
+)
+from great_expectations.expectations.core.expect_column_values_to_be_of_type import (  # noqa: E402
+    ExpectColumnValuesToBeOfType,
+)
+from great_expectations.expectations.core.expect_column_values_to_be_unique import (  # noqa: E402
+    ExpectColumnValuesToBeUnique,
+)
+from great_expectations.expectations.core.expect_column_values_to_not_be_null import (  # noqa: E402
+    ExpectColumnValuesToNotBeNull,
+)
+from great_expectations.expectations.core.expect_table_columns_to_match_set import (  # noqa: E402
+    ExpectTableColumnsToMatchSet,
+)
+from great_expectations.expectations.core.expect_table_row_count_to_equal import (  # noqa: E402
+    ExpectTableRowCountToEqual,
+)
+from great_expectations.expectations.expectation import Expectation  # noqa: E402
+from great_expectations.expectations.row_conditions import PassThroughCondition  # noqa: E402
+from pyspark import StorageLevel  # noqa: E402
+from pyspark.sql import Column, DataFrame, SparkSession  # noqa: E402
+from pyspark.sql import functions as F  # noqa: E402
+
+from poimatch.schema import (  # noqa: E402
+    ID,
+    LATITUDE,
+    LONGITUDE,
+    MATCHES,
+    NAME,
+    OUTPUT_FIRST_MATCH,
+    OUTPUT_ID_FOUND,
+    RAW_LATITUDE,
+    RAW_LONGITUDE,
+    REASON,
+)
+
+__all__ = [
+    "INPUT_REQUIRED_COLUMNS",
+    "INPUT_RULES",
+    "INPUT_SUITE",
+    "OUTPUT_SUITE",
+    "ContractError",
+    "ContractResult",
+    "ExpectationOutcome",
+    "Rule",
+    "add_rejection_reasons",
+    "add_typed_coordinates",
+    "require",
+    "validate_input",
+    "validate_output",
+]
+
+INPUT_SUITE = "poimatch.input"
+OUTPUT_SUITE = "poimatch.output"
+
+#: Columns a typed input frame must have (others are allowed and ignored).
+INPUT_REQUIRED_COLUMNS: tuple[str, ...] = (
+    ID,
+    NAME,
+    LATITUDE,
+    LONGITUDE,
+    RAW_LATITUDE,
+    RAW_LONGITUDE,
+)
+
+# Java regexes (Spark's RLIKE). (?U) makes \s match Unicode white space (e.g. NBSP).
+_BLANK_RE = r"(?U)^\s*$"
+_EDGE_SPACE_RE = r"(?U)^\s+|\s+$"
+# A plain decimal number: no NaN/Infinity, no hex floats, no 'd'/'f' suffixes.
+_NUMBER_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+_LAT_RANGE = (-90.0, 90.0)
+_LON_RANGE = (-180.0, 180.0)
+_POSITION = "poimatch_position"  # meta key: an expectation's place in its suite
+_EXAMPLES = 5  # unexpected values GX samples per failed expectation (for describe())
+
+
+# --- rules ---------------------------------------------------------------------------
+
+
+def _q(column: str) -> str:
+    """A column name quoted for Spark SQL."""
+    return "`" + column.replace("`", "``") + "`"
+
+
+def _sql_string(text: str) -> str:
+    """A Spark SQL string literal (default parser: backslash escapes)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _missing_sql(column: str) -> str:
+    return f"({_q(column)} IS NULL OR {_q(column)} RLIKE {_sql_string(_BLANK_RE)})"
+
+
+def _out_of_range_sql(column: str, low: float, high: float) -> str:
+    return f"({_q(column)} IS NOT NULL AND ({_q(column)} < {low} OR {_q(column)} > {high}))"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row-level input rule, as a GX expectation and as a Spark predicate.
+
+    Attributes:
+        reason: the rejection reason written in ``reason`` (e.g. ``"missing_id"``).
+        expectation: the GX expectation that checks the same thing on a typed frame.
+        condition: Spark SQL boolean expression, true when a row violates the rule;
+            the one definition both ``violated`` and (where it needs one) the
+            expectation's row condition are built from.
+        violated: (property) ``condition`` as a Spark Column, built on access since a
+            Column needs an active SparkContext. It may hold a window function
+            (``duplicate_id``): use it in ``select``/``withColumn``, not in ``where``.
+    """
+
+    reason: str
+    expectation: Expectation = field(compare=False)
+    condition: str = field(compare=False)
+
+    @property
+    def violated(self) -> Column:
+        """Spark boolean column, true when the row violates the rule (never null).
+
+        Built on access, because a Column needs an active SparkContext.
+        """
+        return F.coalesce(F.expr(self.condition), F.lit(False))
+
+
+def _spark_filter(condition: str) -> PassThroughCondition:
+    """A GX row condition that hands ``condition`` to Spark's ``DataFrame.filter``.
+
+    GX's public Condition objects cannot express RLIKE, and the string form with
+    ``condition_parser="spark"`` is deprecated (it warns on every copy): this is the
+    object that string form is converted to.
+    """
+    return PassThroughCondition(pass_through_filter=condition)
+
+
+def _rule_meta(reason: str, column: str) -> dict[str, Any]:
+    return {"reason": reason, "column": column}
+
+
+def _missing_rule(reason: str, column: str) -> Rule:
+    condition = _missing_sql(column)
+    return Rule(
+        reason=reason,
+        # Null *or* blank: no single column-map expectation counts both (they all skip
+        # nulls or only count nulls), so the rows are selected by a row condition.
+        expectation=ExpectTableRowCountToEqual(
+            value=0,
+            row_condition=_spark_filter(condition),
+            meta=_rule_meta(reason, column),
+        ),
+        condition=condition,
+    )
+
+
+def _non_numeric_rule(reason: str, column: str) -> Rule:
+    return Rule(
+        reason=reason,
+        expectation=ExpectColumnValuesToNotBeNull(column=column, meta=_rule_meta(reason, column)),
+        condition=f"{_q(column)} IS NULL",
+    )
+
+
+def _range_rule(reason: str, column: str, low: float, high: float) -> Rule:
+    return Rule(
+        reason=reason,
+        expectation=ExpectColumnValuesToBeBetween(
+            column=column, min_value=low, max_value=high, meta=_rule_meta(reason, column)
+        ),
+        condition=_out_of_range_sql(column, low, high),
+    )
+
+
+def _duplicate_rule(reason: str, column: str) -> Rule:
+    # Every copy of an id that occurs more than once (we cannot tell which one is
+    # right). Missing ids are left to missing_id, on both sides.
+    present = f"NOT {_missing_sql(column)}"
+    return Rule(
+        reason=reason,
+        expectation=ExpectColumnValuesToBeUnique(
+            column=column,
+            row_condition=_spark_filter(present),
+            meta=_rule_meta(reason, column),
+        ),
+        condition=f"({present} AND count(1) OVER (PARTITION BY {_q(column)}) > 1)",
+    )
+
+
+#: The input rules, in the order their reasons are listed in ``reason``.
+INPUT_RULES: tuple[Rule, ...] = (
+    _missing_rule("missing_id", ID),
+    _missing_rule("missing_name", NAME),
+    _duplicate_rule("duplicate_id", ID),
+    _non_numeric_rule("non_numeric_latitude", LATITUDE),
+    _range_rule("latitude_out_of_range", LATITUDE, *_LAT_RANGE),
+    _non_numeric_rule("non_numeric_longitude", LONGITUDE),
+    _range_rule("longitude_out_of_range", LONGITUDE, *_LON_RANGE),
+)
+
+
+# --- transforms (no Spark actions) ---------------------------------------------------
+
+
+def _to_double(raw: Column) -> Column:
+    """Trimmed decimal text as double; anything else (NaN, Infinity, 'abc') is null."""
+    text = F.regexp_replace(raw.cast("string"), _EDGE_SPACE_RE, "")
+    return F.when(text.rlike(_NUMBER_RE), text.try_cast("double"))
+
+
+def add_typed_coordinates(raw: DataFrame) -> DataFrame:
+    """Cast ``latitude``/``longitude`` to double, keeping the text in ``raw_*`` columns.
+
+    Args:
+        raw: frame with (at least) ``latitude`` and ``longitude`` as strings.
+
+    Returns:
+        The same rows and columns with ``latitude``/``longitude`` as doubles (null when
+        the text is not a plain decimal number after trimming white space: ``"abc"``,
+        ``""``, ``"NaN"``, ``"Infinity"`` all give null) plus ``raw_latitude`` and
+        ``raw_longitude`` holding the original text.
+
+    Example:
+        ``" 12.5 "`` gives ``12.5``; ``"1e2"`` gives ``100.0``; ``"12,5"`` gives null.
+    """
+    return raw.withColumns(
+        {
+            RAW_LATITUDE: F.col(LATITUDE).cast("string"),
+            RAW_LONGITUDE: F.col(LONGITUDE).cast("string"),
+            LATITUDE: _to_double(F.col(LATITUDE)),
+            LONGITUDE: _to_double(F.col(LONGITUDE)),
+        }
+    )
+
+
+def add_rejection_reasons(typed: DataFrame) -> DataFrame:
+    """Add ``reason``: the comma-separated reasons of every rule a row violates.
+
+    Args:
+        typed: output of :func:`add_typed_coordinates`.
+
+    Returns:
+        ``typed`` plus ``reason`` (string), null for a valid row, otherwise the
+        violated rules' reasons in :data:`INPUT_RULES` order, e.g.
+        ``"missing_id,non_numeric_latitude"``. ``duplicate_id`` marks every copy of an
+        id that occurs more than once in the frame (computed with a window: no action).
+    """
+    reasons = F.concat_ws(",", *[F.when(r.violated, F.lit(r.reason)) for r in INPUT_RULES])
+    return typed.withColumn(REASON, F.when(reasons != "", reasons))
+
+
+# --- results -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExpectationOutcome:
+    """The outcome of one GX expectation.
+
+    Attributes:
+        name: the GX expectation type, e.g. ``"expect_column_values_to_be_unique"``.
+        column: the column it is about (``"a,b"`` for a pair), None for the table.
+        success: whether it was met.
+        unexpected_count: rows that failed it (for a table row count: how far off the
+            count is; for a column set: how many required columns are missing).
+        element_count: rows it looked at (the batch size for table-level ones).
+        detail: a short human note: the rule, examples of bad values, or an error.
+    """
+
+    name: str
+    column: str | None
+    success: bool
+    unexpected_count: int
+    element_count: int
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ContractResult:
+    """All expectation outcomes of one contract check."""
+
+    suite: str
+    success: bool
+    outcomes: tuple[ExpectationOutcome, ...]
+
+    def failures(self) -> tuple[ExpectationOutcome, ...]:
+        """The outcomes that failed, in suite order."""
+        return tuple(o for o in self.outcomes if not o.success)
+
+    def describe(self) -> str:
+        """Multi-line summary naming each failed expectation, its column and counts."""
+        failed = self.failures()
+        if self.success and not failed:
+            return f"contract {self.suite}: passed ({len(self.outcomes)} expectations met)"
+        lines = [f"contract {self.suite}: FAILED {len(failed)} of {len(self.outcomes)}"]
+        for o in failed:
+            if o.column is None:
+                where = ""
+            elif "," in o.column:
+                where = " on columns " + " and ".join(repr(c) for c in o.column.split(","))
+            else:
+                where = f" on column {o.column!r}"
+            line = f"  - {o.name}{where}: {o.unexpected_count} unexpected of {o.element_count}"
+            lines.append(line + (f" ({o.detail})" if o.detail else ""))
+        return "\n".join(lines)
+
+
+class ContractError(ValueError):
+    """A contract was not met; ``result`` holds the outcomes, the message describes them."""
+
+    def __init__(self, result: ContractResult) -> None:
+        super().__init__(result.describe())
+        self.result = result
+
+
+def require(result: ContractResult) -> None:
+    """Raise :class:`ContractError` unless ``result`` succeeded."""
+    if not result.success:
+        raise ContractError(result)
+
+
+# --- GX plumbing ---------------------------------------------------------------------
+
+_LOCK = threading.RLock()
+_GX_STATE: dict[str, Any] = {}
+
+
+def _batch_definition(spark: SparkSession) -> BatchDefinition[Any]:
+    """The cached whole-dataframe batch definition of the process's ephemeral context.
+
+    Rebuilt (cheaply: everything is in memory) if the Spark session changed.
+    """
+    if _GX_STATE.get("spark") is not spark:
+        config = DataContextConfig(
+            # In-memory stores and no data docs site (the default makes a temp dir path).
+            store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+            analytics_enabled=False,
+            progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
+        )
+        context = gx.get_context(mode="ephemeral", project_config=config)
+        data_source = context.data_sources.add_spark(name="poimatch_spark", persist=False)
+        asset = data_source.add_dataframe_asset(name="frame")
+        _GX_STATE["batch_definition"] = asset.add_batch_definition_whole_dataframe("whole")
+        _GX_STATE["spark"] = spark
+    definition: BatchDefinition[Any] = _GX_STATE["batch_definition"]
+    return definition
+
+
+def _describe_values(values: Iterable[Any]) -> str:
+    return ", ".join(repr(v) for v in list(values)[:_EXAMPLES])
+
+
+def _outcome(result: Any, batch_rows: int) -> ExpectationOutcome:
+    """One GX ExpectationValidationResult as an :class:`ExpectationOutcome`."""
+    config = result.expectation_config
+    kwargs: Mapping[str, Any] = config.kwargs
+    meta: Mapping[str, Any] = config.meta or {}
+    res: Mapping[str, Any] = result.result or {}
+    success = bool(result.success)
+    column: str | None = kwargs.get("column") or meta.get("column")
+    if column is None and "column_A" in kwargs:
+        column = f"{kwargs['column_A']},{kwargs['column_B']}"
+
+    notes: list[str] = []
+    if meta.get("reason"):
+        notes.append(f"rule {meta['reason']}")
+    if meta.get("note"):
+        notes.append(str(meta["note"]))
+    if "unexpected_count" in res:
+        unexpected = int(res["unexpected_count"] or 0)
+        elements = int(res.get("element_count") or 0)
+        examples = [v for v in res.get("partial_unexpected_list") or () if v is not None]
+        if not success and examples:
+            notes.append(f"e.g. {_describe_values(examples)}")
+    elif config.type == "expect_table_row_count_to_equal" and "observed_value" in res:
+        observed = int(res["observed_value"])
+        if kwargs.get("row_condition"):  # counts the rows that break a rule
+            unexpected, elements = observed, batch_rows
+        else:
+            unexpected, elements = abs(observed - int(kwargs["value"])), observed
+            notes.append(f"observed {observed} rows, expected {kwargs['value']}")
+    elif config.type == "expect_table_columns_to_match_set":
+        missing = res.get("details", {}).get("mismatched", {}).get("missing", [])
+        unexpected, elements = len(missing), len(kwargs.get("column_set") or ())
+        if missing:
+            notes.append(f"missing columns: {_describe_values(missing)}")
+    else:
+        unexpected, elements = (0 if success else 1), batch_rows
+        if not success and "observed_value" in res:
+            notes.append(f"observed {res['observed_value']!r}")
+    info = result.exception_info or {}
+    if info.get("raised_exception"):
+        notes.append(f"error: {str(info.get('exception_message')).splitlines()[0]}")
+    else:  # GX keys exception info by metric when a metric failed
+        for value in info.values():
+            if isinstance(value, Mapping) and value.get("raised_exception"):
+                notes.append(f"error: {str(value.get('exception_message')).splitlines()[0]}")
+                break
+    return ExpectationOutcome(
+        name=str(config.type),
+        column=column,
+        success=success,
+        unexpected_count=unexpected,
+        element_count=elements,
+        detail="; ".join(notes),
+    )
+
+
+@contextmanager
+def _cached(frame: DataFrame) -> Iterator[DataFrame]:
+    """``frame`` persisted (memory and disk) for the block, unless it is cached already.
+
+    GX computes its metrics in several Spark jobs; without this each would recompute
+    the frame's whole lineage.
+    """
+    if frame.is_cached:
+        yield frame
+        return
+    persisted = frame.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        yield persisted
+    finally:
+        persisted.unpersist()
+
+
+def _run_suite(
+    frame: DataFrame, name: str, expectations: Sequence[Expectation]
+) -> tuple[ExpectationOutcome, ...]:
+    """Validate ``frame`` against ``expectations`` in the ephemeral GX context.
+
+    Outcomes come back in the order of ``expectations`` (GX reorders its results).
+    """
+    with _LOCK:
+        # The context must exist before a suite is made (GX resolves it globally).
+        definition = _batch_definition(frame.sparkSession)
+        suite = gx.ExpectationSuite(name=name)
+        for position, expectation in enumerate(expectations):
+            # A copy, as a suite binds its expectations and the rules' are shared.
+            # Expectations of an unsaved suite have no id: the position goes in meta.
+            meta = {**(expectation.meta or {}), _POSITION: position}
+            suite.add_expectation(expectation.copy(update={"meta": meta}, deep=True))
+        batch = definition.get_batch(batch_parameters={"dataframe": frame})
+        run = batch.validate(
+            suite,
+            result_format={"result_format": "BASIC", "partial_unexpected_count": _EXAMPLES},
+        )
+    ordered = sorted(run.results, key=_position)
+    batch_rows = max(
+        (int((r.result or {}).get("element_count") or 0) for r in ordered if not _conditioned(r)),
+        default=0,
+    )
+    return tuple(_outcome(r, batch_rows) for r in ordered)
+
+
+def _position(result: Any) -> int:
+    return int(result.expectation_config.meta[_POSITION])
+
+
+def _conditioned(result: Any) -> bool:
+    return bool(result.expectation_config.kwargs.get("row_condition"))
+
+
+def _result(name: str, outcomes: Sequence[ExpectationOutcome]) -> ContractResult:
+    return ContractResult(
+        suite=name, success=all(o.success for o in outcomes), outcomes=tuple(outcomes)
+    )
+
+
+# --- validators (run Spark actions) --------------------------------------------------
+
+
+def _input_expectations() -> list[Expectation]:
+    """The input suite: required columns, double coordinates, then every rule."""
+    structure: list[Expectation] = [
+        ExpectTableColumnsToMatchSet(column_set=list(INPUT_REQUIRED_COLUMNS), exact_match=False),
+        ExpectColumnValuesToBeOfType(column=LATITUDE, type_="DoubleType"),
+        ExpectColumnValuesToBeOfType(column=LONGITUDE, type_="DoubleType"),
+    ]
+    return structure + [rule.expectation for rule in INPUT_RULES]
+
+
+def validate_input(typed: DataFrame) -> ContractResult:
+    """Check a typed input frame against the input contract (runs Spark jobs).
+
+    Args:
+        typed: output of :func:`add_typed_coordinates` (extra columns, such as
+            ``reason``, are allowed).
+
+    Returns:
+        :class:`ContractResult` of suite ``poimatch.input``: the required columns are
+        present, the coordinates are doubles, and one outcome per :data:`INPUT_RULES`
+        entry whose ``unexpected_count`` is the number of rows breaking that rule.
+    """
+    with _cached(typed) as frame:
+        return _result(INPUT_SUITE, _run_suite(frame, INPUT_SUITE, _input_expectations()))
+
+
+def validate_output(matches: DataFrame, *, input_ids: DataFrame) -> ContractResult:
+    """Check a match result before it is written (runs Spark jobs).
+
+    Args:
+        matches: one row per POI with ``id`` and ``matches`` (space-separated ids,
+            starting with the row's own id); other columns (``group_id``) allowed.
+        input_ids: the POIs that were matched (an ``id`` column; other columns ignored).
+
+    Returns:
+        :class:`ContractResult` of suite ``poimatch.output``: ``id`` not null and
+        unique; ``matches`` not null and its first token equal to ``id``; as many rows
+        as distinct input ids; and no input id missing from the output.
+    """
+    table: list[Expectation] = [
+        ExpectTableColumnsToMatchSet(column_set=[ID, MATCHES], exact_match=False),
+        ExpectColumnValuesToNotBeNull(column=ID),
+        ExpectColumnValuesToBeUnique(column=ID),
+        ExpectColumnValuesToNotBeNull(column=MATCHES),
+        ExpectColumnPairValuesToBeEqual(
+            column_A=ID,
+            column_B=OUTPUT_FIRST_MATCH,
+            meta={"note": f"first id in {MATCHES} must be the row's {ID}"},
+        ),
+    ]
+    distinct_ids = input_ids.select(ID).where(F.col(ID).isNotNull()).distinct()
+    with _cached(matches) as output, _cached(distinct_ids) as ids:
+        n_ids = ids.count()
+        table.append(
+            ExpectTableRowCountToEqual(value=n_ids, meta={"note": "one row per distinct input id"})
+        )
+        checked = output
+        if MATCHES in output.columns:
+            first = F.split(F.col(MATCHES), " ", 2).getItem(0)
+            checked = output.withColumn(OUTPUT_FIRST_MATCH, first)
+        outcomes = list(_run_suite(checked, OUTPUT_SUITE, table))
+        if ID in output.columns:
+            # Input ids left-joined to the output's: a null output id is a missing id.
+            found = output.select(ID).distinct().withColumn(OUTPUT_ID_FOUND, F.col(ID))
+            coverage = [
+                ExpectColumnPairValuesToBeEqual(
+                    column_A=ID,
+                    column_B=OUTPUT_ID_FOUND,
+                    meta={"note": "input ids missing from the output"},
+                )
+            ]
+            with _cached(ids.join(found, on=ID, how="left")) as joined:
+                outcomes += _run_suite(joined, f"{OUTPUT_SUITE}.coverage", coverage)
+    return _result(OUTPUT_SUITE, outcomes)

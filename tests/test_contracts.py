@@ -1,0 +1,385 @@
+"""Tests of poimatch.contracts: typed coordinates, rejection reasons, GX validation."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Any
+
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from poimatch import contracts as C
+from poimatch import schema as S
+
+RAW_SCHEMA = T.StructType(
+    [T.StructField(c, T.StringType(), True) for c in (S.ID, S.NAME, S.LATITUDE, S.LONGITUDE)]
+)
+REASONS_SCHEMA = T.StructType(
+    [
+        T.StructField(S.ID, T.StringType(), True),
+        T.StructField(S.NAME, T.StringType(), True),
+        T.StructField(S.RAW_LATITUDE, T.StringType(), True),
+        T.StructField(S.RAW_LONGITUDE, T.StringType(), True),
+        T.StructField(S.REASON, T.StringType(), True),
+    ]
+)
+
+# (id, name, latitude, longitude) -> expected reason; each bad row is bad in one or two ways.
+BAD_ROWS: list[tuple[tuple[str | None, ...], str | None]] = [
+    (("p1", "Cafe", "45.0", "7.0"), None),
+    (("p3", "Deli", " 12.5 ", "-180"), None),
+    ((None, "Zed", "-90.0", "180"), "missing_id"),
+    (("", "Bar", "abc", "7.0"), "missing_id,non_numeric_latitude"),
+    (("", "Foo", "1", "1"), "missing_id"),  # blank ids are missing, not duplicates
+    (("p2", "Shop", "91", "7.0"), "latitude_out_of_range"),
+    (("p4", None, "10", "181"), "missing_name,longitude_out_of_range"),
+    (("p5", "  ", "1", "1"), "missing_name"),
+    (("p8", "\t", "NaN", "2"), "missing_name,non_numeric_latitude"),
+    (("d1", "A", "1", "1"), "duplicate_id"),
+    (("d1", "B", "2", "2"), "duplicate_id"),
+    (("p6", "Pub", "", "-12"), "non_numeric_latitude"),
+    (("p7", "Inn", "-91", "1,5"), "latitude_out_of_range,non_numeric_longitude"),
+    (("p9", "Spa", "3", "Infinity"), "non_numeric_longitude"),
+]
+
+# Rows per rule in BAD_ROWS, written out by hand.
+EXPECTED_RULE_COUNTS = {
+    "missing_id": 3,
+    "missing_name": 3,
+    "duplicate_id": 2,
+    "non_numeric_latitude": 3,
+    "latitude_out_of_range": 2,
+    "non_numeric_longitude": 2,
+    "longitude_out_of_range": 1,
+}
+
+
+def _raw(spark: SparkSession, rows: list[tuple[str | None, ...]]) -> DataFrame:
+    return spark.createDataFrame(rows, RAW_SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def bad_typed(spark: SparkSession) -> DataFrame:
+    return C.add_typed_coordinates(_raw(spark, [r for r, _ in BAD_ROWS]))
+
+
+@pytest.fixture(scope="module")
+def clean_typed(spark: SparkSession) -> DataFrame:
+    rows = [
+        ("a", "Alpha", "45.5", "9.25"),
+        ("b", "Beta", " -90 ", "180"),
+        ("c", "Gamma", "1e1", "-180.0"),
+    ]
+    return C.add_typed_coordinates(_raw(spark, rows))
+
+
+def _outcome(
+    result: C.ContractResult, name: str, column: str | None = None
+) -> C.ExpectationOutcome:
+    found = [o for o in result.outcomes if o.name == name and o.column == column]
+    assert len(found) == 1, (name, column, result.outcomes)
+    return found[0]
+
+
+# --- add_typed_coordinates -------------------------------------------------------------
+
+
+def test_typed_coordinates_parse_trim_and_reject_non_numbers(spark: SparkSession) -> None:
+    raw = _raw(
+        spark,
+        [
+            ("a", "n", " 12.5 ", "\t-3\n"),
+            ("b", "n", "abc", "NaN"),
+            ("c", "n", "Infinity", "-Infinity"),
+            ("d", "n", "", None),
+            ("e", "n", "1e2", "+.5"),
+            ("f", "n", "12,5", "0x1p3"),
+            ("g", "n", "1.5d", "nan"),
+        ],
+    )
+    expected = spark.createDataFrame(
+        [
+            ("a", "n", 12.5, -3.0, " 12.5 ", "\t-3\n"),
+            ("b", "n", None, None, "abc", "NaN"),
+            ("c", "n", None, None, "Infinity", "-Infinity"),
+            ("d", "n", None, None, "", None),
+            ("e", "n", 100.0, 0.5, "1e2", "+.5"),
+            ("f", "n", None, None, "12,5", "0x1p3"),
+            ("g", "n", None, None, "1.5d", "nan"),
+        ],
+        T.StructType(
+            [
+                T.StructField(S.ID, T.StringType(), True),
+                T.StructField(S.NAME, T.StringType(), True),
+                T.StructField(S.LATITUDE, T.DoubleType(), True),
+                T.StructField(S.LONGITUDE, T.DoubleType(), True),
+                T.StructField(S.RAW_LATITUDE, T.StringType(), True),
+                T.StructField(S.RAW_LONGITUDE, T.StringType(), True),
+            ]
+        ),
+    )
+    assert_df_equality(C.add_typed_coordinates(raw), expected, ignore_row_order=True)
+
+
+# --- add_rejection_reasons -------------------------------------------------------------
+
+
+def test_rejection_reasons_per_row(spark: SparkSession, bad_typed: DataFrame) -> None:
+    actual = C.add_rejection_reasons(bad_typed).select(
+        S.ID, S.NAME, S.RAW_LATITUDE, S.RAW_LONGITUDE, S.REASON
+    )
+    expected = spark.createDataFrame([(*r, reason) for r, reason in BAD_ROWS], REASONS_SCHEMA)
+    assert_df_equality(actual, expected, ignore_row_order=True)
+
+
+def test_rejection_reasons_keep_columns_and_reasons_in_rule_order(spark: SparkSession) -> None:
+    raw = _raw(spark, [("x", None, "abc", "200")]).withColumn(S.CITY, F.lit("Rome"))
+    out = C.add_rejection_reasons(C.add_typed_coordinates(raw))
+    assert out.columns == [
+        S.ID,
+        S.NAME,
+        S.LATITUDE,
+        S.LONGITUDE,
+        S.CITY,
+        S.RAW_LATITUDE,
+        S.RAW_LONGITUDE,
+        S.REASON,
+    ]
+    row = out.first()
+    assert row is not None
+    assert row[S.REASON] == "missing_name,non_numeric_latitude,longitude_out_of_range"
+    assert [r.reason for r in C.INPUT_RULES] == list(EXPECTED_RULE_COUNTS)
+
+
+def test_three_copies_of_an_id_are_all_duplicates(spark: SparkSession) -> None:
+    raw = _raw(spark, [("z", "A", "1", "1"), ("z", "B", "1", "1"), ("z", "C", "1", "1")])
+    reasons = [r[S.REASON] for r in C.add_rejection_reasons(C.add_typed_coordinates(raw)).collect()]
+    assert reasons == ["duplicate_id"] * 3
+
+
+# --- validate_input --------------------------------------------------------------------
+
+
+def test_validate_input_clean_rows_pass(clean_typed: DataFrame) -> None:
+    result = C.validate_input(clean_typed)
+    assert result.suite == C.INPUT_SUITE
+    assert result.success, result.describe()
+    assert result.failures() == ()
+    assert len(result.outcomes) == 3 + len(C.INPUT_RULES)
+    assert all(o.unexpected_count == 0 for o in result.outcomes)
+    assert _outcome(result, "expect_column_values_to_not_be_null", S.LATITUDE).element_count == 3
+    assert "passed" in result.describe()
+    C.require(result)  # does not raise
+    assert not clean_typed.is_cached  # the validator released what it cached
+
+
+def test_validate_input_bad_rows_fail_with_counts(bad_typed: DataFrame) -> None:
+    result = C.validate_input(bad_typed)
+    assert not result.success
+    expected = {
+        ("expect_table_row_count_to_equal", S.ID): 3,
+        ("expect_table_row_count_to_equal", S.NAME): 3,
+        ("expect_column_values_to_be_unique", S.ID): 2,
+        ("expect_column_values_to_not_be_null", S.LATITUDE): 3,
+        ("expect_column_values_to_be_between", S.LATITUDE): 2,
+        ("expect_column_values_to_not_be_null", S.LONGITUDE): 2,
+        ("expect_column_values_to_be_between", S.LONGITUDE): 1,
+    }
+    actual = {(o.name, o.column): o.unexpected_count for o in result.failures()}
+    assert actual == expected
+    # structure is fine: columns present and coordinates typed
+    assert _outcome(result, "expect_table_columns_to_match_set").success
+    assert _outcome(result, "expect_column_values_to_be_of_type", S.LATITUDE).success
+    text = result.describe()
+    assert "FAILED 7 of 10" in text
+    assert "expect_column_values_to_be_unique on column 'id': 2 unexpected" in text
+    assert "rule latitude_out_of_range" in text
+    with pytest.raises(C.ContractError) as caught:
+        C.require(result)
+    assert caught.value.result is result
+    assert str(caught.value) == text
+
+
+def test_gx_counts_match_rejection_reasons(bad_typed: DataFrame) -> None:
+    """For each rule: GX unexpected count == rows whose reason names that rule."""
+    result = C.validate_input(bad_typed)
+    rule_outcomes = result.outcomes[-len(C.INPUT_RULES) :]
+    reasons = F.split(F.col(S.REASON), ",")
+    checked = C.add_rejection_reasons(bad_typed)
+    tagged = checked.select(
+        *[
+            F.sum(F.array_contains(reasons, r.reason).cast("int")).alias(r.reason)
+            for r in C.INPUT_RULES
+        ]
+    ).first()
+    assert tagged is not None
+    for rule, outcome in zip(C.INPUT_RULES, rule_outcomes, strict=True):
+        assert outcome.name == rule.expectation.expectation_type
+        assert f"rule {rule.reason}" in outcome.detail
+        assert outcome.unexpected_count == tagged[rule.reason] == EXPECTED_RULE_COUNTS[rule.reason]
+        assert outcome.success is (outcome.unexpected_count == 0)
+
+
+def test_valid_subset_passes_the_input_contract(bad_typed: DataFrame) -> None:
+    kept = C.add_rejection_reasons(bad_typed).where(F.col(S.REASON).isNull())
+    result = C.validate_input(kept)
+    assert result.success, result.describe()
+    assert _outcome(result, "expect_column_values_to_not_be_null", S.LATITUDE).element_count == 2
+
+
+def test_validate_input_reports_missing_columns(spark: SparkSession) -> None:
+    untyped = _raw(spark, [("a", "n", "1", "2")])  # no raw_* columns, strings not doubles
+    result = C.validate_input(untyped)
+    columns = _outcome(result, "expect_table_columns_to_match_set")
+    assert not columns.success
+    assert columns.unexpected_count == 2
+    assert "'raw_latitude', 'raw_longitude'" in columns.detail
+    assert not _outcome(result, "expect_column_values_to_be_of_type", S.LATITUDE).success
+    assert "missing columns" in result.describe()
+
+
+def test_validate_keeps_a_cached_frame_cached(clean_typed: DataFrame) -> None:
+    cached = clean_typed.cache()
+    try:
+        assert C.validate_input(cached).success
+        assert cached.is_cached
+    finally:
+        cached.unpersist()
+
+
+def test_validation_opens_no_outside_connection(
+    clean_typed: DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GX must not phone home: only loopback (the Py4J gateway) may be contacted."""
+    contacted: list[Any] = []
+    connect = socket.socket.connect
+
+    def spy(self: socket.socket, address: Any) -> None:
+        contacted.append(address)
+        connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", spy)
+    assert C.validate_input(clean_typed).success
+    outside = [
+        a
+        for a in contacted
+        if isinstance(a, tuple) and not ipaddress.ip_address(a[0].split("%")[0]).is_loopback
+    ]
+    assert outside == []
+
+
+# --- validate_output -------------------------------------------------------------------
+
+MATCH_SCHEMA = T.StructType(
+    [
+        T.StructField(S.ID, T.StringType(), True),
+        T.StructField(S.MATCHES, T.StringType(), True),
+        T.StructField(S.GROUP_ID, T.StringType(), True),
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+def input_ids(spark: SparkSession) -> DataFrame:
+    return spark.createDataFrame([("a",), ("b",), ("c",), ("d",)], f"{S.ID} string")
+
+
+def _matches(spark: SparkSession, rows: list[tuple[str | None, ...]]) -> DataFrame:
+    return spark.createDataFrame(rows, MATCH_SCHEMA)
+
+
+def test_validate_output_accepts_a_correct_result(
+    spark: SparkSession, input_ids: DataFrame
+) -> None:
+    out = _matches(
+        spark, [("a", "a b", "g1"), ("b", "b a", "g1"), ("c", "c", "g2"), ("d", "d", "g3")]
+    )
+    result = C.validate_output(out, input_ids=input_ids)
+    assert result.suite == C.OUTPUT_SUITE
+    assert result.success, result.describe()
+    assert len(result.outcomes) == 7
+    assert S.OUTPUT_FIRST_MATCH not in out.columns
+
+
+def test_validate_output_missing_id(spark: SparkSession, input_ids: DataFrame) -> None:
+    out = _matches(spark, [("a", "a b", "g1"), ("b", "b a", "g1"), ("c", "c", "g2")])
+    result = C.validate_output(out, input_ids=input_ids)
+    assert not result.success
+    failed = {(o.name, o.column): o.unexpected_count for o in result.failures()}
+    assert failed == {
+        ("expect_table_row_count_to_equal", None): 1,
+        ("expect_column_pair_values_to_be_equal", f"{S.ID},{S.OUTPUT_ID_FOUND}"): 1,
+    }
+    text = result.describe()
+    assert "input ids missing from the output" in text
+    assert "('d', None)" in text
+    assert "observed 3 rows, expected 4" in text
+
+
+def test_validate_output_duplicated_id(spark: SparkSession, input_ids: DataFrame) -> None:
+    out = _matches(
+        spark,
+        [
+            ("a", "a b", "g1"),
+            ("b", "b a", "g1"),
+            ("c", "c", "g2"),
+            ("d", "d", "g3"),
+            ("d", "d", "g3"),
+        ],
+    )
+    result = C.validate_output(out, input_ids=input_ids)
+    assert not result.success
+    failed = {(o.name, o.column): o.unexpected_count for o in result.failures()}
+    assert failed == {
+        ("expect_column_values_to_be_unique", S.ID): 2,
+        ("expect_table_row_count_to_equal", None): 1,
+    }
+    assert (
+        "expect_column_values_to_be_unique on column 'id': 2 unexpected of 5" in result.describe()
+    )
+
+
+def test_validate_output_matches_must_start_with_the_id(
+    spark: SparkSession, input_ids: DataFrame
+) -> None:
+    out = _matches(
+        spark, [("a", "b a", "g1"), ("b", "b a", "g1"), ("c", " c", "g2"), ("d", None, None)]
+    )
+    result = C.validate_output(out, input_ids=input_ids)
+    assert not result.success
+    failed = {(o.name, o.column): o.unexpected_count for o in result.failures()}
+    assert failed == {
+        ("expect_column_values_to_not_be_null", S.MATCHES): 1,
+        ("expect_column_pair_values_to_be_equal", f"{S.ID},{S.OUTPUT_FIRST_MATCH}"): 3,
+    }
+    text = result.describe()
+    assert "first id in matches must be the row's id" in text
+    assert "('a', 'b')" in text
+    with pytest.raises(C.ContractError, match="expect_column_values_to_not_be_null"):
+        C.require(result)
+
+
+def test_validate_output_without_matches_column_fails_cleanly(
+    spark: SparkSession, input_ids: DataFrame
+) -> None:
+    out = spark.createDataFrame([("a",), ("b",), ("c",), ("d",)], f"{S.ID} string")
+    result = C.validate_output(out, input_ids=input_ids)
+    assert not result.success
+    columns = _outcome(result, "expect_table_columns_to_match_set")
+    assert (columns.success, columns.unexpected_count) == (False, 1)
+    assert "missing columns: 'matches'" in result.describe()
+    assert _outcome(result, "expect_column_values_to_be_unique", S.ID).success
+    assert not out.is_cached
+    assert not input_ids.is_cached
+
+
+def test_rule_violated_is_a_column_matching_its_condition(spark: SparkSession) -> None:
+    typed = C.add_typed_coordinates(_raw(spark, [("a", "n", "95", "1"), ("b", "n", "5", "1")]))
+    rule = next(r for r in C.INPUT_RULES if r.reason == "latitude_out_of_range")
+    flags = [r["v"] for r in typed.select(S.ID, rule.violated.alias("v")).orderBy(S.ID).collect()]
+    assert flags == [True, False]
+    assert "`latitude` > 90.0" in rule.condition

@@ -23,7 +23,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ requirements.lock -nt "$STAMP" ]; then
   "$VENV/bin/pip" install --quiet --upgrade pip
-  "$VENV/bin/pip" install --quiet -c requirements.lock -e '.[dev]'
+  "$VENV/bin/pip" install --quiet -c requirements.lock -e '.[local,dev]'
 fi
 
 # JVM jars: Delta for Spark 4.1, resolved through Maven into a project-local folder.

@@ -1272,4 +1272,6 @@ def write_pois_csv(df: pd.DataFrame, path: str | Path) -> None:
     if missing:
         raise ValueError(f"frame lacks input columns: {missing}")
     columns = [*INPUT_COLUMNS, *([POI] if POI in df.columns else [])]
-    df.to_csv(Path(path), columns=columns, index=False, encoding="utf-8", na_rep="")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(target, columns=columns, index=False, encoding="utf-8", na_rep="")

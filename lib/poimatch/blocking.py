@@ -1,0 +1,234 @@
+"""Blocking: candidate pairs from a spatial k-nearest pass and exact-key passes.
+
+* Spatial pass: every row is put in a square grid cell of ``cell_m`` metres and
+  joined with the rows of its 3x3 neighbourhood, so a pair closer than ``cell_m`` is
+  never lost at a cell border. Each row keeps its ``k_nearest`` nearest candidates:
+  the cap that keeps dense city centres from exploding.
+* Key passes: rows sharing a normalized name, phone or url domain within a much
+  wider area (``key_cell_m``, again with neighbours), ``k_key`` nearest per row, for
+  duplicates whose coordinates are far apart. A key shared by more than
+  ``max_key_group`` rows in one area ("bus stop", "atm") is too generic to block on.
+
+Passes are unioned; each pair appears once in canonical order (``id_l < id_r``).
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from poimatch import schema as S
+from poimatch.config import BlockingSettings
+from poimatch.features import PAIR_SIDE_COLUMNS, pair_side_col
+
+__all__ = [
+    "candidate_pairs",
+    "add_pair_sides",
+    "add_context_features",
+    "haversine_m",
+    "CONTEXT_FEATURES",
+]
+
+_M_PER_DEG = 111_320.0
+_CY, _CX = "_cy", "_cx"
+_DIST = "_dist_m"
+_RANK = "_rank"
+_KEY = "_key"
+_OTHER = "_other"
+
+F_RANK_MIN = f"{S.FEATURE_PREFIX}dist_rank_min"
+F_RANK_MAX = f"{S.FEATURE_PREFIX}dist_rank_max"
+F_CAND_MIN = f"{S.FEATURE_PREFIX}cands_min"
+F_CAND_MAX = f"{S.FEATURE_PREFIX}cands_max"
+F_KNN_RADIUS = f"{S.FEATURE_PREFIX}knn_radius_m"
+F_DIST_OVER_RADIUS = f"{S.FEATURE_PREFIX}dist_over_radius"
+CONTEXT_FEATURES: tuple[str, ...] = (
+    F_RANK_MIN,
+    F_RANK_MAX,
+    F_CAND_MIN,
+    F_CAND_MAX,
+    F_KNN_RADIUS,
+    F_DIST_OVER_RADIUS,
+)
+
+
+def haversine_m(lat1: Column, lon1: Column, lat2: Column, lon2: Column) -> Column:
+    """Great-circle distance in metres, as a Spark expression."""
+    p1, p2 = F.radians(lat1), F.radians(lat2)
+    dlat = p2 - p1
+    dlon = F.radians(lon2) - F.radians(lon1)
+    a = F.pow(F.sin(dlat / 2), 2) + F.cos(p1) * F.cos(p2) * F.pow(F.sin(dlon / 2), 2)
+    return F.lit(2 * 6_371_008.8) * F.asin(F.sqrt(F.least(F.lit(1.0), a)))
+
+
+def _with_cell(df: DataFrame, cell_m: float) -> DataFrame:
+    cy = F.floor(F.col(S.LATITUDE) * _M_PER_DEG / cell_m)
+    # x cells are scaled at the latitude of the row's band, so neighbours stay neighbours
+    band_lat = F.radians((cy + 0.5) * cell_m / _M_PER_DEG)
+    scale = F.greatest(F.cos(band_lat), F.lit(0.01))
+    cx = F.floor(F.col(S.LONGITUDE) * _M_PER_DEG * scale / cell_m)
+    return df.withColumn(_CY, cy.cast(T.LongType())).withColumn(_CX, cx.cast(T.LongType()))
+
+
+def _neighbour_join(points: DataFrame, cell_m: float, key: Column | None) -> DataFrame:
+    """Directed pairs (id, other) between rows in the same or adjacent cells."""
+    base = _with_cell(points, cell_m)
+    if key is not None:
+        base = base.withColumn(_KEY, key).where(F.col(_KEY).isNotNull())
+    offsets = F.array(
+        *[
+            F.struct(F.lit(dy).alias("dy"), F.lit(dx).alias("dx"))
+            for dy in (-1, 0, 1)
+            for dx in (-1, 0, 1)
+        ]
+    )
+    left = (
+        base.select("*", F.explode(offsets).alias("_o"))
+        .withColumn(_CY, F.col(_CY) + F.col("_o.dy"))
+        .withColumn(_CX, F.col(_CX) + F.col("_o.dx"))
+        .drop("_o")
+    )
+    on = [_CY, _CX] + ([_KEY] if key is not None else [])
+    right = base.select(
+        *on,
+        F.col(S.ID).alias(_OTHER),
+        F.col(S.LATITUDE).alias("_lat_o"),
+        F.col(S.LONGITUDE).alias("_lon_o"),
+    )
+    return (
+        left.join(right, on=on, how="inner")
+        .where(F.col(S.ID) != F.col(_OTHER))
+        .withColumn(
+            _DIST,
+            haversine_m(F.col(S.LATITUDE), F.col(S.LONGITUDE), F.col("_lat_o"), F.col("_lon_o")),
+        )
+        .select(S.ID, _OTHER, _DIST)
+    )
+
+
+def _k_nearest(directed: DataFrame, k: int) -> DataFrame:
+    w = Window.partitionBy(S.ID).orderBy(F.col(_DIST), F.col(_OTHER))
+    return directed.withColumn(_RANK, F.row_number().over(w)).where(F.col(_RANK) <= k)
+
+
+def _canonical(directed: DataFrame, label: str) -> DataFrame:
+    return directed.select(
+        F.least(F.col(S.ID), F.col(_OTHER)).alias(S.ID_L),
+        F.greatest(F.col(S.ID), F.col(_OTHER)).alias(S.ID_R),
+        F.lit(label).alias(S.PASS),
+    )
+
+
+def _pass_key(name: str) -> Column:
+    if name == "name":
+        return F.col(S.N_NAME)
+    if name == "name_prefix":
+        return F.when(F.length(S.N_NAME) >= 4, F.substring(F.col(S.N_NAME), 1, 6))
+    if name == "phone":
+        return F.col(S.N_PHONE)
+    if name == "url":
+        return F.col(S.N_URL)
+    raise ValueError(f"unknown blocking pass {name!r}")
+
+
+def candidate_pairs(points: DataFrame, *, settings: BlockingSettings) -> DataFrame:
+    """Candidate pairs ``(id_l, id_r, block_pass)`` of normalized POIs.
+
+    Args:
+        points: rows with ``id``, ``latitude``, ``longitude`` and the normalized
+            columns of :func:`poimatch.normalize.add_normalized_columns`.
+        settings: the blocking section of the configuration.
+
+    Returns:
+        One row per distinct pair, ``id_l < id_r``; ``block_pass`` names the passes
+        that found it (comma-separated, spatial first).
+
+    Example:
+        >>> pairs = candidate_pairs(normalized, settings=BlockingSettings())  # doctest: +SKIP
+    """
+    spatial = _neighbour_join(points, settings.cell_m, None)
+    passes = [_canonical(_k_nearest(spatial, settings.k_nearest), "spatial")]
+    for name in settings.key_passes:
+        directed = _neighbour_join(points, settings.key_cell_m, _pass_key(name))
+        # drop keys too generic to block on: count the rows sharing the key around a row
+        popular = Window.partitionBy(S.ID)
+        directed = directed.withColumn("_n", F.count(F.lit(1)).over(popular)).where(
+            F.col("_n") < settings.max_key_group
+        )
+        passes.append(_canonical(_k_nearest(directed, settings.k_key), name))
+    union = passes[0]
+    for extra in passes[1:]:
+        union = union.unionByName(extra)
+    return union.groupBy(S.ID_L, S.ID_R).agg(
+        F.concat_ws(",", F.array_sort(F.collect_set(S.PASS))).alias(S.PASS)
+    )
+
+
+def add_pair_sides(pairs: DataFrame, points: DataFrame) -> DataFrame:
+    """Attach each side's columns (``<col>_l`` / ``<col>_r``) needed by the features."""
+    cols = [c for c in PAIR_SIDE_COLUMNS if c in points.columns]
+    extra = [S.POI] if S.POI in points.columns else []
+    left = points.select(
+        F.col(S.ID).alias(S.ID_L), *[F.col(c).alias(pair_side_col(c, "l")) for c in cols + extra]
+    )
+    right = points.select(
+        F.col(S.ID).alias(S.ID_R), *[F.col(c).alias(pair_side_col(c, "r")) for c in cols + extra]
+    )
+    return pairs.join(left, on=S.ID_L, how="inner").join(right, on=S.ID_R, how="inner")
+
+
+def add_context_features(pairs: DataFrame, *, k_nearest: int) -> DataFrame:
+    """Distance rank of the pair among each side's candidates, and local density.
+
+    Needs ``f_dist_m`` (see :mod:`poimatch.features`). Adds the rank of the pair
+    within each side's candidate list (min/max over sides), each side's number of
+    candidates (min/max) and the radius that holds a side's ``k_nearest``
+    candidates, plus the pair distance relative to that radius.
+    """
+    dist = f"{S.FEATURE_PREFIX}dist_m"
+    directed = pairs.select(
+        F.col(S.ID_L).alias(S.ID), F.col(S.ID_R).alias(_OTHER), F.col(dist).alias(_DIST)
+    ).unionByName(
+        pairs.select(
+            F.col(S.ID_R).alias(S.ID), F.col(S.ID_L).alias(_OTHER), F.col(dist).alias(_DIST)
+        )
+    )
+    w = Window.partitionBy(S.ID).orderBy(F.col(_DIST), F.col(_OTHER))
+    per_row = Window.partitionBy(S.ID)
+    ranked = (
+        directed.withColumn(_RANK, F.row_number().over(w))
+        .withColumn("_n", F.count(F.lit(1)).over(per_row))
+        .withColumn(
+            "_radius",
+            F.max(F.when(F.col(_RANK) <= k_nearest, F.col(_DIST))).over(per_row),
+        )
+    )
+    side_l = ranked.select(
+        F.col(S.ID).alias(S.ID_L),
+        F.col(_OTHER).alias(S.ID_R),
+        F.col(_RANK).alias("_rank_l"),
+        F.col("_n").alias("_n_l"),
+        F.col("_radius").alias("_rad_l"),
+    )
+    side_r = ranked.select(
+        F.col(S.ID).alias(S.ID_R),
+        F.col(_OTHER).alias(S.ID_L),
+        F.col(_RANK).alias("_rank_r"),
+        F.col("_n").alias("_n_r"),
+        F.col("_radius").alias("_rad_r"),
+    )
+    out = pairs.join(side_l, on=[S.ID_L, S.ID_R], how="left").join(
+        side_r, on=[S.ID_L, S.ID_R], how="left"
+    )
+    radius = F.greatest(F.col("_rad_l"), F.col("_rad_r"))
+    d = T.DoubleType()
+    return out.select(
+        *pairs.columns,
+        F.least("_rank_l", "_rank_r").cast(d).alias(F_RANK_MIN),
+        F.greatest("_rank_l", "_rank_r").cast(d).alias(F_RANK_MAX),
+        F.least("_n_l", "_n_r").cast(d).alias(F_CAND_MIN),
+        F.greatest("_n_l", "_n_r").cast(d).alias(F_CAND_MAX),
+        radius.cast(d).alias(F_KNN_RADIUS),
+        (F.col(dist) / F.greatest(radius, F.lit(1.0))).cast(d).alias(F_DIST_OVER_RADIUS),
+    )

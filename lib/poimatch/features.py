@@ -1,0 +1,365 @@
+"""Pair-feature stage: similarity features for candidate pairs of POIs.
+
+``add_pair_features`` takes a pair table with ``id_l``, ``id_r`` and, for each
+base column ``c`` in ``PAIR_SIDE_COLUMNS``, the two columns
+``pair_side_col(c, "l")`` / ``pair_side_col(c, "r")`` (i.e. ``c_l`` / ``c_r``),
+and adds the double columns of ``FEATURE_COLUMNS`` (all prefixed ``f_``).
+
+A feature is **null** (never a sentinel such as -1) when it cannot be computed
+because a side is missing: gradient-boosted trees treat null as "missing".
+
+Everything is a Spark built-in expression except the fuzzy string similarities
+(Jaro-Winkler, token-set, partial and plain ratios), which come from one
+vectorized pandas UDF returning a struct and calling ``rapidfuzz.process.cpdist``
+on whole Arrow batches.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.pandas.functions import pandas_udf
+from rapidfuzz import fuzz
+from rapidfuzz.distance import JaroWinkler
+from rapidfuzz.process import cpdist
+
+from poimatch.schema import (
+    COUNTRY,
+    F_ADDR_LEV_NORM,
+    F_ADDR_NUM_MATCH,
+    F_ADDR_TOKEN_SET,
+    F_CAT_JACCARD,
+    F_CITY_EQ,
+    F_DIST_M,
+    F_LOG_DIST,
+    F_NAME_CONTAINS,
+    F_NAME_JW,
+    F_NAME_LEN_MAX,
+    F_NAME_LEN_MIN,
+    F_NAME_LEV,
+    F_NAME_LEV_NORM,
+    F_NAME_NUM_MATCH,
+    F_NAME_PARTIAL,
+    F_NAME_RATIO,
+    F_NAME_SOUNDEX_EQ,
+    F_NAME_TOKEN_JACCARD,
+    F_NAME_TOKEN_OVERLAP,
+    F_NAME_TOKEN_SET,
+    F_PHONE_EQ,
+    F_SAME_COUNTRY,
+    F_URL_EQ,
+    F_ZIP_EQ,
+    ID_L,
+    ID_R,
+    LATITUDE,
+    LONGITUDE,
+    N_ADDRESS,
+    N_CATEGORIES,
+    N_CITY,
+    N_NAME,
+    N_NAME_TOKENS,
+    N_PHONE,
+    N_URL,
+    N_ZIP,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from numpy.typing import NDArray
+    from pyspark.sql._typing import UserDefinedFunctionLike
+
+    _StrSeries = pd.Series[str]
+else:  # pandas has no runtime ``Series[...]``; Spark reads these hints at runtime.
+    _StrSeries = pd.Series
+
+__all__ = [
+    "EARTH_RADIUS_M",
+    "FEATURE_COLUMNS",
+    "PAIR_SIDE_COLUMNS",
+    "SIDES",
+    "SIDE_L",
+    "SIDE_R",
+    "add_pair_features",
+    "pair_side_col",
+]
+
+SIDE_L: Final = "l"
+SIDE_R: Final = "r"
+SIDES: tuple[str, ...] = (SIDE_L, SIDE_R)
+
+EARTH_RADIUS_M = 6_371_000.0
+"""Mean Earth radius used by the haversine distance, in metres."""
+
+PAIR_SIDE_COLUMNS: tuple[str, ...] = (
+    LATITUDE,
+    LONGITUDE,
+    N_NAME,
+    N_NAME_TOKENS,
+    N_ADDRESS,
+    N_CITY,
+    N_ZIP,
+    N_PHONE,
+    N_URL,
+    N_CATEGORIES,
+    COUNTRY,
+)
+"""Base (un-suffixed) columns that a pair table needs for each side."""
+
+FEATURE_COLUMNS: tuple[str, ...] = (
+    F_DIST_M,
+    F_LOG_DIST,
+    F_NAME_LEV,
+    F_NAME_LEV_NORM,
+    F_NAME_JW,
+    F_NAME_TOKEN_SET,
+    F_NAME_PARTIAL,
+    F_NAME_RATIO,
+    F_NAME_CONTAINS,
+    F_NAME_TOKEN_JACCARD,
+    F_NAME_TOKEN_OVERLAP,
+    F_NAME_SOUNDEX_EQ,
+    F_NAME_NUM_MATCH,
+    F_NAME_LEN_MIN,
+    F_NAME_LEN_MAX,
+    F_ADDR_TOKEN_SET,
+    F_ADDR_LEV_NORM,
+    F_ADDR_NUM_MATCH,
+    F_CITY_EQ,
+    F_ZIP_EQ,
+    F_PHONE_EQ,
+    F_URL_EQ,
+    F_CAT_JACCARD,
+    F_SAME_COUNTRY,
+)
+"""Every feature column added by ``add_pair_features``, in model-input order."""
+
+
+def pair_side_col(col: str, side: str) -> str:
+    """Name of base column ``col`` on one side of a pair: ``f"{col}_{side}"``.
+
+    ``side`` is ``"l"`` (``SIDE_L``) or ``"r"`` (``SIDE_R``); anything else raises
+    ``ValueError``.
+    """
+    if side not in SIDES:
+        msg = f"side must be one of {SIDES}, got {side!r}"
+        raise ValueError(msg)
+    return f"{col}_{side}"
+
+
+def _l(col: str) -> Column:
+    """Left-side column of base column ``col``."""
+    return F.col(pair_side_col(col, SIDE_L))
+
+
+def _r(col: str) -> Column:
+    """Right-side column of base column ``col``."""
+    return F.col(pair_side_col(col, SIDE_R))
+
+
+def _both(col: str) -> Column:
+    """True when both sides of ``col`` are non-null."""
+    return _l(col).isNotNull() & _r(col).isNotNull()
+
+
+def _ratio(num: Column, den: Column) -> Column:
+    """``num / den`` as a double; null when ``den`` is 0 or null (ANSI-safe)."""
+    return F.when(den > 0, num.cast(T.DoubleType()) / den.cast(T.DoubleType()))
+
+
+def _flag(cond: Column) -> Column:
+    """Boolean condition as 1.0 / 0.0 (null stays null)."""
+    return cond.cast(T.DoubleType())
+
+
+# --- geometry -----------------------------------------------------------------
+
+
+def _haversine_m() -> Column:
+    """Great-circle distance between the two sides' coordinates, in metres."""
+    lat1, lat2 = F.radians(_l(LATITUDE)), F.radians(_r(LATITUDE))
+    dlat = lat2 - lat1
+    dlon = F.radians(_r(LONGITUDE)) - F.radians(_l(LONGITUDE))
+    a = F.pow(F.sin(dlat / 2), 2) + F.cos(lat1) * F.cos(lat2) * F.pow(F.sin(dlon / 2), 2)
+    # clamp rounding overshoot (a > 1 near antipodes); not F.least, which skips nulls
+    a = F.when(a > 1.0, F.lit(1.0)).otherwise(a)
+    return F.lit(2 * EARTH_RADIUS_M) * F.asin(F.sqrt(a))
+
+
+# --- generic text / set features ------------------------------------------------
+
+
+def _equal(col: str, *, fold: Callable[[Column], Column] | None = None) -> Column:
+    """1.0 if both sides are equal, 0.0 if they differ, null if either is missing."""
+    left, right = _l(col), _r(col)
+    if fold is not None:
+        left, right = fold(left), fold(right)
+    return _flag(left == right)
+
+
+def _lev_norm(col: str) -> Column:
+    """Levenshtein distance divided by the longer length; null if either is missing."""
+    longest = F.greatest(F.length(_l(col)), F.length(_r(col)))
+    return F.when(_both(col), _ratio(F.levenshtein(_l(col), _r(col)), longest))
+
+
+def _jaccard(left: Column, right: Column) -> Column:
+    """|L n R| / |L u R| of two arrays (as sets); null if either is null."""
+    inter = F.size(F.array_intersect(left, right))
+    union = F.size(F.array_union(left, right))
+    return F.when(left.isNotNull() & right.isNotNull(), _ratio(inter, union))
+
+
+_HAS_DIGIT = r"[0-9]"
+_LEADING_ZEROS = r"(?<![0-9])0+(?=[0-9])"
+
+
+def _numbers(text: Column) -> Column:
+    """Sorted distinct digit runs of a string, leading zeros dropped (``[""]`` if none)."""
+    runs = F.regexp_replace(F.regexp_replace(text, r"[^0-9]+", " "), _LEADING_ZEROS, "")
+    return F.array_sort(F.array_distinct(F.split(F.trim(runs), " ")))
+
+
+def _number_match(col: str) -> Column:
+    """1.0 if both sides hold the same set of numbers, 0.0 if both hold numbers
+    and the sets differ, null otherwise (no digit on a side, or missing)."""
+    both_have = _l(col).rlike(_HAS_DIGIT) & _r(col).rlike(_HAS_DIGIT)
+    return F.when(both_have, _flag(_numbers(_l(col)) == _numbers(_r(col))))
+
+
+def _fold_country(c: Column) -> Column:
+    """Trimmed, uppercase country code; null when blank."""
+    return F.when(F.length(F.trim(c)) > 0, F.upper(F.trim(c)))
+
+
+# --- fuzzy similarities (one vectorized UDF) ------------------------------------
+
+_FUZZY_NAME_JW = "name_jw"
+_FUZZY_NAME_TOKEN_SET = "name_token_set"
+_FUZZY_NAME_PARTIAL = "name_partial"
+_FUZZY_NAME_RATIO = "name_ratio"
+_FUZZY_ADDR_TOKEN_SET = "addr_token_set"
+_FUZZY_STRUCT = "__poimatch_fuzzy"
+
+_Scorer = tuple[str, "Callable[..., float]", float]
+_NAME_SCORERS: tuple[_Scorer, ...] = (
+    (_FUZZY_NAME_JW, JaroWinkler.normalized_similarity, 1.0),
+    (_FUZZY_NAME_TOKEN_SET, fuzz.token_set_ratio, 100.0),
+    (_FUZZY_NAME_PARTIAL, fuzz.partial_ratio, 100.0),
+    (_FUZZY_NAME_RATIO, fuzz.ratio, 100.0),
+)
+_ADDR_SCORERS: tuple[_Scorer, ...] = ((_FUZZY_ADDR_TOKEN_SET, fuzz.token_set_ratio, 100.0),)
+_FUZZY_TYPE = T.StructType(
+    [T.StructField(name, T.DoubleType(), True) for name, _, _ in _NAME_SCORERS + _ADDR_SCORERS]
+)
+
+
+def _score_pairs(
+    left: _StrSeries, right: _StrSeries, scorers: tuple[_Scorer, ...]
+) -> dict[str, NDArray[np.float64]]:
+    """Score row-aligned string pairs with each scorer; NaN where a side is null."""
+    mask = (left.notna() & right.notna()).to_numpy()
+    lefts = left[mask].tolist()
+    rights = right[mask].tolist()
+    out: dict[str, NDArray[np.float64]] = {}
+    for name, scorer, scale in scorers:
+        scores = np.full(len(mask), np.nan, dtype=np.float64)
+        if lefts:
+            scores[mask] = cpdist(lefts, rights, scorer=scorer, dtype=np.float64, workers=1)
+            scores[mask] /= scale
+        out[name] = scores
+    return out
+
+
+def _fuzzy_batch(
+    name_l: _StrSeries, name_r: _StrSeries, addr_l: _StrSeries, addr_r: _StrSeries
+) -> pd.DataFrame:
+    """rapidfuzz similarities of names and addresses, in [0, 1], null if a side is null."""
+    scores = _score_pairs(name_l, name_r, _NAME_SCORERS)
+    scores.update(_score_pairs(addr_l, addr_r, _ADDR_SCORERS))
+    return pd.DataFrame(scores, index=name_l.index)
+
+
+# pyspark's stubs lack the type-hint form ``pandas_udf(returnType)``, hence the ignore.
+_fuzzy_udf: UserDefinedFunctionLike = pandas_udf(_FUZZY_TYPE)(_fuzzy_batch)  # type: ignore[call-overload]
+
+
+# --- entry point ------------------------------------------------------------------
+
+
+def _missing_columns(pairs: DataFrame) -> list[str]:
+    needed = [ID_L, ID_R] + [pair_side_col(c, s) for c in PAIR_SIDE_COLUMNS for s in SIDES]
+    present = set(pairs.columns)
+    return [c for c in needed if c not in present]
+
+
+def add_pair_features(pairs: DataFrame) -> DataFrame:
+    """Add the ``FEATURE_COLUMNS`` (doubles, null when a side is missing) to ``pairs``.
+
+    ``pairs`` must hold ``id_l``, ``id_r`` and ``pair_side_col(c, side)`` for every
+    ``c`` in ``PAIR_SIDE_COLUMNS`` and both sides; other columns are kept.
+    Features: haversine distance (metres) and its ``log1p``; name Levenshtein
+    (raw and divided by the longer name), Jaro-Winkler, token-set / partial /
+    plain ratios (rapidfuzz, scaled to [0, 1]), containment, token Jaccard and
+    overlap coefficient, soundex equality, equality of the numbers in the names,
+    shorter / longer name length; address token-set ratio, normalized
+    Levenshtein and house-number equality; equality of city, zip, phone, url and
+    country (1.0 / 0.0); category-set Jaccard.
+
+    Raises ``ValueError`` if a needed column is missing (checked on the schema,
+    no Spark job is run).
+    """
+    missing = _missing_columns(pairs)
+    if missing:
+        msg = f"add_pair_features: missing columns {missing}"
+        raise ValueError(msg)
+
+    dist = _haversine_m()
+    name_l, name_r = _l(N_NAME), _r(N_NAME)
+    len_l, len_r = F.length(name_l), F.length(name_r)
+    tokens_l, tokens_r = _l(N_NAME_TOKENS), _r(N_NAME_TOKENS)
+    names_known = _both(N_NAME)
+    fuzzy = F.col(_FUZZY_STRUCT)
+
+    features: dict[str, Column] = {
+        F_DIST_M: dist,
+        F_LOG_DIST: F.log1p(dist),
+        F_NAME_LEV: F.levenshtein(name_l, name_r),
+        F_NAME_LEV_NORM: _lev_norm(N_NAME),
+        F_NAME_JW: fuzzy.getField(_FUZZY_NAME_JW),
+        F_NAME_TOKEN_SET: fuzzy.getField(_FUZZY_NAME_TOKEN_SET),
+        F_NAME_PARTIAL: fuzzy.getField(_FUZZY_NAME_PARTIAL),
+        F_NAME_RATIO: fuzzy.getField(_FUZZY_NAME_RATIO),
+        F_NAME_CONTAINS: _flag(name_l.contains(name_r) | name_r.contains(name_l)),
+        F_NAME_TOKEN_JACCARD: _jaccard(tokens_l, tokens_r),
+        F_NAME_TOKEN_OVERLAP: F.when(
+            tokens_l.isNotNull() & tokens_r.isNotNull(),
+            _ratio(
+                F.size(F.array_intersect(tokens_l, tokens_r)),
+                F.least(F.size(F.array_distinct(tokens_l)), F.size(F.array_distinct(tokens_r))),
+            ),
+        ),
+        F_NAME_SOUNDEX_EQ: _flag(F.soundex(name_l) == F.soundex(name_r)),
+        F_NAME_NUM_MATCH: _number_match(N_NAME),
+        F_NAME_LEN_MIN: F.when(names_known, F.least(len_l, len_r)),
+        F_NAME_LEN_MAX: F.when(names_known, F.greatest(len_l, len_r)),
+        F_ADDR_TOKEN_SET: fuzzy.getField(_FUZZY_ADDR_TOKEN_SET),
+        F_ADDR_LEV_NORM: _lev_norm(N_ADDRESS),
+        F_ADDR_NUM_MATCH: _number_match(N_ADDRESS),
+        F_CITY_EQ: _equal(N_CITY),
+        F_ZIP_EQ: _equal(N_ZIP),
+        F_PHONE_EQ: _equal(N_PHONE),
+        F_URL_EQ: _equal(N_URL),
+        F_CAT_JACCARD: _jaccard(_l(N_CATEGORIES), _r(N_CATEGORIES)),
+        F_SAME_COUNTRY: _equal(COUNTRY, fold=_fold_country),
+    }
+    return (
+        pairs.withColumn(_FUZZY_STRUCT, _fuzzy_udf(name_l, name_r, _l(N_ADDRESS), _r(N_ADDRESS)))
+        .withColumns({c: features[c].cast(T.DoubleType()) for c in FEATURE_COLUMNS})
+        .drop(_FUZZY_STRUCT)
+    )

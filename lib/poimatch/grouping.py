@@ -1,0 +1,180 @@
+"""Grouping: matched pairs become groups; every input id gets exactly one group.
+
+Connected components are computed in Spark with the alternating large-star /
+small-star algorithm (Kiveris et al., "Connected Components in MapReduce and
+Beyond", SoCC 2014), the same algorithm GraphFrames uses by default. GraphFrames'
+JVM jar is not served by this project's Maven registry (see README, "Versions"), so
+the algorithm is written here, on DataFrames, with a checkpoint every round.
+
+Chaining guard: a component larger than ``max_group_size`` (real places never are)
+is split by dropping its weakest edges, raising the score bar step by step, and
+recomputed; a component still too large after that falls back to pairwise matches.
+"""
+
+from __future__ import annotations
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from poimatch import schema as S
+
+__all__ = ["connected_components", "group_matches", "pairwise_matches", "to_output"]
+
+_SRC, _DST = "src", "dst"
+
+
+def _large_star(edges: DataFrame) -> DataFrame:
+    # Each node u links every larger neighbour v to m(u) = min(N(u) ∪ {u}).
+    both = edges.unionByName(edges.select(F.col(_DST).alias(_SRC), F.col(_SRC).alias(_DST)))
+    mins = both.groupBy(_SRC).agg(F.least(F.min(_DST), F.col(_SRC)).alias("_m"))
+    return (
+        both.join(mins, on=_SRC, how="inner")
+        .where(F.col(_DST) > F.col(_SRC))
+        .select(F.col(_DST).alias(_SRC), F.col("_m").alias(_DST))
+        .distinct()
+    )
+
+
+def _small_star(edges: DataFrame) -> DataFrame:
+    # Each node u links itself and its smaller neighbours to m = min(smaller ∪ {u}).
+    oriented = edges.select(
+        F.greatest(_SRC, _DST).alias(_SRC), F.least(_SRC, _DST).alias(_DST)
+    ).where(F.col(_SRC) != F.col(_DST))
+    mins = oriented.groupBy(_SRC).agg(F.min(_DST).alias("_m"))
+    linked = (
+        oriented.join(mins, on=_SRC, how="inner")
+        .where(F.col(_DST) != F.col("_m"))
+        .select(F.col(_DST).alias(_SRC), F.col("_m").alias(_DST))
+    )
+    return linked.unionByName(mins.select(F.col(_SRC), F.col("_m").alias(_DST))).distinct()
+
+
+def connected_components(
+    ids: DataFrame, edges: DataFrame, *, max_iterations: int = 40
+) -> DataFrame:
+    """Component label (the smallest id in the component) for every id.
+
+    Args:
+        ids: one column ``id``: every node, including those with no edge.
+        edges: columns ``id_l``, ``id_r``.
+        max_iterations: bound on large-star/small-star rounds (log-squared in the
+            component size in practice; POI groups converge in a handful).
+
+    Returns:
+        ``id``, ``group_id``: one row per input id.
+
+    Note:
+        Iterative, so it runs one action per round to test convergence and
+        checkpoints (locally) each round to cut the lineage.
+    """
+    current = edges.select(F.col(S.ID_L).alias(_SRC), F.col(S.ID_R).alias(_DST)).where(
+        F.col(_SRC) != F.col(_DST)
+    )
+    current = current.localCheckpoint(eager=True)
+    for _ in range(max_iterations):
+        nxt = _small_star(_large_star(current)).localCheckpoint(eager=True)
+        changed = (
+            nxt.join(current, on=[_SRC, _DST], how="left_anti").limit(1).count()
+            + current.join(nxt, on=[_SRC, _DST], how="left_anti").limit(1).count()
+        )
+        current = nxt
+        if changed == 0:
+            break
+    else:
+        raise RuntimeError(f"connected components did not converge in {max_iterations} rounds")
+    # After convergence every edge is (node, component minimum).
+    labels = current.groupBy(_SRC).agg(F.min(_DST).alias(S.GROUP_ID))
+    return (
+        ids.select(S.ID)
+        .join(labels.withColumnRenamed(_SRC, S.ID), on=S.ID, how="left")
+        .select(S.ID, F.coalesce(F.col(S.GROUP_ID), F.col(S.ID)).alias(S.GROUP_ID))
+    )
+
+
+def group_matches(
+    ids: DataFrame,
+    scored: DataFrame,
+    *,
+    threshold: float,
+    max_group_size: int,
+    split_step: float = 0.05,
+    max_iterations: int = 40,
+) -> DataFrame:
+    """Groups from scored pairs: components of edges with ``score >= threshold``.
+
+    Components larger than ``max_group_size`` are split by raising the bar for their
+    edges by ``split_step`` until they fit (or the bar passes 1.0, when their rows
+    get pairwise matches at the final bar instead).
+
+    Returns:
+        ``id``, ``group_id``, ``matches`` for every id in ``ids``.
+    """
+    edges = scored.where(F.col(S.SCORE) >= threshold).select(S.ID_L, S.ID_R, S.SCORE)
+    edges = edges.persist(StorageLevel.MEMORY_AND_DISK)
+    groups = connected_components(ids, edges, max_iterations=max_iterations)
+    kept, bar = edges, threshold
+    while True:
+        sizes = groups.groupBy(S.GROUP_ID).agg(F.count(F.lit(1)).alias("_size"))
+        big = sizes.where(F.col("_size") > max_group_size).select(S.GROUP_ID)
+        if big.limit(1).count() == 0:
+            break
+        bar += split_step
+        if bar > 1.0:
+            return _pairwise_fallback(groups, kept, big, threshold)
+        big_l = groups.join(big, on=S.GROUP_ID, how="left_semi").select(F.col(S.ID).alias(S.ID_L))
+        # inside oversized components keep only the stronger edges; elsewhere keep all
+        kept = (
+            kept.join(big_l, on=S.ID_L, how="left_anti")
+            .unionByName(kept.join(big_l, on=S.ID_L, how="left_semi").where(F.col(S.SCORE) >= bar))
+            .localCheckpoint(eager=True)
+        )
+        groups = connected_components(ids, kept, max_iterations=max_iterations).localCheckpoint(
+            eager=True
+        )
+    edges.unpersist()
+    return _with_matches(groups)
+
+
+def _with_matches(groups: DataFrame) -> DataFrame:
+    members = groups.groupBy(S.GROUP_ID).agg(F.array_sort(F.collect_list(S.ID)).alias("_members"))
+    out = groups.join(members, on=S.GROUP_ID, how="inner")
+    others = F.filter(F.col("_members"), lambda m: m != F.col(S.ID))
+    return out.select(
+        S.ID,
+        S.GROUP_ID,
+        F.concat_ws(" ", F.concat(F.array(F.col(S.ID)), others)).alias(S.MATCHES),
+    )
+
+
+def pairwise_matches(ids: DataFrame, scored: DataFrame, *, threshold: float) -> DataFrame:
+    """Each id with itself plus its direct neighbours scoring ``>= threshold``.
+
+    Returns ``id``, ``group_id`` (the smallest id of the row's match set), ``matches``.
+    """
+    edges = scored.where(F.col(S.SCORE) >= threshold)
+    directed = edges.select(F.col(S.ID_L).alias(S.ID), F.col(S.ID_R).alias("_o")).unionByName(
+        edges.select(F.col(S.ID_R).alias(S.ID), F.col(S.ID_L).alias("_o"))
+    )
+    nbrs = directed.groupBy(S.ID).agg(F.array_sort(F.collect_set("_o")).alias("_n"))
+    out = ids.select(S.ID).join(nbrs, on=S.ID, how="left")
+    members = F.concat(F.array(F.col(S.ID)), F.coalesce(F.col("_n"), F.array()))
+    return out.select(
+        S.ID,
+        F.array_min(members).alias(S.GROUP_ID),
+        F.concat_ws(" ", members).alias(S.MATCHES),
+    )
+
+
+def _pairwise_fallback(
+    groups: DataFrame, edges: DataFrame, big: DataFrame, threshold: float
+) -> DataFrame:
+    fine = _with_matches(groups.join(big, on=S.GROUP_ID, how="left_anti"))
+    big_ids = groups.join(big, on=S.GROUP_ID, how="left_semi").select(S.ID)
+    inside = pairwise_matches(big_ids, edges, threshold=threshold)
+    return fine.unionByName(inside)
+
+
+def to_output(grouped: DataFrame) -> DataFrame:
+    """The output layout: ``id``, ``matches``."""
+    return grouped.select(S.ID, S.MATCHES)

@@ -1,0 +1,105 @@
+"""Named stages and the one wrapper that runs them: blocking → features → scoring → grouping.
+
+Each stage is a pure transform (no actions); the jobs decide what to cache and write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.ml import PipelineModel
+from pyspark.ml.functions import vector_to_array
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from poimatch import schema as S
+from poimatch.blocking import CONTEXT_FEATURES, add_context_features, add_pair_sides
+from poimatch.blocking import candidate_pairs as _candidate_pairs
+from poimatch.config import BlockingSettings
+from poimatch.features import FEATURE_COLUMNS, add_pair_features
+from poimatch.grouping import group_matches, pairwise_matches
+from poimatch.normalize import add_normalized_columns
+
+__all__ = [
+    "ALL_FEATURES",
+    "MatchingSpec",
+    "prepare_points",
+    "candidates_with_features",
+    "score_pairs",
+    "group_scored",
+]
+
+ALL_FEATURES: tuple[str, ...] = (*FEATURE_COLUMNS, *CONTEXT_FEATURES)
+_PROBABILITY = "probability"
+
+
+@dataclass(frozen=True)
+class MatchingSpec:
+    """What a trained model needs at match time; stored with the model in MLflow."""
+
+    threshold: float
+    grouping_mode: str
+    max_group_size: int
+    features: tuple[str, ...]
+    blocking: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for MLflow model metadata."""
+        return {
+            "threshold": self.threshold,
+            "grouping_mode": self.grouping_mode,
+            "max_group_size": self.max_group_size,
+            "features": list(self.features),
+            "blocking": self.blocking,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MatchingSpec:
+        """Inverse of :meth:`to_dict`; raises ``KeyError`` naming a missing field."""
+        return cls(
+            threshold=float(data["threshold"]),
+            grouping_mode=str(data["grouping_mode"]),
+            max_group_size=int(data["max_group_size"]),
+            features=tuple(data["features"]),
+            blocking=dict(data["blocking"]),
+        )
+
+
+def prepare_points(pois: DataFrame) -> DataFrame:
+    """Typed POIs → normalized points (the input of blocking and features)."""
+    return pois.transform(add_normalized_columns)
+
+
+def candidates_with_features(points: DataFrame, *, settings: BlockingSettings) -> DataFrame:
+    """Blocking then all pair features (similarities plus rank/density context)."""
+    pairs = _candidate_pairs(points, settings=settings)
+    return (
+        add_pair_sides(pairs, points)
+        .transform(add_pair_features)
+        .transform(lambda df: add_context_features(df, k_nearest=settings.k_nearest))
+    )
+
+
+def score_pairs(model: PipelineModel, pairs: DataFrame) -> DataFrame:
+    """Add ``score`` (match probability) to featured pairs with a fitted model."""
+    scored = model.transform(pairs)
+    return scored.withColumn(
+        S.SCORE, vector_to_array(F.col(_PROBABILITY)).getItem(1).cast(T.DoubleType())
+    ).drop(_PROBABILITY, "rawPrediction", S.PREDICTION, "features")
+
+
+def group_scored(
+    ids: DataFrame, scored: DataFrame, *, spec: MatchingSpec, max_iterations: int = 40
+) -> DataFrame:
+    """Scored pairs → ``id``, ``group_id``, ``matches`` for every id, per the spec."""
+    if spec.grouping_mode == "pairwise":
+        return pairwise_matches(ids, scored, threshold=spec.threshold)
+    return group_matches(
+        ids,
+        scored,
+        threshold=spec.threshold,
+        max_group_size=spec.max_group_size,
+        max_iterations=max_iterations,
+    )

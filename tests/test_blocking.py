@@ -1,0 +1,119 @@
+"""Blocking: border-safe spatial pass, k cap, key passes, canonical unique pairs."""
+
+from __future__ import annotations
+
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from poimatch import schema as S
+from poimatch.blocking import add_context_features, candidate_pairs, haversine_m
+from poimatch.config import BlockingSettings
+
+_COLS = (
+    f"{S.ID} string, {S.LATITUDE} double, {S.LONGITUDE} double, {S.N_NAME} string, "
+    f"{S.N_PHONE} string, {S.N_URL} string"
+)
+
+# about 0.0001 degree of latitude = 11 m
+_DEG_PER_M = 1 / 111_320
+
+
+def _points(spark: SparkSession, rows: list[tuple[object, ...]]) -> DataFrame:
+    return spark.createDataFrame(rows, _COLS)
+
+
+def _pairs(df: DataFrame) -> set[tuple[str, str]]:
+    return {(r[S.ID_L], r[S.ID_R]) for r in df.collect()}
+
+
+def test_pair_across_a_cell_border_is_found(spark: SparkSession) -> None:
+    cell = 300.0
+    border = 48 * 111_320 // cell * cell / 111_320 + cell / 111_320  # a cell edge in latitude
+    rows = [
+        ("a", border - 5 * _DEG_PER_M, 2.0, "x", None, None),
+        ("b", border + 5 * _DEG_PER_M, 2.0, "y", None, None),
+    ]
+    settings = BlockingSettings(cell_m=cell, k_nearest=5, key_passes=())
+    assert _pairs(candidate_pairs(_points(spark, rows), settings=settings)) == {("a", "b")}
+
+
+def test_k_nearest_caps_dense_cells_and_keeps_the_nearest(spark: SparkSession) -> None:
+    # 12 points on a line 10 m apart: with k = 2, each row keeps its 2 nearest
+    rows = [(f"p{i:02d}", 48.0 + i * 10 * _DEG_PER_M, 2.0, f"n{i}", None, None) for i in range(12)]
+    settings = BlockingSettings(cell_m=500, k_nearest=2, key_passes=())
+    got = _pairs(candidate_pairs(_points(spark, rows), settings=settings))
+    expected = {(f"p{i:02d}", f"p{i + 1:02d}") for i in range(11)} | {
+        (f"p{i:02d}", f"p{i + 2:02d}") for i in range(10)
+    }
+    # ties broken by id: p00's two nearest are p01 and p02, etc.
+    assert got <= expected
+    assert {(f"p{i:02d}", f"p{i + 1:02d}") for i in range(11)} <= got
+    assert len(got) <= 2 * len(rows)
+
+
+def test_key_passes_find_far_duplicates_but_skip_generic_keys(spark: SparkSession) -> None:
+    km = 1000 * _DEG_PER_M
+    rows = [
+        ("a", 48.0, 2.0, "blue bottle", None, None),
+        ("b", 48.0 + 3 * km, 2.0, "blue bottle", None, None),  # same name, 3 km away
+        ("c", 48.0, 2.0 + 5 * km, "other", "612345678", None),
+        ("d", 48.0 + 4 * km, 2.0 + 5 * km, "different", "612345678", None),  # same phone
+        ("e", 48.5, 2.5, "e", None, "shop.example"),
+        ("f", 48.5 + 2 * km, 2.5, "f", None, "shop.example"),  # same url domain
+    ]
+    generic = [(f"g{i}", 47.0 + i * 0.5 * km, 1.0, "bus stop", None, None) for i in range(6)]
+    settings = BlockingSettings(
+        cell_m=200,
+        k_nearest=3,
+        key_cell_m=10_000,
+        k_key=3,
+        max_key_group=4,
+        key_passes=("name", "phone", "url"),
+    )
+    out = candidate_pairs(_points(spark, rows + generic), settings=settings)
+    got = {(r[S.ID_L], r[S.ID_R]): r[S.PASS] for r in out.collect()}
+    assert got[("a", "b")] == "name"
+    assert got[("c", "d")] == "phone"
+    assert got[("e", "f")] == "url"
+    # "bus stop" is shared by 6 rows > max_key_group: never a key-pass pair
+    assert not any(p == "name" and left.startswith("g") for (left, _), p in got.items())
+
+
+def test_pairs_are_canonical_and_unique(spark: SparkSession) -> None:
+    rows = [
+        ("z", 48.0, 2.0, "same", "612345678", None),
+        ("y", 48.0 + 5 * _DEG_PER_M, 2.0, "same", "612345678", None),
+    ]
+    settings = BlockingSettings(cell_m=300, k_nearest=5)
+    out = candidate_pairs(_points(spark, rows), settings=settings).collect()
+    assert len(out) == 1
+    assert (out[0][S.ID_L], out[0][S.ID_R]) == ("y", "z")
+    assert out[0][S.PASS] == "name,phone,spatial"
+
+
+def test_haversine_paris_london(spark: SparkSession) -> None:
+    df = spark.createDataFrame(
+        [(48.8566, 2.3522, 51.5074, -0.1278)], "a double, b double, c double, d double"
+    )
+    d = df.select(haversine_m(F.col("a"), F.col("b"), F.col("c"), F.col("d"))).first()
+    assert d is not None
+    assert d[0] == pytest.approx(343_500, rel=0.005)
+
+
+def test_context_features_rank_and_density(spark: SparkSession) -> None:
+    pairs = spark.createDataFrame(
+        [("a", "b", 10.0), ("a", "c", 30.0), ("b", "c", 20.0), ("c", "d", 5.0)],
+        f"{S.ID_L} string, {S.ID_R} string, f_dist_m double",
+    )
+    out = add_context_features(pairs, k_nearest=2)
+    got = {(r[S.ID_L], r[S.ID_R]): r for r in out.collect()}
+    # a: b(10) c(30); b: a(10) c(20); c: d(5) b(20) a(30); d: c(5)
+    ac = got[("a", "c")]
+    assert (ac["f_dist_rank_min"], ac["f_dist_rank_max"]) == (2.0, 3.0)
+    assert (ac["f_cands_min"], ac["f_cands_max"]) == (2.0, 3.0)
+    # radius holding each side's 2 nearest: a -> 30, c -> 20; the larger is kept
+    assert ac["f_knn_radius_m"] == 30.0
+    assert ac["f_dist_over_radius"] == pytest.approx(1.0)
+    cd = got[("c", "d")]
+    assert (cd["f_dist_rank_min"], cd["f_dist_rank_max"]) == (1.0, 1.0)

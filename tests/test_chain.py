@@ -1,0 +1,134 @@
+"""End to end on generated data: ingest → train (MLflow registry) → match → evaluate.
+
+The IoU floor is far above what predicting each row alone scores (about 0.75 on
+generated data), so a broken model, threshold or grouping cannot pass.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from poimatch import schema as S
+from poimatch.batch import load_pois, run_evaluate, run_match
+from poimatch.config import Settings, load_settings
+from poimatch.evaluation import iou
+from poimatch.generator import generate_pois, write_pois_csv
+from poimatch.ingest import ingest_file
+from poimatch.io import read_matches
+from poimatch.tracking import CHALLENGER, CHAMPION, load_matcher
+from poimatch.workflows import train_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def chain(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("chain")
+    settings: Settings = load_settings(
+        "ci",
+        [
+            f"storage.root={root / 'lake'}",
+            f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}",
+            f"tracking.artifact_root={root / 'artifacts'}",
+            "model.name=poimatch-test",
+            "model.n_estimators=120",
+            "model.num_workers=1",
+        ],
+    )
+    train_csv, test_csv = root / "train.csv", root / "test.csv"
+    write_pois_csv(generate_pois(4000, seed=11), train_csv)
+    write_pois_csv(generate_pois(2500, seed=12), test_csv)
+    storage = settings.storage
+    pois_table = storage.table_path(storage.pois_table)
+    quarantine = storage.table_path(storage.quarantine_table)
+    ingest_file(spark, str(train_csv), pois_path=pois_table, quarantine_path=quarantine)
+    pois, _ = load_pois(spark, pois_table, quarantine_path=quarantine, require_labels=True)
+    first = train_model(pois, settings=settings, data_versions={"pois": "delta:v0"})
+    out_csv = root / "out.csv"
+    lines = run_match(
+        spark, settings, input_path=str(test_csv), output_csv=str(out_csv), model_uri=None
+    )
+    return {
+        "settings": settings,
+        "first": first,
+        "test_csv": test_csv,
+        "out_csv": out_csv,
+        "match_lines": lines,
+        "pois": pois,
+    }
+
+
+def test_trained_model_beats_identity_by_far(chain: dict[str, object], spark: SparkSession) -> None:
+    test_csv, out_csv = chain["test_csv"], chain["out_csv"]
+    truth = spark.read.option("header", "true").csv(str(test_csv))
+    submission = read_matches(spark, str(out_csv))
+    score = iou(submission, truth).iou
+    identity = iou(truth.select(S.ID, F.col(S.ID).alias(S.MATCHES)), truth).iou
+    assert identity < 0.85
+    assert score >= 0.90
+    assert score - identity >= 0.1
+    lines = run_evaluate(spark, str(out_csv), str(test_csv))
+    assert lines[-1] == f"iou={score:.4f}"
+
+
+def test_output_has_every_id_once_with_itself_first(
+    chain: dict[str, object], spark: SparkSession
+) -> None:
+    ids = {
+        r[S.ID] for r in spark.read.option("header", "true").csv(str(chain["test_csv"])).collect()
+    }
+    rows = read_matches(spark, str(chain["out_csv"])).collect()
+    assert len(rows) == len(ids)
+    assert {r[S.ID] for r in rows} == ids
+    assert all(r[S.MATCHES].split(" ")[0] == r[S.ID] for r in rows)
+
+
+def test_run_is_tracked_and_registered(chain: dict[str, object]) -> None:
+    first = chain["first"]
+    settings = chain["settings"]
+    assert isinstance(settings, Settings)
+    client = MlflowClient()
+    run = client.get_run(first.run_id)  # type: ignore[attr-defined]
+    assert run.data.params["blocking.k_nearest"] == str(settings.blocking.k_nearest)
+    assert run.data.params["data.pois"] == "delta:v0"
+    for metric in (
+        "candidate_pair_recall",
+        "iou_ceiling",
+        "pair_precision",
+        "pair_recall",
+        "pair_f1",
+        "auc",
+        "iou",
+        "threshold",
+    ):
+        assert metric in run.data.metrics
+    assert 0.0 < run.data.metrics["threshold"] < 1.0
+    artifacts = {a.path for a in client.list_artifacts(first.run_id, "evaluation")}  # type: ignore[attr-defined]
+    assert {
+        "evaluation/feature_importance.png",
+        "evaluation/precision_recall.png",
+        "evaluation/iou_vs_threshold.png",
+    } <= artifacts
+    assert first.alias == CHAMPION  # type: ignore[attr-defined]
+    version = client.get_model_version_by_alias(settings.model.name, CHAMPION)
+    assert version.run_id == first.run_id  # type: ignore[attr-defined]
+    _, spec, _ = load_matcher(f"models:/{settings.model.name}@{CHAMPION}")
+    assert spec == first.spec  # type: ignore[attr-defined]
+
+
+def test_second_version_becomes_challenger(chain: dict[str, object]) -> None:
+    settings = chain["settings"]
+    assert isinstance(settings, Settings)
+    small = settings.model_copy(
+        update={"model": settings.model.model_copy(update={"n_estimators": 20})}
+    )
+    second = train_model(chain["pois"], settings=small, data_versions={"pois": "delta:v0"})  # type: ignore[arg-type]
+    assert second.alias == CHALLENGER
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias(settings.model.name, CHAMPION)
+    assert champion.run_id == chain["first"].run_id  # type: ignore[attr-defined]
+    assert mlflow.get_tracking_uri().startswith("sqlite:///")

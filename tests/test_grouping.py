@@ -1,0 +1,84 @@
+"""Grouping: connected components, chaining guard, pairwise mode, output layout."""
+
+from __future__ import annotations
+
+from chispa import assert_df_equality
+from pyspark.sql import DataFrame, SparkSession
+
+from poimatch import schema as S
+from poimatch.grouping import connected_components, group_matches, pairwise_matches
+
+
+def _ids(spark: SparkSession, *ids: str) -> DataFrame:
+    return spark.createDataFrame([(i,) for i in ids], [S.ID])
+
+
+def _scored(spark: SparkSession, rows: list[tuple[str, str, float]]) -> DataFrame:
+    return spark.createDataFrame(rows, f"{S.ID_L} string, {S.ID_R} string, {S.SCORE} double")
+
+
+def test_components_label_every_id_with_its_smallest_member(spark: SparkSession) -> None:
+    ids = _ids(spark, "a", "b", "c", "d", "e", "f", "g")
+    # a-b-c chain (diameter 2), d-e, f alone, g alone; edge order deliberately unsorted
+    edges = _scored(spark, [("b", "c", 1.0), ("a", "b", 1.0), ("d", "e", 1.0)])
+    got = connected_components(ids, edges).orderBy(S.ID)
+    expected = spark.createDataFrame(
+        [("a", "a"), ("b", "a"), ("c", "a"), ("d", "d"), ("e", "d"), ("f", "f"), ("g", "g")],
+        f"{S.ID} string, {S.GROUP_ID} string",
+    )
+    assert_df_equality(got, expected, ignore_nullable=True)
+
+
+def test_components_on_a_long_path_converge(spark: SparkSession) -> None:
+    names = [f"n{i:02d}" for i in range(30)]
+    edges = _scored(spark, [(names[i], names[i + 1], 1.0) for i in range(29)])
+    got = connected_components(_ids(spark, *names), edges)
+    assert {r[S.GROUP_ID] for r in got.collect()} == {"n00"}
+
+
+def test_group_matches_builds_sorted_match_lists_with_self_first(spark: SparkSession) -> None:
+    ids = _ids(spark, "a", "b", "c", "d")
+    scored = _scored(spark, [("a", "c", 0.9), ("b", "c", 0.2), ("c", "d", 0.7)])
+    got = group_matches(ids, scored, threshold=0.5, max_group_size=10).orderBy(S.ID)
+    rows = {r[S.ID]: r[S.MATCHES] for r in got.collect()}
+    assert rows == {"a": "a c d", "b": "b", "c": "c a d", "d": "d a c"}
+
+
+def test_oversized_component_is_split_at_its_weakest_edges(spark: SparkSession) -> None:
+    # two strong triangles joined by one weak bridge: size 6 > max 3
+    ids = _ids(spark, "a", "b", "c", "x", "y", "z")
+    scored = _scored(
+        spark,
+        [
+            ("a", "b", 0.95),
+            ("b", "c", 0.95),
+            ("a", "c", 0.95),
+            ("x", "y", 0.95),
+            ("y", "z", 0.95),
+            ("x", "z", 0.95),
+            ("c", "x", 0.55),
+        ],
+    )
+    got = group_matches(ids, scored, threshold=0.5, max_group_size=3, split_step=0.1)
+    groups = {r[S.ID]: r[S.GROUP_ID] for r in got.collect()}
+    assert groups == {"a": "a", "b": "a", "c": "a", "x": "x", "y": "x", "z": "x"}
+
+
+def test_unsplittable_component_falls_back_to_pairwise(spark: SparkSession) -> None:
+    # a star of four certain edges cannot be split by score: pairwise lists instead
+    ids = _ids(spark, "h", "p", "q", "r", "s")
+    scored = _scored(spark, [("h", x, 1.0) for x in "pqrs"])
+    got = group_matches(ids, scored, threshold=0.5, max_group_size=3, split_step=0.5)
+    rows = {r[S.ID]: r[S.MATCHES] for r in got.collect()}
+    assert rows == {"h": "h p q r s", "p": "p h", "q": "q h", "r": "r h", "s": "s h"}
+
+
+def test_pairwise_matches_only_direct_neighbours(spark: SparkSession) -> None:
+    ids = _ids(spark, "a", "b", "c")
+    scored = _scored(spark, [("a", "b", 0.9), ("b", "c", 0.8), ("a", "c", 0.1)])
+    got = pairwise_matches(ids, scored, threshold=0.5).orderBy(S.ID)
+    expected = spark.createDataFrame(
+        [("a", "a", "a b"), ("b", "a", "b a c"), ("c", "b", "c b")],
+        f"{S.ID} string, {S.GROUP_ID} string, {S.MATCHES} string",
+    )
+    assert_df_equality(got, expected, ignore_nullable=True)

@@ -41,9 +41,8 @@ def main() -> None:
         StorageLevel.MEMORY_AND_DISK
     )
     pairs = labelled_candidates(pois, settings=settings)
-    pairs = (
-        pairs.withColumn(_CITY, F.split(F.col(S.ID_L), "_").getItem(1))
-        .persist(StorageLevel.MEMORY_AND_DISK)
+    pairs = pairs.withColumn(_CITY, F.split(F.col(S.ID_L), "_").getItem(1)).persist(
+        StorageLevel.MEMORY_AND_DISK
     )
     cand = candidate_report(pairs.select(S.ID_L, S.ID_R), pois)
     print(
@@ -64,7 +63,10 @@ def main() -> None:
             S.ID_L, S.ID_R, S.SCORE
         )
         grouped = group_scored(
-            held.select(S.ID), scored, spec=fit.spec, max_iterations=settings.grouping.max_iterations
+            held.select(S.ID),
+            scored,
+            spec=fit.spec,
+            max_iterations=settings.grouping.max_iterations,
         )
         report = iou(grouped, held)
         identity = iou(held.select(S.ID, F.col(S.ID).alias(S.MATCHES)), held)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 
-from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
 from poimatch import schema as S
@@ -16,7 +15,7 @@ from poimatch.blocking import candidate_pairs
 from poimatch.cli import job_parser, start_job
 from poimatch.evaluation import candidate_report
 from poimatch.io import read_poi_input
-from poimatch.pipeline import prepare_points
+from poimatch.pipeline import cached_points
 
 
 def main() -> None:
@@ -26,7 +25,7 @@ def main() -> None:
     args = parser.parse_args()
     settings, spark = start_job(args)
     pois = read_poi_input(spark, args.input)
-    points = prepare_points(pois).persist(StorageLevel.MEMORY_AND_DISK)
+    points, _ = cached_points(pois)
     started = time.perf_counter()
     pairs = candidate_pairs(points, settings=settings.blocking).persist()
     n = pairs.count()

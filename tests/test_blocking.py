@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -117,3 +119,43 @@ def test_context_features_rank_and_density(spark: SparkSession) -> None:
     assert ac["f_dist_over_radius"] == pytest.approx(1.0)
     cd = got[("c", "d")]
     assert (cd["f_dist_rank_min"], cd["f_dist_rank_max"]) == (1.0, 1.0)
+
+
+def test_name_statistics_and_name_context(spark: SparkSession) -> None:
+    from poimatch.blocking import add_name_context_features, add_name_statistics, add_pair_sides
+
+    points = spark.createDataFrame(
+        [
+            ("a", "blue bottle", ["blue", "bottle"]),
+            ("b", "blue bottle", ["blue", "bottle"]),
+            ("c", "blue cafe", ["blue", "cafe"]),
+            ("d", "red cafe", ["red", "cafe"]),
+        ],
+        f"{S.ID} string, {S.N_NAME} string, {S.N_NAME_TOKENS} array<string>",
+    ).transform(add_name_statistics)
+    stats = {r[S.ID]: r for r in points.collect()}
+    assert stats["a"][S.N_NAME_FREQ] == 2.0
+    assert stats["d"][S.N_NAME_FREQ] == 1.0
+    # idf = ln(4 / rows with the token): blue 3, bottle 2, cafe 2, red 1
+    assert stats["a"][S.N_NAME_IDF]["blue"] == pytest.approx(math.log(4 / 3))
+    assert stats["d"][S.N_NAME_IDF]["red"] == pytest.approx(math.log(4))
+    pairs = spark.createDataFrame(
+        [("a", "b", 1.0), ("a", "c", 0.6), ("c", "d", 0.5)],
+        f"{S.ID_L} string, {S.ID_R} string, f_name_token_set double",
+    )
+    out = add_pair_sides(pairs, points).transform(add_name_context_features)
+    got = {(r[S.ID_L], r[S.ID_R]): r for r in out.collect()}
+    ab, ac = got[("a", "b")], got[("a", "c")]
+    assert ab["f_name_idf_jaccard"] == pytest.approx(1.0)
+    blue, bottle, cafe = math.log(4 / 3), math.log(2), math.log(2)
+    assert ac["f_name_idf_jaccard"] == pytest.approx(blue / (blue + bottle + cafe))
+    assert (ab["f_name_freq_min"], ab["f_name_freq_max"]) == pytest.approx(
+        (math.log1p(2), math.log1p(2))
+    )
+    # a's candidates: b (1.0) then c (0.6); c's: a (0.6) then d (0.5)
+    assert (ab["f_name_sim_rank_min"], ab["f_name_sim_rank_max"]) == (1.0, 1.0)
+    # for a, b is 0.4 above the next; b has one candidate (no gap): least skips it
+    assert ab["f_name_sim_gap_min"] == pytest.approx(0.4)
+    assert (ac["f_name_sim_rank_min"], ac["f_name_sim_rank_max"]) == (1.0, 2.0)
+    # for a, c is 0.4 below the best; for c, a is 0.1 above the next
+    assert ac["f_name_sim_gap_min"] == pytest.approx(-0.4)

@@ -23,9 +23,12 @@ from poimatch.config import BlockingSettings
 from poimatch.features import PAIR_SIDE_COLUMNS, pair_side_col
 
 __all__ = [
+    "add_name_statistics",
+    "CONTEXT_SIDE_COLUMNS",
     "candidate_pairs",
     "add_pair_sides",
     "add_context_features",
+    "add_name_context_features",
     "haversine_m",
     "CONTEXT_FEATURES",
 ]
@@ -43,6 +46,12 @@ F_CAND_MIN = f"{S.FEATURE_PREFIX}cands_min"
 F_CAND_MAX = f"{S.FEATURE_PREFIX}cands_max"
 F_KNN_RADIUS = f"{S.FEATURE_PREFIX}knn_radius_m"
 F_DIST_OVER_RADIUS = f"{S.FEATURE_PREFIX}dist_over_radius"
+F_NAME_FREQ_MIN = f"{S.FEATURE_PREFIX}name_freq_min"
+F_NAME_FREQ_MAX = f"{S.FEATURE_PREFIX}name_freq_max"
+F_NAME_IDF_JACCARD = f"{S.FEATURE_PREFIX}name_idf_jaccard"
+F_SIM_RANK_MIN = f"{S.FEATURE_PREFIX}name_sim_rank_min"
+F_SIM_RANK_MAX = f"{S.FEATURE_PREFIX}name_sim_rank_max"
+F_SIM_GAP_MIN = f"{S.FEATURE_PREFIX}name_sim_gap_min"
 CONTEXT_FEATURES: tuple[str, ...] = (
     F_RANK_MIN,
     F_RANK_MAX,
@@ -50,7 +59,16 @@ CONTEXT_FEATURES: tuple[str, ...] = (
     F_CAND_MAX,
     F_KNN_RADIUS,
     F_DIST_OVER_RADIUS,
+    F_NAME_FREQ_MIN,
+    F_NAME_FREQ_MAX,
+    F_NAME_IDF_JACCARD,
+    F_SIM_RANK_MIN,
+    F_SIM_RANK_MAX,
+    F_SIM_GAP_MIN,
 )
+# Per-row columns the context features read from each side of a pair.
+CONTEXT_SIDE_COLUMNS: tuple[str, ...] = (S.N_NAME_FREQ, S.N_NAME_IDF)
+_SIM = f"{S.FEATURE_PREFIX}name_token_set"
 
 
 def haversine_m(lat1: Column, lon1: Column, lat2: Column, lon2: Column) -> Column:
@@ -60,6 +78,36 @@ def haversine_m(lat1: Column, lon1: Column, lat2: Column, lon2: Column) -> Colum
     dlon = F.radians(lon2) - F.radians(lon1)
     a = F.pow(F.sin(dlat / 2), 2) + F.cos(p1) * F.cos(p2) * F.pow(F.sin(dlon / 2), 2)
     return F.lit(2 * 6_371_008.8) * F.asin(F.sqrt(F.least(F.lit(1.0), a)))
+
+
+def add_name_statistics(points: DataFrame) -> DataFrame:
+    """How common each name and name token is in the table being matched.
+
+    Adds ``n_name_freq`` (rows with the same normalized name: chains and generic
+    names are common, so a shared common name says less) and ``n_name_idf`` (a map
+    token -> ln(N / rows whose name has the token)), for IDF-weighted name overlap.
+    """
+    by_name = Window.partitionBy(S.N_NAME)
+    with_freq = points.withColumn(
+        S.N_NAME_FREQ,
+        F.when(F.col(S.N_NAME).isNotNull(), F.count(F.lit(1)).over(by_name)).cast(T.DoubleType()),
+    )
+    tokens = points.select(
+        S.ID, F.explode(F.array_distinct(F.col(S.N_NAME_TOKENS))).alias("_tok")
+    ).where(F.col("_tok") != "")
+    n_rows = points.select(F.count(F.lit(1)).alias("_n"))
+    idf = (
+        tokens.groupBy("_tok")
+        .agg(F.count(F.lit(1)).alias("_df"))
+        .crossJoin(n_rows)
+        .select("_tok", F.log(F.col("_n") / F.col("_df")).alias("_idf"))
+    )
+    per_row = (
+        tokens.join(idf, on="_tok", how="inner")
+        .groupBy(S.ID)
+        .agg(F.map_from_entries(F.collect_list(F.struct("_tok", "_idf"))).alias(S.N_NAME_IDF))
+    )
+    return with_freq.join(per_row, on=S.ID, how="left")
 
 
 def _with_cell(df: DataFrame, cell_m: float) -> DataFrame:
@@ -167,7 +215,7 @@ def candidate_pairs(points: DataFrame, *, settings: BlockingSettings) -> DataFra
 
 def add_pair_sides(pairs: DataFrame, points: DataFrame) -> DataFrame:
     """Attach each side's columns (``<col>_l`` / ``<col>_r``) needed by the features."""
-    cols = [c for c in PAIR_SIDE_COLUMNS if c in points.columns]
+    cols = [c for c in (*PAIR_SIDE_COLUMNS, *CONTEXT_SIDE_COLUMNS) if c in points.columns]
     extra = [S.POI] if S.POI in points.columns else []
     left = points.select(
         F.col(S.ID).alias(S.ID_L), *[F.col(c).alias(pair_side_col(c, "l")) for c in cols + extra]
@@ -231,4 +279,75 @@ def add_context_features(pairs: DataFrame, *, k_nearest: int) -> DataFrame:
         F.greatest("_n_l", "_n_r").cast(d).alias(F_CAND_MAX),
         radius.cast(d).alias(F_KNN_RADIUS),
         (F.col(dist) / F.greatest(radius, F.lit(1.0))).cast(d).alias(F_DIST_OVER_RADIUS),
+    )
+
+
+def _side(col: str, side: str) -> Column:
+    return F.col(pair_side_col(col, side))
+
+
+def _idf_sum(idf: Column, tokens: Column) -> Column:
+    weights = F.transform(tokens, lambda t: F.coalesce(F.element_at(idf, t), F.lit(0.0)))
+    return F.aggregate(weights, F.lit(0.0), lambda acc, w: acc + w)
+
+
+def add_name_context_features(pairs: DataFrame) -> DataFrame:
+    """Name features that need the whole table or a row's other candidates.
+
+    Needs ``f_name_token_set`` and, per side, ``n_name_freq`` and ``n_name_idf``
+    (see :func:`add_name_statistics`). Adds the rarer/commoner side's name
+    frequency (log), the IDF-weighted name-token Jaccard, and where the pair's name
+    similarity ranks among each side's candidates, with its gap to the best other
+    candidate (a pair that is each side's clearly best name match is likely a match).
+    """
+    idf_l, idf_r = _side(S.N_NAME_IDF, "l"), _side(S.N_NAME_IDF, "r")
+    keys_l, keys_r = F.map_keys(idf_l), F.map_keys(idf_r)
+    inter = _idf_sum(idf_l, F.array_intersect(keys_l, keys_r))
+    union = _idf_sum(idf_l, keys_l) + _idf_sum(idf_r, keys_r) - inter
+    freq_l, freq_r = _side(S.N_NAME_FREQ, "l"), _side(S.N_NAME_FREQ, "r")
+    directed = pairs.select(
+        F.col(S.ID_L).alias(S.ID), F.col(S.ID_R).alias(_OTHER), F.col(_SIM).alias("_s")
+    ).unionByName(
+        pairs.select(
+            F.col(S.ID_R).alias(S.ID), F.col(S.ID_L).alias(_OTHER), F.col(_SIM).alias("_s")
+        )
+    )
+    ordered = Window.partitionBy(S.ID).orderBy(F.desc_nulls_last("_s"), F.col(_OTHER))
+    per_row = Window.partitionBy(S.ID)
+    ranked = (
+        directed.withColumn("_rn", F.row_number().over(ordered))
+        .withColumn("_srank", F.rank().over(ordered))
+        .withColumn("_best", F.max("_s").over(per_row))
+        .withColumn("_second", F.max(F.when(F.col("_rn") == 2, F.col("_s"))).over(per_row))
+        .withColumn(
+            "_gap",
+            F.when(F.col("_rn") == 1, F.col("_s") - F.col("_second")).otherwise(
+                F.col("_s") - F.col("_best")
+            ),
+        )
+    )
+    side_l = ranked.select(
+        F.col(S.ID).alias(S.ID_L),
+        F.col(_OTHER).alias(S.ID_R),
+        F.col("_srank").alias("_sr_l"),
+        F.col("_gap").alias("_gap_l"),
+    )
+    side_r = ranked.select(
+        F.col(S.ID).alias(S.ID_R),
+        F.col(_OTHER).alias(S.ID_L),
+        F.col("_srank").alias("_sr_r"),
+        F.col("_gap").alias("_gap_r"),
+    )
+    d = T.DoubleType()
+    out = pairs.join(side_l, on=[S.ID_L, S.ID_R], how="left").join(
+        side_r, on=[S.ID_L, S.ID_R], how="left"
+    )
+    return out.select(
+        *pairs.columns,
+        F.log1p(F.least(freq_l, freq_r)).cast(d).alias(F_NAME_FREQ_MIN),
+        F.log1p(F.greatest(freq_l, freq_r)).cast(d).alias(F_NAME_FREQ_MAX),
+        F.when(union > 0, inter / union).cast(d).alias(F_NAME_IDF_JACCARD),
+        F.least("_sr_l", "_sr_r").cast(d).alias(F_SIM_RANK_MIN),
+        F.greatest("_sr_l", "_sr_r").cast(d).alias(F_SIM_RANK_MAX),
+        F.least("_gap_l", "_gap_r").cast(d).alias(F_SIM_GAP_MIN),
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
@@ -15,7 +16,13 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from poimatch import schema as S
-from poimatch.blocking import CONTEXT_FEATURES, add_context_features, add_pair_sides
+from poimatch.blocking import (
+    CONTEXT_FEATURES,
+    add_context_features,
+    add_name_context_features,
+    add_name_statistics,
+    add_pair_sides,
+)
 from poimatch.blocking import candidate_pairs as _candidate_pairs
 from poimatch.config import BlockingSettings
 from poimatch.features import FEATURE_COLUMNS, add_pair_features
@@ -25,6 +32,8 @@ from poimatch.normalize import add_normalized_columns
 __all__ = [
     "ALL_FEATURES",
     "MatchingSpec",
+    "cached_candidates",
+    "cached_points",
     "prepare_points",
     "candidates_with_features",
     "score_pairs",
@@ -68,8 +77,27 @@ class MatchingSpec:
 
 
 def prepare_points(pois: DataFrame) -> DataFrame:
-    """Typed POIs → normalized points (the input of blocking and features)."""
-    return pois.transform(add_normalized_columns)
+    """Typed POIs → normalized points (the input of blocking and features).
+
+    The name statistics read the normalized frame three times: cache the result
+    of :func:`~poimatch.normalize.add_normalized_columns` first when it is large
+    (:func:`cached_points` does).
+    """
+    return pois.transform(add_normalized_columns).transform(add_name_statistics)
+
+
+def cached_points(pois: DataFrame) -> tuple[DataFrame, list[DataFrame]]:
+    """:func:`prepare_points` with the normalization and the result cached.
+
+    Normalization runs a Python UDF; without the caches it would run again for
+    every consumer of the points (each blocking pass, each pair side).
+
+    Returns:
+        ``(points, caches)``: unpersist ``caches`` when done.
+    """
+    normalized = pois.transform(add_normalized_columns).persist(StorageLevel.MEMORY_AND_DISK)
+    points = normalized.transform(add_name_statistics).persist(StorageLevel.MEMORY_AND_DISK)
+    return points, [points, normalized]
 
 
 def candidates_with_features(points: DataFrame, *, settings: BlockingSettings) -> DataFrame:
@@ -79,7 +107,33 @@ def candidates_with_features(points: DataFrame, *, settings: BlockingSettings) -
         add_pair_sides(pairs, points)
         .transform(add_pair_features)
         .transform(lambda df: add_context_features(df, k_nearest=settings.k_nearest))
+        .transform(add_name_context_features)
     )
+
+
+def cached_candidates(
+    points: DataFrame, *, settings: BlockingSettings
+) -> tuple[DataFrame, list[DataFrame]]:
+    """:func:`candidates_with_features`, cached where it must be.
+
+    The context features read the pair features in several branches (each side's
+    candidate list); caching the pair features first keeps their Python UDF from
+    running once per branch. The result is cached and materialized.
+
+    Returns:
+        ``(pairs, caches)``: unpersist ``caches`` when ``pairs`` is no longer needed.
+    """
+    pairs = _candidate_pairs(points, settings=settings)
+    base = add_pair_sides(pairs, points).transform(add_pair_features)
+    base = base.persist(StorageLevel.MEMORY_AND_DISK)
+    full = (
+        base.transform(lambda df: add_context_features(df, k_nearest=settings.k_nearest))
+        .transform(add_name_context_features)
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    full.count()
+    base.unpersist()
+    return full, [full]
 
 
 def score_pairs(model: PipelineModel, pairs: DataFrame) -> DataFrame:

@@ -125,3 +125,7 @@ F_SAME_COUNTRY = FEATURE_PREFIX + "same_country"
 # Helper columns that exist only while the output contract is checked.
 OUTPUT_FIRST_MATCH = "first_match_id"
 OUTPUT_ID_FOUND = "output_id"
+
+# --- name statistics and candidate context (blocking.py) ---
+N_NAME_FREQ = "n_name_freq"
+N_NAME_IDF = "n_name_idf"

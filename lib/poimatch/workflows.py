@@ -38,9 +38,9 @@ from poimatch.evaluation import (
 from poimatch.pipeline import (
     ALL_FEATURES,
     MatchingSpec,
-    candidates_with_features,
+    cached_candidates,
+    cached_points,
     group_scored,
-    prepare_points,
     score_pairs,
 )
 from poimatch.tracking import (
@@ -147,9 +147,18 @@ class FitOutcome:
 
 
 def labelled_candidates(labelled: DataFrame, *, settings: Settings) -> DataFrame:
-    """Featured candidate pairs of labelled POIs with their ``label`` (not cached)."""
-    points = prepare_points(labelled)
-    return label_pairs(candidates_with_features(points, settings=settings.blocking), labelled)
+    """Featured candidate pairs of labelled POIs with their ``label``, cached.
+
+    The points behind them are cached too (normalization is a Python UDF); the
+    returned frame is materialized, so those caches are released before returning.
+    """
+    points, caches = cached_points(labelled)
+    featured, more = cached_candidates(points, settings=settings.blocking)
+    pairs = label_pairs(featured, labelled).persist(StorageLevel.MEMORY_AND_DISK)
+    pairs.count()
+    for frame in (*more, *caches):
+        frame.unpersist()
+    return pairs
 
 
 def fit_matcher(labelled: DataFrame, pairs: DataFrame, *, settings: Settings) -> FitOutcome:
@@ -290,10 +299,9 @@ def match_pois(pois: DataFrame, *, model_uri: str, settings: Settings) -> MatchR
     configure_tracking(settings.tracking)
     model, spec, _ = load_matcher(model_uri)
     blocking = type(settings.blocking).model_validate(spec.blocking)
-    points = prepare_points(pois).persist(StorageLevel.MEMORY_AND_DISK)
-    pairs = candidates_with_features(points, settings=blocking).persist(
-        StorageLevel.MEMORY_AND_DISK
-    )
+    points, caches = cached_points(pois)
+    pairs, more = cached_candidates(points, settings=blocking)
+    caches += more
     n_pairs = pairs.count()
     n_rows = points.count()
     scored = score_pairs(model, pairs).select(S.ID_L, S.ID_R, S.SCORE)
@@ -302,7 +310,8 @@ def match_pois(pois: DataFrame, *, model_uri: str, settings: Settings) -> MatchR
         points.select(S.ID), scored, spec=spec, max_iterations=settings.grouping.max_iterations
     ).persist(StorageLevel.MEMORY_AND_DISK)
     grouped.count()
-    pairs.unpersist()
+    for frame in (scored, *caches):
+        frame.unpersist()
     return MatchResult(
         matches=grouped,
         candidates=n_pairs,

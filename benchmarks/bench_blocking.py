@@ -25,7 +25,7 @@ def main() -> None:
     args = parser.parse_args()
     settings, spark = start_job(args)
     pois = read_poi_input(spark, args.input)
-    points, _ = cached_points(pois)
+    points = cached_points(pois)
     started = time.perf_counter()
     pairs = candidate_pairs(points, settings=settings.blocking).persist()
     n = pairs.count()

@@ -44,14 +44,12 @@ def main() -> None:
         pois, _ = load_pois(spark, str(path), quarantine_path=str(tmp / "quarantine"))
         frames[name] = pois.persist(StorageLevel.MEMORY_AND_DISK)
     started = time.perf_counter()
-    train_pairs = labelled_candidates(frames["train"], settings=settings).persist(
-        StorageLevel.MEMORY_AND_DISK
-    )
+    train_pairs = labelled_candidates(frames["train"], settings=settings)
     fit = fit_matcher(frames["train"], train_pairs, settings=settings)
     fit_seconds = time.perf_counter() - started
     t0 = time.perf_counter()
     test = frames["test"]
-    test_pairs = labelled_candidates(test, settings=settings).persist(StorageLevel.MEMORY_AND_DISK)
+    test_pairs = labelled_candidates(test, settings=settings)
     cand = candidate_report(test_pairs.select(S.ID_L, S.ID_R), test)
     scored = score_pairs(fit.model, test_pairs).select(S.ID_L, S.ID_R, S.SCORE)
     grouped = group_scored(

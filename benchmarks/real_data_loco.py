@@ -41,9 +41,7 @@ def main() -> None:
         StorageLevel.MEMORY_AND_DISK
     )
     pairs = labelled_candidates(pois, settings=settings)
-    pairs = pairs.withColumn(_CITY, F.split(F.col(S.ID_L), "_").getItem(1)).persist(
-        StorageLevel.MEMORY_AND_DISK
-    )
+    pairs = pairs.withColumn(_CITY, F.split(F.col(S.ID_L), "_").getItem(1)).localCheckpoint()
     cand = candidate_report(pairs.select(S.ID_L, S.ID_R), pois)
     print(
         f"all cities: rows={cand.rows} candidates={cand.candidates} per_row={cand.per_row:.2f} "

@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
@@ -86,18 +85,17 @@ def prepare_points(pois: DataFrame) -> DataFrame:
     return pois.transform(add_normalized_columns).transform(add_name_statistics)
 
 
-def cached_points(pois: DataFrame) -> tuple[DataFrame, list[DataFrame]]:
-    """:func:`prepare_points` with the normalization and the result cached.
+def cached_points(pois: DataFrame) -> DataFrame:
+    """:func:`prepare_points`, materialized with its lineage cut.
 
-    Normalization runs a Python UDF; without the caches it would run again for
-    every consumer of the points (each blocking pass, each pair side).
-
-    Returns:
-        ``(points, caches)``: unpersist ``caches`` when done.
+    Normalization runs a Python UDF; without materializing it would run again for
+    every consumer of the points (each blocking pass, each pair side). A local
+    checkpoint rather than a cache keeps later plans small: the plans that read
+    these points are joined many times over, and Spark prints a cached plan's whole
+    tree into the cache's name.
     """
-    normalized = pois.transform(add_normalized_columns).persist(StorageLevel.MEMORY_AND_DISK)
-    points = normalized.transform(add_name_statistics).persist(StorageLevel.MEMORY_AND_DISK)
-    return points, [points, normalized]
+    normalized = pois.transform(add_normalized_columns).localCheckpoint(eager=True)
+    return normalized.transform(add_name_statistics).localCheckpoint(eager=True)
 
 
 def candidates_with_features(points: DataFrame, *, settings: BlockingSettings) -> DataFrame:
@@ -111,29 +109,20 @@ def candidates_with_features(points: DataFrame, *, settings: BlockingSettings) -
     )
 
 
-def cached_candidates(
-    points: DataFrame, *, settings: BlockingSettings
-) -> tuple[DataFrame, list[DataFrame]]:
-    """:func:`candidates_with_features`, cached where it must be.
+def cached_candidates(points: DataFrame, *, settings: BlockingSettings) -> DataFrame:
+    """:func:`candidates_with_features`, materialized where it must be.
 
     The context features read the pair features in several branches (each side's
-    candidate list); caching the pair features first keeps their Python UDF from
-    running once per branch. The result is cached and materialized.
-
-    Returns:
-        ``(pairs, caches)``: unpersist ``caches`` when ``pairs`` is no longer needed.
+    candidate list); materializing the pair features first keeps their Python UDF
+    from running once per branch. The result is materialized (lineage cut) too.
     """
     pairs = _candidate_pairs(points, settings=settings)
-    base = add_pair_sides(pairs, points).transform(add_pair_features)
-    base = base.persist(StorageLevel.MEMORY_AND_DISK)
-    full = (
+    base = add_pair_sides(pairs, points).transform(add_pair_features).localCheckpoint(eager=True)
+    return (
         base.transform(lambda df: add_context_features(df, k_nearest=settings.k_nearest))
         .transform(add_name_context_features)
-        .persist(StorageLevel.MEMORY_AND_DISK)
+        .localCheckpoint(eager=True)
     )
-    full.count()
-    base.unpersist()
-    return full, [full]
 
 
 def score_pairs(model: PipelineModel, pairs: DataFrame) -> DataFrame:

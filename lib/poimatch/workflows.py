@@ -149,16 +149,11 @@ class FitOutcome:
 def labelled_candidates(labelled: DataFrame, *, settings: Settings) -> DataFrame:
     """Featured candidate pairs of labelled POIs with their ``label``, cached.
 
-    The points behind them are cached too (normalization is a Python UDF); the
-    returned frame is materialized, so those caches are released before returning.
+    The points behind them are materialized too (normalization is a Python UDF).
     """
-    points, caches = cached_points(labelled)
-    featured, more = cached_candidates(points, settings=settings.blocking)
-    pairs = label_pairs(featured, labelled).persist(StorageLevel.MEMORY_AND_DISK)
-    pairs.count()
-    for frame in (*more, *caches):
-        frame.unpersist()
-    return pairs
+    points = cached_points(labelled)
+    featured = cached_candidates(points, settings=settings.blocking)
+    return label_pairs(featured, labelled).localCheckpoint(eager=True)
 
 
 def fit_matcher(labelled: DataFrame, pairs: DataFrame, *, settings: Settings) -> FitOutcome:
@@ -184,7 +179,7 @@ def fit_matcher(labelled: DataFrame, pairs: DataFrame, *, settings: Settings) ->
     model = fit_classifier(train_pairs, features=features, settings=settings.model)
 
     valid_scored = score_pairs(model, valid_pairs).select(S.ID_L, S.ID_R, S.SCORE, S.LABEL)
-    valid_scored = valid_scored.persist(StorageLevel.MEMORY_AND_DISK)
+    valid_scored = valid_scored.localCheckpoint(eager=True)
     valid_rows = labelled.join(folds.where(F.col(FOLD) == VALID), on=S.ID, how="left_semi")
     n_valid_pairs = valid_scored.count()
     sweep_pairs = valid_scored
@@ -219,7 +214,6 @@ def fit_matcher(labelled: DataFrame, pairs: DataFrame, *, settings: Settings) ->
         max_iterations=settings.grouping.max_iterations,
     )
     final = iou(grouped, valid_rows)
-    valid_scored.unpersist()
     metrics = {
         "valid_rows": float(final.rows),
         "valid_pairs": float(n_valid_pairs),
@@ -252,7 +246,7 @@ def train_model(
     started = time.perf_counter()
     experiment_id = configure_tracking(settings.tracking)
     labelled = pois.where(F.col(S.POI).isNotNull())
-    pairs = labelled_candidates(labelled, settings=settings).persist(StorageLevel.MEMORY_AND_DISK)
+    pairs = labelled_candidates(labelled, settings=settings)
     cand = candidate_report(pairs.select(S.ID_L, S.ID_R), labelled)
     fit = fit_matcher(labelled, pairs, settings=settings)
     metrics = {
@@ -299,19 +293,16 @@ def match_pois(pois: DataFrame, *, model_uri: str, settings: Settings) -> MatchR
     configure_tracking(settings.tracking)
     model, spec, _ = load_matcher(model_uri)
     blocking = type(settings.blocking).model_validate(spec.blocking)
-    points, caches = cached_points(pois)
-    pairs, more = cached_candidates(points, settings=blocking)
-    caches += more
+    points = cached_points(pois)
+    pairs = cached_candidates(points, settings=blocking)
     n_pairs = pairs.count()
     n_rows = points.count()
     scored = score_pairs(model, pairs).select(S.ID_L, S.ID_R, S.SCORE)
-    scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
+    scored = scored.localCheckpoint(eager=True)
     grouped = group_scored(
         points.select(S.ID), scored, spec=spec, max_iterations=settings.grouping.max_iterations
     ).persist(StorageLevel.MEMORY_AND_DISK)
     grouped.count()
-    for frame in (scored, *caches):
-        frame.unpersist()
     return MatchResult(
         matches=grouped,
         candidates=n_pairs,

@@ -300,7 +300,8 @@ def test_dockerfile_installs_with_lock_non_editable(
         assert "-c" in words, command
         assert words[words.index("-c") + 1] == "requirements.lock", command
         assert not {"-e", "--editable"} & set(words), command
-        assert words[-1] == ".", command
+        # the package itself with the `local` extra: the image brings its own Spark
+        assert words[-1] == ".[local]", command
     assert any("python -m venv /opt/poimatch/.venv" in run for run in runs)
 
 

@@ -98,6 +98,7 @@ def fit_classifier(
         eval_metric="logloss",
         random_state=settings.seed,
         missing=float("nan"),
+        verbose=False,
     )
     return Pipeline(stages=[assembler, xgb]).fit(train_pairs)
 

@@ -20,7 +20,7 @@ from pyspark.sql import types as T
 
 from poimatch import schema as S
 from poimatch.config import BlockingSettings
-from poimatch.features import PAIR_SIDE_COLUMNS, pair_side_col
+from poimatch.features import PAIR_SIDE_COLUMNS, haversine_m, pair_side_col
 
 __all__ = [
     "add_name_statistics",
@@ -40,44 +40,23 @@ _RANK = "_rank"
 _KEY = "_key"
 _OTHER = "_other"
 
-F_RANK_MIN = f"{S.FEATURE_PREFIX}dist_rank_min"
-F_RANK_MAX = f"{S.FEATURE_PREFIX}dist_rank_max"
-F_CAND_MIN = f"{S.FEATURE_PREFIX}cands_min"
-F_CAND_MAX = f"{S.FEATURE_PREFIX}cands_max"
-F_KNN_RADIUS = f"{S.FEATURE_PREFIX}knn_radius_m"
-F_DIST_OVER_RADIUS = f"{S.FEATURE_PREFIX}dist_over_radius"
-F_NAME_FREQ_MIN = f"{S.FEATURE_PREFIX}name_freq_min"
-F_NAME_FREQ_MAX = f"{S.FEATURE_PREFIX}name_freq_max"
-F_NAME_IDF_JACCARD = f"{S.FEATURE_PREFIX}name_idf_jaccard"
-F_SIM_RANK_MIN = f"{S.FEATURE_PREFIX}name_sim_rank_min"
-F_SIM_RANK_MAX = f"{S.FEATURE_PREFIX}name_sim_rank_max"
-F_SIM_GAP_MIN = f"{S.FEATURE_PREFIX}name_sim_gap_min"
 CONTEXT_FEATURES: tuple[str, ...] = (
-    F_RANK_MIN,
-    F_RANK_MAX,
-    F_CAND_MIN,
-    F_CAND_MAX,
-    F_KNN_RADIUS,
-    F_DIST_OVER_RADIUS,
-    F_NAME_FREQ_MIN,
-    F_NAME_FREQ_MAX,
-    F_NAME_IDF_JACCARD,
-    F_SIM_RANK_MIN,
-    F_SIM_RANK_MAX,
-    F_SIM_GAP_MIN,
+    S.F_RANK_MIN,
+    S.F_RANK_MAX,
+    S.F_CAND_MIN,
+    S.F_CAND_MAX,
+    S.F_KNN_RADIUS,
+    S.F_DIST_OVER_RADIUS,
+    S.F_NAME_FREQ_MIN,
+    S.F_NAME_FREQ_MAX,
+    S.F_NAME_IDF_JACCARD,
+    S.F_SIM_RANK_MIN,
+    S.F_SIM_RANK_MAX,
+    S.F_SIM_GAP_MIN,
 )
 # Per-row columns the context features read from each side of a pair.
 CONTEXT_SIDE_COLUMNS: tuple[str, ...] = (S.N_NAME_FREQ, S.N_NAME_IDF)
-_SIM = f"{S.FEATURE_PREFIX}name_token_set"
-
-
-def haversine_m(lat1: Column, lon1: Column, lat2: Column, lon2: Column) -> Column:
-    """Great-circle distance in metres, as a Spark expression."""
-    p1, p2 = F.radians(lat1), F.radians(lat2)
-    dlat = p2 - p1
-    dlon = F.radians(lon2) - F.radians(lon1)
-    a = F.pow(F.sin(dlat / 2), 2) + F.cos(p1) * F.cos(p2) * F.pow(F.sin(dlon / 2), 2)
-    return F.lit(2 * 6_371_008.8) * F.asin(F.sqrt(F.least(F.lit(1.0), a)))
+_SIM = S.F_NAME_TOKEN_SET
 
 
 def add_name_statistics(points: DataFrame) -> DataFrame:
@@ -234,7 +213,7 @@ def add_context_features(pairs: DataFrame, *, k_nearest: int) -> DataFrame:
     candidates (min/max) and the radius that holds a side's ``k_nearest``
     candidates, plus the pair distance relative to that radius.
     """
-    dist = f"{S.FEATURE_PREFIX}dist_m"
+    dist = S.F_DIST_M
     directed = pairs.select(
         F.col(S.ID_L).alias(S.ID), F.col(S.ID_R).alias(_OTHER), F.col(dist).alias(_DIST)
     ).unionByName(
@@ -273,12 +252,12 @@ def add_context_features(pairs: DataFrame, *, k_nearest: int) -> DataFrame:
     d = T.DoubleType()
     return out.select(
         *pairs.columns,
-        F.least("_rank_l", "_rank_r").cast(d).alias(F_RANK_MIN),
-        F.greatest("_rank_l", "_rank_r").cast(d).alias(F_RANK_MAX),
-        F.least("_n_l", "_n_r").cast(d).alias(F_CAND_MIN),
-        F.greatest("_n_l", "_n_r").cast(d).alias(F_CAND_MAX),
-        radius.cast(d).alias(F_KNN_RADIUS),
-        (F.col(dist) / F.greatest(radius, F.lit(1.0))).cast(d).alias(F_DIST_OVER_RADIUS),
+        F.least("_rank_l", "_rank_r").cast(d).alias(S.F_RANK_MIN),
+        F.greatest("_rank_l", "_rank_r").cast(d).alias(S.F_RANK_MAX),
+        F.least("_n_l", "_n_r").cast(d).alias(S.F_CAND_MIN),
+        F.greatest("_n_l", "_n_r").cast(d).alias(S.F_CAND_MAX),
+        radius.cast(d).alias(S.F_KNN_RADIUS),
+        (F.col(dist) / F.greatest(radius, F.lit(1.0))).cast(d).alias(S.F_DIST_OVER_RADIUS),
     )
 
 
@@ -344,10 +323,10 @@ def add_name_context_features(pairs: DataFrame) -> DataFrame:
     )
     return out.select(
         *pairs.columns,
-        F.log1p(F.least(freq_l, freq_r)).cast(d).alias(F_NAME_FREQ_MIN),
-        F.log1p(F.greatest(freq_l, freq_r)).cast(d).alias(F_NAME_FREQ_MAX),
-        F.when(union > 0, inter / union).cast(d).alias(F_NAME_IDF_JACCARD),
-        F.least("_sr_l", "_sr_r").cast(d).alias(F_SIM_RANK_MIN),
-        F.greatest("_sr_l", "_sr_r").cast(d).alias(F_SIM_RANK_MAX),
-        F.least("_gap_l", "_gap_r").cast(d).alias(F_SIM_GAP_MIN),
+        F.log1p(F.least(freq_l, freq_r)).cast(d).alias(S.F_NAME_FREQ_MIN),
+        F.log1p(F.greatest(freq_l, freq_r)).cast(d).alias(S.F_NAME_FREQ_MAX),
+        F.when(union > 0, inter / union).cast(d).alias(S.F_NAME_IDF_JACCARD),
+        F.least("_sr_l", "_sr_r").cast(d).alias(S.F_SIM_RANK_MIN),
+        F.greatest("_sr_l", "_sr_r").cast(d).alias(S.F_SIM_RANK_MAX),
+        F.least("_gap_l", "_gap_r").cast(d).alias(S.F_SIM_GAP_MIN),
     )

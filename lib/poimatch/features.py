@@ -86,6 +86,7 @@ __all__ = [
     "SIDE_L",
     "SIDE_R",
     "add_pair_features",
+    "haversine_m",
     "pair_side_col",
 ]
 
@@ -180,15 +181,20 @@ def _flag(cond: Column) -> Column:
 # --- geometry -----------------------------------------------------------------
 
 
-def _haversine_m() -> Column:
-    """Great-circle distance between the two sides' coordinates, in metres."""
-    lat1, lat2 = F.radians(_l(LATITUDE)), F.radians(_r(LATITUDE))
-    dlat = lat2 - lat1
-    dlon = F.radians(_r(LONGITUDE)) - F.radians(_l(LONGITUDE))
-    a = F.pow(F.sin(dlat / 2), 2) + F.cos(lat1) * F.cos(lat2) * F.pow(F.sin(dlon / 2), 2)
+def haversine_m(lat1: Column, lon1: Column, lat2: Column, lon2: Column) -> Column:
+    """Great-circle distance in metres between two coordinates, as a Spark expression."""
+    p1, p2 = F.radians(lat1), F.radians(lat2)
+    dlat = p2 - p1
+    dlon = F.radians(lon2) - F.radians(lon1)
+    a = F.pow(F.sin(dlat / 2), 2) + F.cos(p1) * F.cos(p2) * F.pow(F.sin(dlon / 2), 2)
     # clamp rounding overshoot (a > 1 near antipodes); not F.least, which skips nulls
     a = F.when(a > 1.0, F.lit(1.0)).otherwise(a)
     return F.lit(2 * EARTH_RADIUS_M) * F.asin(F.sqrt(a))
+
+
+def _haversine_m() -> Column:
+    """Great-circle distance between the two sides' coordinates, in metres."""
+    return haversine_m(_l(LATITUDE), _l(LONGITUDE), _r(LATITUDE), _r(LONGITUDE))
 
 
 # --- generic text / set features ------------------------------------------------

@@ -129,3 +129,17 @@ OUTPUT_ID_FOUND = "output_id"
 # --- name statistics and candidate context (blocking.py) ---
 N_NAME_FREQ = "n_name_freq"
 N_NAME_IDF = "n_name_idf"
+
+# --- candidate-context feature columns (blocking.py) ---
+F_RANK_MIN = FEATURE_PREFIX + "dist_rank_min"
+F_RANK_MAX = FEATURE_PREFIX + "dist_rank_max"
+F_CAND_MIN = FEATURE_PREFIX + "cands_min"
+F_CAND_MAX = FEATURE_PREFIX + "cands_max"
+F_KNN_RADIUS = FEATURE_PREFIX + "knn_radius_m"
+F_DIST_OVER_RADIUS = FEATURE_PREFIX + "dist_over_radius"
+F_NAME_FREQ_MIN = FEATURE_PREFIX + "name_freq_min"
+F_NAME_FREQ_MAX = FEATURE_PREFIX + "name_freq_max"
+F_NAME_IDF_JACCARD = FEATURE_PREFIX + "name_idf_jaccard"
+F_SIM_RANK_MIN = FEATURE_PREFIX + "name_sim_rank_min"
+F_SIM_RANK_MAX = FEATURE_PREFIX + "name_sim_rank_max"
+F_SIM_GAP_MIN = FEATURE_PREFIX + "name_sim_gap_min"

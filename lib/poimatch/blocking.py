@@ -205,6 +205,34 @@ def add_pair_sides(pairs: DataFrame, points: DataFrame) -> DataFrame:
     return pairs.join(left, on=S.ID_L, how="inner").join(right, on=S.ID_R, how="inner")
 
 
+def _directed(pairs: DataFrame, value: str, alias: str) -> DataFrame:
+    """Each pair seen from both rows: ``id``, ``_other``, ``value`` as ``alias``."""
+    return pairs.select(
+        F.col(S.ID_L).alias(S.ID), F.col(S.ID_R).alias(_OTHER), F.col(value).alias(alias)
+    ).unionByName(
+        pairs.select(
+            F.col(S.ID_R).alias(S.ID), F.col(S.ID_L).alias(_OTHER), F.col(value).alias(alias)
+        )
+    )
+
+
+def _join_sides(pairs: DataFrame, ranked: DataFrame, cols: dict[str, str]) -> DataFrame:
+    """Join per-row values (``id``, ``_other``, cols) onto pairs for both sides.
+
+    ``cols`` maps a column of ``ranked`` to a prefix; the pair gets ``<prefix>_l``
+    (the row is ``id_l``) and ``<prefix>_r`` (the row is ``id_r``).
+    """
+    out = pairs
+    for side, me, other in (("l", S.ID_L, S.ID_R), ("r", S.ID_R, S.ID_L)):
+        values = ranked.select(
+            F.col(S.ID).alias(me),
+            F.col(_OTHER).alias(other),
+            *[F.col(c).alias(f"{prefix}_{side}") for c, prefix in cols.items()],
+        )
+        out = out.join(values, on=[S.ID_L, S.ID_R], how="left")
+    return out
+
+
 def add_context_features(pairs: DataFrame, *, k_nearest: int) -> DataFrame:
     """Distance rank of the pair among each side's candidates, and local density.
 
@@ -214,13 +242,7 @@ def add_context_features(pairs: DataFrame, *, k_nearest: int) -> DataFrame:
     candidates, plus the pair distance relative to that radius.
     """
     dist = S.F_DIST_M
-    directed = pairs.select(
-        F.col(S.ID_L).alias(S.ID), F.col(S.ID_R).alias(_OTHER), F.col(dist).alias(_DIST)
-    ).unionByName(
-        pairs.select(
-            F.col(S.ID_R).alias(S.ID), F.col(S.ID_L).alias(_OTHER), F.col(dist).alias(_DIST)
-        )
-    )
+    directed = _directed(pairs, dist, _DIST)
     w = Window.partitionBy(S.ID).orderBy(F.col(_DIST), F.col(_OTHER))
     per_row = Window.partitionBy(S.ID)
     ranked = (
@@ -231,23 +253,7 @@ def add_context_features(pairs: DataFrame, *, k_nearest: int) -> DataFrame:
             F.max(F.when(F.col(_RANK) <= k_nearest, F.col(_DIST))).over(per_row),
         )
     )
-    side_l = ranked.select(
-        F.col(S.ID).alias(S.ID_L),
-        F.col(_OTHER).alias(S.ID_R),
-        F.col(_RANK).alias("_rank_l"),
-        F.col("_n").alias("_n_l"),
-        F.col("_radius").alias("_rad_l"),
-    )
-    side_r = ranked.select(
-        F.col(S.ID).alias(S.ID_R),
-        F.col(_OTHER).alias(S.ID_L),
-        F.col(_RANK).alias("_rank_r"),
-        F.col("_n").alias("_n_r"),
-        F.col("_radius").alias("_rad_r"),
-    )
-    out = pairs.join(side_l, on=[S.ID_L, S.ID_R], how="left").join(
-        side_r, on=[S.ID_L, S.ID_R], how="left"
-    )
+    out = _join_sides(pairs, ranked, {_RANK: "_rank", "_n": "_n", "_radius": "_rad"})
     radius = F.greatest(F.col("_rad_l"), F.col("_rad_r"))
     d = T.DoubleType()
     return out.select(
@@ -284,13 +290,7 @@ def add_name_context_features(pairs: DataFrame) -> DataFrame:
     inter = _idf_sum(idf_l, F.array_intersect(keys_l, keys_r))
     union = _idf_sum(idf_l, keys_l) + _idf_sum(idf_r, keys_r) - inter
     freq_l, freq_r = _side(S.N_NAME_FREQ, "l"), _side(S.N_NAME_FREQ, "r")
-    directed = pairs.select(
-        F.col(S.ID_L).alias(S.ID), F.col(S.ID_R).alias(_OTHER), F.col(_SIM).alias("_s")
-    ).unionByName(
-        pairs.select(
-            F.col(S.ID_R).alias(S.ID), F.col(S.ID_L).alias(_OTHER), F.col(_SIM).alias("_s")
-        )
-    )
+    directed = _directed(pairs, _SIM, "_s")
     ordered = Window.partitionBy(S.ID).orderBy(F.desc_nulls_last("_s"), F.col(_OTHER))
     per_row = Window.partitionBy(S.ID)
     ranked = (
@@ -305,22 +305,8 @@ def add_name_context_features(pairs: DataFrame) -> DataFrame:
             ),
         )
     )
-    side_l = ranked.select(
-        F.col(S.ID).alias(S.ID_L),
-        F.col(_OTHER).alias(S.ID_R),
-        F.col("_srank").alias("_sr_l"),
-        F.col("_gap").alias("_gap_l"),
-    )
-    side_r = ranked.select(
-        F.col(S.ID).alias(S.ID_R),
-        F.col(_OTHER).alias(S.ID_L),
-        F.col("_srank").alias("_sr_r"),
-        F.col("_gap").alias("_gap_r"),
-    )
     d = T.DoubleType()
-    out = pairs.join(side_l, on=[S.ID_L, S.ID_R], how="left").join(
-        side_r, on=[S.ID_L, S.ID_R], how="left"
-    )
+    out = _join_sides(pairs, ranked, {"_srank": "_sr", "_gap": "_gap"})
     return out.select(
         *pairs.columns,
         F.log1p(F.least(freq_l, freq_r)).cast(d).alias(S.F_NAME_FREQ_MIN),

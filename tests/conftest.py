@@ -25,7 +25,7 @@ def spark() -> Iterator[SparkSession]:
         [
             "spark.master=local[1]",
             "spark.shuffle_partitions=1",
-            "spark.driver_memory=2g",
+            "spark.driver_memory=4g",
             "spark.extra={spark.default.parallelism: '1', spark.sql.adaptive.enabled: 'false'}",
         ],
     )

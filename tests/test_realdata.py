@@ -1,0 +1,31 @@
+"""Candidate stage on the real OSM–Foursquare data (one city, to stay fast)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from poimatch import schema as S
+from poimatch.blocking import candidate_pairs
+from poimatch.config import BlockingSettings
+from poimatch.evaluation import candidate_report
+from poimatch.io import read_poi_input
+from poimatch.pipeline import cached_points
+
+pytestmark = pytest.mark.realdata
+
+
+def test_pittsburgh_candidates_keep_the_ceiling(spark: SparkSession, shared_geoer: Path) -> None:
+    pois = read_poi_input(spark, str(shared_geoer)).where(F.col(S.ID).contains("_pit_"))
+    points = cached_points(pois)
+    pairs = candidate_pairs(points, settings=BlockingSettings())
+    report = candidate_report(pairs, pois)
+    assert report.rows == 5211
+    assert report.per_row <= 30
+    assert report.iou_ceiling >= 0.98
+    # the spatial pass alone must not be the whole story: key passes add pairs
+    passes = {r[S.PASS] for r in pairs.select(S.PASS).distinct().collect()}
+    assert "name" in passes

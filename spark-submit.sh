@@ -12,17 +12,26 @@ VENV="$HERE/.venv"
 submit_args=()
 while [ $# -gt 0 ] && [[ "$1" == -* ]]; do
   case "$1" in
-    --verbose|-v|--supervise) submit_args+=("$1"); shift ;;
+    --verbose|-v|--supervise|--*=*) submit_args+=("$1"); shift ;;
     *) submit_args+=("$1" "$2"); shift 2 ;;
   esac
 done
 [ $# -gt 0 ] || { echo "usage: $0 [spark-submit options] JOB.py [job options]" >&2; exit 2; }
 job="$1"; shift
 
-has() { local k; for k in "${submit_args[@]+"${submit_args[@]}"}"; do [ "$k" == "$1" ] && return 0; done; return 1; }
+has() {
+  local k
+  for k in "${submit_args[@]+"${submit_args[@]}"}"; do
+    [[ "$k" == "$1" || "$k" == "$1="* ]] && return 0
+  done
+  return 1
+}
 master="local[*]"
 for ((i = 0; i < ${#submit_args[@]}; i++)); do
-  [ "${submit_args[$i]}" == "--master" ] && master="${submit_args[$((i + 1))]}"
+  case "${submit_args[$i]}" in
+    --master) master="${submit_args[$((i + 1))]}" ;;
+    --master=*) master="${submit_args[$i]#--master=}" ;;
+  esac
 done
 extra=()
 has --master || extra+=(--master "$master")

@@ -51,13 +51,8 @@ def load_pois(
         lines.append(f"quarantine={quarantine_path}")
     if n_ok == 0:
         raise ValueError(f"{path}: no valid rows (all {n_total} quarantined in {quarantine_path})")
-    typed = read_poi_input_from_frame(accepted)
-    return typed, lines
-
-
-def read_poi_input_from_frame(accepted: DataFrame) -> DataFrame:
-    """Accepted rows in the typed POI layout (drops bookkeeping columns)."""
-    return accepted.select(*[f.name for f in S.poi_table_schema().fields])
+    # the typed POI layout, without the ingest's bookkeeping columns
+    return accepted.select(*[f.name for f in S.poi_table_schema().fields]), lines
 
 
 def run_match(

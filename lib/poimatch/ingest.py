@@ -52,7 +52,7 @@ class IngestReport:
     updated: int
     unchanged: int
     pois_version: int
-    quarantine_version: int | None
+    quarantine_version: int
     contract: contracts.ContractResult
     notes: tuple[str, ...] = field(default=())
 
@@ -222,15 +222,18 @@ def ingest_file(
             .collect()
         )
         reasons = {str(r[S.REASON]): int(r["count"]) for r in reason_counts if r[S.REASON]}
-        total = checked.count()
+        sizes = checked.agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.count(F.when(F.col(S.REASON).isNull(), 1)).alias("ok"),
+        ).first()
+        total, n_accepted = (int(sizes["rows"]), int(sizes["ok"])) if sizes else (0, 0)
         accepted = accepted_rows(checked)
-        n_accepted = accepted.count()
         # Report the contract on the whole file, then require it on what we keep.
         contract = contracts.validate_input(checked)
         contracts.require(contracts.validate_input(checked.where(F.col(S.REASON).isNull())))
         poi_metrics = upsert_pois(spark, accepted, pois_path)
         rejected = rejected_rows(checked)
-        q_metrics = upsert_quarantine(spark, rejected, quarantine_path)
+        upsert_quarantine(spark, rejected, quarantine_path)
     finally:
         checked.unpersist()
     inserted = poi_metrics.get("numTargetRowsInserted", 0)
@@ -252,7 +255,7 @@ def ingest_file(
         updated=updated,
         unchanged=n_accepted - inserted - updated,
         pois_version=delta_version(spark, pois_path),
-        quarantine_version=delta_version(spark, quarantine_path) if q_metrics is not None else None,
+        quarantine_version=delta_version(spark, quarantine_path),
         contract=contract,
         notes=tuple(notes),
     )

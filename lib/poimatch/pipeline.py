@@ -33,8 +33,6 @@ __all__ = [
     "MatchingSpec",
     "cached_candidates",
     "cached_points",
-    "prepare_points",
-    "candidates_with_features",
     "score_pairs",
     "group_scored",
 ]
@@ -75,18 +73,8 @@ class MatchingSpec:
         )
 
 
-def prepare_points(pois: DataFrame) -> DataFrame:
-    """Typed POIs → normalized points (the input of blocking and features).
-
-    The name statistics read the normalized frame three times: cache the result
-    of :func:`~poimatch.normalize.add_normalized_columns` first when it is large
-    (:func:`cached_points` does).
-    """
-    return pois.transform(add_normalized_columns).transform(add_name_statistics)
-
-
 def cached_points(pois: DataFrame) -> DataFrame:
-    """:func:`prepare_points`, materialized with its lineage cut.
+    """Typed POIs → normalized points with name statistics, materialized.
 
     Normalization runs a Python UDF; without materializing it would run again for
     every consumer of the points (each blocking pass, each pair side). A local
@@ -98,19 +86,8 @@ def cached_points(pois: DataFrame) -> DataFrame:
     return normalized.transform(add_name_statistics).localCheckpoint(eager=True)
 
 
-def candidates_with_features(points: DataFrame, *, settings: BlockingSettings) -> DataFrame:
-    """Blocking then all pair features (similarities plus rank/density context)."""
-    pairs = _candidate_pairs(points, settings=settings)
-    return (
-        add_pair_sides(pairs, points)
-        .transform(add_pair_features)
-        .transform(lambda df: add_context_features(df, k_nearest=settings.k_nearest))
-        .transform(add_name_context_features)
-    )
-
-
 def cached_candidates(points: DataFrame, *, settings: BlockingSettings) -> DataFrame:
-    """:func:`candidates_with_features`, materialized where it must be.
+    """Blocking, then every pair feature (similarities plus candidate context).
 
     The context features read the pair features in several branches (each side's
     candidate list); materializing the pair features first keeps their Python UDF

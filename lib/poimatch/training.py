@@ -79,8 +79,8 @@ def fit_classifier(
     assembler = VectorAssembler(
         inputCols=list(features), outputCol=_FEATURES_VEC, handleInvalid="keep"
     )
-    positives = train_pairs.where(F.col(S.LABEL) == 1).count()
-    negatives = train_pairs.where(F.col(S.LABEL) == 0).count()
+    counts = {r[S.LABEL]: r["count"] for r in train_pairs.groupBy(S.LABEL).count().collect()}
+    positives, negatives = counts.get(1, 0), counts.get(0, 0)
     if positives == 0 or negatives == 0:
         raise ValueError(
             f"training pairs need both classes: {positives} positive, {negatives} negative"

@@ -29,8 +29,6 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from poimatch import schema as S
 from poimatch.config import Settings
 from poimatch.evaluation import (
-    CandidateReport,
-    IouReport,
     candidate_report,
     iou,
     label_pairs,
@@ -308,17 +306,4 @@ def match_pois(pois: DataFrame, *, model_uri: str, settings: Settings) -> MatchR
         candidates=n_pairs,
         per_row=2.0 * n_pairs / max(n_rows, 1),
         seconds=time.perf_counter() - started,
-    )
-
-
-def evaluate_submission(submission: DataFrame, truth: DataFrame) -> IouReport:
-    """IoU of a submission (``id``, ``matches``) against truth POIs."""
-    return iou(submission, truth)
-
-
-def describe_candidates(report: CandidateReport) -> str:
-    """One line for logs."""
-    return (
-        f"candidates={report.candidates} per_row={report.per_row:.1f} "
-        f"pair_recall={report.pair_recall:.4f} iou_ceiling={report.iou_ceiling:.4f}"
     )

@@ -6,7 +6,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.poimatch-setup
 ENV   ?= local
-SRC   := lib/poimatch jobs tests benchmarks
+SRC   := lib/poimatch jobs tests benchmarks deploy/ci
 
 .PHONY: setup run test lint format typecheck security check ci clean
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pyspark.sql import SparkSession
 
 from poimatch.config import ConfigError, Settings, load_settings
+from poimatch.isolation import enforce
 from poimatch.session import build_session
 
 __all__ = ["fail", "job_parser", "job_settings", "start_job"]
@@ -56,4 +57,5 @@ def job_settings(args: argparse.Namespace) -> Settings:
 def start_job(args: argparse.Namespace) -> tuple[Settings, SparkSession]:
     """Load the configuration once and build the session for a job."""
     settings = job_settings(args)
+    enforce(settings)
     return settings, build_session(settings.spark)

@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "ConfigError",
@@ -27,6 +35,8 @@ __all__ = [
     "GroupingSettings",
     "ModelSettings",
     "TrackingSettings",
+    "LifecycleSettings",
+    "ServiceSettings",
     "load_settings",
     "project_root",
     "resolve_path",
@@ -140,6 +150,38 @@ class TrackingSettings(_Frozen):
     experiment: str = "poimatch"
 
 
+class LifecycleSettings(_Frozen):
+    """Who may change production, and the promotion gate's rules.
+
+    ``role: research`` (``conf/research.yaml``) runs in its own storage root, MLflow
+    experiment and registered model; the configuration refuses research settings that
+    point at the production ones, and :mod:`poimatch.isolation` refuses, at run time,
+    any write under the production root and any move of the ``champion`` alias.
+    """
+
+    role: Literal["production", "research"] = "production"
+    production_storage_root: str = "data/lake"
+    production_model_name: str = Field(default="poimatch-xgb", pattern=r"^[A-Za-z0-9_.-]+$")
+    production_experiment: str = "poimatch"
+    eval_table: str = Field(default="eval", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    promotion_margin: float = Field(default=0.002, ge=0, le=1)
+    guard_tolerance: float = Field(default=0.002, ge=0, le=1)
+
+
+class ServiceSettings(_Frozen):
+    """The REST service for ad-hoc CSVs (``python -m poimatch.service``)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8004, ge=1, le=65535)
+    model_uri: str | None = None  # default: models:/<model.name>@champion
+    max_body_bytes: int = Field(default=20_000_000, ge=1024)
+    max_rows: int = Field(default=20_000, ge=1)
+    queue_size: int = Field(default=8, ge=1)  # requests waiting for Spark beyond the running one
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    reload_seconds: float = Field(default=10.0, gt=0)  # how often the champion alias is polled
+    shuffle_partitions: int = Field(default=1, ge=1)  # small files: one partition per stage
+
+
 class Settings(_Frozen):
     """The whole configuration of one run; log it with the run to reproduce it."""
 
@@ -151,6 +193,31 @@ class Settings(_Frozen):
     model: ModelSettings = ModelSettings()
     grouping: GroupingSettings = GroupingSettings()
     tracking: TrackingSettings = TrackingSettings()
+    lifecycle: LifecycleSettings = LifecycleSettings()
+    service: ServiceSettings = ServiceSettings()
+
+    @model_validator(mode="after")
+    def _research_stays_apart(self) -> Settings:
+        life = self.lifecycle
+        if life.role != "research":
+            return self
+        clashes = []
+        if _overlaps(self.storage.root, life.production_storage_root):
+            clashes.append(
+                f"storage.root ({self.storage.root}) overlaps the production root "
+                f"({life.production_storage_root})"
+            )
+        if self.model.name == life.production_model_name:
+            clashes.append(f"model.name is the production model ({life.production_model_name})")
+        if self.tracking.experiment == life.production_experiment:
+            clashes.append(
+                f"tracking.experiment is the production experiment ({life.production_experiment})"
+            )
+        if clashes:
+            raise ValueError(
+                "research settings must stay apart from production: " + "; ".join(clashes)
+            )
+        return self
 
     def flat(self) -> dict[str, str]:
         """Flattened ``section.key -> value`` view, for MLflow params."""
@@ -167,6 +234,12 @@ class Settings(_Frozen):
         return out
 
 
+def _overlaps(a: str, b: str) -> bool:
+    """True when one storage root is the other or lies inside it."""
+    pa, pb = a.rstrip("/") + "/", b.rstrip("/") + "/"
+    return pa.startswith(pb) or pb.startswith(pa)
+
+
 def project_root() -> Path:
     """The folder that holds ``conf/`` (the repository root for an editable install)."""
     override = os.environ.get(CONF_DIR_VAR)
@@ -179,9 +252,17 @@ def project_root() -> Path:
     return Path.cwd()
 
 
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # s3://, dbfs:/, mlflow-artifacts:/ ...
+
+
+def is_uri(value: str) -> bool:
+    """True for ``scheme:...`` locations (two or more letters: not a drive letter)."""
+    return bool(_URI.match(value))
+
+
 def resolve_path(value: str, root: Path) -> str:
     """Resolve a relative local path against ``root``; URIs and absolute paths pass."""
-    if "://" in value or value.startswith("dbfs:") or Path(value).is_absolute():
+    if is_uri(value) or Path(value).is_absolute():
         return value
     return str((root / value).resolve())
 
@@ -234,7 +315,7 @@ def _format_errors(exc: ValidationError) -> str:
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"])
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"{key}: {msg}")
+        lines.append(f"{key}: {msg}" if key else msg.removeprefix("Value error, "))
     return "invalid configuration: " + "; ".join(lines)
 
 
@@ -243,6 +324,7 @@ _PATH_KEYS = (
     ("storage", "root"),
     ("generator", "output"),
     ("tracking", "artifact_root"),
+    ("lifecycle", "production_storage_root"),
 )
 
 

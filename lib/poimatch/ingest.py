@@ -19,6 +19,7 @@ from pyspark.sql import types as T
 from poimatch import contracts
 from poimatch import schema as S
 from poimatch.io import delta_version, read_poi_csv
+from poimatch.isolation import check_write
 
 __all__ = [
     "IngestReport",
@@ -158,6 +159,7 @@ def upsert_pois(spark: SparkSession, accepted: DataFrame, path: str) -> dict[str
 
     Returns Delta's MERGE metrics (``numTargetRowsInserted``, ``...Updated``, ...).
     """
+    check_write(path)
     data_cols = tuple(f.name for f in S.poi_table_schema().fields)
     source = accepted.withColumn(_UPDATED_AT, F.current_timestamp())
     (
@@ -181,6 +183,7 @@ def upsert_pois(spark: SparkSession, accepted: DataFrame, path: str) -> dict[str
 
 def upsert_quarantine(spark: SparkSession, rejected: DataFrame, path: str) -> dict[str, int]:
     """MERGE rejected rows into the quarantine table by row hash (a re-run adds nothing)."""
+    check_write(path)
     source = rejected.withColumn(_QUARANTINED_AT, F.current_timestamp())
     if not DeltaTable.isDeltaTable(spark, path):
         source.limit(0).write.format("delta").save(path)
@@ -212,6 +215,8 @@ def ingest_file(
         poimatch.io.InputError: the file cannot be used at all (named problem).
         poimatch.contracts.ContractError: accepted rows failed the input contract.
     """
+    check_write(pois_path)
+    check_write(quarantine_path)
     csv = read_poi_csv(spark, path)
     checked = check_rows(csv.frame).persist(StorageLevel.MEMORY_AND_DISK)
     try:

@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from poimatch import schema as S
+from poimatch.isolation import check_write
 
 __all__ = [
     "InputError",
@@ -175,6 +176,7 @@ def write_delta(
     df: DataFrame, path: str, *, mode: str = "overwrite", partition_by: tuple[str, ...] = ()
 ) -> None:
     """Write ``df`` as a Delta table (overwrite replaces data and schema)."""
+    check_write(path)
     writer = df.write.format("delta").mode(mode).option("overwriteSchema", "true")
     if partition_by:
         writer = writer.partitionBy(*partition_by)

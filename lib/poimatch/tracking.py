@@ -18,7 +18,8 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from pyspark.ml import PipelineModel
 
-from poimatch.config import TrackingSettings
+from poimatch.config import TrackingSettings, is_uri
+from poimatch.isolation import check_alias
 from poimatch.pipeline import MatchingSpec
 
 __all__ = [
@@ -44,8 +45,7 @@ def configure_tracking(settings: TrackingSettings) -> str:
     experiment = mlflow.get_experiment_by_name(settings.experiment)
     if experiment is None:
         artifact = settings.artifact_root
-        is_uri = "://" in artifact or artifact.startswith("dbfs:")
-        location = artifact if is_uri else Path(artifact).as_uri()
+        location = artifact if is_uri(artifact) else Path(artifact).as_uri()
         return mlflow.create_experiment(settings.experiment, artifact_location=location)
     return experiment.experiment_id
 
@@ -87,6 +87,7 @@ def assign_alias(name: str, version: str) -> str:
 
     Promotion of a challenger to champion is the promotion gate's job, not this one.
     """
+    check_alias(name, CHALLENGER)
     client = MlflowClient()
     try:
         client.get_model_version_by_alias(name, CHAMPION)

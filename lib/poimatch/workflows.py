@@ -27,7 +27,7 @@ from pyspark.sql import functions as F
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from poimatch import schema as S
-from poimatch.config import Settings
+from poimatch.config import BlockingSettings, Settings
 from poimatch.evaluation import (
     candidate_report,
     iou,
@@ -56,6 +56,7 @@ __all__ = [
     "fit_matcher",
     "labelled_candidates",
     "match_pois",
+    "match_with_model",
     "train_model",
 ]
 
@@ -287,10 +288,23 @@ def match_pois(pois: DataFrame, *, model_uri: str, settings: Settings) -> MatchR
         :class:`MatchResult`; its ``matches`` frame is cached, ready to validate
         and write.
     """
-    started = time.perf_counter()
     configure_tracking(settings.tracking)
     model, spec, _ = load_matcher(model_uri)
-    blocking = type(settings.blocking).model_validate(spec.blocking)
+    return match_with_model(
+        pois, model=model, spec=spec, max_iterations=settings.grouping.max_iterations
+    )
+
+
+def match_with_model(
+    pois: DataFrame, *, model: PipelineModel, spec: MatchingSpec, max_iterations: int = 40
+) -> MatchResult:
+    """:func:`match_pois` with a model already loaded (the REST service keeps one warm).
+
+    The blocking settings come from the model's spec, so a model always sees the
+    candidates it was trained on.
+    """
+    started = time.perf_counter()
+    blocking = BlockingSettings.model_validate(spec.blocking)
     points = cached_points(pois)
     pairs = cached_candidates(points, settings=blocking)
     n_pairs = pairs.count()
@@ -298,7 +312,7 @@ def match_pois(pois: DataFrame, *, model_uri: str, settings: Settings) -> MatchR
     scored = score_pairs(model, pairs).select(S.ID_L, S.ID_R, S.SCORE)
     scored = scored.localCheckpoint(eager=True)
     grouped = group_scored(
-        points.select(S.ID), scored, spec=spec, max_iterations=settings.grouping.max_iterations
+        points.select(S.ID), scored, spec=spec, max_iterations=max_iterations
     ).persist(StorageLevel.MEMORY_AND_DISK)
     grouped.count()
     return MatchResult(

@@ -1,0 +1,866 @@
+"""REST service for ad-hoc CSVs: the batch pipeline behind one warm local Spark session.
+
+    make serve                                   (same as the next line, env local)
+    .venv/bin/python -m poimatch.service --env local [--port 8004] [--set section.key=v]
+
+``POST /invocations`` takes a CSV in the input layout (multipart field ``file`` or a
+raw ``text/csv`` body) and answers ``text/csv`` ``id,matches``: every input id once,
+its own id first. Rows are validated by the same contract rules as the batch
+(:func:`poimatch.ingest.check_rows`) and matched by the same stages
+(:func:`poimatch.workflows.match_with_model`) with ``models:/<model.name>@champion``.
+
+Bad input gets a 4xx JSON body ``{"error": <code>, "message": <text>, ...}`` naming the
+problem, never a 500. Spark work runs one request at a time from a bounded queue: a
+full queue answers 503 with ``Retry-After``; a request over ``service.timeout_seconds``
+(waiting plus running) answers 504 and its Spark jobs are cancelled.
+
+The champion alias is polled every ``service.reload_seconds`` (or on
+``POST /admin/reload``); a new version is loaded beside the old one and swapped in, so
+requests in flight finish on the model they started with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import itertools
+import logging
+import re
+import threading
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from typing import Any, Protocol, TypeVar
+
+import pandas as pd
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from mlflow.tracking import MlflowClient
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pyspark.ml import PipelineModel
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from starlette.datastructures import Headers, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from poimatch import schema as S
+from poimatch.config import ConfigError, Settings, load_settings
+from poimatch.ingest import accepted_rows, check_rows
+from poimatch.isolation import enforce
+from poimatch.pipeline import MatchingSpec
+from poimatch.session import build_session
+from poimatch.tracking import CHAMPION, configure_tracking, load_matcher
+from poimatch.workflows import match_with_model
+
+__all__ = [
+    "EXAMPLE_CSV",
+    "LoadedModel",
+    "ModelStore",
+    "RequestError",
+    "SparkEngine",
+    "SparkQueue",
+    "create_app",
+    "main",
+    "parse_upload",
+    "read_body",
+]
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+_ROW = "_row"  # 1-based data row number of the request (the header is row 0)
+_MAX_LISTED = 10  # offending rows / ids named in an error message
+
+# The service warms up on this file (the issue's example): two exact duplicates.
+EXAMPLE_CSV = """\
+id,name,latitude,longitude,address,city,state,zip,country,url,phone,categories
+E_00001118ad0191,Jamu Petani Bagan Serai,5.012169,100.535805,,,,,MY,,,Cafés
+E_000020eb6fed40,Johnny's Bar,40.43420889065938,-80.56416034698486,497 N 12th St,Weirton,WV,26062,US,,,Bars
+E_00002f98667edf,QIWI,47.215134,39.686088,"Межевая улица, 60",Ростов-на-Дону,,,RU,https://qiwi.com,+78003011131,ATMs
+E_001b6bad66eb98,"Gelora Sriwijaya, Jaka Baring Sport City",-3.01467472168758,104.79437444575598,,,,,ID,,,Stadiums
+E_0283d9f61e569d,Stadion Gelora Sriwijaya,-3.021726757527373,104.78862762451172,Jalan Gubernur Hasan Bastari,Palembang,South Sumatra,11480.0,ID,,,Soccer Stadiums
+E_00002f98667edf_copy,QIWI,47.215134,39.686088,"Межевая улица, 60",Ростов-на-Дону,,,RU,https://qiwi.com,+78003011131,ATMs
+E_001b6bad66eb98_copy,"Gelora Sriwijaya, Jaka Baring Sport City",-3.01467472168758,104.79437444575598,,,,,ID,,,Stadiums
+"""  # noqa: E501
+
+
+# ------------------------------------------------------------------------------- errors
+
+
+class RequestError(Exception):
+    """A request the service refuses: HTTP status, a stable code and a message."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **details: Any,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        """The JSON error body."""
+        return {"error": self.code, "message": self.message, **self.details}
+
+
+# ----------------------------------------------------------------------- request body
+
+
+_CSV_TYPES = ("text/csv", "application/csv", "text/plain", "application/octet-stream")
+
+
+async def read_body(request: Request, *, max_bytes: int) -> bytes:
+    """The uploaded CSV's bytes: multipart field ``file`` or the raw body.
+
+    Raises:
+        RequestError: 413 over ``max_bytes``; 415 for a content type that is not
+            CSV; 400 for a multipart form without ``file``.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise RequestError(
+            413,
+            "too_large",
+            f"the body has {int(declared)} bytes; "
+            f"the limit is {max_bytes} (service.max_body_bytes)",
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise RequestError(
+                413,
+                "too_large",
+                f"the body exceeds the limit of {max_bytes} bytes (service.max_body_bytes)",
+            )
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        return await _multipart_file(request.headers, data, max_bytes=max_bytes)
+    if content_type and content_type not in _CSV_TYPES:
+        raise RequestError(
+            415,
+            "not_csv",
+            f"content type {content_type!r} is not CSV: send text/csv, "
+            "or multipart/form-data with the file in field 'file'",
+        )
+    return data
+
+
+async def _multipart_file(headers: Headers, data: bytes, *, max_bytes: int) -> bytes:
+    async def stream() -> AsyncGenerator[bytes, None]:
+        yield data
+
+    parser = MultiPartParser(headers, stream(), max_files=1, max_fields=10, max_part_size=max_bytes)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise RequestError(
+            400, "bad_multipart", f"the multipart form cannot be read: {exc}"
+        ) from None
+    upload = form.get("file")
+    if upload is None:
+        raise RequestError(
+            400, "no_file", f"the multipart form has no field 'file' (fields: {list(form.keys())})"
+        )
+    if isinstance(upload, UploadFile):
+        content = await upload.read()
+        await upload.close()
+        return content
+    return str(upload).encode("utf-8")
+
+
+def parse_upload(data: bytes, *, max_rows: int) -> tuple[pd.DataFrame, list[str]]:
+    """Decode and split an uploaded CSV into string columns of the input layout.
+
+    Returns:
+        The rows (every input column, ``None`` for empty or absent values, plus
+        ``_row``, the 1-based data row number) and notes about ignored or absent
+        optional columns.
+
+    Raises:
+        RequestError: empty body, undecodable bytes, not CSV, missing or duplicate
+            columns, rows with the wrong number of fields (400); too many rows (413).
+    """
+    if not data.strip():
+        raise RequestError(400, "empty_body", "the request has no CSV (empty body)")
+    if b"\x00" in data:
+        raise RequestError(400, "not_csv", "the body holds NUL bytes: it is not a CSV text file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise RequestError(
+            400,
+            "not_utf8",
+            f"bytes that are not UTF-8 at byte {exc.start} (line {line}): "
+            "re-encode the file as UTF-8",
+            byte_offset=exc.start,
+            line=line,
+        ) from None
+    try:
+        records = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        raise RequestError(400, "not_csv", f"the body is not CSV: {exc}") from None
+    records = [r for r in records if any(v.strip() for v in r)]
+    if not records:
+        raise RequestError(400, "empty_body", "the request has no CSV header line")
+    header = [h.strip() for h in records[0]]
+    missing = [c for c in S.REQUIRED_COLUMNS if c not in header]
+    if missing:
+        shown = header if len(header) <= 20 else [*header[:20], "..."]
+        raise RequestError(
+            400,
+            "missing_columns",
+            f"missing required column(s) {missing}; the header has {shown}",
+            missing=missing,
+        )
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise RequestError(
+            400, "duplicate_columns", f"duplicate column name(s) {dupes} in the header"
+        )
+    body = records[1:]
+    if not body:
+        raise RequestError(400, "no_rows", "the CSV has a header but no data rows")
+    if len(body) > max_rows:
+        raise RequestError(
+            413,
+            "too_many_rows",
+            f"the CSV has {len(body)} data rows; the limit is {max_rows} (service.max_rows)",
+        )
+    ragged = [i for i, r in enumerate(body, start=1) if len(r) != len(header)]
+    if ragged:
+        raise RequestError(
+            400,
+            "malformed_rows",
+            f"{len(ragged)} row(s) do not have {len(header)} fields like the header: "
+            f"data rows {ragged[:_MAX_LISTED]}",
+            rows=ragged[:_MAX_LISTED],
+        )
+    position = {h: i for i, h in enumerate(header)}
+    columns: dict[str, list[str | None]] = {}
+    for name in S.INPUT_COLUMNS:
+        at = position.get(name)
+        columns[name] = [
+            (r[at] if r[at].strip() else None) if at is not None else None for r in body
+        ]
+    table = pd.DataFrame(columns, dtype=object)
+    table[_ROW] = range(1, len(body) + 1)
+    notes = []
+    absent = [c for c in S.INPUT_COLUMNS if c not in position]
+    if absent:
+        notes.append(f"absent optional columns: {absent}")
+    ignored = [h for h in header if h not in S.INPUT_COLUMNS]
+    if ignored:
+        notes.append(f"ignored columns: {ignored}")
+    return table, notes
+
+
+def _problem_for_rejections(rejected: list[tuple[int, str | None, str]]) -> RequestError:
+    """One 422 naming each rule's first offending rows (and ids, for duplicates)."""
+    by_reason: dict[str, list[tuple[int, str | None]]] = {}
+    for row, ident, reasons in rejected:
+        for reason in reasons.split(","):
+            by_reason.setdefault(reason, []).append((row, ident))
+    parts = []
+    for reason in sorted(by_reason):
+        hits = by_reason[reason]
+        rows = [r for r, _ in hits[:_MAX_LISTED]]
+        if reason == "duplicate_id":
+            ids = sorted({str(i) for _, i in hits})[:_MAX_LISTED]
+            parts.append(f"duplicate_id: ids {ids} (data rows {rows})")
+        else:
+            parts.append(f"{reason}: data rows {rows}")
+    return RequestError(
+        422,
+        "invalid_rows",
+        f"{len(rejected)} of the rows are invalid: " + "; ".join(parts),
+        reasons={k: [r for r, _ in v[:_MAX_LISTED]] for k, v in sorted(by_reason.items())},
+    )
+
+
+# ------------------------------------------------------------------------ model store
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One registered model version, loaded and ready to score."""
+
+    uri: str
+    name: str
+    version: str
+    alias: str | None
+    model: PipelineModel
+    spec: MatchingSpec
+    loaded_at: str
+
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /version`` shows about the model."""
+        return {
+            "model_name": self.name,
+            "model_version": self.version,
+            "model_alias": self.alias,
+            "model_uri": self.uri,
+            "threshold": self.spec.threshold,
+            "grouping_mode": self.spec.grouping_mode,
+            "loaded_at": self.loaded_at,
+        }
+
+
+_ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
+_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
+
+
+class ModelStore:
+    """Follows a registered model: an alias (polled) or a fixed version.
+
+    ``current`` is swapped atomically; a request reads it once and keeps that model.
+    """
+
+    def __init__(self, uri: str) -> None:
+        alias = _ALIAS_URI.match(uri)
+        fixed = _VERSION_URI.match(uri)
+        if not alias and not fixed:
+            raise ConfigError(
+                f"service.model_uri {uri!r}: expected models:/<name>@<alias> "
+                "or models:/<name>/<version>"
+            )
+        match = alias or fixed
+        assert match is not None  # nosec B101 - narrowed above
+        self.uri = uri
+        self.name = match["name"]
+        self.alias: str | None = alias["alias"] if alias else None
+        self._fixed_version: str | None = fixed["version"] if fixed else None
+        self._current: LoadedModel | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> LoadedModel | None:
+        """The model new requests use (``None`` until the first load)."""
+        return self._current
+
+    def target_version(self) -> str:
+        """The version the alias points at now (or the fixed version)."""
+        if self._fixed_version is not None:
+            return self._fixed_version
+        assert self.alias is not None  # nosec B101 - alias URIs always have one
+        return str(MlflowClient().get_model_version_by_alias(self.name, self.alias).version)
+
+    def refresh(self) -> bool:
+        """Load the alias's version if it moved; returns True when the model changed."""
+        with self._lock:
+            version = self.target_version()
+            current = self._current
+            if current is not None and current.version == version:
+                return False
+            uri = f"models:/{self.name}/{version}"
+            model, spec, _ = load_matcher(uri)
+            loaded = LoadedModel(
+                uri=uri,
+                name=self.name,
+                version=version,
+                alias=self.alias,
+                model=model,
+                spec=spec,
+                loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            )
+            self._current = loaded
+        log.info("model %s version %s loaded (alias %s)", self.name, version, self.alias)
+        return True
+
+
+# ---------------------------------------------------------------------------- engine
+
+
+class Engine(Protocol):
+    """What the HTTP layer needs from the matcher (the real one is :class:`SparkEngine`)."""
+
+    def model(self) -> LoadedModel | None: ...
+
+    def match(self, table: pd.DataFrame, model: LoadedModel, tag: str) -> pd.DataFrame: ...
+
+    def cancel(self, tag: str) -> None: ...
+
+
+class SparkEngine:
+    """Runs requests through the library's pipeline on one warm local Spark session."""
+
+    def __init__(self, spark: SparkSession, store: ModelStore, *, max_iterations: int) -> None:
+        self.spark = spark
+        self.store = store
+        self.max_iterations = max_iterations
+
+    def model(self) -> LoadedModel | None:
+        """The model a new request should use."""
+        return self.store.current
+
+    def cancel(self, tag: str) -> None:
+        """Cancel the Spark jobs of one request (after its timeout)."""
+        self.spark.sparkContext.cancelJobGroup(tag)
+
+    def match(self, table: pd.DataFrame, model: LoadedModel, tag: str) -> pd.DataFrame:
+        """Validate the rows like the batch, then match them: ``id``, ``matches``.
+
+        Raises:
+            RequestError: 422 naming the rows the contract rules reject.
+        """
+        sc = self.spark.sparkContext
+        sc.setJobGroup(tag, f"poimatch request {tag}", interruptOnCancel=True)
+        try:
+            return self._match(table, model)
+        finally:
+            sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+
+    def _match(self, table: pd.DataFrame, model: LoadedModel) -> pd.DataFrame:
+        fields = [T.StructField(c, T.StringType(), True) for c in S.INPUT_COLUMNS]
+        schema = T.StructType([*fields, T.StructField(_ROW, T.LongType(), False)])
+        raw = self.spark.createDataFrame(table, schema=schema).withColumn(
+            S.SOURCE_FILE, F.lit("request")
+        )
+        checked = check_rows(raw).cache()
+        try:
+            rejected = (
+                checked.where(F.col(S.REASON).isNotNull())
+                .select(_ROW, S.ID, S.REASON)
+                .orderBy(_ROW)
+                .collect()
+            )
+            if rejected:
+                raise _problem_for_rejections(
+                    [(int(r[_ROW]), r[S.ID], str(r[S.REASON])) for r in rejected]
+                )
+            pois = accepted_rows(checked).select(*[f.name for f in S.poi_table_schema().fields])
+            result = match_with_model(
+                pois, model=model.model, spec=model.spec, max_iterations=self.max_iterations
+            )
+            out = result.matches.select(S.ID, S.MATCHES).toPandas()
+            result.matches.unpersist()
+        finally:
+            checked.unpersist()
+        return out
+
+
+# ----------------------------------------------------------------------------- queue
+
+
+class SparkQueue:
+    """One Spark request at a time; at most ``capacity`` waiting; deadlines enforced."""
+
+    def __init__(self, capacity: int, on_depth: Callable[[int], None] | None = None) -> None:
+        self.capacity = capacity
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poimatch-spark")
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._on_depth = on_depth or (lambda _: None)
+
+    @property
+    def pending(self) -> int:
+        """Requests running or waiting."""
+        return self._pending
+
+    def _release(self, _: Future[Any]) -> None:
+        with self._lock:
+            self._pending -= 1
+            depth = self._pending
+        self._on_depth(depth)
+
+    async def run(
+        self,
+        fn: Callable[[], R],
+        *,
+        timeout: float,
+        on_timeout: Callable[[], None],
+        retry_after: int,
+    ) -> R:
+        """Run ``fn`` on the Spark thread; 503 when full, 504 past ``timeout`` seconds.
+
+        The deadline covers waiting and running; a request whose deadline passed
+        while it waited is skipped, one that is running is cancelled (``on_timeout``).
+        """
+        with self._lock:
+            if self._pending >= 1 + self.capacity:
+                raise RequestError(
+                    503,
+                    "busy",
+                    f"{self._pending} requests are already running or waiting; retry later",
+                    headers={"Retry-After": str(retry_after)},
+                )
+            self._pending += 1
+            depth = self._pending
+        self._on_depth(depth)
+        deadline = time.monotonic() + timeout
+
+        def guarded() -> R:
+            if time.monotonic() > deadline:
+                raise TimeoutError("deadline passed while waiting")
+            return fn()
+
+        future = self._executor.submit(guarded)
+        future.add_done_callback(self._release)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except TimeoutError:
+            on_timeout()
+            raise RequestError(
+                504,
+                "timeout",
+                f"the request took longer than {timeout:g} s (service.timeout_seconds)",
+            ) from None
+
+    def shutdown(self) -> None:
+        """Stop accepting work; running work finishes."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+# ------------------------------------------------------------------------------- app
+
+
+@dataclass
+class _State:
+    ready: bool = False
+    reason: str = "starting"
+    started: float = field(default_factory=time.monotonic)
+    ready_seconds: float | None = None
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "poimatch_requests_total",
+            "HTTP requests by endpoint and status code",
+            ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "poimatch_request_seconds",
+            "Request latency by endpoint",
+            ["endpoint"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+            registry=self.registry,
+        )
+        self.queue = Gauge(
+            "poimatch_queue_depth",
+            "Requests running or waiting for Spark",
+            registry=self.registry,
+        )
+        self.rows = Counter(
+            "poimatch_rows_processed_total",
+            "Input rows matched and returned",
+            registry=self.registry,
+        )
+        self.model_version = Gauge(
+            "poimatch_model_version",
+            "Registered version of the model serving new requests",
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "poimatch_model_reloads_total", "Model versions loaded", registry=self.registry
+        )
+
+
+def _package_version() -> str:
+    try:
+        return package_version("poimatch")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+_ENDPOINTS = {"/invocations", "/health", "/ready", "/version", "/metrics", "/admin/reload"}
+
+
+def create_app(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    spark: SparkSession | None = None,
+    warm_up: bool = True,
+) -> FastAPI:
+    """The FastAPI application.
+
+    Args:
+        settings: configuration (``service`` section for limits, ``model.name``...).
+        engine: a ready engine (tests); by default a :class:`SparkEngine` is built at
+            start-up in the background, on ``spark`` or a new session.
+        spark: the session to use instead of building one.
+        warm_up: run :data:`EXAMPLE_CSV` through the pipeline before reporting ready.
+    """
+    svc = settings.service
+    metrics = _Metrics()
+    state = _State()
+    queue = SparkQueue(svc.queue_size, on_depth=metrics.queue.set)
+    holder: dict[str, Engine] = {}
+    if engine is not None:
+        holder["engine"] = engine
+    ids = itertools.count(1)
+
+    def start_engine() -> None:
+        try:
+            if "engine" not in holder:
+                state.reason = "starting Spark"
+                session = spark or build_session(settings.spark)
+                session.conf.set("spark.sql.shuffle.partitions", str(svc.shuffle_partitions))
+                session.conf.set("spark.sql.adaptive.enabled", "false")
+                configure_tracking(settings.tracking)
+                uri = svc.model_uri or f"models:/{settings.model.name}@{CHAMPION}"
+                store = ModelStore(uri)
+                state.reason = f"loading {uri}"
+                store.refresh()
+                holder["engine"] = SparkEngine(
+                    session, store, max_iterations=settings.grouping.max_iterations
+                )
+            eng = holder["engine"]
+            loaded = eng.model()
+            if loaded is None:
+                raise RuntimeError("no model loaded")
+            metrics.model_version.set(float(loaded.version))
+            if warm_up:
+                state.reason = "warming up"
+                table, _ = parse_upload(EXAMPLE_CSV.encode(), max_rows=svc.max_rows)
+                for _ in range(2):
+                    eng.match(table, loaded, "warm-up")
+            state.ready, state.reason = True, "ready"
+            state.ready_seconds = time.monotonic() - state.started
+            log.info("ready in %.1f s", state.ready_seconds)
+        except Exception as exc:  # start-up failures are reported by /ready, not raised
+            log.exception("start-up failed")
+            state.reason = f"start-up failed: {type(exc).__name__}: {exc}"
+
+    def reload_model() -> bool:
+        eng = holder.get("engine")
+        if not isinstance(eng, SparkEngine):
+            return False
+        changed = eng.store.refresh()
+        if changed:
+            loaded = eng.store.current
+            metrics.reloads.inc()
+            if loaded is not None:
+                metrics.model_version.set(float(loaded.version))
+        return changed
+
+    async def poll_champion() -> None:
+        while True:
+            await asyncio.sleep(svc.reload_seconds)
+            if not state.ready:
+                continue
+            try:
+                await asyncio.to_thread(reload_model)
+            except Exception:  # keep serving the loaded model; log and retry
+                log.exception("checking the model alias failed")
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        starter = threading.Thread(target=start_engine, name="poimatch-start", daemon=True)
+        starter.start()
+        poller = asyncio.create_task(poll_champion())
+        yield
+        poller.cancel()
+        queue.shutdown()
+
+    app = FastAPI(
+        title="poimatch",
+        version=_package_version(),
+        summary="Match points of interest in a CSV: which rows are the same place.",
+        lifespan=lifespan,
+    )
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        path = request.url.path
+        endpoint = path if path in _ENDPOINTS else "other"
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(RequestError)
+    async def problem(_: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_problem(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(
+            {"error": code, "message": str(exc.detail)}, status_code=exc.status_code
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": "invalid_request", "message": str(exc)}, status_code=400)
+
+    @app.get("/health", summary="The process is alive")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="Model loaded and Spark warm")
+    async def ready() -> JSONResponse:
+        body = {"ready": state.ready, "status": state.reason}
+        if state.ready_seconds is not None:
+            body["ready_seconds"] = round(state.ready_seconds, 2)
+        return JSONResponse(body, status_code=200 if state.ready else 503)
+
+    @app.get("/version", summary="Model and package versions")
+    async def version() -> JSONResponse:
+        eng = holder.get("engine")
+        loaded = eng.model() if eng is not None else None
+        body: dict[str, Any] = {"package_version": _package_version()}
+        if loaded is not None:
+            body |= loaded.describe()
+        return JSONResponse(body, status_code=200 if loaded is not None else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/admin/reload", summary="Check the model alias now and load a new version")
+    async def admin_reload() -> JSONResponse:
+        if not state.ready:
+            raise RequestError(503, "not_ready", f"not ready: {state.reason}")
+        changed = await asyncio.to_thread(reload_model)
+        eng = holder["engine"]
+        loaded = eng.model()
+        return JSONResponse(
+            {"changed": changed, **(loaded.describe() if loaded is not None else {})}
+        )
+
+    @app.post(
+        "/invocations",
+        summary="Match the rows of a CSV",
+        response_class=PlainTextResponse,
+        responses={
+            200: {"content": {"text/csv": {}}, "description": "id,matches for every input id"},
+            400: {"description": "not a usable CSV (named problem)"},
+            413: {"description": "over the size or row limit"},
+            415: {"description": "content type is not CSV"},
+            422: {"description": "rows break the input rules (rows named)"},
+            503: {"description": "queue full (Retry-After) or not ready"},
+            504: {"description": "over the time limit"},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "text/csv": {"schema": {"type": "string"}},
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"file": {"type": "string", "format": "binary"}},
+                            "required": ["file"],
+                        }
+                    },
+                },
+            }
+        },
+    )
+    async def invocations(request: Request) -> Response:
+        if not state.ready:
+            raise RequestError(
+                503, "not_ready", f"not ready: {state.reason}", headers={"Retry-After": "5"}
+            )
+        data = await read_body(request, max_bytes=svc.max_body_bytes)
+        table, notes = parse_upload(data, max_rows=svc.max_rows)
+        eng = holder["engine"]
+        loaded = eng.model()
+        if loaded is None:
+            raise RequestError(503, "not_ready", "no model loaded")
+        tag = f"req-{next(ids)}"
+        out = await queue.run(
+            lambda: eng.match(table, loaded, tag),
+            timeout=svc.timeout_seconds,
+            on_timeout=lambda: eng.cancel(tag),
+            retry_after=max(1, int(svc.timeout_seconds // 4)),
+        )
+        expected = table[S.ID].tolist()
+        got = dict(zip(out[S.ID], out[S.MATCHES], strict=True))
+        if sorted(got) != sorted(expected) or any(
+            not str(got[i]).split(" ")[0] == i for i in expected
+        ):
+            raise RuntimeError("output contract broken: ids missing, repeated or not first")
+        metrics.rows.inc(len(expected))
+        body = pd.DataFrame({S.ID: expected, S.MATCHES: [got[i] for i in expected]})
+        headers = {
+            "X-Model-Version": loaded.version,
+            "X-Request-Id": tag,
+        }
+        if notes:
+            headers["X-Poimatch-Notes"] = "; ".join(notes)
+        return Response(
+            body.to_csv(index=False, lineterminator="\n"),
+            media_type="text/csv",
+            headers=headers,
+        )
+
+    return app
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m poimatch.service``: load the configuration and serve with uvicorn."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--env", default=None, help="configuration overlay (default local)")
+    parser.add_argument("--host", default=None, help="bind address (default service.host)")
+    parser.add_argument("--port", type=int, default=None, help="port (default service.port)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one configuration value (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("py4j", "great_expectations", "alembic", "urllib3", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        settings = load_settings(args.env, args.overrides)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    enforce(settings)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=args.host or settings.service.host,
+        port=args.port or settings.service.port,
+        log_level="info",
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

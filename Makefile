@@ -1,6 +1,7 @@
 # poimatch: the same commands locally and in CI.
 #   make run    set up (first time) and run the main job on generated sample data
 #   make test   set up (first time) and run the test suite
+#   make serve  the REST service on port 8004 (needs a champion model: make run)
 SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.poimatch-setup
 ENV   ?= local
 SRC   := lib/poimatch jobs tests benchmarks deploy/ci
 
-.PHONY: setup run test lint format typecheck security check ci clean
+.PHONY: setup run serve test lint format typecheck security check ci clean
 
 $(STAMP): pyproject.toml requirements.lock deploy/jvm/pom.xml scripts/setup.sh
 	./scripts/setup.sh
@@ -17,6 +18,9 @@ setup: $(STAMP)
 
 run: $(STAMP)
 	./spark-submit.sh jobs/main.py --env $(ENV)
+
+serve: $(STAMP)
+	GX_ANALYTICS_ENABLED=false $(PY) -m poimatch.service --env $(ENV)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,6 +1,7 @@
 """Ingest a POI CSV into the Delta POI table; bad rows go to quarantine with a reason.
 
 ./spark-submit.sh jobs/ingest.py --input data/sample/pois.csv
+./spark-submit.sh jobs/ingest.py --input labelled.csv --table eval   (promotion gate's table)
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from poimatch.io import InputError
 def main() -> None:
     parser = job_parser(__doc__ or "")
     parser.add_argument("--input", required=True, help="CSV in the input layout")
+    parser.add_argument(
+        "--table",
+        default=None,
+        help="table name under storage.root (default storage.pois_table; "
+        "lifecycle.eval_table for the promotion gate's evaluation table)",
+    )
     args = parser.parse_args()
     settings, spark = start_job(args)
     storage = settings.storage
@@ -21,7 +28,7 @@ def main() -> None:
         report = ingest_file(
             spark,
             args.input,
-            pois_path=storage.table_path(storage.pois_table),
+            pois_path=storage.table_path(args.table or storage.pois_table),
             quarantine_path=storage.table_path(storage.quarantine_table),
         )
     except (InputError, ContractError) as exc:

@@ -2,7 +2,8 @@
 
     make run            (same as ./spark-submit.sh jobs/main.py --env local)
 
-generate (train and test samples, different seeds) → ingest (Delta) → train
+generate (train and test samples, different seeds) → ingest (Delta; the test sample
+also becomes the promotion gate's evaluation table) → train
 (MLflow, registry) → match the test sample with the model just trained →
 evaluate, printing ``iou=<value>``.
 """
@@ -37,6 +38,11 @@ def main() -> None:
     report = ingest_file(spark, str(train_csv), pois_path=pois_table, quarantine_path=quarantine)
     for line in report.lines():
         print(f"[ingest] {line}")
+
+    # The labelled test sample is also the promotion gate's evaluation table.
+    eval_table = storage.table_path(settings.lifecycle.eval_table)
+    report = ingest_file(spark, str(test_csv), pois_path=eval_table, quarantine_path=quarantine)
+    print(f"[ingest] eval_table={eval_table} version={report.pois_version}")
 
     pois, _ = load_pois(spark, pois_table, quarantine_path=quarantine, require_labels=True)
     trained = train_model(

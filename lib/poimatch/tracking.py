@@ -82,9 +82,10 @@ def log_spark_model(
     return f"models:/{registered_name}/{version}", version
 
 
-def assign_alias(name: str, version: str) -> str:
+def assign_alias(name: str, version: str, *, research: bool = False) -> str:
     """``champion`` for the first version of a model, ``challenger`` for later ones.
 
+    Research models are always ``challenger``: a research run never names a champion.
     Promotion of a challenger to champion is the promotion gate's job, not this one.
     """
     check_alias(name, CHALLENGER)
@@ -93,7 +94,7 @@ def assign_alias(name: str, version: str) -> str:
         client.get_model_version_by_alias(name, CHAMPION)
         alias = CHALLENGER
     except mlflow.exceptions.MlflowException:
-        alias = CHAMPION
+        alias = CHALLENGER if research else CHAMPION
     client.set_registered_model_alias(name, alias, version)
     return alias
 

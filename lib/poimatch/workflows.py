@@ -74,9 +74,14 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class MatchResult:
-    """Output of a match run (``id``, ``group_id``, ``matches``) and its figures."""
+    """Output of a match run (``id``, ``group_id``, ``matches``) and its figures.
+
+    ``scored`` holds every candidate pair with its score (materialized), for
+    evaluation: the candidate ceiling and pairwise metrics of the promotion gate.
+    """
 
     matches: DataFrame
+    scored: DataFrame
     candidates: int
     per_row: float
     seconds: float
@@ -274,7 +279,9 @@ def train_model(
         )
         metrics["train_seconds"] = time.perf_counter() - started
         mlflow.log_metrics(metrics)
-        alias = assign_alias(settings.model.name, version)
+        alias = assign_alias(
+            settings.model.name, version, research=settings.lifecycle.role == "research"
+        )
         mlflow.set_tag("poimatch.registered_alias", alias)
         run_id = run.info.run_id
     pairs.unpersist()
@@ -317,6 +324,7 @@ def match_with_model(
     grouped.count()
     return MatchResult(
         matches=grouped,
+        scored=scored,
         candidates=n_pairs,
         per_row=2.0 * n_pairs / max(n_rows, 1),
         seconds=time.perf_counter() - started,

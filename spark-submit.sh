@@ -43,12 +43,25 @@ if ! has --jars; then
   [ -n "$jars" ] || { echo "no jars in $HERE/.jars: run make setup" >&2; exit 1; }
   extra+=(--jars "$jars")
 fi
-if [[ "$master" != local* ]]; then
+if [[ "$master" != local* ]] && ! has --py-files; then
   # Ship the library to the executors; their Python environment must hold the pinned
-  # dependencies (requirements.lock, e.g. the deploy/ image).
-  "$VENV/bin/pip" wheel --quiet --no-deps -w "$HERE/dist" "$HERE" >/dev/null
+  # dependencies (requirements.lock, e.g. the deploy/ image). A venv with setuptools>=68
+  # and wheel (the image's) builds offline; otherwise pip fetches them into an isolated
+  # build environment. The build's chatter is shown only when it fails.
+  isolation=()
+  if "$VENV/bin/python" -c 'import sys, setuptools, wheel
+sys.exit(int(setuptools.__version__.split(".")[0]) < 68)' 2>/dev/null; then
+    isolation=(--no-build-isolation)
+  fi
+  build_log=$(mktemp)
+  if ! "$VENV/bin/pip" wheel --quiet --no-deps "${isolation[@]+"${isolation[@]}"}" \
+      -w "$HERE/dist" "$HERE" >"$build_log" 2>&1; then
+    cat "$build_log" >&2; rm -f "$build_log"
+    echo "could not build the poimatch wheel for --py-files" >&2; exit 1
+  fi
+  rm -f "$build_log"
   wheel=$(ls -t "$HERE"/dist/poimatch-*.whl | head -1)
-  has --py-files || extra+=(--py-files "$wheel")
+  extra+=(--py-files "$wheel")
 fi
 
 export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$VENV/bin/python}"

@@ -23,6 +23,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ requirements.lock -nt "$STAMP" ]; then
   "$VENV/bin/pip" install --quiet --upgrade pip
+  # the wheel build of cluster submits (spark-submit.sh) runs offline with these
+  "$VENV/bin/pip" install --quiet setuptools==84.2.1 wheel==0.48.0
   "$VENV/bin/pip" install --quiet -c requirements.lock -e '.[local,dev]'
 fi
 

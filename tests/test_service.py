@@ -26,6 +26,7 @@ from poimatch.service import (
     LoadedModel,
     ModelStore,
     RequestError,
+    SparkLostError,
     create_app,
     parse_upload,
 )
@@ -304,3 +305,23 @@ def test_model_uri_must_name_an_alias_or_a_version() -> None:
     assert ModelStore("models:/poimatch-xgb/3").target_version() == "3"
     with pytest.raises(ValueError, match="expected models:/<name>@<alias>"):
         ModelStore("runs:/abc/model")
+
+
+class LostEngine(GatedEngine):
+    """A Spark whose JVM died: every call fails like py4j does."""
+
+    def match(self, table: pd.DataFrame, model: LoadedModel, tag: str) -> pd.DataFrame:
+        raise SparkLostError("the Spark driver JVM is gone: [Errno 111] Connection refused")
+
+
+def test_lost_spark_fails_health_so_the_process_is_restarted() -> None:
+    with _client(LostEngine()) as client:
+        response = client.post("/invocations", content=_csv("a,A,1,2,,,,,,,,"))
+        assert response.status_code == 503
+        assert response.json()["error"] == "spark_lost"
+        assert response.headers["Retry-After"] == "30"
+        assert client.get("/health").status_code == 503
+        assert client.get("/ready").status_code == 503
+        again = client.post("/invocations", content=_csv("a,A,1,2,,,,,,,,"))
+        assert again.status_code == 503
+        assert again.json()["error"] == "not_ready"

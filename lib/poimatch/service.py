@@ -52,6 +52,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from py4j.protocol import Py4JNetworkError
 from pyspark.ml import PipelineModel
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -102,6 +103,10 @@ E_001b6bad66eb98_copy,"Gelora Sriwijaya, Jaka Baring Sport City",-3.014674721687
 
 
 # ------------------------------------------------------------------------------- errors
+
+
+class SparkLostError(RuntimeError):
+    """The service's Spark JVM died (e.g. killed for memory): the process must restart."""
 
 
 class RequestError(Exception):
@@ -432,12 +437,15 @@ class SparkEngine:
         Raises:
             RequestError: 422 naming the rows the contract rules reject.
         """
-        sc = self.spark.sparkContext
-        sc.setJobGroup(tag, f"poimatch request {tag}", interruptOnCancel=True)
         try:
-            return self._match(table, model)
-        finally:
-            sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+            sc = self.spark.sparkContext
+            sc.setJobGroup(tag, f"poimatch request {tag}", interruptOnCancel=True)
+            try:
+                return self._match(table, model)
+            finally:
+                sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+        except (Py4JNetworkError, ConnectionError) as exc:
+            raise SparkLostError(f"the Spark driver JVM is gone: {exc}") from exc
 
     def _match(self, table: pd.DataFrame, model: LoadedModel) -> pd.DataFrame:
         fields = [T.StructField(c, T.StringType(), True) for c in S.INPUT_COLUMNS]
@@ -528,7 +536,8 @@ class SparkQueue:
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except TimeoutError:
-            on_timeout()
+            # cancelling talks to the JVM: never block the event loop on it
+            threading.Thread(target=on_timeout, name="poimatch-cancel", daemon=True).start()
             raise RequestError(
                 504,
                 "timeout",
@@ -546,6 +555,7 @@ class SparkQueue:
 @dataclass
 class _State:
     ready: bool = False
+    lost: bool = False  # Spark died: /health fails so that the supervisor restarts us
     reason: str = "starting"
     started: float = field(default_factory=time.monotonic)
     ready_seconds: float | None = None
@@ -684,6 +694,9 @@ def create_app(
         yield
         poller.cancel()
         queue.shutdown()
+        eng = holder.get("engine")
+        if spark is None and isinstance(eng, SparkEngine) and not state.lost:
+            eng.spark.stop()  # our own session: take the JVM down with us
 
     app = FastAPI(
         title="poimatch",
@@ -713,13 +726,23 @@ def create_app(
             {"error": code, "message": str(exc.detail)}, status_code=exc.status_code
         )
 
+    @app.exception_handler(Exception)
+    async def internal(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return JSONResponse(
+            {"error": "internal_error", "message": f"{type(exc).__name__}: {exc}"},
+            status_code=500,
+        )
+
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": "invalid_request", "message": str(exc)}, status_code=400)
 
     @app.get("/health", summary="The process is alive")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> JSONResponse:
+        if state.lost:
+            return JSONResponse({"status": "failed", "reason": state.reason}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/ready", summary="Model loaded and Spark warm")
     async def ready() -> JSONResponse:
@@ -793,12 +816,17 @@ def create_app(
         if loaded is None:
             raise RequestError(503, "not_ready", "no model loaded")
         tag = f"req-{next(ids)}"
-        out = await queue.run(
-            lambda: eng.match(table, loaded, tag),
-            timeout=svc.timeout_seconds,
-            on_timeout=lambda: eng.cancel(tag),
-            retry_after=max(1, int(svc.timeout_seconds // 4)),
-        )
+        try:
+            out = await queue.run(
+                lambda: eng.match(table, loaded, tag),
+                timeout=svc.timeout_seconds,
+                on_timeout=lambda: eng.cancel(tag),
+                retry_after=max(1, int(svc.timeout_seconds // 4)),
+            )
+        except SparkLostError as exc:
+            state.ready, state.lost, state.reason = False, True, str(exc)
+            log.error("%s; /health now fails so that the process is restarted", exc)
+            raise RequestError(503, "spark_lost", str(exc), headers={"Retry-After": "30"}) from None
         expected = table[S.ID].tolist()
         got = dict(zip(out[S.ID], out[S.MATCHES], strict=True))
         if sorted(got) != sorted(expected) or any(

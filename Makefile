@@ -7,7 +7,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.poimatch-setup
 ENV   ?= local
-SRC   := lib/poimatch jobs tests benchmarks deploy/ci
+SRC   := lib/poimatch jobs tests benchmarks deploy/ci notebooks
 
 .PHONY: setup run serve test lint format typecheck security check ci clean
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import pandas as pd
 import pytest
+from conftest import register_matcher
 from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 
@@ -32,11 +32,8 @@ from poimatch.tracking import (
     CHALLENGER,
     CHAMPION,
     assign_alias,
-    configure_tracking,
-    load_matcher,
-    log_spark_model,
 )
-from poimatch.workflows import train_model
+from poimatch.workflows import FitOutcome, train_model
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "poimatch-gate-test"
@@ -103,7 +100,9 @@ def test_research_settings_cannot_name_production() -> None:
 
 
 @pytest.fixture(scope="module")
-def registry(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def registry(
+    spark: SparkSession, small_matcher: FitOutcome, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("gate")
     overrides = [
         f"storage.root={root / 'lake'}",
@@ -116,29 +115,23 @@ def registry(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> d
     settings: Settings = load_settings("ci", overrides)
     storage = settings.storage
     train_csv, eval_csv = root / "train.csv", root / "eval.csv"
-    write_pois_csv(generate_pois(3000, seed=61), train_csv)
+    write_pois_csv(generate_pois(1000, seed=60), train_csv)
     write_pois_csv(generate_pois(1500, seed=62), eval_csv)
     quarantine = storage.table_path(storage.quarantine_table)
     eval_path = storage.table_path(settings.lifecycle.eval_table)
     ingest_file(spark, str(eval_csv), pois_path=eval_path, quarantine_path=quarantine)
     pois_path = storage.table_path(storage.pois_table)
     ingest_file(spark, str(train_csv), pois_path=pois_path, quarantine_path=quarantine)
-    pois, _ = load_pois(spark, pois_path, quarantine_path=quarantine, require_labels=True)
-    good = train_model(pois, settings=settings, data_versions={"pois": "test"})
-    assert good.alias == CHAMPION
+    _, good, alias = register_matcher(small_matcher, settings)
+    assert alias == CHAMPION
     # v2: the same model with a threshold that matches almost nothing -> a worse challenger
-    configure_tracking(settings.tracking)
-    model, spec, _ = load_matcher(good.model_uri)
-    example = pd.DataFrame({f: [0.0] for f in spec.features})
-    with mlflow.start_run():
-        _, worse = log_spark_model(
-            model, registered_name=MODEL, spec=replace(spec, threshold=0.999), input_example=example
-        )
-    assert assign_alias(MODEL, worse) == CHALLENGER
+    strict = replace(small_matcher.spec, threshold=0.999)
+    _, worse, alias = register_matcher(small_matcher, settings, spec=strict)
+    assert alias == CHALLENGER
     return {
         "settings": settings,
         "overrides": overrides,
-        "good": good.model_uri.rsplit("/", 1)[-1],
+        "good": good,
         "worse": worse,
         "eval_path": eval_path,
         "eval_csv": eval_csv,

@@ -22,16 +22,15 @@ from typing import Any
 import httpx
 import mlflow
 import pytest
+from conftest import register_matcher
 from mlflow.tracking import MlflowClient
-from pyspark.sql import SparkSession
 
 from poimatch import schema as S
-from poimatch.batch import load_pois
 from poimatch.config import load_settings
-from poimatch.generator import generate_pois, write_pois_csv
+from poimatch.generator import generate_pois
 from poimatch.service import EXAMPLE_CSV
 from poimatch.tracking import CHAMPION, configure_tracking, load_matcher, log_spark_model
-from poimatch.workflows import train_model
+from poimatch.workflows import FitOutcome
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +46,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(
-    spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
+    small_matcher: FitOutcome, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("service")
     overrides = [
@@ -56,17 +55,9 @@ def server(
         f"tracking.artifact_root={root / 'artifacts'}",
         f"model.name={MODEL}",
     ]
-    settings = load_settings("ci", [*overrides, "model.n_estimators=60"])
-    train_csv = root / "train.csv"
-    write_pois_csv(generate_pois(3000, seed=41), train_csv)
-    pois, _ = load_pois(
-        spark,
-        str(train_csv),
-        quarantine_path=settings.storage.table_path("q"),
-        require_labels=True,
-    )
-    trained = train_model(pois, settings=settings, data_versions={"pois": "test"})
-    assert trained.alias == CHAMPION
+    settings = load_settings("ci", overrides)
+    model_uri, _, alias = register_matcher(small_matcher, settings)
+    assert alias == CHAMPION
 
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
@@ -116,7 +107,8 @@ def server(
                 "base": base,
                 "root": root,
                 "settings": settings,
-                "trained": trained,
+                "model_uri": model_uri,
+                "spec": small_matcher.spec,
                 "ready_seconds": time.monotonic() - started,
             }
     finally:
@@ -164,7 +156,7 @@ def test_multipart_upload_and_service_endpoints(server: dict[str, Any]) -> None:
     assert version["model_name"] == MODEL
     assert version["model_version"] == "1"
     assert version["model_alias"] == "champion"
-    assert version["threshold"] == pytest.approx(server["trained"].spec.threshold)
+    assert version["threshold"] == pytest.approx(server["spec"].threshold)
     metrics = client.get("/metrics").text
     assert 'poimatch_requests_total{endpoint="/invocations",status="200"}' in metrics
     assert "poimatch_request_seconds_bucket" in metrics
@@ -257,7 +249,7 @@ def test_eight_concurrent_files_each_get_their_own_ids(server: dict[str, Any]) -
 def test_champion_move_is_picked_up_without_restart(server: dict[str, Any]) -> None:
     settings = server["settings"]
     configure_tracking(settings.tracking)
-    model, spec, _ = load_matcher(server["trained"].model_uri)
+    model, spec, _ = load_matcher(server["model_uri"])
     strict = replace(spec, threshold=0.999)
     example = __import__("pandas").DataFrame({f: [0.0] for f in spec.features})
     with mlflow.start_run():

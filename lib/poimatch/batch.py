@@ -13,8 +13,10 @@ from poimatch import contracts
 from poimatch import schema as S
 from poimatch.config import Settings
 from poimatch.evaluation import iou, matches_to_pairs, pair_metrics, truth_pairs
+from poimatch.incremental import match_incremental
 from poimatch.ingest import accepted_rows, check_rows, rejected_rows, upsert_quarantine
 from poimatch.io import (
+    input_fingerprint,
     is_delta_table,
     read_matches,
     read_poi_csv,
@@ -22,7 +24,7 @@ from poimatch.io import (
     write_delta,
     write_single_csv,
 )
-from poimatch.tracking import default_model_uri
+from poimatch.tracking import configure_tracking, default_model_uri, load_matcher
 from poimatch.workflows import match_pois
 
 __all__ = ["load_pois", "run_match", "run_evaluate"]
@@ -62,32 +64,65 @@ def run_match(
     input_path: str | None,
     output_csv: str | None,
     model_uri: str | None,
+    incremental: bool = False,
 ) -> list[str]:
-    """Match, check the output contract, write Delta ``matches`` (and the CSV)."""
+    """Match, check the output contract, write Delta ``matches`` (and the CSV).
+
+    With ``incremental`` the input must be a Delta table (the POI table by default):
+    see :mod:`poimatch.incremental`.
+    """
     storage = settings.storage
     source = input_path or storage.table_path(storage.pois_table)
+    fingerprint = input_fingerprint(spark, source)  # the version read just below
     pois, lines = load_pois(
         spark, source, quarantine_path=storage.table_path(storage.quarantine_table)
     )
     uri = model_uri or default_model_uri(settings.model.name)
-    result = match_pois(pois, model_uri=uri, settings=settings)
-    contracts.require(contracts.validate_output(result.matches, input_ids=pois.select(S.ID)))
     table = storage.table_path(storage.matches_table)
-    write_delta(result.matches.select(S.ID, S.GROUP_ID, S.MATCHES), table)
+    if incremental:
+        if not is_delta_table(spark, source):
+            raise ValueError(f"--incremental needs a Delta table as input, not {source}")
+        configure_tracking(settings.tracking)
+        model, spec, _ = load_matcher(uri)
+        inc = match_incremental(
+            spark,
+            pois,
+            model=model,
+            spec=spec,
+            matches_path=table,
+            max_iterations=settings.grouping.max_iterations,
+        )
+        matches, n_pairs, seconds = inc.matches, inc.candidates, inc.seconds
+        lines += inc.lines()
+        per_row = 2.0 * n_pairs / max(inc.rows, 1)
+    else:
+        result = match_pois(pois, model_uri=uri, settings=settings)
+        matches, n_pairs, seconds, per_row = (
+            result.matches,
+            result.candidates,
+            result.seconds,
+            result.per_row,
+        )
+    contracts.require(contracts.validate_output(matches, input_ids=pois.select(S.ID)))
+    write_delta(
+        matches.select(S.ID, S.GROUP_ID, S.MATCHES),
+        table,
+        user_metadata=f"input={fingerprint} model={uri}",
+    )
     lines += [
         f"model={uri}",
-        f"candidates={result.candidates} candidates_per_row={result.per_row:.2f}",
+        f"candidates={n_pairs} candidates_per_row={per_row:.2f}",
         f"matches_table={table}",
     ]
     if output_csv:
-        write_single_csv(result.matches.select(S.ID, S.MATCHES).orderBy(S.ID), output_csv)
+        write_single_csv(matches.select(S.ID, S.MATCHES).orderBy(S.ID), output_csv)
         lines.append(f"output={output_csv}")
-    groups = result.matches.groupBy(S.GROUP_ID).count()
+    groups = matches.groupBy(S.GROUP_ID).count()
     stats = groups.agg(F.count(F.lit(1)).alias("g"), F.max("count").alias("m")).first()
     if stats is not None:
         lines.append(f"groups={stats['g']} largest_group={stats['m']}")
-    lines.append(f"match_seconds={result.seconds:.1f}")
-    result.matches.unpersist()
+    lines.append(f"match_seconds={seconds:.1f}")
+    matches.unpersist()
     return lines
 
 

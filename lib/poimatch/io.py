@@ -173,11 +173,22 @@ def read_poi_input(spark: SparkSession, path: str, *, require_labels: bool = Fal
 
 
 def write_delta(
-    df: DataFrame, path: str, *, mode: str = "overwrite", partition_by: tuple[str, ...] = ()
+    df: DataFrame,
+    path: str,
+    *,
+    mode: str = "overwrite",
+    partition_by: tuple[str, ...] = (),
+    user_metadata: str | None = None,
 ) -> None:
-    """Write ``df`` as a Delta table (overwrite replaces data and schema)."""
+    """Write ``df`` as a Delta table (overwrite replaces data and schema).
+
+    One atomic commit: a job killed during the write leaves the table at its previous
+    version. ``user_metadata`` is stored in the commit (see ``DESCRIBE HISTORY``).
+    """
     check_write(path)
     writer = df.write.format("delta").mode(mode).option("overwriteSchema", "true")
+    if user_metadata:
+        writer = writer.option("userMetadata", user_metadata)
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     writer.save(path)

@@ -1,0 +1,155 @@
+"""Incremental nightly match equals a full run on the same final table.
+
+A table is matched incrementally (first run: no state, so everything is computed and
+the state is written), then rows are added and changed through the ingest MERGE, and
+matched incrementally again. A full run on the same final table must give exactly
+the same matches table; groups that no new or changed row touches keep their ids.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import pytest
+from conftest import register_matcher
+from pyspark.sql import SparkSession
+
+from poimatch import schema as S
+from poimatch.batch import run_match
+from poimatch.config import Settings, load_settings
+from poimatch.generator import generate_pois, write_pois_csv
+from poimatch.incremental import state_paths
+from poimatch.ingest import ingest_file
+from poimatch.io import delta_version
+from poimatch.workflows import FitOutcome
+
+pytestmark = pytest.mark.slow
+
+
+def _table(spark: SparkSession, path: str) -> pd.DataFrame:
+    frame = spark.read.format("delta").load(path).toPandas()
+    frame[S.MATCHES] = frame[S.MATCHES].map(lambda m: " ".join(sorted(m.split(" "))))
+    return frame.sort_values(S.ID).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def runs(
+    spark: SparkSession, small_matcher: FitOutcome, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("incremental")
+    settings: Settings = load_settings(
+        "ci",
+        [
+            f"storage.root={root / 'lake'}",
+            f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}",
+            f"tracking.artifact_root={root / 'artifacts'}",
+            "model.name=poimatch-incremental-test",
+            "model.n_estimators=60",
+        ],
+    )
+    storage = settings.storage
+    pois_path = storage.table_path(storage.pois_table)
+    quarantine = storage.table_path(storage.quarantine_table)
+    matches_path = storage.table_path(storage.matches_table)
+    first_csv = root / "first.csv"
+    base = generate_pois(3000, seed=71)
+    write_pois_csv(base, first_csv)
+    ingest_file(spark, str(first_csv), pois_path=pois_path, quarantine_path=quarantine)
+    model_uri, _, _ = register_matcher(small_matcher, settings)
+
+    def match(incremental: bool) -> list[str]:
+        return run_match(
+            spark,
+            settings,
+            input_path=None,
+            output_csv=None,
+            model_uri=model_uri,
+            incremental=incremental,
+        )
+
+    first_lines = match(True)
+    before = _table(spark, matches_path)
+
+    # 1% new rows (near existing places: copies with new ids) plus 20 renamed rows
+    new = generate_pois(60, seed=72)
+    new[S.ID] = [f"new_{i}" for i in range(len(new))]
+    copies = base.sample(n=30, random_state=5).copy()
+    copies[S.ID] = [f"copy_{i}" for i in range(len(copies))]
+    renamed = base.sample(n=20, random_state=6).copy()
+    renamed[S.NAME] = renamed[S.NAME].fillna("") + " Annex"
+    second_csv = root / "second.csv"
+    write_pois_csv(pd.concat([new, copies, renamed], ignore_index=True), second_csv)
+    ingest_file(spark, str(second_csv), pois_path=pois_path, quarantine_path=quarantine)
+    touched = set(new[S.ID]) | set(copies[S.ID]) | set(renamed[S.ID])
+
+    version = delta_version(spark, pois_path)
+    inc_lines = match(True)
+    incremental = _table(spark, matches_path)
+    full_lines = match(False)
+    full = _table(spark, matches_path)
+    assert delta_version(spark, pois_path) == version  # both runs read the same table
+    return {
+        "first_lines": first_lines,
+        "inc_lines": inc_lines,
+        "full_lines": full_lines,
+        "before": before,
+        "incremental": incremental,
+        "full": full,
+        "touched": touched,
+        "matches_path": matches_path,
+    }
+
+
+def test_first_incremental_run_computes_everything(runs: dict[str, Any]) -> None:
+    assert "incremental state=none (full run)" in runs["first_lines"]
+    assert any(line.startswith("rows=3000 changed_rows=3000") for line in runs["first_lines"])
+
+
+def test_second_run_reuses_the_state_and_redoes_only_what_changed(runs: dict[str, Any]) -> None:
+    lines = runs["inc_lines"]
+    assert "incremental state=reused" in lines
+    figures = next(line for line in lines if line.startswith("rows="))
+    values = dict(part.split("=") for part in figures.split())
+    assert int(values["rows"]) == 3090
+    assert int(values["changed_rows"]) == 110  # 60 new + 30 copies + 20 renamed
+    assert 0 < int(values["new_pairs"]) < 0.2 * int(values["candidates"])
+
+
+def test_incremental_equals_a_full_run(runs: dict[str, Any]) -> None:
+    incremental, full = runs["incremental"], runs["full"]
+    assert len(full) == 3090
+    pd.testing.assert_frame_equal(incremental, full)
+    # the copies really matched their originals, so the comparison is not trivial
+    copies = full[full[S.ID].str.startswith("copy_")]
+    assert (copies[S.MATCHES].str.count(" ") >= 1).mean() > 0.8
+
+
+def test_unrelated_groups_keep_their_ids(runs: dict[str, Any]) -> None:
+    before, after, touched = runs["before"], runs["full"], runs["touched"]
+    merged = before.merge(after, on=S.ID, suffixes=("_before", "_after")).set_index(S.ID)
+    same_members = merged[f"{S.MATCHES}_before"] == merged[f"{S.MATCHES}_after"]
+    # a group with the same members keeps its id (the smallest member id)
+    kept = merged[same_members]
+    assert (kept[f"{S.GROUP_ID}_before"] == kept[f"{S.GROUP_ID}_after"]).all()
+    # groups no new or changed row joins or leaves almost never change: only through
+    # table-wide name statistics and candidate context, which new rows shift a little
+    members = pd.concat([merged[f"{S.MATCHES}_before"], merged[f"{S.MATCHES}_after"]], axis=1)
+    untouched = members.apply(
+        lambda r: not (set(r.iloc[0].split(" ")) | set(r.iloc[1].split(" "))) & touched, axis=1
+    )
+    assert untouched.sum() > 0.9 * len(before)
+    assert same_members[untouched].mean() >= 0.95
+    # and touched groups did change: copies joined their originals' groups
+    assert (~same_members[~untouched]).sum() > 0
+
+
+def test_state_tables_sit_beside_the_matches_table(
+    spark: SparkSession, runs: dict[str, Any]
+) -> None:
+    points, pairs = state_paths(runs["matches_path"])
+    ids = {r[0] for r in spark.read.format("delta").load(points).select(S.ID).collect()}
+    assert ids == set(runs["full"][S.ID])
+    figures = next(line for line in runs["full_lines"] if line.startswith("candidates="))
+    candidates = int(figures.split()[0].split("=")[1])
+    assert spark.read.format("delta").load(pairs).count() == candidates

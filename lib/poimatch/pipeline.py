@@ -5,6 +5,10 @@ Each stage is a pure transform (no actions); the jobs decide what to cache and w
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,10 +39,44 @@ __all__ = [
     "cached_points",
     "score_pairs",
     "group_scored",
+    "record_stages",
 ]
 
 ALL_FEATURES: tuple[str, ...] = (*FEATURE_COLUMNS, *CONTEXT_FEATURES)
 _PROBABILITY = "probability"
+
+_log = logging.getLogger(__name__)
+# stack of (event, epoch seconds) mark lists, one per active record_stages() block
+_recorders: list[list[tuple[str, float]]] = []
+_started: dict[str, float] = {}
+
+
+@contextmanager
+def record_stages() -> Iterator[list[tuple[str, float]]]:
+    """Collect ``(event, time.time())`` marks of the stages run inside the block.
+
+    Events are ``<stage>:start`` / ``<stage>:end`` for the eager stages (``points``,
+    ``pair_features``, ``context_features``, ``grouping``) and ``scoring:call`` when
+    the (lazy) scoring plan is built. Benchmarks use them for per-stage wall times;
+    outside the block nothing is recorded (stage durations are logged at INFO).
+    """
+    marks: list[tuple[str, float]] = []
+    _recorders.append(marks)
+    try:
+        yield marks
+    finally:
+        _recorders.remove(marks)
+
+
+def _mark(event: str) -> None:
+    now = time.time()
+    stage, _, edge = event.partition(":")
+    if edge == "start":
+        _started[stage] = now
+    elif edge == "end" and stage in _started:
+        _log.info("stage %s: %.1f s", stage, now - _started.pop(stage))
+    if _recorders:
+        _recorders[-1].append((event, now))
 
 
 @dataclass(frozen=True)
@@ -82,8 +120,11 @@ def cached_points(pois: DataFrame) -> DataFrame:
     these points are joined many times over, and Spark prints a cached plan's whole
     tree into the cache's name.
     """
+    _mark("points:start")
     normalized = pois.transform(add_normalized_columns).localCheckpoint(eager=True)
-    return normalized.transform(add_name_statistics).localCheckpoint(eager=True)
+    points = normalized.transform(add_name_statistics).localCheckpoint(eager=True)
+    _mark("points:end")
+    return points
 
 
 def cached_candidates(points: DataFrame, *, settings: BlockingSettings) -> DataFrame:
@@ -93,17 +134,23 @@ def cached_candidates(points: DataFrame, *, settings: BlockingSettings) -> DataF
     candidate list); materializing the pair features first keeps their Python UDF
     from running once per branch. The result is materialized (lineage cut) too.
     """
+    _mark("pair_features:start")
     pairs = _candidate_pairs(points, settings=settings)
     base = add_pair_sides(pairs, points).transform(add_pair_features).localCheckpoint(eager=True)
-    return (
+    _mark("pair_features:end")
+    _mark("context_features:start")
+    featured = (
         base.transform(lambda df: add_context_features(df, k_nearest=settings.k_nearest))
         .transform(add_name_context_features)
         .localCheckpoint(eager=True)
     )
+    _mark("context_features:end")
+    return featured
 
 
 def score_pairs(model: PipelineModel, pairs: DataFrame) -> DataFrame:
     """Add ``score`` (match probability) to featured pairs with a fitted model."""
+    _mark("scoring:call")
     scored = model.transform(pairs)
     return scored.withColumn(
         S.SCORE, vector_to_array(F.col(_PROBABILITY)).getItem(1).cast(T.DoubleType())
@@ -114,12 +161,16 @@ def group_scored(
     ids: DataFrame, scored: DataFrame, *, spec: MatchingSpec, max_iterations: int = 40
 ) -> DataFrame:
     """Scored pairs → ``id``, ``group_id``, ``matches`` for every id, per the spec."""
+    _mark("grouping:start")
     if spec.grouping_mode == "pairwise":
-        return pairwise_matches(ids, scored, threshold=spec.threshold)
-    return group_matches(
-        ids,
-        scored,
-        threshold=spec.threshold,
-        max_group_size=spec.max_group_size,
-        max_iterations=max_iterations,
-    )
+        grouped = pairwise_matches(ids, scored, threshold=spec.threshold)
+    else:
+        grouped = group_matches(
+            ids,
+            scored,
+            threshold=spec.threshold,
+            max_group_size=spec.max_group_size,
+            max_iterations=max_iterations,
+        )
+    _mark("grouping:end")
+    return grouped

@@ -359,7 +359,7 @@ class ModelStore:
                 "or models:/<name>/<version>"
             )
         match = alias or fixed
-        assert match is not None  # nosec B101 - narrowed above
+        assert match is not None  # nosec B101
         self.uri = uri
         self.name = match["name"]
         self.alias: str | None = alias["alias"] if alias else None
@@ -376,7 +376,7 @@ class ModelStore:
         """The version the alias points at now (or the fixed version)."""
         if self._fixed_version is not None:
             return self._fixed_version
-        assert self.alias is not None  # nosec B101 - alias URIs always have one
+        assert self.alias is not None  # nosec B101
         return str(MlflowClient().get_model_version_by_alias(self.name, self.alias).version)
 
     def refresh(self) -> bool:

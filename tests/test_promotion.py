@@ -32,6 +32,7 @@ from poimatch.tracking import (
     CHALLENGER,
     CHAMPION,
     assign_alias,
+    configure_tracking,
 )
 from poimatch.workflows import FitOutcome, train_model
 
@@ -305,3 +306,13 @@ def test_research_run_leaves_production_untouched(
     assert not Path(storage.table_path(storage.matches_table)).exists()
     research_runs = mlflow.search_runs(experiment_names=["poimatch-research"])
     assert len(research_runs) == 1
+
+
+def test_each_configuration_gets_its_own_store(tmp_path: Path) -> None:
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; a second configuration in the
+    # same process (and its subprocesses) must still get the store it names
+    first = load_settings("ci", [f"tracking.tracking_uri=sqlite:///{tmp_path / 'a.db'}"])
+    second = load_settings("ci", [f"tracking.tracking_uri=sqlite:///{tmp_path / 'b.db'}"])
+    configure_tracking(first.tracking)
+    configure_tracking(second.tracking)
+    assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'b.db'}"

@@ -32,6 +32,12 @@ __all__ = [
     "default_model_uri",
 ]
 
+# The operator's choice, read once at import: mlflow.set_tracking_uri() itself exports
+# MLFLOW_TRACKING_URI, so reading the variable later would return the last store this
+# process used, not the one the settings name.
+_ENV_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+_ENV_REGISTRY_URI = os.environ.get("MLFLOW_REGISTRY_URI")
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 _SPEC_KEY = "poimatch_spec"
@@ -39,9 +45,9 @@ _SPEC_KEY = "poimatch_spec"
 
 def configure_tracking(settings: TrackingSettings) -> str:
     """Point MLflow at the store and make sure the experiment exists; returns its id."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or settings.tracking_uri
+    uri = _ENV_TRACKING_URI or settings.tracking_uri
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    mlflow.set_registry_uri(_ENV_REGISTRY_URI or uri)
     experiment = mlflow.get_experiment_by_name(settings.experiment)
     if experiment is None:
         artifact = settings.artifact_root

@@ -21,7 +21,6 @@ requests in flight finish on the model they started with.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import csv
 import io
@@ -62,7 +61,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from poimatch import schema as S
-from poimatch.config import ConfigError, Settings, load_settings
+from poimatch.cli import job_parser, job_settings
+from poimatch.config import ConfigError, Settings
 from poimatch.ingest import accepted_rows, check_rows
 from poimatch.isolation import enforce
 from poimatch.pipeline import MatchingSpec
@@ -857,28 +857,11 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m poimatch.service``: load the configuration and serve with uvicorn."""
     import uvicorn
 
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--env", default=None, help="configuration overlay (default local)")
+    parser = job_parser(__doc__ or "")
     parser.add_argument("--host", default=None, help="bind address (default service.host)")
     parser.add_argument("--port", type=int, default=None, help="port (default service.port)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one configuration value (repeatable)",
-    )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for noisy in ("py4j", "great_expectations", "alembic", "urllib3", "mlflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        settings = load_settings(args.env, args.overrides)
-    except ConfigError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    settings = job_settings(args)  # logging set up once, config errors exit with status 2
     enforce(settings)
     app = create_app(settings)
     uvicorn.run(

@@ -5,6 +5,10 @@ Each stage is a pure transform (no actions); the jobs decide what to cache and w
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +21,7 @@ from pyspark.sql import types as T
 from poimatch import schema as S
 from poimatch.blocking import (
     CONTEXT_FEATURES,
+    CONTEXT_SIDE_COLUMNS,
     add_context_features,
     add_name_context_features,
     add_name_statistics,
@@ -24,7 +29,7 @@ from poimatch.blocking import (
 )
 from poimatch.blocking import candidate_pairs as _candidate_pairs
 from poimatch.config import BlockingSettings
-from poimatch.features import FEATURE_COLUMNS, add_pair_features
+from poimatch.features import FEATURE_COLUMNS, SIDES, add_pair_features, pair_side_col
 from poimatch.grouping import group_matches, pairwise_matches
 from poimatch.normalize import add_normalized_columns
 
@@ -35,10 +40,49 @@ __all__ = [
     "cached_points",
     "score_pairs",
     "group_scored",
+    "record_stages",
 ]
 
 ALL_FEATURES: tuple[str, ...] = (*FEATURE_COLUMNS, *CONTEXT_FEATURES)
 _PROBABILITY = "probability"
+
+_CONTEXT_SIDES: tuple[str, ...] = tuple(
+    pair_side_col(c, side) for c in CONTEXT_SIDE_COLUMNS for side in SIDES
+)
+_KEPT: frozenset[str] = frozenset((S.ID_L, S.ID_R, S.PASS, *FEATURE_COLUMNS, *_CONTEXT_SIDES))
+
+_log = logging.getLogger(__name__)
+# stack of (event, epoch seconds) mark lists, one per active record_stages() block
+_recorders: list[list[tuple[str, float]]] = []
+_started: dict[str, float] = {}
+
+
+@contextmanager
+def record_stages() -> Iterator[list[tuple[str, float]]]:
+    """Collect ``(event, time.time())`` marks of the stages run inside the block.
+
+    Events are ``<stage>:start`` / ``<stage>:end`` for the eager stages (``points``,
+    ``pair_features``, ``context_features``, ``grouping``) and ``scoring:call`` when
+    the (lazy) scoring plan is built. Benchmarks use them for per-stage wall times;
+    outside the block nothing is recorded (stage durations are logged at INFO).
+    """
+    marks: list[tuple[str, float]] = []
+    _recorders.append(marks)
+    try:
+        yield marks
+    finally:
+        _recorders.remove(marks)
+
+
+def _mark(event: str) -> None:
+    now = time.time()
+    stage, _, edge = event.partition(":")
+    if edge == "start":
+        _started[stage] = now
+    elif edge == "end" and stage in _started:
+        _log.info("stage %s: %.1f s", stage, now - _started.pop(stage))
+    if _recorders:
+        _recorders[-1].append((event, now))
 
 
 @dataclass(frozen=True)
@@ -73,6 +117,10 @@ class MatchingSpec:
         )
 
 
+def _checkpoint(df: DataFrame) -> DataFrame:
+    return df.localCheckpoint(eager=True)
+
+
 def cached_points(pois: DataFrame) -> DataFrame:
     """Typed POIs → normalized points with name statistics, materialized.
 
@@ -82,28 +130,44 @@ def cached_points(pois: DataFrame) -> DataFrame:
     these points are joined many times over, and Spark prints a cached plan's whole
     tree into the cache's name.
     """
+    _mark("points:start")
     normalized = pois.transform(add_normalized_columns).localCheckpoint(eager=True)
-    return normalized.transform(add_name_statistics).localCheckpoint(eager=True)
+    points = normalized.transform(add_name_statistics).localCheckpoint(eager=True)
+    _mark("points:end")
+    return points
 
 
 def cached_candidates(points: DataFrame, *, settings: BlockingSettings) -> DataFrame:
     """Blocking, then every pair feature (similarities plus candidate context).
 
+    Returns ``id_l``, ``id_r``, ``block_pass``, every feature of :data:`ALL_FEATURES`
+    and, for labelled points, ``point_of_interest_l`` / ``_r``.
+
     The context features read the pair features in several branches (each side's
     candidate list); materializing the pair features first keeps their Python UDF
     from running once per branch. The result is materialized (lineage cut) too.
     """
-    pairs = _candidate_pairs(points, settings=settings)
-    base = add_pair_sides(pairs, points).transform(add_pair_features).localCheckpoint(eager=True)
-    return (
-        base.transform(lambda df: add_context_features(df, k_nearest=settings.k_nearest))
-        .transform(add_name_context_features)
-        .localCheckpoint(eager=True)
-    )
+    _mark("pair_features:start")
+    pairs = _candidate_pairs(points, settings=settings, materialize=_checkpoint)
+    # only what the context features and the callers read: the side columns of the
+    # pair features (names, addresses, token arrays...) would be shuffled by every
+    # later join and stored in every checkpoint
+    featured = add_pair_sides(pairs, points).transform(add_pair_features)
+    keep = [c for c in featured.columns if c in _KEPT or c.startswith(f"{S.POI}_")]
+    base = featured.select(*keep).localCheckpoint(eager=True)
+    _mark("pair_features:end")
+    _mark("context_features:start")
+    context = base.transform(
+        lambda df: add_context_features(df, k_nearest=settings.k_nearest)
+    ).transform(add_name_context_features)
+    featured = context.drop(*_CONTEXT_SIDES).localCheckpoint(eager=True)
+    _mark("context_features:end")
+    return featured
 
 
 def score_pairs(model: PipelineModel, pairs: DataFrame) -> DataFrame:
     """Add ``score`` (match probability) to featured pairs with a fitted model."""
+    _mark("scoring:call")
     scored = model.transform(pairs)
     return scored.withColumn(
         S.SCORE, vector_to_array(F.col(_PROBABILITY)).getItem(1).cast(T.DoubleType())
@@ -113,13 +177,21 @@ def score_pairs(model: PipelineModel, pairs: DataFrame) -> DataFrame:
 def group_scored(
     ids: DataFrame, scored: DataFrame, *, spec: MatchingSpec, max_iterations: int = 40
 ) -> DataFrame:
-    """Scored pairs → ``id``, ``group_id``, ``matches`` for every id, per the spec."""
+    """Scored pairs → ``id``, ``group_id``, ``matches`` for every id, per the spec.
+
+    Connected components run eagerly here (one action per round); the returned
+    frame's last step (the match lists) is lazy.
+    """
+    _mark("grouping:start")
     if spec.grouping_mode == "pairwise":
-        return pairwise_matches(ids, scored, threshold=spec.threshold)
-    return group_matches(
-        ids,
-        scored,
-        threshold=spec.threshold,
-        max_group_size=spec.max_group_size,
-        max_iterations=max_iterations,
-    )
+        grouped = pairwise_matches(ids, scored, threshold=spec.threshold)
+    else:
+        grouped = group_matches(
+            ids,
+            scored,
+            threshold=spec.threshold,
+            max_group_size=spec.max_group_size,
+            max_iterations=max_iterations,
+        )
+    _mark("grouping:end")
+    return grouped

@@ -54,6 +54,47 @@ def test_k_nearest_caps_dense_cells_and_keeps_the_nearest(spark: SparkSession) -
     assert len(got) <= 2 * len(rows)
 
 
+def test_fine_grids_give_exactly_the_coarse_k_nearest(spark: SparkSession) -> None:
+    # a dense centre (fine grids are used there) fading into sparse outskirts
+    import random
+
+    from poimatch.blocking import _spatial_nearest
+
+    rng = random.Random(3)
+    rows = []
+    for i in range(900):
+        r = 800 * rng.random() ** 3  # metres from the centre, dense near 0
+        a = rng.random() * 2 * math.pi
+        lat = 48.0 + r * math.sin(a) * _DEG_PER_M
+        lon = 2.0 + r * math.cos(a) * _DEG_PER_M / math.cos(math.radians(48.0))
+        rows.append((f"r{i:03d}", lat, lon, None, None, None))
+    points = _points(spark, rows)
+
+    def nearest(levels: int) -> set[tuple[str, str]]:
+        out = _spatial_nearest(points, 300.0, 4, fine_levels=levels).collect()
+        return {(r[S.ID], r["_other"]) for r in out}
+
+    fine, coarse = nearest(4), nearest(0)
+    assert len(coarse) == 4 * len(rows)
+    assert fine == coarse
+
+
+def test_pair_across_a_band_border_far_east_is_found(spark: SparkSession) -> None:
+    # x cells are scaled per latitude band; at large longitudes the bands' x cells
+    # drift apart, and a neighbour just across a band border must still be found
+    cell = 300.0
+    rows = []
+    for i in range(8):
+        lat0 = 35.0 + i * 0.07
+        border = (math.floor(lat0 * 111_320 / cell) + 1) * cell / 111_320
+        lon = 139.0 + i * 0.13
+        rows.append((f"a{i}", border - 5 * _DEG_PER_M, lon, None, None, None))
+        rows.append((f"b{i}", border + 5 * _DEG_PER_M, lon, None, None, None))
+    settings = BlockingSettings(cell_m=cell, k_nearest=1, key_passes=())
+    got = _pairs(candidate_pairs(_points(spark, rows), settings=settings))
+    assert got == {(f"a{i}", f"b{i}") for i in range(8)}
+
+
 def test_key_passes_find_far_duplicates_but_skip_generic_keys(spark: SparkSession) -> None:
     km = 1000 * _DEG_PER_M
     rows = [

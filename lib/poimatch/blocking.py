@@ -2,17 +2,26 @@
 
 * Spatial pass: every row is put in a square grid cell of ``cell_m`` metres and
   joined with the rows of its 3x3 neighbourhood, so a pair closer than ``cell_m`` is
-  never lost at a cell border. Each row keeps its ``k_nearest`` nearest candidates:
-  the cap that keeps dense city centres from exploding.
+  never lost at a cell border (x cells are measured in each latitude band's own
+  scale, so this holds at band borders too, at any longitude). Each row keeps its
+  ``k_nearest`` nearest candidates: the cap that keeps dense city centres from
+  exploding. In dense areas the join itself would grow with the square of the
+  density, so a row there is first joined on a finer grid (``cell_m / 2**j``) and
+  kept when ``k_nearest`` others lie within that finer cell size (then they are
+  exactly its k nearest in the 3x3 cells of ``cell_m``); the few others are redone
+  on the ``cell_m`` grid.
 * Key passes: rows sharing a normalized name, phone or url domain within a much
   wider area (``key_cell_m``, again with neighbours), ``k_key`` nearest per row, for
   duplicates whose coordinates are far apart. A key shared by more than
-  ``max_key_group`` rows in one area ("bus stop", "atm") is too generic to block on.
+  ``max_key_group`` rows in one area ("bus stop", "atm") is too generic to block on;
+  such rows are cut before the join (from per-cell key counts).
 
 Passes are unioned; each pair appears once in canonical order (``id_l < id_r``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -39,6 +48,12 @@ _DIST = "_dist_m"
 _RANK = "_rank"
 _KEY = "_key"
 _OTHER = "_other"
+_LVL = "_lvl"
+# Finer grids (cell_m / 2, / 4, ...) tried for rows in dense areas, and how many
+# other rows (times k) the 3x3 cells of a finer grid must hold for it to be tried.
+_FINE_LEVELS = 4
+_DENSE_FACTOR = 4
+Materialize = Callable[[DataFrame], DataFrame]
 
 CONTEXT_FEATURES: tuple[str, ...] = (
     S.F_RANK_MIN,
@@ -89,54 +104,195 @@ def add_name_statistics(points: DataFrame) -> DataFrame:
     return with_freq.join(per_row, on=S.ID, how="left")
 
 
-def _with_cell(df: DataFrame, cell_m: float) -> DataFrame:
-    cy = F.floor(F.col(S.LATITUDE) * _M_PER_DEG / cell_m)
-    # x cells are scaled at the latitude of the row's band, so neighbours stay neighbours
+def _cell_y(lat: Column, cell_m: Column | float) -> Column:
+    return F.floor(lat * _M_PER_DEG / cell_m).cast(T.LongType())
+
+
+def _cell_x(lon: Column, cy: Column, cell_m: Column | float) -> Column:
+    # x cells are scaled at the latitude of the band's centre, so cells stay square
     band_lat = F.radians((cy + 0.5) * cell_m / _M_PER_DEG)
     scale = F.greatest(F.cos(band_lat), F.lit(0.01))
-    cx = F.floor(F.col(S.LONGITUDE) * _M_PER_DEG * scale / cell_m)
-    return df.withColumn(_CY, cy.cast(T.LongType())).withColumn(_CX, cx.cast(T.LongType()))
+    return F.floor(lon * _M_PER_DEG * scale / cell_m).cast(T.LongType())
 
 
-def _neighbour_join(points: DataFrame, cell_m: float, key: Column | None) -> DataFrame:
-    """Directed pairs (id, other) between rows in the same or adjacent cells."""
-    base = _with_cell(points, cell_m)
-    if key is not None:
-        base = base.withColumn(_KEY, key).where(F.col(_KEY).isNotNull())
-    offsets = F.array(
+def _with_cell(df: DataFrame, cell_m: float) -> DataFrame:
+    cy = _cell_y(F.col(S.LATITUDE), cell_m)
+    return df.withColumn(_CY, cy).withColumn(_CX, _cell_x(F.col(S.LONGITUDE), F.col(_CY), cell_m))
+
+
+def _offsets() -> Column:
+    return F.array(
         *[
             F.struct(F.lit(dy).alias("dy"), F.lit(dx).alias("dx"))
             for dy in (-1, 0, 1)
             for dx in (-1, 0, 1)
         ]
     )
-    left = (
-        base.select("*", F.explode(offsets).alias("_o"))
+
+
+def _spread_counts(counts: DataFrame, keys: list[str]) -> DataFrame:
+    """Per cell (and key): rows in the 3x3 cells around it, from per-cell counts ``_c``."""
+    return (
+        counts.select(_CY, _CX, *keys, "_c", F.explode(_offsets()).alias("_o"))
         .withColumn(_CY, F.col(_CY) + F.col("_o.dy"))
         .withColumn(_CX, F.col(_CX) + F.col("_o.dx"))
-        .drop("_o")
+        .groupBy(_CY, _CX, *keys)
+        .agg(F.sum("_c").alias("_nn"))
     )
-    on = [_CY, _CX] + ([_KEY] if key is not None else [])
-    right = base.select(
-        *on,
-        F.col(S.ID).alias(_OTHER),
-        F.col(S.LATITUDE).alias("_lat_o"),
-        F.col(S.LONGITUDE).alias("_lon_o"),
+
+
+def _size(cell_m: float) -> Column:
+    """Cell size of a row's grid level: ``cell_m / 2**_lvl``."""
+    return F.lit(cell_m) / F.pow(F.lit(2.0), F.col(_LVL))
+
+
+def _near_pairs(
+    left: DataFrame, right: DataFrame, cell_m: float, *, key: bool, levels: int = 0
+) -> DataFrame:
+    """Directed pairs (id, other, distance) between rows of neighbouring cells.
+
+    Both frames hold ``id``, ``latitude``, ``longitude`` and, with ``key``, ``_key``;
+    left rows also ``_lvl``, their grid level (cell size ``cell_m / 2**_lvl``, at
+    most ``levels``). Each left row stays in its own cell; each right row is copied,
+    on every grid level, into the 3x3 cells around it, its x cell
+    measured in each target band's own scale (so a pair closer than the cell size is
+    never lost at a band border, whatever the longitude). Right copies are first cut
+    to the cells that hold a left row (broadcast semi-join), and the output stays
+    partitioned by the left row's cell: a per-row window over
+    ``(_lvl, _cy, _cx[, _key], id)`` needs no further shuffle.
+    """
+    on = [_LVL, _CY, _CX] + ([_KEY] if key else [])
+    size = _size(cell_m)
+    own_y = _cell_y(F.col(S.LATITUDE), size)
+    lefts = left.withColumn(_CY, own_y).withColumn(
+        _CX, _cell_x(F.col(S.LONGITUDE), F.col(_CY), size)
+    )
+    wanted = lefts.select(*on).distinct()
+    rights = (
+        right.select(
+            F.col(S.ID).alias(_OTHER),
+            F.col(S.LATITUDE).alias("_lat_o"),
+            F.col(S.LONGITUDE).alias("_lon_o"),
+            *([_KEY] if key else []),
+            F.explode(F.sequence(F.lit(0), F.lit(levels))).alias(_LVL),
+        )
+        .select("*", F.explode(_offsets()).alias("_o"))
+        .withColumn(_CY, _cell_y(F.col("_lat_o"), size) + F.col("_o.dy"))
+        .withColumn(_CX, _cell_x(F.col("_lon_o"), F.col(_CY), size) + F.col("_o.dx"))
+        .drop("_o")
+        .join(F.broadcast(wanted), on=on, how="left_semi")
     )
     return (
-        left.join(right, on=on, how="inner")
+        lefts.join(rights, on=on, how="inner")
         .where(F.col(S.ID) != F.col(_OTHER))
         .withColumn(
             _DIST,
             haversine_m(F.col(S.LATITUDE), F.col(S.LONGITUDE), F.col("_lat_o"), F.col("_lon_o")),
         )
-        .select(S.ID, _OTHER, _DIST)
+        .select(*on, S.ID, _OTHER, _DIST, size.alias("_size"))
     )
 
 
-def _k_nearest(directed: DataFrame, k: int) -> DataFrame:
-    w = Window.partitionBy(S.ID).orderBy(F.col(_DIST), F.col(_OTHER))
-    return directed.withColumn(_RANK, F.row_number().over(w)).where(F.col(_RANK) <= k)
+def _ranked(directed: DataFrame, k: int, key: bool) -> DataFrame:
+    """Each row's ``k`` nearest (``_rank`` <= k), with ``_ok``: at least ``k`` others
+    lie within the row's cell size (so its k nearest cannot lie outside the 3x3 cells)."""
+    part = [_LVL, _CY, _CX, *([_KEY] if key else []), S.ID]
+    w = Window.partitionBy(*part).orderBy(F.col(_DIST), F.col(_OTHER))
+    per_row = Window.partitionBy(*part)
+    # 0.99: margin for the grid's metres per degree (111,320) against the haversine's
+    near = F.sum(F.when(F.col(_DIST) <= 0.99 * F.col("_size"), 1).otherwise(0)).over(per_row)
+    return (
+        directed.withColumn(_RANK, F.row_number().over(w))
+        .withColumn("_ok", near >= k)
+        .where(F.col(_RANK) <= k)
+        .select(S.ID, _OTHER, _DIST, _RANK, _LVL, "_ok")
+    )
+
+
+def _grid_levels(points: DataFrame, cell_m: float, k: int, fine_levels: int) -> DataFrame:
+    """``id``, ``latitude``, ``longitude``, ``_lvl``: the finest grid worth trying per row.
+
+    Level ``j`` has cells of ``cell_m / 2**j``; a row gets the finest level whose 3x3
+    cells around it hold at least ``_DENSE_FACTOR * k`` other rows (then its k
+    nearest almost always lie within one cell size, which :func:`_ranked` checks).
+    """
+    rows = points.select(S.ID, S.LATITUDE, S.LONGITUDE)
+    level = F.lit(0)
+    for j in range(1, fine_levels + 1):
+        size = cell_m / 2**j
+        cy, cx = f"_cy{j}", f"_cx{j}"
+        rows = rows.withColumn(cy, _cell_y(F.col(S.LATITUDE), size)).withColumn(
+            cx, _cell_x(F.col(S.LONGITUDE), F.col(cy), size)
+        )
+        counts = rows.groupBy(F.col(cy).alias(_CY), F.col(cx).alias(_CX)).agg(
+            F.count(F.lit(1)).alias("_c")
+        )
+        dense = (
+            _spread_counts(counts, [])
+            .where(F.col("_nn") - 1 >= _DENSE_FACTOR * k)
+            .select(F.col(_CY).alias(cy), F.col(_CX).alias(cx), F.lit(j).alias(f"_d{j}"))
+        )
+        rows = rows.join(dense, on=[cy, cx], how="left")
+        level = F.coalesce(F.col(f"_d{j}"), level)
+    return rows.select(S.ID, S.LATITUDE, S.LONGITUDE, level.cast(T.IntegerType()).alias(_LVL))
+
+
+def _spatial_nearest(
+    points: DataFrame,
+    cell_m: float,
+    k: int,
+    *,
+    fine_levels: int = _FINE_LEVELS,
+    materialize: Materialize | None = None,
+) -> DataFrame:
+    """Directed ``(id, _other)``: each row's ``k`` nearest within its 3x3 cells.
+
+    Exactly the k nearest among the rows in the 3x3 cells of ``cell_m`` around the
+    row (ties by id), without joining every dense cell with its neighbours: a row in
+    a dense area is first matched on a finer grid (see :func:`_grid_levels`); if
+    fewer than ``k`` others lie within that finer cell size, the row is redone on the
+    ``cell_m`` grid. Any row closer than a cell size is within the 3x3 cells, so the
+    k nearest found on a finer grid are the k nearest on the coarse one.
+    """
+    rows = _grid_levels(points, cell_m, k, fine_levels) if fine_levels else None
+    if rows is None:
+        rows = points.select(S.ID, S.LATITUDE, S.LONGITUDE, F.lit(0).alias(_LVL))
+    right = points.select(S.ID, S.LATITUDE, S.LONGITUDE)
+    first = _ranked(_near_pairs(rows, right, cell_m, key=False, levels=fine_levels), k, key=False)
+    if materialize is not None:
+        first = materialize(first)
+    done = first.where(F.col("_ok") | (F.col(_LVL) == 0)).select(S.ID, _OTHER, _DIST)
+    if not fine_levels:
+        return done
+    redo_ids = first.where(~F.col("_ok") & (F.col(_LVL) > 0)).select(S.ID).distinct()
+    redo = rows.join(redo_ids, on=S.ID, how="left_semi").withColumn(_LVL, F.lit(0))
+    again = _ranked(_near_pairs(redo, right, cell_m, key=False), k, key=False)
+    return done.unionByName(again.select(S.ID, _OTHER, _DIST))
+
+
+def _key_nearest(points: DataFrame, settings: BlockingSettings, key: Column) -> DataFrame:
+    """Directed ``(id, _other)`` of one key pass: the ``k_key`` nearest rows sharing the key.
+
+    A row whose key is shared by ``max_key_group`` or more other rows in its 3x3 cells
+    of ``key_cell_m`` is skipped (a key that generic says nothing); such rows are cut
+    before the join, so a generic key never makes a quadratic join.
+    """
+    cell_m = settings.key_cell_m
+    rows = (
+        points.select(S.ID, S.LATITUDE, S.LONGITUDE, key.alias(_KEY))
+        .where(F.col(_KEY).isNotNull())
+        .withColumn(_LVL, F.lit(0))
+    )
+    celled = _with_cell(rows, cell_m)
+    counts = celled.groupBy(_CY, _CX, _KEY).agg(F.count(F.lit(1)).alias("_c"))
+    near = _spread_counts(counts, [_KEY])
+    cap = settings.max_key_group
+    left = celled.join(near, on=[_CY, _CX, _KEY], how="inner").where(F.col("_nn") - 1 < cap)
+    # a right row in a cell with more than cap rows of its key only neighbours skipped rows
+    right = celled.join(counts.where(F.col("_c") <= cap), on=[_CY, _CX, _KEY], how="left_semi")
+    right = right.drop(_CY, _CX, _LVL)
+    directed = _near_pairs(left.drop(_CY, _CX, "_nn"), right, cell_m, key=True)
+    return _ranked(directed, settings.k_key, key=True).select(S.ID, _OTHER, _DIST)
 
 
 def _canonical(directed: DataFrame, label: str) -> DataFrame:
@@ -159,13 +315,18 @@ def _pass_key(name: str) -> Column:
     raise ValueError(f"unknown blocking pass {name!r}")
 
 
-def candidate_pairs(points: DataFrame, *, settings: BlockingSettings) -> DataFrame:
+def candidate_pairs(
+    points: DataFrame, *, settings: BlockingSettings, materialize: Materialize | None = None
+) -> DataFrame:
     """Candidate pairs ``(id_l, id_r, block_pass)`` of normalized POIs.
 
     Args:
         points: rows with ``id``, ``latitude``, ``longitude`` and the normalized
             columns of :func:`poimatch.normalize.add_normalized_columns`.
         settings: the blocking section of the configuration.
+        materialize: optional ``DataFrame -> DataFrame`` (e.g. a local checkpoint)
+            applied to the spatial pass's first round, which is read twice; without
+            it that round is computed twice and the result is a pure transform.
 
     Returns:
         One row per distinct pair, ``id_l < id_r``; ``block_pass`` names the passes
@@ -174,16 +335,10 @@ def candidate_pairs(points: DataFrame, *, settings: BlockingSettings) -> DataFra
     Example:
         >>> pairs = candidate_pairs(normalized, settings=BlockingSettings())  # doctest: +SKIP
     """
-    spatial = _neighbour_join(points, settings.cell_m, None)
-    passes = [_canonical(_k_nearest(spatial, settings.k_nearest), "spatial")]
+    spatial = _spatial_nearest(points, settings.cell_m, settings.k_nearest, materialize=materialize)
+    passes = [_canonical(spatial, "spatial")]
     for name in settings.key_passes:
-        directed = _neighbour_join(points, settings.key_cell_m, _pass_key(name))
-        # drop keys too generic to block on: count the rows sharing the key around a row
-        popular = Window.partitionBy(S.ID)
-        directed = directed.withColumn("_n", F.count(F.lit(1)).over(popular)).where(
-            F.col("_n") < settings.max_key_group
-        )
-        passes.append(_canonical(_k_nearest(directed, settings.k_key), name))
+        passes.append(_canonical(_key_nearest(points, settings, _pass_key(name)), name))
     union = passes[0]
     for extra in passes[1:]:
         union = union.unionByName(extra)
@@ -220,17 +375,21 @@ def _join_sides(pairs: DataFrame, ranked: DataFrame, cols: dict[str, str]) -> Da
     """Join per-row values (``id``, ``_other``, cols) onto pairs for both sides.
 
     ``cols`` maps a column of ``ranked`` to a prefix; the pair gets ``<prefix>_l``
-    (the row is ``id_l``) and ``<prefix>_r`` (the row is ``id_r``).
+    (the row is ``id_l``) and ``<prefix>_r`` (the row is ``id_r``). The two sides
+    are paired up on the narrow per-row values first, so the (wide) pairs are
+    shuffled for one join only.
     """
-    out = pairs
+    sides = []
     for side, me, other in (("l", S.ID_L, S.ID_R), ("r", S.ID_R, S.ID_L)):
-        values = ranked.select(
-            F.col(S.ID).alias(me),
-            F.col(_OTHER).alias(other),
-            *[F.col(c).alias(f"{prefix}_{side}") for c, prefix in cols.items()],
+        sides.append(
+            ranked.select(
+                F.col(S.ID).alias(me),
+                F.col(_OTHER).alias(other),
+                *[F.col(c).alias(f"{prefix}_{side}") for c, prefix in cols.items()],
+            )
         )
-        out = out.join(values, on=[S.ID_L, S.ID_R], how="left")
-    return out
+    both = sides[0].join(sides[1], on=[S.ID_L, S.ID_R], how="full")
+    return pairs.join(both, on=[S.ID_L, S.ID_R], how="left")
 
 
 def add_context_features(pairs: DataFrame, *, k_nearest: int) -> DataFrame:

@@ -157,7 +157,10 @@ def fold_text(text: str, *, drop_leading_article: bool = False) -> str | None:
     ``drop_leading_article`` a leading ``the`` is removed when other tokens remain.
     Returns ``None`` when nothing is left. Cached: POI text repeats a lot.
     """
-    ascii_text = anyascii(unicodedata.normalize("NFKC", text)).lower()
+    if text.isascii():  # NFKC and transliteration leave ASCII as it is
+        ascii_text = text.lower()
+    else:
+        ascii_text = anyascii(unicodedata.normalize("NFKC", text)).lower()
     ascii_text = _APOSTROPHES.sub("", ascii_text)
     ascii_text = _AMPERSAND.sub(" & ", ascii_text)
     tokens = [_ABBREVIATIONS.get(t, t) for t in _NON_ALNUM.sub(" ", ascii_text).split()]

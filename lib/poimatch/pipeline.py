@@ -21,6 +21,7 @@ from pyspark.sql import types as T
 from poimatch import schema as S
 from poimatch.blocking import (
     CONTEXT_FEATURES,
+    CONTEXT_SIDE_COLUMNS,
     add_context_features,
     add_name_context_features,
     add_name_statistics,
@@ -28,7 +29,7 @@ from poimatch.blocking import (
 )
 from poimatch.blocking import candidate_pairs as _candidate_pairs
 from poimatch.config import BlockingSettings
-from poimatch.features import FEATURE_COLUMNS, add_pair_features
+from poimatch.features import FEATURE_COLUMNS, SIDES, add_pair_features, pair_side_col
 from poimatch.grouping import group_matches, pairwise_matches
 from poimatch.normalize import add_normalized_columns
 
@@ -44,6 +45,11 @@ __all__ = [
 
 ALL_FEATURES: tuple[str, ...] = (*FEATURE_COLUMNS, *CONTEXT_FEATURES)
 _PROBABILITY = "probability"
+
+_CONTEXT_SIDES: tuple[str, ...] = tuple(
+    pair_side_col(c, side) for c in CONTEXT_SIDE_COLUMNS for side in SIDES
+)
+_KEPT: frozenset[str] = frozenset((S.ID_L, S.ID_R, S.PASS, *FEATURE_COLUMNS, *_CONTEXT_SIDES))
 
 _log = logging.getLogger(__name__)
 # stack of (event, epoch seconds) mark lists, one per active record_stages() block
@@ -111,6 +117,10 @@ class MatchingSpec:
         )
 
 
+def _checkpoint(df: DataFrame) -> DataFrame:
+    return df.localCheckpoint(eager=True)
+
+
 def cached_points(pois: DataFrame) -> DataFrame:
     """Typed POIs → normalized points with name statistics, materialized.
 
@@ -130,20 +140,27 @@ def cached_points(pois: DataFrame) -> DataFrame:
 def cached_candidates(points: DataFrame, *, settings: BlockingSettings) -> DataFrame:
     """Blocking, then every pair feature (similarities plus candidate context).
 
+    Returns ``id_l``, ``id_r``, ``block_pass``, every feature of :data:`ALL_FEATURES`
+    and, for labelled points, ``point_of_interest_l`` / ``_r``.
+
     The context features read the pair features in several branches (each side's
     candidate list); materializing the pair features first keeps their Python UDF
     from running once per branch. The result is materialized (lineage cut) too.
     """
     _mark("pair_features:start")
-    pairs = _candidate_pairs(points, settings=settings)
-    base = add_pair_sides(pairs, points).transform(add_pair_features).localCheckpoint(eager=True)
+    pairs = _candidate_pairs(points, settings=settings, materialize=_checkpoint)
+    # only what the context features and the callers read: the side columns of the
+    # pair features (names, addresses, token arrays...) would be shuffled by every
+    # later join and stored in every checkpoint
+    featured = add_pair_sides(pairs, points).transform(add_pair_features)
+    keep = [c for c in featured.columns if c in _KEPT or c.startswith(f"{S.POI}_")]
+    base = featured.select(*keep).localCheckpoint(eager=True)
     _mark("pair_features:end")
     _mark("context_features:start")
-    featured = (
-        base.transform(lambda df: add_context_features(df, k_nearest=settings.k_nearest))
-        .transform(add_name_context_features)
-        .localCheckpoint(eager=True)
-    )
+    context = base.transform(
+        lambda df: add_context_features(df, k_nearest=settings.k_nearest)
+    ).transform(add_name_context_features)
+    featured = context.drop(*_CONTEXT_SIDES).localCheckpoint(eager=True)
     _mark("context_features:end")
     return featured
 
@@ -160,7 +177,11 @@ def score_pairs(model: PipelineModel, pairs: DataFrame) -> DataFrame:
 def group_scored(
     ids: DataFrame, scored: DataFrame, *, spec: MatchingSpec, max_iterations: int = 40
 ) -> DataFrame:
-    """Scored pairs → ``id``, ``group_id``, ``matches`` for every id, per the spec."""
+    """Scored pairs → ``id``, ``group_id``, ``matches`` for every id, per the spec.
+
+    Connected components run eagerly here (one action per round); the returned
+    frame's last step (the match lists) is lazy.
+    """
     _mark("grouping:start")
     if spec.grouping_mode == "pairwise":
         grouped = pairwise_matches(ids, scored, threshold=spec.threshold)

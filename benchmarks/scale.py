@@ -423,6 +423,17 @@ def _markdown(results: dict[str, Any]) -> str:
             f"({peak['jvm_gib']} / "
             f"{peak['python_gib']}) | {r['iou']} |"
         )
+    inc = results.get("incremental")
+    if inc:
+        lines += [
+            "",
+            f"Incremental ({inc['rows']:,} rows + {inc['added_rows']:,} new, "
+            f"`jobs/match.py --incremental`, whole job): "
+            f"{inc['incremental']['wall_s']:.0f} s wall, {inc['incremental']['cpu_s']:.0f} CPU s "
+            f"= {inc['ratio_to_full']:.2f} x the full match's {inc['full_match_wall_s']:.0f} s; "
+            f"first run without state {inc['first_incremental']['wall_s']:.0f} s; "
+            f"ingest of the new rows {inc['ingest_new_rows']['wall_s']:.0f} s.",
+        ]
     ratios = results.get("ratios", {})
     if ratios:
         lines += ["", "Ratios: " + ", ".join(f"{k} = {v}" for k, v in ratios.items())]
@@ -439,6 +450,47 @@ def _markdown(results: dict[str, Any]) -> str:
                     f"| {p['gc_s']} | {p['spill_mb']} | {p['max_task_s']} |"
                 )
     return "\n".join(lines) + "\n"
+
+
+def measure_incremental(
+    args: argparse.Namespace, workdir: Path, env: dict[str, str], rows: int, model: str
+) -> dict[str, Any]:
+    """The nightly incremental run after ``--incremental-fraction`` new rows arrive.
+
+    On a copy of the size's POI table: a first ``jobs/match.py --incremental`` (no
+    state yet: computes and stores everything), the ingest of the new rows (another
+    seed's generated places) by MERGE, then the measured ``--incremental`` run.
+    Wall times are whole spark-submit jobs (JVM start to exit).
+    """
+    source = workdir / f"lake-{rows}" / "pois"
+    root = workdir / f"lake-{rows}-inc"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    shutil.copytree(source, root / "pois")
+    added = max(1, int(rows * args.incremental_fraction))
+    new_csv = _data(workdir, added, args.seed + 1000)
+    sets = _sets(workdir, root, args.overrides)
+    out: dict[str, Any] = {"rows": rows, "added_rows": added}
+    steps = (
+        ("first_incremental", ["jobs/match.py", "--incremental", "--model", model]),
+        ("ingest_new_rows", ["jobs/ingest.py", "--input", str(new_csv)]),
+        ("incremental", ["jobs/match.py", "--incremental", "--model", model]),
+    )
+    for name, job in steps:
+        print(f"  {name} ({rows} rows + {added})")
+        rc, t0, t1, lines, sampler = run_job(
+            [str(SUBMIT), *job, *sets], workdir / "logs" / f"inc-{rows}-{name}.log", env
+        )
+        if rc != 0:
+            raise SystemExit(rc)
+        out[name] = {
+            "wall_s": round(t1 - t0, 1),
+            "cpu_s": sampler.peak(t0, t1)["cpu_s"],
+            "peak_gib": sampler.peak(t0, t1)["jvm_plus_python_gib"],
+            "lines": [line for line in lines if "=" in line][:20],
+        }
+        print(f"    {out[name]['wall_s']} s wall, {out[name]['cpu_s']} CPU s")
+    return out
 
 
 def orchestrate(args: argparse.Namespace) -> None:
@@ -558,6 +610,11 @@ def orchestrate(args: argparse.Namespace) -> None:
             logs = sorted(events.iterdir())
             if logs:
                 run["profile"] = _summarize_event_log(logs[-1], _windows(report, launched))
+        if args.incremental_fraction and rows == max(sizes):
+            inc = measure_incremental(args, workdir, env, rows, str(model))
+            inc["full_match_wall_s"] = stages["match_wall"]
+            inc["ratio_to_full"] = round(inc["incremental"]["wall_s"] / stages["match_wall"], 3)
+            results["incremental"] = inc
         results["runs"].append(run)
         print(
             f"  match {stages['match_wall']} s {stages} candidates={candidates} "
@@ -592,6 +649,13 @@ def main() -> None:
     parser.add_argument("--train-seed", type=int, default=1001)
     parser.add_argument("--seed", type=int, default=7, help="seed of the matched data")
     parser.add_argument("--profile", action="store_true", help="Spark event log summary")
+    parser.add_argument(
+        "--incremental-fraction",
+        type=float,
+        default=0.01,
+        help="at the largest size, time an incremental run after adding this share of rows "
+        "(0 to skip)",
+    )
     parser.add_argument("--reuse-table", action="store_true", help="skip ingest if table exists")
     parser.add_argument("--note", default="machine shared with other sessions: timings noisy")
     parser.add_argument(

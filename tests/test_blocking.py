@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import pytest
 from pyspark.sql import DataFrame, SparkSession
@@ -21,7 +24,7 @@ _COLS = (
 _DEG_PER_M = 1 / 111_320
 
 
-def _points(spark: SparkSession, rows: list[tuple[object, ...]]) -> DataFrame:
+def _points(spark: SparkSession, rows: Sequence[tuple[Any, ...]]) -> DataFrame:
     return spark.createDataFrame(rows, _COLS)
 
 
@@ -200,3 +203,40 @@ def test_name_statistics_and_name_context(spark: SparkSession) -> None:
     assert (ac["f_name_sim_rank_min"], ac["f_name_sim_rank_max"]) == (1.0, 2.0)
     # for a, c is 0.4 below the best; for c, a is 0.1 above the next
     assert ac["f_name_sim_gap_min"] == pytest.approx(-0.4)
+
+
+def test_candidate_context_in_one_pass_equals_the_two_separate_passes(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    from chispa import assert_df_equality
+
+    from poimatch.batch import load_pois
+    from poimatch.blocking import add_candidate_context, add_name_context_features, add_pair_sides
+    from poimatch.features import add_pair_features
+    from poimatch.generator import generate_pois, write_pois_csv
+    from poimatch.pipeline import cached_points
+
+    write_pois_csv(generate_pois(600, seed=29), tmp_path / "pois.csv")
+    pois, _ = load_pois(spark, str(tmp_path / "pois.csv"), quarantine_path=str(tmp_path / "q"))
+    points = cached_points(pois)
+    settings = BlockingSettings()
+    pairs = (
+        add_pair_sides(candidate_pairs(points, settings=settings), points)
+        .transform(add_pair_features)
+        .localCheckpoint(eager=True)
+    )
+    separate = add_context_features(pairs, k_nearest=settings.k_nearest).transform(
+        add_name_context_features
+    )
+    combined = add_candidate_context(pairs, k_nearest=settings.k_nearest)
+    assert sorted(combined.columns) == sorted(separate.columns)
+    keys = [S.ID_L, S.ID_R]
+    cols = sorted(c for c in combined.columns if c.startswith("f_"))
+    left = combined.select(*keys, *cols).orderBy(*keys)
+    right = separate.select(*keys, *cols).orderBy(*keys)
+    assert left.count() > 400
+    assert_df_equality(left, right, allow_nan_equality=True)
+    # ranks and gaps vary: the comparison is not between two columns of nulls
+    stats = left.agg(F.countDistinct(S.F_SIM_RANK_MAX), F.countDistinct(S.F_RANK_MAX)).first()
+    assert stats is not None
+    assert min(stats) > 2

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import random
+
+import pytest
 from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 
 from poimatch import schema as S
-from poimatch.grouping import connected_components, group_matches, pairwise_matches
+from poimatch.grouping import LOCAL_MAX_EDGES, connected_components, group_matches, pairwise_matches
+
+
+@pytest.fixture(params=[0, LOCAL_MAX_EDGES], ids=["distributed", "driver"])
+def limit(request: pytest.FixtureRequest) -> int:
+    """Both ways to compute components: always distributed, and on the driver."""
+    value: int = request.param
+    return value
 
 
 def _ids(spark: SparkSession, *ids: str) -> DataFrame:
@@ -17,11 +27,13 @@ def _scored(spark: SparkSession, rows: list[tuple[str, str, float]]) -> DataFram
     return spark.createDataFrame(rows, f"{S.ID_L} string, {S.ID_R} string, {S.SCORE} double")
 
 
-def test_components_label_every_id_with_its_smallest_member(spark: SparkSession) -> None:
+def test_components_label_every_id_with_its_smallest_member(
+    spark: SparkSession, limit: int
+) -> None:
     ids = _ids(spark, "a", "b", "c", "d", "e", "f", "g")
     # a-b-c chain (diameter 2), d-e, f alone, g alone; edge order deliberately unsorted
     edges = _scored(spark, [("b", "c", 1.0), ("a", "b", 1.0), ("d", "e", 1.0)])
-    got = connected_components(ids, edges).orderBy(S.ID)
+    got = connected_components(ids, edges, local_max_edges=limit).orderBy(S.ID)
     expected = spark.createDataFrame(
         [("a", "a"), ("b", "a"), ("c", "a"), ("d", "d"), ("e", "d"), ("f", "f"), ("g", "g")],
         f"{S.ID} string, {S.GROUP_ID} string",
@@ -29,10 +41,10 @@ def test_components_label_every_id_with_its_smallest_member(spark: SparkSession)
     assert_df_equality(got, expected, ignore_nullable=True)
 
 
-def test_components_on_a_long_path_converge(spark: SparkSession) -> None:
+def test_components_on_a_long_path_converge(spark: SparkSession, limit: int) -> None:
     names = [f"n{i:02d}" for i in range(30)]
     edges = _scored(spark, [(names[i], names[i + 1], 1.0) for i in range(29)])
-    got = connected_components(_ids(spark, *names), edges)
+    got = connected_components(_ids(spark, *names), edges, local_max_edges=limit)
     assert {r[S.GROUP_ID] for r in got.collect()} == {"n00"}
 
 
@@ -44,7 +56,7 @@ def test_group_matches_builds_sorted_match_lists_with_self_first(spark: SparkSes
     assert rows == {"a": "a c d", "b": "b", "c": "c a d", "d": "d a c"}
 
 
-def test_oversized_component_is_split_at_its_weakest_edges(spark: SparkSession) -> None:
+def test_oversized_component_is_split_at_its_weakest_edges(spark: SparkSession, limit: int) -> None:
     # two strong triangles joined by one weak bridge: size 6 > max 3
     ids = _ids(spark, "a", "b", "c", "x", "y", "z")
     scored = _scored(
@@ -59,16 +71,20 @@ def test_oversized_component_is_split_at_its_weakest_edges(spark: SparkSession) 
             ("c", "x", 0.55),
         ],
     )
-    got = group_matches(ids, scored, threshold=0.5, max_group_size=3, split_step=0.1)
+    got = group_matches(
+        ids, scored, threshold=0.5, max_group_size=3, split_step=0.1, local_max_edges=limit
+    )
     groups = {r[S.ID]: r[S.GROUP_ID] for r in got.collect()}
     assert groups == {"a": "a", "b": "a", "c": "a", "x": "x", "y": "x", "z": "x"}
 
 
-def test_unsplittable_component_falls_back_to_pairwise(spark: SparkSession) -> None:
+def test_unsplittable_component_falls_back_to_pairwise(spark: SparkSession, limit: int) -> None:
     # a star of four certain edges cannot be split by score: pairwise lists instead
     ids = _ids(spark, "h", "p", "q", "r", "s")
     scored = _scored(spark, [("h", x, 1.0) for x in "pqrs"])
-    got = group_matches(ids, scored, threshold=0.5, max_group_size=3, split_step=0.5)
+    got = group_matches(
+        ids, scored, threshold=0.5, max_group_size=3, split_step=0.5, local_max_edges=limit
+    )
     rows = {r[S.ID]: r[S.MATCHES] for r in got.collect()}
     assert rows == {"h": "h p q r s", "p": "p h", "q": "q h", "r": "r h", "s": "s h"}
 
@@ -82,3 +98,25 @@ def test_pairwise_matches_only_direct_neighbours(spark: SparkSession) -> None:
         f"{S.ID} string, {S.GROUP_ID} string, {S.MATCHES} string",
     )
     assert_df_equality(got, expected, ignore_nullable=True)
+
+
+def test_driver_and_distributed_components_agree_on_a_random_graph(spark: SparkSession) -> None:
+    rng = random.Random(5)
+    # ids of uneven length and case, so "smallest" really is a string comparison
+    names = [rng.choice(["P", "p", "Q"]) + str(rng.randrange(10**6)) for _ in range(400)]
+    names = sorted(set(names))
+    edges = _scored(
+        spark, [(rng.choice(names), rng.choice(names), 1.0) for _ in range(330)] + [("a", "a", 1.0)]
+    )
+    ids = _ids(spark, *names, "a", "zz-alone")
+    local = connected_components(ids, edges, local_max_edges=LOCAL_MAX_EDGES).orderBy(S.ID)
+    spread = connected_components(ids, edges, local_max_edges=0).orderBy(S.ID)
+    assert_df_equality(local, spread, ignore_nullable=True)
+    groups = {r[S.GROUP_ID] for r in local.collect()}
+    assert 50 < len(groups) < len(names)
+    # above the limit the distributed path is taken (same answer, no driver collect)
+    assert_df_equality(
+        connected_components(ids, edges, local_max_edges=10).orderBy(S.ID),
+        local,
+        ignore_nullable=True,
+    )

@@ -91,6 +91,7 @@ def run_match(
             spec=spec,
             matches_path=table,
             max_iterations=settings.grouping.max_iterations,
+            local_max_edges=settings.grouping.local_max_edges,
         )
         matches, n_pairs, seconds = inc.matches, inc.candidates, inc.seconds
         lines += inc.lines()

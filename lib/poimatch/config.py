@@ -140,6 +140,8 @@ class GroupingSettings(_Frozen):
     max_group_size: int = Field(default=25, ge=2)
     split_step: float = Field(default=0.05, gt=0, lt=1)
     max_iterations: int = Field(default=40, ge=1)
+    # up to this many matched edges, components are computed on the driver (SciPy)
+    local_max_edges: int = Field(default=5_000_000, ge=0)
 
 
 class TrackingSettings(_Frozen):

@@ -6,6 +6,12 @@ Beyond", SoCC 2014), the same algorithm GraphFrames uses by default. GraphFrames
 JVM jar is not served by this project's Maven registry (see README, "Versions"), so
 the algorithm is written here, on DataFrames, with a checkpoint every round.
 
+Small graphs take a shortcut: when the matched edges number at most
+``local_max_edges`` (``grouping.local_max_edges``, 5 million by default) they are
+collected through Arrow and labelled with SciPy's connected components on the driver,
+in seconds, instead of a dozen distributed rounds of a few shuffles each; the labels
+(smallest member id) are the same either way. Larger graphs stay distributed.
+
 Chaining guard: a component larger than ``max_group_size`` (real places never are)
 is split by dropping its weakest edges, raising the score bar step by step, and
 recomputed; a component still too large after that falls back to pairwise matches.
@@ -13,15 +19,27 @@ recomputed; a component still too large after that falls back to pairwise matche
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components as _scipy_components
 
 from poimatch import schema as S
 
-__all__ = ["connected_components", "group_matches", "pairwise_matches", "to_output"]
+__all__ = [
+    "LOCAL_MAX_EDGES",
+    "connected_components",
+    "group_matches",
+    "pairwise_matches",
+    "to_output",
+]
 
 _SRC, _DST = "src", "dst"
+LOCAL_MAX_EDGES = 5_000_000
 
 
 def _large_star(edges: DataFrame) -> DataFrame:
@@ -50,8 +68,48 @@ def _small_star(edges: DataFrame) -> DataFrame:
     return linked.unionByName(mins.select(F.col(_SRC), F.col("_m").alias(_DST))).distinct()
 
 
+def _fingerprint(edges: DataFrame) -> tuple[int, int]:
+    """Edge count and the sum of the edges' 64-bit hashes (as decimals: no overflow)."""
+    row = edges.agg(
+        F.count(F.lit(1)).alias("n"),
+        F.sum(F.xxhash64(_SRC, _DST).cast("decimal(38,0)")).alias("h"),
+    ).first()
+    if row is None or row["n"] == 0:
+        return (0, 0)
+    return (int(row["n"]), int(row["h"]))
+
+
+def _same_edges(left: DataFrame, right: DataFrame) -> bool:
+    return (
+        left.join(right, on=[_SRC, _DST], how="left_anti").limit(1).count()
+        + right.join(left, on=[_SRC, _DST], how="left_anti").limit(1).count()
+    ) == 0
+
+
+def _local_labels(edges: DataFrame) -> DataFrame:
+    """``id``, ``group_id`` of every node with an edge, computed on the driver."""
+    frame = edges.select(F.col(S.ID_L).alias(_SRC), F.col(S.ID_R).alias(_DST)).toPandas()
+    ends = pd.concat([frame[_SRC], frame[_DST]], ignore_index=True)
+    codes, nodes = pd.factorize(ends)
+    n, m = len(nodes), len(frame)
+    graph = coo_matrix((np.ones(m, dtype=np.int8), (codes[:m], codes[m:])), shape=(n, n))
+    _, component = _scipy_components(graph, directed=False)
+    names = pd.Series(np.asarray(nodes, dtype=object))
+    # min over str equals Spark's min over strings (UTF-8 byte order = code point order)
+    labels = names.groupby(component).transform("min")
+    schema = T.StructType(
+        [T.StructField(S.ID, T.StringType(), False), T.StructField(S.GROUP_ID, T.StringType())]
+    )
+    out = pd.DataFrame({S.ID: names, S.GROUP_ID: labels})
+    return edges.sparkSession.createDataFrame(out, schema=schema)
+
+
 def connected_components(
-    ids: DataFrame, edges: DataFrame, *, max_iterations: int = 40
+    ids: DataFrame,
+    edges: DataFrame,
+    *,
+    max_iterations: int = 40,
+    local_max_edges: int = LOCAL_MAX_EDGES,
 ) -> DataFrame:
     """Component label (the smallest id in the component) for every id.
 
@@ -60,6 +118,8 @@ def connected_components(
         edges: columns ``id_l``, ``id_r``.
         max_iterations: bound on large-star/small-star rounds (log-squared in the
             component size in practice; POI groups converge in a handful).
+        local_max_edges: up to this many edges the components are computed on the
+            driver (SciPy); 0 keeps every graph distributed.
 
     Returns:
         ``id``, ``group_id``: one row per input id.
@@ -72,14 +132,22 @@ def connected_components(
         F.col(_SRC) != F.col(_DST)
     )
     current = current.localCheckpoint(eager=True)
+    if local_max_edges > 0 and current.count() <= local_max_edges:
+        local = _local_labels(current.select(F.col(_SRC).alias(S.ID_L), F.col(_DST).alias(S.ID_R)))
+        return (
+            ids.select(S.ID)
+            .join(local, on=S.ID, how="left")
+            .select(S.ID, F.coalesce(F.col(S.GROUP_ID), F.col(S.ID)).alias(S.GROUP_ID))
+        )
+    previous = _fingerprint(current)
     for _ in range(max_iterations):
         nxt = _small_star(_large_star(current)).localCheckpoint(eager=True)
-        changed = (
-            nxt.join(current, on=[_SRC, _DST], how="left_anti").limit(1).count()
-            + current.join(nxt, on=[_SRC, _DST], how="left_anti").limit(1).count()
-        )
-        current = nxt
-        if changed == 0:
+        # a cheap scan of the new edges decides most rounds; the exact set comparison
+        # (two anti-joins) runs only when the fingerprint says nothing changed
+        fingerprint = _fingerprint(nxt)
+        done = fingerprint == previous and _same_edges(nxt, current)
+        current, previous = nxt, fingerprint
+        if done:
             break
     else:
         raise RuntimeError(f"connected components did not converge in {max_iterations} rounds")
@@ -100,6 +168,7 @@ def group_matches(
     max_group_size: int,
     split_step: float = 0.05,
     max_iterations: int = 40,
+    local_max_edges: int = LOCAL_MAX_EDGES,
 ) -> DataFrame:
     """Groups from scored pairs: components of edges with ``score >= threshold``.
 
@@ -112,7 +181,9 @@ def group_matches(
     """
     edges = scored.where(F.col(S.SCORE) >= threshold).select(S.ID_L, S.ID_R, S.SCORE)
     edges = edges.persist(StorageLevel.MEMORY_AND_DISK)
-    groups = connected_components(ids, edges, max_iterations=max_iterations)
+    groups = connected_components(
+        ids, edges, max_iterations=max_iterations, local_max_edges=local_max_edges
+    )
     kept, bar = edges, threshold
     while True:
         sizes = groups.groupBy(S.GROUP_ID).agg(F.count(F.lit(1)).alias("_size"))
@@ -129,9 +200,9 @@ def group_matches(
             .unionByName(kept.join(big_l, on=S.ID_L, how="left_semi").where(F.col(S.SCORE) >= bar))
             .localCheckpoint(eager=True)
         )
-        groups = connected_components(ids, kept, max_iterations=max_iterations).localCheckpoint(
-            eager=True
-        )
+        groups = connected_components(
+            ids, kept, max_iterations=max_iterations, local_max_edges=local_max_edges
+        ).localCheckpoint(eager=True)
     edges.unpersist()
     return _with_matches(groups)
 

@@ -29,14 +29,14 @@ from pyspark.sql import functions as F
 
 from poimatch import schema as S
 from poimatch.blocking import (
-    add_context_features,
-    add_name_context_features,
+    add_candidate_context,
     add_name_statistics,
     add_pair_sides,
     candidate_pairs,
 )
 from poimatch.config import BlockingSettings
 from poimatch.features import FEATURE_COLUMNS, add_pair_features
+from poimatch.grouping import LOCAL_MAX_EDGES
 from poimatch.io import is_delta_table, write_delta
 from poimatch.normalize import add_normalized_columns
 from poimatch.pipeline import MatchingSpec, group_scored, score_pairs
@@ -108,6 +108,7 @@ def match_incremental(
     spec: MatchingSpec,
     matches_path: str,
     max_iterations: int = 40,
+    local_max_edges: int = LOCAL_MAX_EDGES,
 ) -> IncrementalResult:
     """Match the whole POI table, reusing the UDF outputs of the last incremental run.
 
@@ -117,6 +118,7 @@ def match_incremental(
         model: the fitted pipeline; ``spec`` its matching spec.
         matches_path: the matches table; the state tables sit beside it.
         max_iterations: connected-components round limit.
+        local_max_edges: graphs up to this many edges are grouped on the driver.
 
     Returns:
         :class:`IncrementalResult`; write ``matches``, then call nothing else: the
@@ -167,15 +169,15 @@ def match_incremental(
     row = counts.first()
     n_pairs, n_new = (int(row["n"]), int(row["new"])) if row is not None else (0, 0)
     base = marked.drop(_NEW)
-    featured = (
-        base.transform(lambda df: add_context_features(df, k_nearest=blocking.k_nearest))
-        .transform(add_name_context_features)
-        .localCheckpoint(eager=True)
-    )
+    featured = add_candidate_context(base, k_nearest=blocking.k_nearest).localCheckpoint(eager=True)
     scored = score_pairs(model, featured).select(S.ID_L, S.ID_R, S.SCORE)
     scored = scored.localCheckpoint(eager=True)
     grouped = group_scored(
-        points.select(S.ID), scored, spec=spec, max_iterations=max_iterations
+        points.select(S.ID),
+        scored,
+        spec=spec,
+        max_iterations=max_iterations,
+        local_max_edges=local_max_edges,
     ).persist(StorageLevel.MEMORY_AND_DISK)
     grouped.count()
 

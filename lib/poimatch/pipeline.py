@@ -12,25 +12,30 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import pandas as pd
 from pyspark.ml import PipelineModel
+from pyspark.ml.feature import VectorAssembler
 from pyspark.ml.functions import vector_to_array
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.pandas.functions import pandas_udf
+from xgboost import Booster
+from xgboost.spark import SparkXGBClassifierModel
 
 from poimatch import schema as S
 from poimatch.blocking import (
     CONTEXT_FEATURES,
     CONTEXT_SIDE_COLUMNS,
-    add_context_features,
-    add_name_context_features,
+    add_candidate_context,
     add_name_statistics,
     add_pair_sides,
 )
 from poimatch.blocking import candidate_pairs as _candidate_pairs
 from poimatch.config import BlockingSettings
 from poimatch.features import FEATURE_COLUMNS, SIDES, add_pair_features, pair_side_col
-from poimatch.grouping import group_matches, pairwise_matches
+from poimatch.grouping import LOCAL_MAX_EDGES, group_matches, pairwise_matches
 from poimatch.normalize import add_normalized_columns
 
 __all__ = [
@@ -38,6 +43,7 @@ __all__ = [
     "MatchingSpec",
     "cached_candidates",
     "cached_points",
+    "booster_score",
     "score_pairs",
     "group_scored",
     "record_stages",
@@ -157,17 +163,66 @@ def cached_candidates(points: DataFrame, *, settings: BlockingSettings) -> DataF
     base = featured.select(*keep).localCheckpoint(eager=True)
     _mark("pair_features:end")
     _mark("context_features:start")
-    context = base.transform(
-        lambda df: add_context_features(df, k_nearest=settings.k_nearest)
-    ).transform(add_name_context_features)
+    context = add_candidate_context(base, k_nearest=settings.k_nearest)
     featured = context.drop(*_CONTEXT_SIDES).localCheckpoint(eager=True)
     _mark("context_features:end")
     return featured
 
 
+def _booster_udf(raw: bytes) -> Any:
+    """A pandas UDF: struct of feature doubles -> match probability, from a raw booster.
+
+    Each Python worker loads the booster once per partition and predicts whole Arrow
+    batches with ``inplace_predict`` on float32 features (as ``xgboost.spark`` does),
+    single-threaded (Spark already runs one task per core).
+    """
+
+    def predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
+        booster = Booster()
+        booster.load_model(bytearray(raw))
+        booster.set_param({"nthread": 1})
+        for frame in batches:
+            features = frame.to_numpy(dtype=np.float32, na_value=np.nan)
+            probability = booster.inplace_predict(features, missing=np.nan)
+            yield pd.Series(np.asarray(probability, dtype=np.float64))
+
+    return pandas_udf(predict, T.DoubleType())  # type: ignore[call-overload]
+
+
+def booster_score(model: PipelineModel) -> Column | None:
+    """The score expression of an assembler + XGBoost pipeline, on the raw feature columns.
+
+    ``model.transform`` packs the features into an ML vector, and xgboost.spark unpacks
+    it again into arrays and returns probability vectors that are unpacked once more:
+    per row, four conversions between JVM and Python objects. Predicting straight from
+    the feature columns gives the same probabilities (the same float32 inputs, NaN for
+    null) in a fraction of the time. ``None`` when the model is not that pipeline.
+    """
+    stages = model.stages
+    if (
+        len(stages) != 2
+        or not isinstance(stages[0], VectorAssembler)
+        or not isinstance(stages[1], SparkXGBClassifierModel)
+        or stages[0].getHandleInvalid() != "keep"
+    ):
+        return None
+    columns = [F.col(c).cast(T.DoubleType()) for c in stages[0].getInputCols()]
+    raw = bytes(stages[1].get_booster().save_raw("ubj"))
+    udf = _booster_udf(raw)
+    result: Column = udf(F.struct(*columns))
+    return result
+
+
 def score_pairs(model: PipelineModel, pairs: DataFrame) -> DataFrame:
-    """Add ``score`` (match probability) to featured pairs with a fitted model."""
+    """Add ``score`` (match probability) to featured pairs with a fitted model.
+
+    An assembler + XGBoost pipeline is scored from the feature columns directly
+    (:func:`booster_score`); any other pipeline model through ``model.transform``.
+    """
     _mark("scoring:call")
+    fast = booster_score(model)
+    if fast is not None:
+        return pairs.withColumn(S.SCORE, fast)
     scored = model.transform(pairs)
     return scored.withColumn(
         S.SCORE, vector_to_array(F.col(_PROBABILITY)).getItem(1).cast(T.DoubleType())
@@ -175,7 +230,12 @@ def score_pairs(model: PipelineModel, pairs: DataFrame) -> DataFrame:
 
 
 def group_scored(
-    ids: DataFrame, scored: DataFrame, *, spec: MatchingSpec, max_iterations: int = 40
+    ids: DataFrame,
+    scored: DataFrame,
+    *,
+    spec: MatchingSpec,
+    max_iterations: int = 40,
+    local_max_edges: int = LOCAL_MAX_EDGES,
 ) -> DataFrame:
     """Scored pairs → ``id``, ``group_id``, ``matches`` for every id, per the spec.
 
@@ -192,6 +252,7 @@ def group_scored(
             threshold=spec.threshold,
             max_group_size=spec.max_group_size,
             max_iterations=max_iterations,
+            local_max_edges=local_max_edges,
         )
     _mark("grouping:end")
     return grouped

@@ -148,7 +148,11 @@ def score_model(truth: DataFrame, model_uri: str, *, settings: Settings) -> Mode
     """Match ``truth`` with a registered model and measure it against the labels."""
     model, spec, _ = load_matcher(model_uri)
     result = match_with_model(
-        truth, model=model, spec=spec, max_iterations=settings.grouping.max_iterations
+        truth,
+        model=model,
+        spec=spec,
+        max_iterations=settings.grouping.max_iterations,
+        local_max_edges=settings.grouping.local_max_edges,
     )
     report = iou(result.matches, truth)
     pairs = pair_metrics(matches_to_pairs(result.matches), truth_pairs(truth))

@@ -63,6 +63,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from poimatch import schema as S
 from poimatch.cli import job_parser, job_settings
 from poimatch.config import ConfigError, Settings
+from poimatch.grouping import LOCAL_MAX_EDGES
 from poimatch.ingest import accepted_rows, check_rows
 from poimatch.isolation import enforce
 from poimatch.pipeline import MatchingSpec
@@ -418,10 +419,18 @@ class Engine(Protocol):
 class SparkEngine:
     """Runs requests through the library's pipeline on one warm local Spark session."""
 
-    def __init__(self, spark: SparkSession, store: ModelStore, *, max_iterations: int) -> None:
+    def __init__(
+        self,
+        spark: SparkSession,
+        store: ModelStore,
+        *,
+        max_iterations: int,
+        local_max_edges: int = LOCAL_MAX_EDGES,
+    ) -> None:
         self.spark = spark
         self.store = store
         self.max_iterations = max_iterations
+        self.local_max_edges = local_max_edges
 
     def model(self) -> LoadedModel | None:
         """The model a new request should use."""
@@ -467,7 +476,11 @@ class SparkEngine:
                 )
             pois = accepted_rows(checked).select(*[f.name for f in S.poi_table_schema().fields])
             result = match_with_model(
-                pois, model=model.model, spec=model.spec, max_iterations=self.max_iterations
+                pois,
+                model=model.model,
+                spec=model.spec,
+                max_iterations=self.max_iterations,
+                local_max_edges=self.local_max_edges,
             )
             out = result.matches.select(S.ID, S.MATCHES).toPandas()
             result.matches.unpersist()
@@ -645,7 +658,10 @@ def create_app(
                 state.reason = f"loading {uri}"
                 store.refresh()
                 holder["engine"] = SparkEngine(
-                    session, store, max_iterations=settings.grouping.max_iterations
+                    session,
+                    store,
+                    max_iterations=settings.grouping.max_iterations,
+                    local_max_edges=settings.grouping.local_max_edges,
                 )
             eng = holder["engine"]
             loaded = eng.model()

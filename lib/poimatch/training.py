@@ -85,10 +85,12 @@ def fit_classifier(
         raise ValueError(
             f"training pairs need both classes: {positives} positive, {negatives} negative"
         )
+    # a barrier stage needs all its workers at once: never ask for more than the slots
+    slots = max(1, train_pairs.sparkSession.sparkContext.defaultParallelism)
     xgb = SparkXGBClassifier(
         features_col=_FEATURES_VEC,
         label_col=S.LABEL,
-        num_workers=settings.num_workers,
+        num_workers=min(settings.num_workers, slots),
         max_depth=settings.max_depth,
         n_estimators=settings.n_estimators,
         learning_rate=settings.learning_rate,

@@ -33,6 +33,7 @@ from poimatch.evaluation import (
     iou,
     label_pairs,
 )
+from poimatch.grouping import LOCAL_MAX_EDGES
 from poimatch.pipeline import (
     ALL_FEATURES,
     MatchingSpec,
@@ -216,6 +217,7 @@ def fit_matcher(labelled: DataFrame, pairs: DataFrame, *, settings: Settings) ->
         valid_scored,
         spec=spec,
         max_iterations=settings.grouping.max_iterations,
+        local_max_edges=settings.grouping.local_max_edges,
     )
     final = iou(grouped, valid_rows)
     metrics = {
@@ -298,12 +300,21 @@ def match_pois(pois: DataFrame, *, model_uri: str, settings: Settings) -> MatchR
     configure_tracking(settings.tracking)
     model, spec, _ = load_matcher(model_uri)
     return match_with_model(
-        pois, model=model, spec=spec, max_iterations=settings.grouping.max_iterations
+        pois,
+        model=model,
+        spec=spec,
+        max_iterations=settings.grouping.max_iterations,
+        local_max_edges=settings.grouping.local_max_edges,
     )
 
 
 def match_with_model(
-    pois: DataFrame, *, model: PipelineModel, spec: MatchingSpec, max_iterations: int = 40
+    pois: DataFrame,
+    *,
+    model: PipelineModel,
+    spec: MatchingSpec,
+    max_iterations: int = 40,
+    local_max_edges: int = LOCAL_MAX_EDGES,
 ) -> MatchResult:
     """:func:`match_pois` with a model already loaded (the REST service keeps one warm).
 
@@ -319,7 +330,11 @@ def match_with_model(
     scored = score_pairs(model, pairs).select(S.ID_L, S.ID_R, S.SCORE)
     scored = scored.localCheckpoint(eager=True)
     grouped = group_scored(
-        points.select(S.ID), scored, spec=spec, max_iterations=max_iterations
+        points.select(S.ID),
+        scored,
+        spec=spec,
+        max_iterations=max_iterations,
+        local_max_edges=local_max_edges,
     ).persist(StorageLevel.MEMORY_AND_DISK)
     grouped.count()
     return MatchResult(

@@ -1,0 +1,63 @@
+"""Scoring: the direct booster path gives the pipeline model's own probabilities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyspark.ml import PipelineModel
+from pyspark.ml.feature import VectorAssembler
+from pyspark.ml.functions import vector_to_array
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from poimatch import schema as S
+from poimatch.batch import load_pois
+from poimatch.config import load_settings
+from poimatch.generator import generate_pois, write_pois_csv
+from poimatch.pipeline import booster_score, score_pairs
+from poimatch.workflows import FitOutcome, labelled_candidates
+
+
+@pytest.fixture(scope="module")
+def featured(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> DataFrame:
+    """Featured candidate pairs of another generated sample, with a few nulled features."""
+    root: Path = tmp_path_factory.mktemp("scoring")
+    csv = root / "pois.csv"
+    write_pois_csv(generate_pois(800, seed=83), csv)
+    pois, _ = load_pois(spark, str(csv), quarantine_path=str(root / "q"), require_labels=True)
+    pairs = labelled_candidates(pois, settings=load_settings("ci"))
+    # missing values must reach the booster as missing, exactly as through the assembler
+    hole = F.xxhash64(S.ID_L) % 3 == 0
+    return pairs.withColumn(
+        S.F_NAME_JW, F.when(hole, F.lit(None)).otherwise(F.col(S.F_NAME_JW))
+    ).withColumn(S.F_DIST_M, F.when(~hole, F.col(S.F_DIST_M)))
+
+
+def test_direct_scores_equal_the_pipeline_models_probabilities(
+    small_matcher: FitOutcome, featured: DataFrame
+) -> None:
+    model = small_matcher.model
+    assert booster_score(model) is not None
+    direct = score_pairs(model, featured).select(S.ID_L, S.ID_R, S.SCORE)
+    reference = model.transform(featured).select(
+        S.ID_L, S.ID_R, vector_to_array(F.col("probability")).getItem(1).alias("ref")
+    )
+    both = direct.join(reference, on=[S.ID_L, S.ID_R]).toPandas()
+    assert len(both) == featured.count() > 500
+    assert both[S.SCORE].notna().all()
+    np.testing.assert_allclose(both[S.SCORE], both["ref"], rtol=0, atol=1e-6)
+    assert (both[S.SCORE] > 0.9).any()
+    assert (both[S.SCORE] < 0.1).any()
+
+
+def test_other_pipelines_fall_back_to_transform(small_matcher: FitOutcome) -> None:
+    assembler, classifier = small_matcher.model.stages
+    assert isinstance(assembler, VectorAssembler)
+    other = PipelineModel(stages=[classifier])
+    assert booster_score(other) is None
+    skipping = VectorAssembler(
+        inputCols=assembler.getInputCols(), outputCol="features", handleInvalid="skip"
+    )
+    assert booster_score(PipelineModel(stages=[skipping, classifier])) is None

@@ -610,12 +610,13 @@ def orchestrate(args: argparse.Namespace) -> None:
             logs = sorted(events.iterdir())
             if logs:
                 run["profile"] = _summarize_event_log(logs[-1], _windows(report, launched))
+        results["runs"].append(run)
+        save()
         if args.incremental_fraction and rows == max(sizes):
             inc = measure_incremental(args, workdir, env, rows, str(model))
             inc["full_match_wall_s"] = stages["match_wall"]
             inc["ratio_to_full"] = round(inc["incremental"]["wall_s"] / stages["match_wall"], 3)
             results["incremental"] = inc
-        results["runs"].append(run)
         print(
             f"  match {stages['match_wall']} s {stages} candidates={candidates} "
             f"peak={run['peak_rss']} iou={iou}"

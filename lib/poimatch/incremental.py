@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 
-from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -39,7 +38,7 @@ from poimatch.features import FEATURE_COLUMNS, add_pair_features
 from poimatch.grouping import LOCAL_MAX_EDGES
 from poimatch.io import is_delta_table, write_delta
 from poimatch.normalize import add_normalized_columns
-from poimatch.pipeline import MatchingSpec, group_scored, score_pairs
+from poimatch.pipeline import MatchingSpec, score_and_group
 
 __all__ = ["IncrementalResult", "match_incremental", "row_hash", "state_paths"]
 
@@ -170,16 +169,14 @@ def match_incremental(
     n_pairs, n_new = (int(row["n"]), int(row["new"])) if row is not None else (0, 0)
     base = marked.drop(_NEW)
     featured = add_candidate_context(base, k_nearest=blocking.k_nearest).localCheckpoint(eager=True)
-    scored = score_pairs(model, featured).select(S.ID_L, S.ID_R, S.SCORE)
-    scored = scored.localCheckpoint(eager=True)
-    grouped = group_scored(
+    scored, grouped = score_and_group(
         points.select(S.ID),
-        scored,
+        featured,
+        model=model,
         spec=spec,
         max_iterations=max_iterations,
         local_max_edges=local_max_edges,
-    ).persist(StorageLevel.MEMORY_AND_DISK)
-    grouped.count()
+    )
 
     code = F.lit(_code_version()).alias(_CODE)
     write_delta(normalized.select(*normalized.columns, code), points_path)

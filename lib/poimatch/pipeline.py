@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import VectorAssembler
 from pyspark.ml.functions import vector_to_array
@@ -44,6 +45,7 @@ __all__ = [
     "cached_candidates",
     "cached_points",
     "booster_score",
+    "score_and_group",
     "score_pairs",
     "group_scored",
     "record_stages",
@@ -227,6 +229,33 @@ def score_pairs(model: PipelineModel, pairs: DataFrame) -> DataFrame:
     return scored.withColumn(
         S.SCORE, vector_to_array(F.col(_PROBABILITY)).getItem(1).cast(T.DoubleType())
     ).drop(_PROBABILITY, "rawPrediction", S.PREDICTION, "features")
+
+
+def score_and_group(
+    ids: DataFrame,
+    pairs: DataFrame,
+    *,
+    model: PipelineModel,
+    spec: MatchingSpec,
+    max_iterations: int = 40,
+    local_max_edges: int = LOCAL_MAX_EDGES,
+) -> tuple[DataFrame, DataFrame]:
+    """Featured pairs -> ``(scored, grouped)``, both materialized.
+
+    ``scored`` (``id_l``, ``id_r``, ``score``) is locally checkpointed; ``grouped``
+    (``id``, ``group_id``, ``matches`` for every id of ``ids``) is persisted and counted,
+    so writing and checking it later does not recompute the components.
+    """
+    scored = score_pairs(model, pairs).select(S.ID_L, S.ID_R, S.SCORE).localCheckpoint(eager=True)
+    grouped = group_scored(
+        ids,
+        scored,
+        spec=spec,
+        max_iterations=max_iterations,
+        local_max_edges=local_max_edges,
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    grouped.count()
+    return scored, grouped
 
 
 def group_scored(

@@ -20,7 +20,6 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import pandas as pd
-from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -40,6 +39,7 @@ from poimatch.pipeline import (
     cached_candidates,
     cached_points,
     group_scored,
+    score_and_group,
     score_pairs,
 )
 from poimatch.tracking import (
@@ -327,16 +327,14 @@ def match_with_model(
     pairs = cached_candidates(points, settings=blocking)
     n_pairs = pairs.count()
     n_rows = points.count()
-    scored = score_pairs(model, pairs).select(S.ID_L, S.ID_R, S.SCORE)
-    scored = scored.localCheckpoint(eager=True)
-    grouped = group_scored(
+    scored, grouped = score_and_group(
         points.select(S.ID),
-        scored,
+        pairs,
+        model=model,
         spec=spec,
         max_iterations=max_iterations,
         local_max_edges=local_max_edges,
-    ).persist(StorageLevel.MEMORY_AND_DISK)
-    grouped.count()
+    )
     return MatchResult(
         matches=grouped,
         scored=scored,

@@ -15,7 +15,7 @@ from poimatch.blocking import candidate_pairs
 from poimatch.cli import job_parser, start_job
 from poimatch.evaluation import candidate_report
 from poimatch.io import read_poi_input
-from poimatch.pipeline import cached_points
+from poimatch.normalize import add_normalized_columns
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
     args = parser.parse_args()
     settings, spark = start_job(args)
     pois = read_poi_input(spark, args.input)
-    points = cached_points(pois)
+    points = pois.transform(add_normalized_columns).localCheckpoint(eager=True)
     started = time.perf_counter()
     pairs = candidate_pairs(points, settings=settings.blocking).persist()
     n = pairs.count()

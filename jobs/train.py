@@ -1,6 +1,7 @@
 """Train the matcher on labelled POIs, track it in MLflow and register it.
 
     ./spark-submit.sh jobs/train.py --input TRAIN.csv          (or a Delta table path)
+    ./spark-submit.sh jobs/train.py --input A.csv --input B.csv  (tables blocked apart)
 
 Prints the registered model on a line of its own: ``model_uri=models:/<name>/<version>``.
 """
@@ -16,23 +17,31 @@ from poimatch.workflows import train_model
 
 def main() -> None:
     parser = job_parser(__doc__ or "")
-    parser.add_argument("--input", required=True, help="CSV or Delta table with point_of_interest")
+    parser.add_argument(
+        "--input",
+        required=True,
+        action="append",
+        help="CSV or Delta table with point_of_interest; repeat for several tables",
+    )
     parser.add_argument("--run-name", default=None)
     args = parser.parse_args()
     settings, spark = start_job(args)
     try:
         storage = settings.storage
-        pois, lines = load_pois(
-            spark,
-            args.input,
-            quarantine_path=storage.table_path(storage.quarantine_table),
-            require_labels=True,
-        )
-        for line in lines:
-            print(line)
-        versions = {"train_input": input_fingerprint(spark, args.input)}
+        tables, versions = [], {}
+        for i, path in enumerate(args.input):
+            pois, lines = load_pois(
+                spark,
+                path,
+                quarantine_path=storage.table_path(storage.quarantine_table),
+                require_labels=True,
+            )
+            for line in lines:
+                print(line)
+            tables.append(pois)
+            versions[f"train_input{i if i else ''}"] = input_fingerprint(spark, path)
         result = train_model(
-            pois, settings=settings, data_versions=versions, run_name=args.run_name
+            tables, settings=settings, data_versions=versions, run_name=args.run_name
         )
     except (InputError, ContractError, ValueError) as exc:
         fail(str(exc))

@@ -17,7 +17,7 @@ from poimatch.generator import generate_pois, write_pois_csv
 from poimatch.pipeline import MatchingSpec
 from poimatch.session import build_session
 from poimatch.tracking import assign_alias, configure_tracking, log_spark_model
-from poimatch.workflows import FitOutcome, fit_matcher, labelled_candidates
+from poimatch.workflows import FitOutcome, fit_matcher, training_set
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "geoer_osm_fsq" / "geoer_osm_fsq.csv"
@@ -59,8 +59,7 @@ def small_matcher(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory)
     csv = root / "train.csv"
     write_pois_csv(generate_pois(3000, seed=61), csv)
     pois, _ = load_pois(spark, str(csv), quarantine_path=str(root / "q"), require_labels=True)
-    pairs = labelled_candidates(pois, settings=settings)
-    return fit_matcher(pois, pairs, settings=settings)
+    return fit_matcher(training_set(pois, settings=settings), settings=settings)
 
 
 def register_matcher(

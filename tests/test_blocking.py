@@ -165,37 +165,16 @@ def test_context_features_rank_and_density(spark: SparkSession) -> None:
     assert (cd["f_dist_rank_min"], cd["f_dist_rank_max"]) == (1.0, 1.0)
 
 
-def test_name_statistics_and_name_context(spark: SparkSession) -> None:
-    from poimatch.blocking import add_name_context_features, add_name_statistics, add_pair_sides
+def test_name_context_ranks_and_gaps(spark: SparkSession) -> None:
+    from poimatch.blocking import add_name_context_features
 
-    points = spark.createDataFrame(
-        [
-            ("a", "blue bottle", ["blue", "bottle"]),
-            ("b", "blue bottle", ["blue", "bottle"]),
-            ("c", "blue cafe", ["blue", "cafe"]),
-            ("d", "red cafe", ["red", "cafe"]),
-        ],
-        f"{S.ID} string, {S.N_NAME} string, {S.N_NAME_TOKENS} array<string>",
-    ).transform(add_name_statistics)
-    stats = {r[S.ID]: r for r in points.collect()}
-    assert stats["a"][S.N_NAME_FREQ] == 2.0
-    assert stats["d"][S.N_NAME_FREQ] == 1.0
-    # idf = ln(4 / rows with the token): blue 3, bottle 2, cafe 2, red 1
-    assert stats["a"][S.N_NAME_IDF]["blue"] == pytest.approx(math.log(4 / 3))
-    assert stats["d"][S.N_NAME_IDF]["red"] == pytest.approx(math.log(4))
     pairs = spark.createDataFrame(
         [("a", "b", 1.0), ("a", "c", 0.6), ("c", "d", 0.5)],
         f"{S.ID_L} string, {S.ID_R} string, f_name_token_set double",
     )
-    out = add_pair_sides(pairs, points).transform(add_name_context_features)
+    out = add_name_context_features(pairs)
     got = {(r[S.ID_L], r[S.ID_R]): r for r in out.collect()}
     ab, ac = got[("a", "b")], got[("a", "c")]
-    assert ab["f_name_idf_jaccard"] == pytest.approx(1.0)
-    blue, bottle, cafe = math.log(4 / 3), math.log(2), math.log(2)
-    assert ac["f_name_idf_jaccard"] == pytest.approx(blue / (blue + bottle + cafe))
-    assert (ab["f_name_freq_min"], ab["f_name_freq_max"]) == pytest.approx(
-        (math.log1p(2), math.log1p(2))
-    )
     # a's candidates: b (1.0) then c (0.6); c's: a (0.6) then d (0.5)
     assert (ab["f_name_sim_rank_min"], ab["f_name_sim_rank_max"]) == (1.0, 1.0)
     # for a, b is 0.4 above the next; b has one candidate (no gap): least skips it
@@ -203,6 +182,36 @@ def test_name_statistics_and_name_context(spark: SparkSession) -> None:
     assert (ac["f_name_sim_rank_min"], ac["f_name_sim_rank_max"]) == (1.0, 2.0)
     # for a, c is 0.4 below the best; for c, a is 0.1 above the next
     assert ac["f_name_sim_gap_min"] == pytest.approx(-0.4)
+
+
+def test_link_only_never_pairs_two_rows_of_one_source(spark: SparkSession) -> None:
+    # O rows a, b, c and F row f: all within 20 m; g has no source (pairs with all)
+    rows = [
+        ("a", "O", 0.0),
+        ("b", "O", 5.0),
+        ("c", "O", 10.0),
+        ("f", "F", 15.0),
+        ("g", None, 20.0),
+    ]
+    points = spark.createDataFrame(
+        [(i, src, 40.0, -80.0 + m / 85_000.0, None, None, None) for i, src, m in rows],
+        f"{S.ID} string, {S.SOURCE} string, {S.LATITUDE} double, {S.LONGITUDE} double, "
+        f"{S.N_NAME} string, {S.N_PHONE} string, {S.N_URL} string",
+    )
+    settings = BlockingSettings(k_nearest=1)
+    linked = {(r[S.ID_L], r[S.ID_R]) for r in candidate_pairs(
+        points, settings=settings, link_only=True
+    ).collect()}  # fmt: skip
+    # each O row's nearest row of another source is f (never its O neighbour 5 m
+    # away); f's nearest non-F rows are c and g (5 m each, the smaller id wins); g,
+    # without a source, takes its nearest row of any source: f
+    assert linked == {("a", "f"), ("b", "f"), ("c", "f"), ("f", "g")}
+    deduped = {(r[S.ID_L], r[S.ID_R]) for r in candidate_pairs(
+        points, settings=settings
+    ).collect()}  # fmt: skip
+    assert ("a", "b") in deduped
+    with pytest.raises(ValueError, match="source"):
+        candidate_pairs(points.drop(S.SOURCE), settings=settings, link_only=True)
 
 
 def test_candidate_context_in_one_pass_equals_the_two_separate_passes(
@@ -214,11 +223,12 @@ def test_candidate_context_in_one_pass_equals_the_two_separate_passes(
     from poimatch.blocking import add_candidate_context, add_name_context_features, add_pair_sides
     from poimatch.features import add_pair_features
     from poimatch.generator import generate_pois, write_pois_csv
+    from poimatch.namestats import NameStats
     from poimatch.pipeline import cached_points
 
     write_pois_csv(generate_pois(600, seed=29), tmp_path / "pois.csv")
     pois, _ = load_pois(spark, str(tmp_path / "pois.csv"), quarantine_path=str(tmp_path / "q"))
-    points = cached_points(pois)
+    points = cached_points(pois, stats=NameStats(places=1))
     settings = BlockingSettings()
     pairs = (
         add_pair_sides(candidate_pairs(points, settings=settings), points)

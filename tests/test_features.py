@@ -13,12 +13,15 @@ from pyspark.sql import types as T
 
 from poimatch import schema as S
 from poimatch.features import (
+    DEFAULT_FEATURES,
     FEATURE_COLUMNS,
+    MONOTONE,
     PAIR_SIDE_COLUMNS,
     SIDES,
     add_pair_features,
     pair_side_col,
 )
+from poimatch.namestats import NameStats, add_name_stats
 from poimatch.normalize import add_normalized_columns
 
 _ARRAY_COLUMNS = (S.N_NAME_TOKENS, S.N_CATEGORIES)
@@ -26,8 +29,10 @@ _DOUBLE_COLUMNS = (S.LATITUDE, S.LONGITUDE)
 
 
 def _side_type(col: str) -> T.DataType:
-    if col in _DOUBLE_COLUMNS:
+    if col in (*_DOUBLE_COLUMNS, S.N_NAME_FREQ):
         return T.DoubleType()
+    if col == S.N_NAME_IDF:
+        return T.MapType(T.StringType(), T.DoubleType())
     if col in _ARRAY_COLUMNS:
         return T.ArrayType(T.StringType())
     return T.StringType()
@@ -101,6 +106,8 @@ def test_pair_side_columns_cover_what_the_features_read() -> None:
         S.N_URL,
         S.N_CATEGORIES,
         S.COUNTRY,
+        S.N_NAME_FREQ,
+        S.N_NAME_IDF,
     }
 
 
@@ -312,7 +319,8 @@ def test_normalized_variants_score_as_identical(spark: SparkSession) -> None:
         ],
         raw_schema,
     )  # fmt: skip
-    points = add_normalized_columns(raw)
+    stats = NameStats(places=10, names={"starbucks coffee": 4}, tokens={"coffee": 5})
+    points = add_name_stats(add_normalized_columns(raw), stats)
     left = points.where(F.col(S.ID) == "1").select(
         F.col(S.ID).alias(S.ID_L),
         *[F.col(c).alias(pair_side_col(c, "l")) for c in PAIR_SIDE_COLUMNS],
@@ -341,6 +349,10 @@ def test_normalized_variants_score_as_identical(spark: SparkSession) -> None:
     assert got[S.F_NAME_LEV] == 0.0
     assert got[S.F_NAME_NUM_MATCH] is None
     assert got[S.F_ADDR_NUM_MATCH] == 1.0
+    # name, address, city, zip, phone, url and categories all filled and equal
+    assert (got[S.F_FIELDS_AGREE], got[S.F_FIELDS_DISAGREE]) == (7.0, 0.0)
+    assert got[S.F_NAME_FREQ_MIN] == got[S.F_NAME_FREQ_MAX] == pytest.approx(math.log1p(4))
+    assert got[S.F_NAME_IDF_JACCARD] == 1.0
 
 
 def test_number_match_compares_sets_of_numbers(spark: SparkSession) -> None:
@@ -353,3 +365,54 @@ def test_number_match_compares_sets_of_numbers(spark: SparkSession) -> None:
         (_side("pier 10"), _side("pier")),
     )
     assert got == [1.0, 1.0, 0.0, None]
+
+
+# --- field votes, name statistics, monotone directions ----------------------------------
+
+
+def test_field_votes_count_filled_fields_that_agree_or_disagree(spark: SparkSession) -> None:
+    cols = [S.F_FIELDS_AGREE, S.F_FIELDS_DISAGREE]
+    got = _features(
+        spark,
+        cols,
+        # names differ; phones agree; address only on one side (no vote)
+        (
+            _side("a", **{S.N_PHONE: "123456789", S.N_ADDRESS: "1 main st"}),
+            _side("b", **{S.N_PHONE: "123456789"}),
+        ),
+        # name and zip agree, url disagrees
+        (
+            _side("a", **{S.N_ZIP: "75001", S.N_URL: "x.com"}),
+            _side("a", **{S.N_ZIP: "75001", S.N_URL: "y.com"}),
+        ),
+        # no name on either side: nothing votes
+        (_side(None), _side(None)),
+    )
+    assert got == [(1.0, 1.0), (2.0, 1.0), (0.0, 0.0)]
+
+
+def test_idf_jaccard_and_frequency_read_the_sides_name_statistics(spark: SparkSession) -> None:
+    blue, bottle, cafe = 0.5, 2.0, 1.0
+    cols = [S.F_NAME_IDF_JACCARD, S.F_NAME_FREQ_MIN, S.F_NAME_FREQ_MAX]
+    got = _features(
+        spark,
+        cols,
+        (
+            _side("blue bottle", **{S.N_NAME_IDF: {"blue": blue, "bottle": bottle},
+                                    S.N_NAME_FREQ: 3.0}),
+            _side("blue cafe", **{S.N_NAME_IDF: {"blue": blue, "cafe": cafe},
+                                  S.N_NAME_FREQ: 0.0}),
+        ),
+    )  # fmt: skip
+    (jaccard, low, high) = got[0]
+    assert jaccard == pytest.approx(blue / (blue + bottle + cafe))
+    assert (low, high) == pytest.approx((0.0, math.log1p(3.0)))
+
+
+def test_monotone_directions_name_only_features_that_exist() -> None:
+    assert set(MONOTONE) <= set(FEATURE_COLUMNS)
+    assert set(DEFAULT_FEATURES) <= set(FEATURE_COLUMNS)
+    assert MONOTONE[S.F_DIST_M] == -1
+    assert MONOTONE[S.F_PHONE_EQ] == MONOTONE[S.F_NAME_JW] == 1
+    # frequency is not evidence either way by itself
+    assert S.F_NAME_FREQ_MIN not in MONOTONE

@@ -13,14 +13,14 @@ from poimatch.blocking import candidate_pairs
 from poimatch.config import BlockingSettings
 from poimatch.evaluation import candidate_report
 from poimatch.io import read_poi_input
-from poimatch.pipeline import cached_points
+from poimatch.normalize import add_normalized_columns
 
 pytestmark = pytest.mark.realdata
 
 
 def test_pittsburgh_candidates_keep_the_ceiling(spark: SparkSession, shared_geoer: Path) -> None:
     pois = read_poi_input(spark, str(shared_geoer)).where(F.col(S.ID).contains("_pit_"))
-    points = cached_points(pois)
+    points = pois.transform(add_normalized_columns).localCheckpoint(eager=True)
     pairs = candidate_pairs(points, settings=BlockingSettings())
     report = candidate_report(pairs, pois)
     assert report.rows == 5211

@@ -17,7 +17,7 @@ from poimatch.batch import load_pois
 from poimatch.config import load_settings
 from poimatch.generator import generate_pois, write_pois_csv
 from poimatch.pipeline import booster_score, score_pairs
-from poimatch.workflows import FitOutcome, labelled_candidates
+from poimatch.workflows import FitOutcome, training_set
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def featured(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> D
     csv = root / "pois.csv"
     write_pois_csv(generate_pois(800, seed=83), csv)
     pois, _ = load_pois(spark, str(csv), quarantine_path=str(root / "q"), require_labels=True)
-    pairs = labelled_candidates(pois, settings=load_settings("ci"))
+    pairs = training_set(pois, settings=load_settings("ci", ["model.sample_rates=[1.0]"])).pairs
     # missing values must reach the booster as missing, exactly as through the assembler
     hole = F.xxhash64(S.ID_L) % 3 == 0
     return pairs.withColumn(
@@ -61,3 +61,30 @@ def test_other_pipelines_fall_back_to_transform(small_matcher: FitOutcome) -> No
         inputCols=assembler.getInputCols(), outputCol="features", handleInvalid="skip"
     )
     assert booster_score(PipelineModel(stages=[skipping, classifier])) is None
+
+
+def test_calibration_maps_both_paths_the_same_way(
+    small_matcher: FitOutcome, featured: DataFrame
+) -> None:
+    from pyspark.ml.feature import SQLTransformer
+
+    calibration = small_matcher.spec.calibration
+    assert calibration is not None
+    model = small_matcher.model
+    # a third stage makes the pipeline one that only model.transform can score
+    slow_model = PipelineModel(
+        stages=[*model.stages, SQLTransformer(statement="SELECT * FROM __THIS__")]
+    )
+    assert booster_score(slow_model) is None
+    raw = score_pairs(model, featured).select(S.ID_L, S.ID_R, F.col(S.SCORE).alias("raw"))
+    fast = score_pairs(model, featured, calibration).select(S.ID_L, S.ID_R, S.SCORE)
+    slow = score_pairs(slow_model, featured, calibration).select(
+        S.ID_L, S.ID_R, F.col(S.SCORE).alias("slow")
+    )
+    both = raw.join(fast, on=[S.ID_L, S.ID_R]).join(slow, on=[S.ID_L, S.ID_R]).toPandas()
+    np.testing.assert_allclose(both[S.SCORE], both["slow"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(both[S.SCORE], calibration.apply(both["raw"].to_numpy()), atol=1e-9)
+    # calibration is monotone: it never reorders two pairs
+    ordered = both.sort_values("raw")
+    assert (np.diff(ordered[S.SCORE].to_numpy()) >= -1e-12).all()
+    assert not np.allclose(both[S.SCORE], both["raw"])

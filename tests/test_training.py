@@ -1,4 +1,4 @@
-"""Training helpers: the IoU threshold sweep and the place-wise fold split."""
+"""Training helpers: the IoU threshold sweep, region folds, calibration, constraints."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ from pyspark.sql import SparkSession
 
 from poimatch import schema as S
 from poimatch.config import ModelSettings
-from poimatch.training import FOLD, VALID, assign_folds, sweep_thresholds
+from poimatch.features import MONOTONE
+from poimatch.training import (
+    FOLD,
+    Calibration,
+    assign_region_folds,
+    fit_calibration,
+    monotone_constraints,
+    sweep_thresholds,
+)
 
 
 def _rows() -> pd.DataFrame:
@@ -44,12 +52,68 @@ def test_sweep_prefers_pairwise_when_it_scores_better() -> None:
     assert choice.curve.loc[0, "iou_components"] == pytest.approx(5 / 9)
 
 
-def test_folds_keep_each_place_on_one_side(spark: SparkSession) -> None:
-    rows = [(f"r{i}", f"P{i // 3}", 40.0 + (i // 3) * 0.3, -3.0 + (i % 3) * 0.2) for i in range(60)]
-    pois = spark.createDataFrame(
-        rows, f"{S.ID} string, {S.POI} string, {S.LATITUDE} double, {S.LONGITUDE} double"
+def test_sweep_averages_the_folds_so_a_small_fold_counts_as_much() -> None:
+    # fold 0: the a-b-c example (best 0.7); fold 1: one true pair x-y scored 0.6
+    rows = pd.concat(
+        [
+            _rows().assign(**{FOLD: 0}),
+            pd.DataFrame({S.ID: ["x", "y"], S.POI: ["Q", "Q"], FOLD: [1, 1]}),
+        ]
     )
-    folds = assign_folds(pois, settings=ModelSettings(validation_fraction=0.5)).toPandas()
-    joined = folds.merge(pd.DataFrame(rows, columns=[S.ID, S.POI, "lat", "lon"]), on=S.ID)
+    pairs = pd.concat(
+        [_pairs(), pd.DataFrame({S.ID_L: ["x"], S.ID_R: ["y"], S.SCORE: [0.6], S.LABEL: [1]})]
+    )
+    choice = sweep_thresholds(rows, pairs, thresholds=np.array([0.5, 0.7]))
+    curve = choice.curve.set_index("threshold")
+    # 0.5: fold 0 5/9 (components), fold 1 1.0; 0.7: fold 0 1.0, fold 1 0.5
+    assert curve.loc[0.5, "iou_components"] == pytest.approx((5 / 9 + 1) / 2)
+    assert curve.loc[0.7, "iou_components"] == pytest.approx((1 + 0.5) / 2)
+    # pooled rows would pick 0.7 (4 of 5 rows perfect); the fold mean picks 0.5
+    assert choice.threshold == 0.5
+
+
+def _places(spark: SparkSession, centres: list[tuple[float, float]]) -> pd.DataFrame:
+    rows = []
+    for c, (lat, lon) in enumerate(centres):
+        for p in range(20):
+            for r in range(2):
+                rows.append((f"c{c}p{p}r{r}", f"C{c}P{p}", lat + p * 0.002, lon + r * 0.001))
+    return pd.DataFrame(rows, columns=[S.ID, S.POI, S.LATITUDE, S.LONGITUDE])
+
+
+def test_region_folds_keep_cities_and_places_whole(spark: SparkSession) -> None:
+    pdf = _places(spark, [(40.0, -80.0), (55.9, -3.2), (1.3, 103.8), (43.7, -79.4)])
+    pois = spark.createDataFrame(pdf)
+    folds = assign_region_folds(pois, settings=ModelSettings(folds=3)).toPandas()
+    joined = folds.merge(pdf, on=S.ID)
     assert (joined.groupby(S.POI)[FOLD].nunique() == 1).all()
-    assert 0 < (joined[FOLD] == VALID).mean() < 1
+    city = joined[S.ID].str[:2]
+    assert (joined.groupby(city)[FOLD].nunique() == 1).all()  # a city is one region
+    assert set(joined[FOLD]) == {0, 1, 2}  # four equal cities over three folds
+
+
+def test_one_region_falls_back_to_cells_of_places(spark: SparkSession) -> None:
+    pdf = _places(spark, [(40.0, -80.0)])
+    pois = spark.createDataFrame(pdf)
+    folds = assign_region_folds(pois, settings=ModelSettings(folds=2, split_cell_deg=0.005))
+    joined = folds.toPandas().merge(pdf, on=S.ID)
+    assert (joined.groupby(S.POI)[FOLD].nunique() == 1).all()
+    assert set(joined[FOLD]) == {0, 1}
+
+
+def test_calibration_is_monotone_and_round_trips() -> None:
+    rng = np.random.default_rng(3)
+    scores = rng.uniform(size=2000)
+    labels = (rng.uniform(size=2000) < scores**3).astype(float)  # over-confident raw scores
+    cal = fit_calibration(scores, labels)
+    grid = np.linspace(0, 1, 101)
+    mapped = cal.apply(grid)
+    assert (np.diff(mapped) >= 0).all()
+    assert mapped[50] < 0.3  # a raw 0.5 is about 0.125 in truth
+    assert Calibration.from_dict(cal.to_dict()) == cal
+
+
+def test_monotone_constraints_follow_the_feature_order() -> None:
+    features = (S.F_DIST_M, S.F_NAME_LEN_MIN, S.F_PHONE_EQ)
+    assert monotone_constraints(features) == "(-1,0,1)"
+    assert MONOTONE[S.F_ADDR_LEV_NORM] == -1

@@ -32,8 +32,6 @@ from poimatch.config import BlockingSettings
 from poimatch.features import PAIR_SIDE_COLUMNS, haversine_m, pair_side_col
 
 __all__ = [
-    "add_name_statistics",
-    "CONTEXT_SIDE_COLUMNS",
     "candidate_pairs",
     "add_pair_sides",
     "add_context_features",
@@ -50,6 +48,7 @@ _RANK = "_rank"
 _KEY = "_key"
 _OTHER = "_other"
 _LVL = "_lvl"
+_SRC, _SRC_O = "_src", "_src_o"
 # Finer grids (cell_m / 2, / 4, ...) tried for rows in dense areas, and how many
 # other rows (times k) the 3x3 cells of a finer grid must hold for it to be tried.
 _FINE_LEVELS = 4
@@ -63,46 +62,14 @@ CONTEXT_FEATURES: tuple[str, ...] = (
     S.F_CAND_MAX,
     S.F_KNN_RADIUS,
     S.F_DIST_OVER_RADIUS,
-    S.F_NAME_FREQ_MIN,
-    S.F_NAME_FREQ_MAX,
-    S.F_NAME_IDF_JACCARD,
     S.F_SIM_RANK_MIN,
     S.F_SIM_RANK_MAX,
     S.F_SIM_GAP_MIN,
 )
-# Per-row columns the context features read from each side of a pair.
-CONTEXT_SIDE_COLUMNS: tuple[str, ...] = (S.N_NAME_FREQ, S.N_NAME_IDF)
+"""Features of a pair among each side's other candidates. Unlike the pair features they
+depend on what else is in the table (a thinned table moves every rank), so no model
+uses them unless ``model.features`` names them."""
 _SIM = S.F_NAME_TOKEN_SET
-
-
-def add_name_statistics(points: DataFrame) -> DataFrame:
-    """How common each name and name token is in the table being matched.
-
-    Adds ``n_name_freq`` (rows with the same normalized name: chains and generic
-    names are common, so a shared common name says less) and ``n_name_idf`` (a map
-    token -> ln(N / rows whose name has the token)), for IDF-weighted name overlap.
-    """
-    by_name = Window.partitionBy(S.N_NAME)
-    with_freq = points.withColumn(
-        S.N_NAME_FREQ,
-        F.when(F.col(S.N_NAME).isNotNull(), F.count(F.lit(1)).over(by_name)).cast(T.DoubleType()),
-    )
-    tokens = points.select(
-        S.ID, F.explode(F.array_distinct(F.col(S.N_NAME_TOKENS))).alias("_tok")
-    ).where(F.col("_tok") != "")
-    n_rows = points.select(F.count(F.lit(1)).alias("_n"))
-    idf = (
-        tokens.groupBy("_tok")
-        .agg(F.count(F.lit(1)).alias("_df"))
-        .crossJoin(n_rows)
-        .select("_tok", F.log(F.col("_n") / F.col("_df")).alias("_idf"))
-    )
-    per_row = (
-        tokens.join(idf, on="_tok", how="inner")
-        .groupBy(S.ID)
-        .agg(F.map_from_entries(F.collect_list(F.struct("_tok", "_idf"))).alias(S.N_NAME_IDF))
-    )
-    return with_freq.join(per_row, on=S.ID, how="left")
 
 
 def _cell_y(lat: Column, cell_m: Column | float) -> Column:
@@ -152,7 +119,9 @@ def _near_pairs(
 ) -> DataFrame:
     """Directed pairs (id, other, distance) between rows of neighbouring cells.
 
-    Both frames hold ``id``, ``latitude``, ``longitude`` and, with ``key``, ``_key``;
+    Both frames hold ``id``, ``latitude``, ``longitude``, with ``key`` ``_key`` and, to
+    link sources only, ``_src`` (pairs of two rows of one source are left out before
+    any ranking, so each row keeps its k nearest rows of other sources);
     left rows also ``_lvl``, their grid level (cell size ``cell_m / 2**_lvl``, at
     most ``levels``). Each left row stays in its own cell; each right row is copied,
     on every grid level, into the 3x3 cells around it, its x cell
@@ -169,11 +138,13 @@ def _near_pairs(
         _CX, _cell_x(F.col(S.LONGITUDE), F.col(_CY), size)
     )
     wanted = lefts.select(*on).distinct()
+    link = _SRC in left.columns
     rights = (
         right.select(
             F.col(S.ID).alias(_OTHER),
             F.col(S.LATITUDE).alias("_lat_o"),
             F.col(S.LONGITUDE).alias("_lon_o"),
+            *([F.col(_SRC).alias(_SRC_O)] if link else []),
             *([_KEY] if key else []),
             F.explode(F.sequence(F.lit(0), F.lit(levels))).alias(_LVL),
         )
@@ -183,15 +154,14 @@ def _near_pairs(
         .drop("_o")
         .join(F.broadcast(wanted), on=on, how="left_semi")
     )
-    return (
-        lefts.join(rights, on=on, how="inner")
-        .where(F.col(S.ID) != F.col(_OTHER))
-        .withColumn(
-            _DIST,
-            haversine_m(F.col(S.LATITUDE), F.col(S.LONGITUDE), F.col("_lat_o"), F.col("_lon_o")),
-        )
-        .select(*on, S.ID, _OTHER, _DIST, size.alias("_size"))
-    )
+    joined = lefts.join(rights, on=on, how="inner").where(F.col(S.ID) != F.col(_OTHER))
+    if link:  # link only: never two rows of one (known) source
+        src, other = F.col(_SRC), F.col(_SRC_O)
+        joined = joined.where(src.isNull() | other.isNull() | (src != other))
+    return joined.withColumn(
+        _DIST,
+        haversine_m(F.col(S.LATITUDE), F.col(S.LONGITUDE), F.col("_lat_o"), F.col("_lon_o")),
+    ).select(*on, S.ID, _OTHER, _DIST, size.alias("_size"))
 
 
 def _ranked(directed: DataFrame, k: int, key: bool) -> DataFrame:
@@ -210,6 +180,10 @@ def _ranked(directed: DataFrame, k: int, key: bool) -> DataFrame:
     )
 
 
+def _row_columns(points: DataFrame) -> list[str]:
+    return [S.ID, S.LATITUDE, S.LONGITUDE, *([_SRC] if _SRC in points.columns else [])]
+
+
 def _grid_levels(points: DataFrame, cell_m: float, k: int, fine_levels: int) -> DataFrame:
     """``id``, ``latitude``, ``longitude``, ``_lvl``: the finest grid worth trying per row.
 
@@ -217,7 +191,7 @@ def _grid_levels(points: DataFrame, cell_m: float, k: int, fine_levels: int) -> 
     cells around it hold at least ``_DENSE_FACTOR * k`` other rows (then its k
     nearest almost always lie within one cell size, which :func:`_ranked` checks).
     """
-    rows = points.select(S.ID, S.LATITUDE, S.LONGITUDE)
+    rows = points.select(*_row_columns(points))
     level = F.lit(0)
     for j in range(1, fine_levels + 1):
         size = cell_m / 2**j
@@ -235,7 +209,7 @@ def _grid_levels(points: DataFrame, cell_m: float, k: int, fine_levels: int) -> 
         )
         rows = rows.join(dense, on=[cy, cx], how="left")
         level = F.coalesce(F.col(f"_d{j}"), level)
-    return rows.select(S.ID, S.LATITUDE, S.LONGITUDE, level.cast(T.IntegerType()).alias(_LVL))
+    return rows.select(*_row_columns(points), level.cast(T.IntegerType()).alias(_LVL))
 
 
 def _spatial_nearest(
@@ -257,8 +231,8 @@ def _spatial_nearest(
     """
     rows = _grid_levels(points, cell_m, k, fine_levels) if fine_levels else None
     if rows is None:
-        rows = points.select(S.ID, S.LATITUDE, S.LONGITUDE, F.lit(0).alias(_LVL))
-    right = points.select(S.ID, S.LATITUDE, S.LONGITUDE)
+        rows = points.select(*_row_columns(points), F.lit(0).alias(_LVL))
+    right = points.select(*_row_columns(points))
     first = _ranked(_near_pairs(rows, right, cell_m, key=False, levels=fine_levels), k, key=False)
     if materialize is not None:
         first = materialize(first)
@@ -280,7 +254,7 @@ def _key_nearest(points: DataFrame, settings: BlockingSettings, key: Column) -> 
     """
     cell_m = settings.key_cell_m
     rows = (
-        points.select(S.ID, S.LATITUDE, S.LONGITUDE, key.alias(_KEY))
+        points.select(*_row_columns(points), key.alias(_KEY))
         .where(F.col(_KEY).isNotNull())
         .withColumn(_LVL, F.lit(0))
     )
@@ -317,7 +291,11 @@ def _pass_key(name: str) -> Column:
 
 
 def candidate_pairs(
-    points: DataFrame, *, settings: BlockingSettings, materialize: Materialize | None = None
+    points: DataFrame,
+    *,
+    settings: BlockingSettings,
+    materialize: Materialize | None = None,
+    link_only: bool = False,
 ) -> DataFrame:
     """Candidate pairs ``(id_l, id_r, block_pass)`` of normalized POIs.
 
@@ -328,6 +306,10 @@ def candidate_pairs(
         materialize: optional ``DataFrame -> DataFrame`` (e.g. a local checkpoint)
             applied to the spatial pass's first round, which is read twice; without
             it that round is computed twice and the result is a pure transform.
+        link_only: link sources, not deduplicate them (Splink's ``link_only``): two
+            rows that name the same ``source`` are never a pair, and each pass keeps
+            a row's nearest rows of other sources. Rows without a source pair with
+            any row.
 
     Returns:
         One row per distinct pair, ``id_l < id_r``; ``block_pass`` names the passes
@@ -336,6 +318,10 @@ def candidate_pairs(
     Example:
         >>> pairs = candidate_pairs(normalized, settings=BlockingSettings())  # doctest: +SKIP
     """
+    if link_only:
+        if S.SOURCE not in points.columns:
+            raise ValueError(f"link_only needs a {S.SOURCE!r} column naming each row's source")
+        points = points.withColumn(_SRC, F.col(S.SOURCE))
     spatial = _spatial_nearest(points, settings.cell_m, settings.k_nearest, materialize=materialize)
     passes = [_canonical(spatial, "spatial")]
     for name in settings.key_passes:
@@ -350,8 +336,8 @@ def candidate_pairs(
 
 def add_pair_sides(pairs: DataFrame, points: DataFrame) -> DataFrame:
     """Attach each side's columns (``<col>_l`` / ``<col>_r``) needed by the features."""
-    cols = [c for c in (*PAIR_SIDE_COLUMNS, *CONTEXT_SIDE_COLUMNS) if c in points.columns]
-    extra = [S.POI] if S.POI in points.columns else []
+    cols = [c for c in PAIR_SIDE_COLUMNS if c in points.columns]
+    extra = [c for c in (S.POI, S.SOURCE) if c in points.columns]
     left = points.select(
         F.col(S.ID).alias(S.ID_L), *[F.col(c).alias(pair_side_col(c, "l")) for c in cols + extra]
     )
@@ -448,15 +434,6 @@ def add_context_features(pairs: DataFrame, *, k_nearest: int) -> DataFrame:
     return out.select(*pairs.columns, *_distance_outputs())
 
 
-def _side(col: str, side: str) -> Column:
-    return F.col(pair_side_col(col, side))
-
-
-def _idf_sum(idf: Column, tokens: Column) -> Column:
-    weights = F.transform(tokens, lambda t: F.coalesce(F.element_at(idf, t), F.lit(0.0)))
-    return F.aggregate(weights, F.lit(0.0), lambda acc, w: acc + w)
-
-
 def _rank_by_name(directed: DataFrame) -> DataFrame:
     ordered = Window.partitionBy(S.ID).orderBy(F.desc_nulls_last("_s"), F.col(_OTHER))
     per_row = Window.partitionBy(S.ID)
@@ -478,16 +455,8 @@ _NAME_SIDES = {"_srank": "_sr", "_gap": "_gap"}
 
 
 def _name_outputs() -> list[Column]:
-    idf_l, idf_r = _side(S.N_NAME_IDF, "l"), _side(S.N_NAME_IDF, "r")
-    keys_l, keys_r = F.map_keys(idf_l), F.map_keys(idf_r)
-    inter = _idf_sum(idf_l, F.array_intersect(keys_l, keys_r))
-    union = _idf_sum(idf_l, keys_l) + _idf_sum(idf_r, keys_r) - inter
-    freq_l, freq_r = _side(S.N_NAME_FREQ, "l"), _side(S.N_NAME_FREQ, "r")
     d = T.DoubleType()
     return [
-        F.log1p(F.least(freq_l, freq_r)).cast(d).alias(S.F_NAME_FREQ_MIN),
-        F.log1p(F.greatest(freq_l, freq_r)).cast(d).alias(S.F_NAME_FREQ_MAX),
-        F.when(union > 0, inter / union).cast(d).alias(S.F_NAME_IDF_JACCARD),
         F.least("_sr_l", "_sr_r").cast(d).alias(S.F_SIM_RANK_MIN),
         F.greatest("_sr_l", "_sr_r").cast(d).alias(S.F_SIM_RANK_MAX),
         F.least("_gap_l", "_gap_r").cast(d).alias(S.F_SIM_GAP_MIN),
@@ -495,13 +464,11 @@ def _name_outputs() -> list[Column]:
 
 
 def add_name_context_features(pairs: DataFrame) -> DataFrame:
-    """Name features that need the whole table or a row's other candidates.
+    """Where the pair's name similarity ranks among each side's candidates.
 
-    Needs ``f_name_token_set`` and, per side, ``n_name_freq`` and ``n_name_idf``
-    (see :func:`add_name_statistics`). Adds the rarer/commoner side's name
-    frequency (log), the IDF-weighted name-token Jaccard, and where the pair's name
-    similarity ranks among each side's candidates, with its gap to the best other
-    candidate (a pair that is each side's clearly best name match is likely a match).
+    Needs ``f_name_token_set``. Adds the rank (min/max over sides) and the gap to the
+    best other candidate (a pair that is each side's clearly best name match is
+    likely a match).
     """
     ranked = _rank_by_name(_directed(pairs, {_SIM: "_s"}))
     out = _join_sides(pairs, ranked, _NAME_SIDES)

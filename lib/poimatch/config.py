@@ -33,6 +33,7 @@ __all__ = [
     "BlockingSettings",
     "GeneratorSettings",
     "GroupingSettings",
+    "MatchingSettings",
     "ModelSettings",
     "TrackingSettings",
     "LifecycleSettings",
@@ -118,7 +119,7 @@ class BlockingSettings(_Frozen):
 
 
 class ModelSettings(_Frozen):
-    """The classifier and its registry entry."""
+    """The classifier, how it is trained, and its registry entry."""
 
     name: str = Field(default="poimatch-xgb", pattern=r"^[A-Za-z0-9_.-]+$")
     num_workers: int = Field(default=1, ge=1)
@@ -127,10 +128,36 @@ class ModelSettings(_Frozen):
     learning_rate: float = Field(default=0.08, gt=0, le=1)
     subsample: float = Field(default=0.9, gt=0, le=1)
     colsample_bytree: float = Field(default=0.9, gt=0, le=1)
-    validation_fraction: float = Field(default=0.2, gt=0, lt=1)
-    split_cell_deg: float = Field(default=0.05, gt=0)
+    # None: poimatch.features.DEFAULT_FEATURES; else names of pair or context features
+    features: tuple[str, ...] | None = None
+    monotone: bool = True  # XGBoost monotone constraints on the similarity features
+    # training tables: the places of each input kept at each of these rates, blocked alone
+    sample_rates: tuple[float, ...] = (1.0, 0.3, 0.1, 0.03)
+    # which candidate pairs the labels speak for: all, or only pairs across sources
+    # (`source` column); auto = cross_source when the rows name two or more sources
+    label_scope: Literal["auto", "all", "cross_source"] = "auto"
+    calibration: Literal["isotonic", "none"] = "isotonic"
+    folds: int = Field(default=3, ge=2, le=20)  # region folds: out-of-fold scores
+    region_cell_deg: float = Field(default=0.25, gt=0)  # regions: touching occupied cells
+    split_cell_deg: float = Field(default=0.05, gt=0)  # fallback fold cells (one region)
     seed: int = 7
     max_sweep_pairs: int = Field(default=3_000_000, ge=1000)
+    name_stats_max: int = Field(default=1_000_000, ge=1)  # names / tokens kept with the model
+
+    @field_validator("sample_rates")
+    @classmethod
+    def _rates(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(not 0 < r <= 1 for r in value):
+            raise ValueError("rates must be in (0, 1], at least one")
+        return tuple(sorted(set(value), reverse=True))
+
+
+class MatchingSettings(_Frozen):
+    """What a match run compares (the data's semantics, not the model's)."""
+
+    # true: link sources (rows naming the same `source` are never compared, as in
+    # Splink's link_only); false: deduplicate every row against every other
+    link_only: bool = False
 
 
 class GroupingSettings(_Frozen):
@@ -193,6 +220,7 @@ class Settings(_Frozen):
     generator: GeneratorSettings = GeneratorSettings()
     blocking: BlockingSettings = BlockingSettings()
     model: ModelSettings = ModelSettings()
+    matching: MatchingSettings = MatchingSettings()
     grouping: GroupingSettings = GroupingSettings()
     tracking: TrackingSettings = TrackingSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()

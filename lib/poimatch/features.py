@@ -36,8 +36,13 @@ from poimatch.schema import (
     F_CAT_JACCARD,
     F_CITY_EQ,
     F_DIST_M,
+    F_FIELDS_AGREE,
+    F_FIELDS_DISAGREE,
     F_LOG_DIST,
     F_NAME_CONTAINS,
+    F_NAME_FREQ_MAX,
+    F_NAME_FREQ_MIN,
+    F_NAME_IDF_JACCARD,
     F_NAME_JW,
     F_NAME_LEN_MAX,
     F_NAME_LEN_MIN,
@@ -62,6 +67,8 @@ from poimatch.schema import (
     N_CATEGORIES,
     N_CITY,
     N_NAME,
+    N_NAME_FREQ,
+    N_NAME_IDF,
     N_NAME_TOKENS,
     N_PHONE,
     N_URL,
@@ -80,7 +87,9 @@ else:  # pandas has no runtime ``Series[...]``; Spark reads these hints at runti
 
 __all__ = [
     "EARTH_RADIUS_M",
+    "DEFAULT_FEATURES",
     "FEATURE_COLUMNS",
+    "MONOTONE",
     "PAIR_SIDE_COLUMNS",
     "SIDES",
     "SIDE_L",
@@ -109,6 +118,8 @@ PAIR_SIDE_COLUMNS: tuple[str, ...] = (
     N_URL,
     N_CATEGORIES,
     COUNTRY,
+    N_NAME_FREQ,
+    N_NAME_IDF,
 )
 """Base (un-suffixed) columns that a pair table needs for each side."""
 
@@ -137,8 +148,56 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     F_URL_EQ,
     F_CAT_JACCARD,
     F_SAME_COUNTRY,
+    F_FIELDS_AGREE,
+    F_FIELDS_DISAGREE,
+    F_NAME_FREQ_MIN,
+    F_NAME_FREQ_MAX,
+    F_NAME_IDF_JACCARD,
 )
-"""Every feature column added by ``add_pair_features``, in model-input order."""
+"""Every feature column added by ``add_pair_features``, in model-input order.
+
+Each is a function of the pair's two rows and the model's frozen name statistics
+only: adding or removing other rows never changes a pair's features."""
+
+MONOTONE: dict[str, int] = {
+    **dict.fromkeys(
+        (
+            F_NAME_JW,
+            F_NAME_TOKEN_SET,
+            F_NAME_PARTIAL,
+            F_NAME_RATIO,
+            F_NAME_CONTAINS,
+            F_NAME_TOKEN_JACCARD,
+            F_NAME_TOKEN_OVERLAP,
+            F_NAME_SOUNDEX_EQ,
+            F_NAME_NUM_MATCH,
+            F_NAME_IDF_JACCARD,
+            F_ADDR_TOKEN_SET,
+            F_ADDR_NUM_MATCH,
+            F_CITY_EQ,
+            F_ZIP_EQ,
+            F_PHONE_EQ,
+            F_URL_EQ,
+            F_CAT_JACCARD,
+            F_SAME_COUNTRY,
+            F_FIELDS_AGREE,
+        ),
+        1,
+    ),
+    **dict.fromkeys(
+        (F_DIST_M, F_LOG_DIST, F_NAME_LEV, F_NAME_LEV_NORM, F_ADDR_LEV_NORM, F_FIELDS_DISAGREE),
+        -1,
+    ),
+}
+"""Monotone direction of each similarity feature: the score never falls as a ``+1``
+feature rises or a ``-1`` feature falls (XGBoost ``monotone_constraints``). Features
+not named here (name lengths and frequencies) are unconstrained: more of them is not
+more or less evidence by itself."""
+
+DEFAULT_FEATURES: tuple[str, ...] = tuple(
+    c for c in FEATURE_COLUMNS if c not in (F_NAME_LEN_MIN, F_NAME_LEN_MAX)
+)
+"""What a model uses unless ``model.features`` says otherwise."""
 
 
 def pair_side_col(col: str, side: str) -> str:
@@ -241,6 +300,38 @@ def _number_match(col: str) -> Column:
 def _fold_country(c: Column) -> Column:
     """Trimmed, uppercase country code; null when blank."""
     return F.when(F.length(F.trim(c)) > 0, F.upper(F.trim(c)))
+
+
+_VOTING_FIELDS: tuple[str, ...] = (N_NAME, N_ADDRESS, N_CITY, N_ZIP, N_PHONE, N_URL)
+
+
+def _field_votes(*, agree: bool) -> Column:
+    """How many of the name, address, city, zip, phone, url and category fields both
+    rows fill and agree on (``agree``) or both fill and disagree on; 0 when none."""
+    votes = [_equal(c) for c in _VOTING_FIELDS]
+    votes.append(_flag(_l(N_CATEGORIES) == _r(N_CATEGORIES)))
+    target = F.lit(1.0 if agree else 0.0)
+    return sum((F.when(v == target, F.lit(1.0)).otherwise(F.lit(0.0)) for v in votes), F.lit(0.0))
+
+
+def _idf_sum(idf: Column, tokens: Column) -> Column:
+    weights = F.transform(tokens, lambda t: F.coalesce(F.element_at(idf, t), F.lit(0.0)))
+    return F.aggregate(weights, F.lit(0.0), lambda acc, w: acc + w)
+
+
+def _name_stat_features() -> dict[str, Column]:
+    """Name frequency (log, rarer and commoner side) and IDF-weighted token Jaccard,
+    from the frozen name statistics on each side (:mod:`poimatch.namestats`)."""
+    idf_l, idf_r = _l(N_NAME_IDF), _r(N_NAME_IDF)
+    keys_l, keys_r = F.map_keys(idf_l), F.map_keys(idf_r)
+    inter = _idf_sum(idf_l, F.array_intersect(keys_l, keys_r))
+    union = _idf_sum(idf_l, keys_l) + _idf_sum(idf_r, keys_r) - inter
+    freq_l, freq_r = _l(N_NAME_FREQ), _r(N_NAME_FREQ)
+    return {
+        F_NAME_FREQ_MIN: F.log1p(F.least(freq_l, freq_r)),
+        F_NAME_FREQ_MAX: F.log1p(F.greatest(freq_l, freq_r)),
+        F_NAME_IDF_JACCARD: F.when(union > 0, inter / union),
+    }
 
 
 # --- fuzzy similarities (one vectorized UDF) ------------------------------------
@@ -363,6 +454,9 @@ def add_pair_features(pairs: DataFrame) -> DataFrame:
         F_URL_EQ: _equal(N_URL),
         F_CAT_JACCARD: _jaccard(_l(N_CATEGORIES), _r(N_CATEGORIES)),
         F_SAME_COUNTRY: _equal(COUNTRY, fold=_fold_country),
+        F_FIELDS_AGREE: _field_votes(agree=True),
+        F_FIELDS_DISAGREE: _field_votes(agree=False),
+        **_name_stat_features(),
     }
     return (
         pairs.withColumn(_FUZZY_STRUCT, _fuzzy_udf(name_l, name_r, _l(N_ADDRESS), _r(N_ADDRESS)))

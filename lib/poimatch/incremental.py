@@ -17,6 +17,8 @@ different poimatch version ignores the state and starts over.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
@@ -28,8 +30,8 @@ from pyspark.sql import functions as F
 
 from poimatch import schema as S
 from poimatch.blocking import (
+    CONTEXT_FEATURES,
     add_candidate_context,
-    add_name_statistics,
     add_pair_sides,
     candidate_pairs,
 )
@@ -37,6 +39,7 @@ from poimatch.config import BlockingSettings
 from poimatch.features import FEATURE_COLUMNS, add_pair_features
 from poimatch.grouping import LOCAL_MAX_EDGES
 from poimatch.io import is_delta_table, write_delta
+from poimatch.namestats import add_name_stats
 from poimatch.normalize import add_normalized_columns
 from poimatch.pipeline import MatchingSpec, score_and_group
 
@@ -71,11 +74,15 @@ class IncrementalResult:
         ]
 
 
-def _code_version() -> str:
+def _code_version(spec: MatchingSpec) -> str:
+    """What produced the state: the package version and the model's spec (pair
+    features depend on the model's frozen name statistics)."""
     try:
-        return package_version("poimatch")
+        code = package_version("poimatch")
     except PackageNotFoundError:
-        return "unknown"
+        code = "unknown"
+    spec_json = json.dumps(spec.to_dict(), sort_keys=True)
+    return hashlib.sha256(f"{code}\n{spec_json}".encode()).hexdigest()
 
 
 def row_hash() -> Column:
@@ -89,12 +96,12 @@ def state_paths(matches_path: str) -> tuple[str, str]:
     return f"{matches_path}_state_points", f"{matches_path}_state_pairs"
 
 
-def _read_state(spark: SparkSession, path: str) -> DataFrame | None:
+def _read_state(spark: SparkSession, path: str, version: str) -> DataFrame | None:
     if not is_delta_table(spark, path):
         return None
     frame = spark.read.format("delta").load(path)
     first = frame.select(_CODE).limit(1).collect()
-    if not first or first[0][0] != _code_version():
+    if not first or first[0][0] != version:
         return None  # written by another version of the code: start over
     return frame.drop(_CODE)
 
@@ -125,8 +132,9 @@ def match_incremental(
     """
     started = time.perf_counter()
     points_path, pairs_path = state_paths(matches_path)
-    old_points = _read_state(spark, points_path)
-    old_pairs = _read_state(spark, pairs_path)
+    version = _code_version(spec)
+    old_points = _read_state(spark, points_path, version)
+    old_pairs = _read_state(spark, pairs_path, version)
     used_state = old_points is not None and old_pairs is not None
 
     hashed = pois.withColumn(_HASH, row_hash())
@@ -144,7 +152,7 @@ def match_incremental(
     n_rows = normalized.count()
     if changed < 0:
         changed = n_rows
-    points = normalized.transform(add_name_statistics).localCheckpoint(eager=True)
+    points = add_name_stats(normalized, spec.stats()).localCheckpoint(eager=True)
 
     blocking = BlockingSettings.model_validate(spec.blocking)
     pairs = candidate_pairs(points, settings=blocking)
@@ -168,7 +176,10 @@ def match_incremental(
     row = counts.first()
     n_pairs, n_new = (int(row["n"]), int(row["new"])) if row is not None else (0, 0)
     base = marked.drop(_NEW)
-    featured = add_candidate_context(base, k_nearest=blocking.k_nearest).localCheckpoint(eager=True)
+    featured = base
+    if any(f in CONTEXT_FEATURES for f in spec.features):
+        featured = add_candidate_context(base, k_nearest=blocking.k_nearest)
+        featured = featured.localCheckpoint(eager=True)
     scored, grouped = score_and_group(
         points.select(S.ID),
         featured,
@@ -178,7 +189,7 @@ def match_incremental(
         local_max_edges=local_max_edges,
     )
 
-    code = F.lit(_code_version()).alias(_CODE)
+    code = F.lit(version).alias(_CODE)
     write_delta(normalized.select(*normalized.columns, code), points_path)
     write_delta(base.select(*_PAIR_KEYS, *feature_cols, code), pairs_path)
     return IncrementalResult(

@@ -37,7 +37,7 @@ _CORRUPT = "_corrupt_record"
 _ROW_HASH = "row_hash"
 _UPDATED_AT = "updated_at"
 _QUARANTINED_AT = "quarantined_at"
-_DATA_COLUMNS: tuple[str, ...] = (*S.INPUT_COLUMNS, S.POI)
+_DATA_COLUMNS: tuple[str, ...] = (*S.INPUT_COLUMNS, S.SOURCE, S.POI)
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,10 @@ def rejected_rows(checked: DataFrame) -> DataFrame:
         F.coalesce(F.col(_CORRUPT), F.lit("\u0000")),
         F.col(S.SOURCE_FILE),
     ]
-    with_poi = checked if S.POI in checked.columns else checked.withColumn(S.POI, F.lit(None))
+    with_poi = checked
+    for optional in (S.POI, S.SOURCE):
+        if optional not in with_poi.columns:
+            with_poi = with_poi.withColumn(optional, F.lit(None).cast(T.StringType()))
     return (
         with_poi.where(F.col(S.REASON).isNotNull())
         .select(
@@ -174,6 +177,7 @@ def upsert_pois(spark: SparkSession, accepted: DataFrame, path: str) -> dict[str
     (
         table.alias("t")
         .merge(source.alias("s"), f"t.`{S.ID}` = s.`{S.ID}`")
+        .withSchemaEvolution()  # a table from before the optional `source` column gains it
         .whenMatchedUpdateAll(condition=_differs(data_cols))
         .whenNotMatchedInsertAll()
         .execute()
@@ -191,6 +195,7 @@ def upsert_quarantine(spark: SparkSession, rejected: DataFrame, path: str) -> di
     (
         table.alias("t")
         .merge(source.alias("s"), f"t.{_ROW_HASH} = s.{_ROW_HASH}")
+        .withSchemaEvolution()
         .whenNotMatchedInsertAll()
         .execute()
     )

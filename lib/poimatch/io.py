@@ -131,7 +131,8 @@ def read_poi_csv(spark: SparkSession, path: str) -> CsvInput:
         .csv(path)
     )
     has_poi = S.POI in header
-    wanted = S.INPUT_COLUMNS + ((S.POI,) if has_poi else ())
+    # `source` is optional and kept (null when absent) without a note either way
+    wanted = (*S.INPUT_COLUMNS, S.SOURCE) + ((S.POI,) if has_poi else ())
     missing_optional = tuple(c for c in S.INPUT_COLUMNS if c not in header)
     ignored = tuple(h for h in header if h not in wanted)
     cols = [F.col(c) if c in header else F.lit(None).cast(T.StringType()).alias(c) for c in wanted]
@@ -158,6 +159,8 @@ def read_poi_input(spark: SparkSession, path: str, *, require_labels: bool = Fal
         if require_labels:
             raise InputError(f"{path}: no {S.POI} column; training needs labelled rows")
         df = df.withColumn(S.POI, F.lit(None).cast(T.StringType()))
+    if S.SOURCE not in df.columns:
+        df = df.withColumn(S.SOURCE, F.lit(None).cast(T.StringType()))
     return df.select(
         F.col(S.ID).cast(T.StringType()),
         F.col(S.NAME).cast(T.StringType()),
@@ -168,6 +171,7 @@ def read_poi_input(spark: SparkSession, path: str, *, require_labels: bool = Fal
             for c in S.INPUT_COLUMNS
             if c not in (S.ID, S.NAME, S.LATITUDE, S.LONGITUDE)
         ],
+        F.col(S.SOURCE).cast(T.StringType()),
         F.col(S.POI).cast(T.StringType()),
     )
 

@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,36 +28,40 @@ from xgboost.spark import SparkXGBClassifierModel
 from poimatch import schema as S
 from poimatch.blocking import (
     CONTEXT_FEATURES,
-    CONTEXT_SIDE_COLUMNS,
     add_candidate_context,
-    add_name_statistics,
     add_pair_sides,
 )
 from poimatch.blocking import candidate_pairs as _candidate_pairs
 from poimatch.config import BlockingSettings
-from poimatch.features import FEATURE_COLUMNS, SIDES, add_pair_features, pair_side_col
+from poimatch.features import DEFAULT_FEATURES, FEATURE_COLUMNS, add_pair_features
 from poimatch.grouping import LOCAL_MAX_EDGES, group_matches, pairwise_matches
+from poimatch.namestats import NameStats, add_name_stats
 from poimatch.normalize import add_normalized_columns
+from poimatch.training import Calibration
 
 __all__ = [
     "ALL_FEATURES",
+    "KNOWN_FEATURES",
     "MatchingSpec",
+    "check_features",
     "cached_candidates",
     "cached_points",
+    "featured_pairs",
     "booster_score",
+    "calibrate_scores",
     "score_and_group",
     "score_pairs",
     "group_scored",
     "record_stages",
 ]
 
-ALL_FEATURES: tuple[str, ...] = (*FEATURE_COLUMNS, *CONTEXT_FEATURES)
+ALL_FEATURES: tuple[str, ...] = DEFAULT_FEATURES
+"""The features a model uses by default (``model.features`` unset)."""
+KNOWN_FEATURES: tuple[str, ...] = (*FEATURE_COLUMNS, *CONTEXT_FEATURES)
+"""Every feature the pipeline can compute: the pair features and the context ones."""
 _PROBABILITY = "probability"
 
-_CONTEXT_SIDES: tuple[str, ...] = tuple(
-    pair_side_col(c, side) for c in CONTEXT_SIDE_COLUMNS for side in SIDES
-)
-_KEPT: frozenset[str] = frozenset((S.ID_L, S.ID_R, S.PASS, *FEATURE_COLUMNS, *_CONTEXT_SIDES))
+_KEPT: frozenset[str] = frozenset((S.ID_L, S.ID_R, S.PASS, *FEATURE_COLUMNS))
 
 _log = logging.getLogger(__name__)
 # stack of (event, epoch seconds) mark lists, one per active record_stages() block
@@ -93,90 +97,143 @@ def _mark(event: str) -> None:
         _recorders[-1].append((event, now))
 
 
+def check_features(features: tuple[str, ...]) -> tuple[str, ...]:
+    """``features`` if every name is one the pipeline computes; else ``ValueError``."""
+    unknown = [f for f in features if f not in KNOWN_FEATURES]
+    if unknown or not features:
+        raise ValueError(
+            f"unknown feature(s) {unknown or '(none given)'}; known: {list(KNOWN_FEATURES)}"
+        )
+    return features
+
+
 @dataclass(frozen=True)
 class MatchingSpec:
-    """What a trained model needs at match time; stored with the model in MLflow."""
+    """What a trained model needs at match time; stored with the model in MLflow.
+
+    ``name_stats`` (the frozen name statistics, :mod:`poimatch.namestats`) is too large
+    for the model's metadata: it travels as an artifact of the training run and is
+    attached when the model is loaded (:func:`poimatch.tracking.load_matcher`).
+    """
 
     threshold: float
     grouping_mode: str
     max_group_size: int
     features: tuple[str, ...]
     blocking: dict[str, Any]
+    calibration: Calibration | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    name_stats: NameStats | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict for MLflow model metadata."""
+        """Plain dict for MLflow model metadata (without the name statistics)."""
         return {
             "threshold": self.threshold,
             "grouping_mode": self.grouping_mode,
             "max_group_size": self.max_group_size,
             "features": list(self.features),
             "blocking": self.blocking,
+            "calibration": self.calibration.to_dict() if self.calibration else None,
+            "training": self.training,
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MatchingSpec:
+    def from_dict(cls, data: dict[str, Any], name_stats: NameStats | None = None) -> MatchingSpec:
         """Inverse of :meth:`to_dict`; raises ``KeyError`` naming a missing field."""
+        calibration = data.get("calibration")
         return cls(
             threshold=float(data["threshold"]),
             grouping_mode=str(data["grouping_mode"]),
             max_group_size=int(data["max_group_size"]),
             features=tuple(data["features"]),
             blocking=dict(data["blocking"]),
+            calibration=Calibration.from_dict(calibration) if calibration else None,
+            training=dict(data.get("training") or {}),
+            name_stats=name_stats,
         )
+
+    def stats(self) -> NameStats:
+        """The frozen name statistics; ``ValueError`` when the spec was loaded without."""
+        if self.name_stats is None:
+            raise ValueError(
+                "this matching spec has no name statistics: load the model with "
+                "poimatch.tracking.load_matcher (a model trained before poimatch froze "
+                "its name statistics must be retrained)"
+            )
+        return self.name_stats
 
 
 def _checkpoint(df: DataFrame) -> DataFrame:
     return df.localCheckpoint(eager=True)
 
 
-def cached_points(pois: DataFrame) -> DataFrame:
-    """Typed POIs → normalized points with name statistics, materialized.
+def cached_points(pois: DataFrame, *, stats: NameStats, exclude_own: bool = False) -> DataFrame:
+    """Typed POIs → normalized points with the model's name statistics, materialized.
 
     Normalization runs a Python UDF; without materializing it would run again for
     every consumer of the points (each blocking pass, each pair side). A local
     checkpoint rather than a cache keeps later plans small: the plans that read
     these points are joined many times over, and Spark prints a cached plan's whole
-    tree into the cache's name.
+    tree into the cache's name. ``exclude_own`` is for training rows (see
+    :func:`poimatch.namestats.add_name_stats`).
     """
     _mark("points:start")
     normalized = pois.transform(add_normalized_columns).localCheckpoint(eager=True)
-    points = normalized.transform(add_name_statistics).localCheckpoint(eager=True)
+    points = add_name_stats(normalized, stats, exclude_own=exclude_own).localCheckpoint(eager=True)
     _mark("points:end")
     return points
 
 
-def cached_candidates(points: DataFrame, *, settings: BlockingSettings) -> DataFrame:
-    """Blocking, then every pair feature (similarities plus candidate context).
+def featured_pairs(
+    pairs: DataFrame, points: DataFrame, *, features: tuple[str, ...], k_nearest: int
+) -> DataFrame:
+    """Candidate pairs → every pair feature (and the context features ``features`` name).
 
-    Returns ``id_l``, ``id_r``, ``block_pass``, every feature of :data:`ALL_FEATURES`
-    and, for labelled points, ``point_of_interest_l`` / ``_r``.
-
+    Returns ``id_l``, ``id_r``, ``block_pass``, the pair features and, for labelled
+    points, ``point_of_interest_l`` / ``_r`` (and ``source_l`` / ``_r``), materialized.
     The context features read the pair features in several branches (each side's
     candidate list); materializing the pair features first keeps their Python UDF
-    from running once per branch. The result is materialized (lineage cut) too.
+    from running once per branch.
     """
-    _mark("pair_features:start")
-    pairs = _candidate_pairs(points, settings=settings, materialize=_checkpoint)
-    # only what the context features and the callers read: the side columns of the
-    # pair features (names, addresses, token arrays...) would be shuffled by every
-    # later join and stored in every checkpoint
+    # only what the callers read: the side columns of the pair features (names,
+    # addresses, token arrays...) would be shuffled by every later join and stored in
+    # every checkpoint
     featured = add_pair_sides(pairs, points).transform(add_pair_features)
-    keep = [c for c in featured.columns if c in _KEPT or c.startswith(f"{S.POI}_")]
+    keep = [
+        c for c in featured.columns if c in _KEPT or c.startswith((f"{S.POI}_", f"{S.SOURCE}_"))
+    ]
     base = featured.select(*keep).localCheckpoint(eager=True)
-    _mark("pair_features:end")
+    if not any(f in CONTEXT_FEATURES for f in features):
+        return base
     _mark("context_features:start")
-    context = add_candidate_context(base, k_nearest=settings.k_nearest)
-    featured = context.drop(*_CONTEXT_SIDES).localCheckpoint(eager=True)
+    context = add_candidate_context(base, k_nearest=k_nearest).localCheckpoint(eager=True)
     _mark("context_features:end")
+    return context
+
+
+def cached_candidates(
+    points: DataFrame,
+    *,
+    settings: BlockingSettings,
+    features: tuple[str, ...] = ALL_FEATURES,
+    link_only: bool = False,
+) -> DataFrame:
+    """Blocking, then the pair features (:func:`featured_pairs`), materialized."""
+    _mark("pair_features:start")
+    pairs = _candidate_pairs(
+        points, settings=settings, materialize=_checkpoint, link_only=link_only
+    )
+    featured = featured_pairs(pairs, points, features=features, k_nearest=settings.k_nearest)
+    _mark("pair_features:end")
     return featured
 
 
-def _booster_udf(raw: bytes) -> Any:
+def _booster_udf(raw: bytes, calibration: Calibration | None) -> Any:
     """A pandas UDF: struct of feature doubles -> match probability, from a raw booster.
 
     Each Python worker loads the booster once per partition and predicts whole Arrow
     batches with ``inplace_predict`` on float32 features (as ``xgboost.spark`` does),
-    single-threaded (Spark already runs one task per core).
+    single-threaded (Spark already runs one task per core), then calibrates.
     """
 
     def predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
@@ -185,13 +242,32 @@ def _booster_udf(raw: bytes) -> Any:
         booster.set_param({"nthread": 1})
         for frame in batches:
             features = frame.to_numpy(dtype=np.float32, na_value=np.nan)
-            probability = booster.inplace_predict(features, missing=np.nan)
-            yield pd.Series(np.asarray(probability, dtype=np.float64))
+            probability = np.asarray(
+                booster.inplace_predict(features, missing=np.nan), dtype=np.float64
+            )
+            if calibration is not None:
+                probability = calibration.apply(probability)
+            yield pd.Series(probability)
 
     return pandas_udf(predict, T.DoubleType())  # type: ignore[call-overload]
 
 
-def booster_score(model: PipelineModel) -> Column | None:
+def _calibrate_udf(calibration: Calibration) -> Any:
+    def apply(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        for raw in batches:
+            yield pd.Series(calibration.apply(raw.to_numpy(dtype=np.float64)))
+
+    return pandas_udf(apply, T.DoubleType())  # type: ignore[call-overload]
+
+
+def calibrate_scores(scored: DataFrame, calibration: Calibration | None) -> DataFrame:
+    """``score`` of already scored pairs mapped through ``calibration`` (if any)."""
+    if calibration is None:
+        return scored
+    return scored.withColumn(S.SCORE, _calibrate_udf(calibration)(F.col(S.SCORE)))
+
+
+def booster_score(model: PipelineModel, calibration: Calibration | None = None) -> Column | None:
     """The score expression of an assembler + XGBoost pipeline, on the raw feature columns.
 
     ``model.transform`` packs the features into an ML vector, and xgboost.spark unpacks
@@ -210,25 +286,29 @@ def booster_score(model: PipelineModel) -> Column | None:
         return None
     columns = [F.col(c).cast(T.DoubleType()) for c in stages[0].getInputCols()]
     raw = bytes(stages[1].get_booster().save_raw("ubj"))
-    udf = _booster_udf(raw)
+    udf = _booster_udf(raw, calibration)
     result: Column = udf(F.struct(*columns))
     return result
 
 
-def score_pairs(model: PipelineModel, pairs: DataFrame) -> DataFrame:
-    """Add ``score`` (match probability) to featured pairs with a fitted model.
+def score_pairs(
+    model: PipelineModel, pairs: DataFrame, calibration: Calibration | None = None
+) -> DataFrame:
+    """Add ``score`` (match probability, calibrated when given) to featured pairs.
 
     An assembler + XGBoost pipeline is scored from the feature columns directly
     (:func:`booster_score`); any other pipeline model through ``model.transform``.
     """
     _mark("scoring:call")
-    fast = booster_score(model)
+    fast = booster_score(model, calibration)
     if fast is not None:
         return pairs.withColumn(S.SCORE, fast)
     scored = model.transform(pairs)
-    return scored.withColumn(
-        S.SCORE, vector_to_array(F.col(_PROBABILITY)).getItem(1).cast(T.DoubleType())
-    ).drop(_PROBABILITY, "rawPrediction", S.PREDICTION, "features")
+    raw = vector_to_array(F.col(_PROBABILITY)).getItem(1).cast(T.DoubleType())
+    score = _calibrate_udf(calibration)(raw) if calibration is not None else raw
+    return scored.withColumn(S.SCORE, score).drop(
+        _PROBABILITY, "rawPrediction", S.PREDICTION, "features"
+    )
 
 
 def score_and_group(
@@ -246,7 +326,11 @@ def score_and_group(
     (``id``, ``group_id``, ``matches`` for every id of ``ids``) is persisted and counted,
     so writing and checking it later does not recompute the components.
     """
-    scored = score_pairs(model, pairs).select(S.ID_L, S.ID_R, S.SCORE).localCheckpoint(eager=True)
+    scored = (
+        score_pairs(model, pairs, spec.calibration)
+        .select(S.ID_L, S.ID_R, S.SCORE)
+        .localCheckpoint(eager=True)
+    )
     grouped = group_scored(
         ids,
         scored,

@@ -153,6 +153,7 @@ def score_model(truth: DataFrame, model_uri: str, *, settings: Settings) -> Mode
         spec=spec,
         max_iterations=settings.grouping.max_iterations,
         local_max_edges=settings.grouping.local_max_edges,
+        link_only=settings.matching.link_only,
     )
     report = iou(result.matches, truth)
     pairs = pair_metrics(matches_to_pairs(result.matches), truth_pairs(truth))

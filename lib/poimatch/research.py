@@ -984,10 +984,10 @@ def error_analysis(
     blocking = BlockingSettings.model_validate(spec.blocking)
     features = spec.features
     labelled = pois.where(F.col(S.POI).isNotNull())
-    points = cached_points(labelled)
-    featured = cached_candidates(points, settings=blocking)
+    points = cached_points(labelled, stats=spec.stats())
+    featured = cached_candidates(points, settings=blocking, features=features)
     scored = (
-        score_pairs(model, label_pairs(featured, labelled))
+        score_pairs(model, label_pairs(featured, labelled), spec.calibration)
         .select(S.ID_L, S.ID_R, S.PASS, S.LABEL, S.SCORE, *features)
         .localCheckpoint(eager=True)
     )

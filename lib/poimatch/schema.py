@@ -22,6 +22,9 @@ URL = "url"
 PHONE = "phone"
 CATEGORIES = "categories"
 POI = "point_of_interest"
+SOURCE = "source"
+"""Optional input column: which source (data provider) a row comes from. Training uses
+it to leave out pairs its labels never covered (see ``model.label_scope``)."""
 
 INPUT_COLUMNS: tuple[str, ...] = (
     ID,
@@ -91,6 +94,7 @@ def poi_table_schema() -> T.StructType:
         for c in INPUT_COLUMNS
         if c not in (ID, NAME, LATITUDE, LONGITUDE)
     ]
+    fields.append(T.StructField(SOURCE, T.StringType(), True))
     fields.append(T.StructField(POI, T.StringType(), True))
     return T.StructType(fields)
 
@@ -120,15 +124,20 @@ F_PHONE_EQ = FEATURE_PREFIX + "phone_eq"
 F_URL_EQ = FEATURE_PREFIX + "url_eq"
 F_CAT_JACCARD = FEATURE_PREFIX + "cat_jaccard"
 F_SAME_COUNTRY = FEATURE_PREFIX + "same_country"
+F_FIELDS_AGREE = FEATURE_PREFIX + "fields_agree"
+F_FIELDS_DISAGREE = FEATURE_PREFIX + "fields_disagree"
 
 # --- contracts.py ---
 # Helper columns that exist only while the output contract is checked.
 OUTPUT_FIRST_MATCH = "first_match_id"
 OUTPUT_ID_FOUND = "output_id"
 
-# --- name statistics and candidate context (blocking.py) ---
+# --- name statistics, frozen with the model (namestats.py) ---
 N_NAME_FREQ = "n_name_freq"
 N_NAME_IDF = "n_name_idf"
+F_NAME_FREQ_MIN = FEATURE_PREFIX + "name_freq_min"
+F_NAME_FREQ_MAX = FEATURE_PREFIX + "name_freq_max"
+F_NAME_IDF_JACCARD = FEATURE_PREFIX + "name_idf_jaccard"
 
 # --- candidate-context feature columns (blocking.py) ---
 F_RANK_MIN = FEATURE_PREFIX + "dist_rank_min"
@@ -137,9 +146,6 @@ F_CAND_MIN = FEATURE_PREFIX + "cands_min"
 F_CAND_MAX = FEATURE_PREFIX + "cands_max"
 F_KNN_RADIUS = FEATURE_PREFIX + "knn_radius_m"
 F_DIST_OVER_RADIUS = FEATURE_PREFIX + "dist_over_radius"
-F_NAME_FREQ_MIN = FEATURE_PREFIX + "name_freq_min"
-F_NAME_FREQ_MAX = FEATURE_PREFIX + "name_freq_max"
-F_NAME_IDF_JACCARD = FEATURE_PREFIX + "name_idf_jaccard"
 F_SIM_RANK_MIN = FEATURE_PREFIX + "name_sim_rank_min"
 F_SIM_RANK_MAX = FEATURE_PREFIX + "name_sim_rank_max"
 F_SIM_GAP_MIN = FEATURE_PREFIX + "name_sim_gap_min"

@@ -426,11 +426,13 @@ class SparkEngine:
         *,
         max_iterations: int,
         local_max_edges: int = LOCAL_MAX_EDGES,
+        link_only: bool = False,
     ) -> None:
         self.spark = spark
         self.store = store
         self.max_iterations = max_iterations
         self.local_max_edges = local_max_edges
+        self.link_only = link_only
 
     def model(self) -> LoadedModel | None:
         """The model a new request should use."""
@@ -481,6 +483,7 @@ class SparkEngine:
                 spec=model.spec,
                 max_iterations=self.max_iterations,
                 local_max_edges=self.local_max_edges,
+                link_only=self.link_only,
             )
             out = result.matches.select(S.ID, S.MATCHES).toPandas()
             result.matches.unpersist()
@@ -662,6 +665,7 @@ def create_app(
                     store,
                     max_iterations=settings.grouping.max_iterations,
                     local_max_edges=settings.grouping.local_max_edges,
+                    link_only=settings.matching.link_only,
                 )
             eng = holder["engine"]
             loaded = eng.model()

@@ -20,6 +20,7 @@ from pyspark.ml import PipelineModel
 
 from poimatch.config import TrackingSettings, is_uri
 from poimatch.isolation import check_alias
+from poimatch.namestats import NameStats
 from poimatch.pipeline import MatchingSpec
 
 __all__ = [
@@ -41,6 +42,9 @@ _ENV_REGISTRY_URI = os.environ.get("MLFLOW_REGISTRY_URI")
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 _SPEC_KEY = "poimatch_spec"
+_STATS_KEY = "poimatch_name_stats"
+_STATS_PATH = "matcher"
+_STATS_FILE = "name_stats.json"
 
 
 def configure_tracking(settings: TrackingSettings) -> str:
@@ -70,18 +74,28 @@ def log_spark_model(
 ) -> tuple[str, str]:
     """Log the fitted pipeline in the active run and register it.
 
+    The spec's frozen name statistics go beside it as the run artifact
+    ``matcher/name_stats.json``, named in the model's metadata.
+
     Returns:
         ``(model_uri, version)`` where ``model_uri`` is ``models:/<name>/<version>``.
     """
     output = pd.DataFrame({"probability": [0.5] * len(input_example)})
     signature = infer_signature(input_example, output)
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("log_spark_model needs an active MLflow run")
     with tempfile.TemporaryDirectory() as tmp:
+        stats_file = Path(tmp) / _STATS_FILE
+        spec.stats().save(stats_file)
+        mlflow.log_artifact(str(stats_file), artifact_path=_STATS_PATH)
+        stats_uri = f"runs:/{run.info.run_id}/{_STATS_PATH}/{_STATS_FILE}"
         info = mlflow.spark.log_model(
             model,
             artifact_path="model",
             signature=signature,
             registered_model_name=registered_name,
-            metadata={_SPEC_KEY: spec.to_dict()},
+            metadata={_SPEC_KEY: spec.to_dict(), _STATS_KEY: stats_uri},
             dfs_tmpdir=tmp,
         )
     version = str(info.registered_model_version)
@@ -106,15 +120,23 @@ def assign_alias(name: str, version: str, *, research: bool = False) -> str:
 
 
 def load_matcher(model_uri: str) -> tuple[PipelineModel, MatchingSpec, dict[str, Any]]:
-    """Load a registered model and the matching spec it was trained with.
+    """Load a registered model and the matching spec (with name statistics) it was
+    trained with.
 
     Raises:
-        ValueError: the model has no poimatch spec (not trained by poimatch).
+        ValueError: the model has no poimatch spec (not trained by poimatch) or no
+            name statistics (trained by a poimatch before they were frozen).
     """
     info = mlflow.models.get_model_info(model_uri)
     meta = info.metadata or {}
     if _SPEC_KEY not in meta:
         raise ValueError(f"{model_uri}: no '{_SPEC_KEY}' in the model metadata")
+    if _STATS_KEY not in meta:
+        raise ValueError(
+            f"{model_uri}: no name statistics (trained by an older poimatch); retrain it"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         model = mlflow.spark.load_model(model_uri, dfs_tmpdir=tmp)
-    return model, MatchingSpec.from_dict(meta[_SPEC_KEY]), meta
+        local = mlflow.artifacts.download_artifacts(artifact_uri=meta[_STATS_KEY], dst_path=tmp)
+        stats = NameStats.load(Path(local))
+    return model, MatchingSpec.from_dict(meta[_SPEC_KEY], name_stats=stats), meta

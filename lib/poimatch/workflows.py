@@ -7,9 +7,12 @@ and run the actions; the jobs around them only parse arguments and do I/O.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from pyspark.sql import functions as F
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from poimatch import schema as S
+from poimatch.blocking import candidate_pairs
 from poimatch.config import BlockingSettings, Settings
 from poimatch.evaluation import (
     candidate_report,
@@ -33,11 +37,16 @@ from poimatch.evaluation import (
     label_pairs,
 )
 from poimatch.grouping import LOCAL_MAX_EDGES
+from poimatch.namestats import NameStats, add_name_stats, count_name_stats
+from poimatch.normalize import add_normalized_columns
 from poimatch.pipeline import (
     ALL_FEATURES,
     MatchingSpec,
     cached_candidates,
     cached_points,
+    calibrate_scores,
+    check_features,
+    featured_pairs,
     group_scored,
     score_and_group,
     score_pairs,
@@ -48,14 +57,23 @@ from poimatch.tracking import (
     load_matcher,
     log_spark_model,
 )
-from poimatch.training import FOLD, TRAIN, VALID, assign_folds, fit_classifier, sweep_thresholds
+from poimatch.training import (
+    FOLD,
+    assign_region_folds,
+    fit_calibration,
+    fit_classifier,
+    sweep_thresholds,
+)
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "FitOutcome",
     "MatchResult",
     "TrainResult",
+    "TrainingSet",
     "fit_matcher",
-    "labelled_candidates",
+    "training_set",
     "match_pois",
     "match_with_model",
     "train_model",
@@ -142,7 +160,7 @@ def _plots(
 
 @dataclass(frozen=True)
 class FitOutcome:
-    """A fitted matcher with its spec and validation figures (before any logging)."""
+    """A fitted matcher with its spec and out-of-fold figures (before any logging)."""
 
     model: PipelineModel
     spec: MatchingSpec
@@ -151,88 +169,225 @@ class FitOutcome:
     curve: pd.DataFrame
 
 
-def labelled_candidates(labelled: DataFrame, *, settings: Settings) -> DataFrame:
-    """Featured candidate pairs of labelled POIs with their ``label``, cached.
+@dataclass(frozen=True)
+class TrainingSet:
+    """Labelled rows, their featured candidate pairs and the corpus's name statistics.
 
-    The points behind them are materialized too (normalization is a Python UDF).
+    ``pairs`` are the distinct candidate pairs of every training table blocked alone
+    at every rate of ``model.sample_rates`` (a thinned table reaches farther for its
+    neighbours, so the model sees sparse tables too), featured with ``stats`` (each
+    row's own place left out) and labelled. With ``label_scope`` ``cross_source``
+    (labels made only for pairs across sources, like Geo-ER's OSM against
+    Foursquare) the tables are blocked as a link: a pair of two rows of one source
+    was never labelled, so it is never taught as a non-match.
     """
-    points = cached_points(labelled)
-    featured = cached_candidates(points, settings=settings.blocking)
-    return label_pairs(featured, labelled).localCheckpoint(eager=True)
+
+    rows: DataFrame
+    pairs: DataFrame
+    candidates: DataFrame  # id_l, id_r: the candidate pairs of the whole tables (rate 1)
+    stats: NameStats
+    label_scope: str
+    tables: int
 
 
-def fit_matcher(labelled: DataFrame, pairs: DataFrame, *, settings: Settings) -> FitOutcome:
-    """Split places into train/valid, fit XGBoost, choose threshold and grouping mode.
+_TABLE = "_table"
+_FULL = "_full_table"
+
+
+def _sampled(points: DataFrame, rate: float, seed: int) -> DataFrame:
+    """The rows of a ``rate`` share of the places (whole places, by a hash of the place)."""
+    if rate >= 1.0:
+        return points
+    u = F.pmod(F.xxhash64(F.col(S.POI), F.lit(seed), F.lit(rate)), F.lit(1_000_000)) / 1e6
+    return points.where(u < rate)
+
+
+def _label_scope(rows: DataFrame, wanted: str) -> str:
+    if wanted != "auto":
+        return wanted
+    if S.SOURCE not in rows.columns:
+        return "all"
+    sources = rows.where(F.col(S.SOURCE).isNotNull()).select(S.SOURCE).distinct().limit(2)
+    return "cross_source" if len(sources.collect()) >= 2 else "all"
+
+
+def training_set(tables: DataFrame | Sequence[DataFrame], *, settings: Settings) -> TrainingSet:
+    """Build the :class:`TrainingSet` of one or more labelled tables (materialized).
 
     Args:
-        labelled: the labelled POIs behind ``pairs``.
-        pairs: featured, labelled candidate pairs (cache them: they are read often).
-        settings: the run's configuration.
+        tables: typed POIs with ``point_of_interest`` (rows without it are ignored);
+            several tables are blocked apart (no pair across tables), ids must be
+            unique over all of them.
+        settings: the run's configuration (``blocking`` and ``model``).
+    """
+    frames = [tables] if isinstance(tables, DataFrame) else list(tables)
+    if not frames:
+        raise ValueError("training needs at least one labelled table")
+    tagged = []
+    for i, frame in enumerate(frames):
+        table = frame.where(F.col(S.POI).isNotNull()).withColumn(_TABLE, F.lit(i))
+        if S.SOURCE not in table.columns:
+            table = table.withColumn(S.SOURCE, F.lit(None).cast("string"))
+        tagged.append(table)
+    labelled = reduce(DataFrame.unionByName, tagged)
+    dupes = labelled.groupBy(S.ID).count().where(F.col("count") > 1).limit(3).collect()
+    if dupes:
+        raise ValueError(f"training ids must be unique over all tables: {[r[S.ID] for r in dupes]}")
+    model = settings.model
+    scope = _label_scope(labelled, model.label_scope)
+    normalized = labelled.transform(add_normalized_columns).localCheckpoint(eager=True)
+    stats = count_name_stats(normalized, max_names=model.name_stats_max)
+    points = add_name_stats(normalized, stats, exclude_own=True).localCheckpoint(eager=True)
+    # labels across sources only: block as a link (never two rows of one source)
+    passes = [
+        candidate_pairs(
+            _sampled(points.where(F.col(_TABLE) == i), rate, model.seed),
+            settings=settings.blocking,
+            link_only=scope == "cross_source",
+        ).withColumn(_FULL, F.lit(rate >= 1.0))
+        for i in range(len(frames))
+        for rate in model.sample_rates
+    ]
+    _log.info("training set: %d tables normalized, name statistics counted", len(frames))
+    union = reduce(DataFrame.unionByName, passes)
+    found = union.select(S.ID_L, S.ID_R, _FULL, F.explode(F.split(S.PASS, ",")).alias(S.PASS))
+    pairs = (
+        found.groupBy(S.ID_L, S.ID_R)
+        .agg(
+            F.concat_ws(",", F.array_sort(F.collect_set(S.PASS))).alias(S.PASS),
+            F.max(_FULL).alias(_FULL),
+        )
+        .localCheckpoint(eager=True)
+    )
+    _log.info("training set: blocked at rates %s", model.sample_rates)
+    features = _features(settings)
+    featured = featured_pairs(
+        pairs.drop(_FULL), points, features=features, k_nearest=settings.blocking.k_nearest
+    )
+    return TrainingSet(
+        rows=labelled.drop(_TABLE),
+        pairs=label_pairs(featured, labelled).localCheckpoint(eager=True),
+        candidates=pairs.where(F.col(_FULL)).select(S.ID_L, S.ID_R),
+        stats=stats,
+        label_scope=scope,
+        tables=len(frames),
+    )
+
+
+def _features(settings: Settings) -> tuple[str, ...]:
+    return check_features(settings.model.features or ALL_FEATURES)
+
+
+def _with_folds(pairs: DataFrame, folds: DataFrame) -> DataFrame:
+    """Pairs whose two rows lie in one fold, with that ``fold``."""
+    fold_l = folds.select(F.col(S.ID).alias(S.ID_L), F.col(FOLD).alias("_fl"))
+    fold_r = folds.select(F.col(S.ID).alias(S.ID_R), F.col(FOLD).alias(FOLD))
+    return (
+        pairs.join(fold_l, on=S.ID_L, how="inner")
+        .join(fold_r, on=S.ID_R, how="inner")
+        .where(F.col("_fl") == F.col(FOLD))
+        .drop("_fl")
+    )
+
+
+def fit_matcher(data: TrainingSet, *, settings: Settings) -> FitOutcome:
+    """Fit XGBoost, calibrate it and choose threshold and grouping mode out of fold.
+
+    The places are split into ``model.folds`` region folds; a model fitted on the
+    other folds scores each fold, so every pair gets a score from a model that never
+    saw its region. Those out-of-fold scores fit the calibration and choose the
+    threshold and grouping mode (mean IoU over the folds); the final model is fitted
+    on every pair.
 
     Returns:
-        :class:`FitOutcome`; ``metrics`` holds the validation IoU of the real Spark
-        grouping and the pairwise metrics at the chosen threshold.
+        :class:`FitOutcome`; ``metrics`` holds the out-of-fold IoU of the real grouping
+        (mean over folds and per fold) and pairwise metrics at the chosen threshold.
     """
-    folds = assign_folds(labelled, settings=settings.model)
-    fold_l = folds.select(F.col(S.ID).alias(S.ID_L), F.col(FOLD).alias("_fl"))
-    fold_r = folds.select(F.col(S.ID).alias(S.ID_R), F.col(FOLD).alias("_fr"))
-    split = pairs.join(fold_l, on=S.ID_L, how="inner").join(fold_r, on=S.ID_R, how="inner")
-    same_fold = F.col("_fl") == F.col("_fr")
-    train_pairs = split.where(same_fold & (F.col("_fl") == TRAIN))
-    valid_pairs = split.where(same_fold & (F.col("_fl") == VALID))
-    features = ALL_FEATURES
-    model = fit_classifier(train_pairs, features=features, settings=settings.model)
-
-    valid_scored = score_pairs(model, valid_pairs).select(S.ID_L, S.ID_R, S.SCORE, S.LABEL)
-    valid_scored = valid_scored.localCheckpoint(eager=True)
-    valid_rows = labelled.join(folds.where(F.col(FOLD) == VALID), on=S.ID, how="left_semi")
-    n_valid_pairs = valid_scored.count()
-    sweep_pairs = valid_scored
-    if n_valid_pairs > settings.model.max_sweep_pairs:
-        sweep_pairs = sweep_pairs.sample(
-            fraction=settings.model.max_sweep_pairs / n_valid_pairs, seed=settings.model.seed
+    model_settings = settings.model
+    features = _features(settings)
+    folds = assign_region_folds(data.rows, settings=model_settings).localCheckpoint(eager=True)
+    split = _with_folds(data.pairs, folds).select(S.ID_L, S.ID_R, S.LABEL, FOLD, *features)
+    split = split.localCheckpoint(eager=True)
+    oof_parts = []
+    for fold in range(model_settings.folds):
+        held = split.where(F.col(FOLD) == fold)
+        fold_model = fit_classifier(
+            split.where(F.col(FOLD) != fold), features=features, settings=model_settings
         )
-    pairs_pd = sweep_pairs.toPandas()
-    rows_pd = valid_rows.select(S.ID, S.POI).toPandas()
+        oof_parts.append(
+            score_pairs(fold_model, held).select(S.ID_L, S.ID_R, S.SCORE, S.LABEL, FOLD)
+        )
+    oof = reduce(DataFrame.unionByName, oof_parts).localCheckpoint(eager=True)
+    _log.info("fit: %d fold models scored out of fold", model_settings.folds)
+    n_oof = oof.count()
+    sweep_source = oof
+    if n_oof > model_settings.max_sweep_pairs:
+        sweep_source = oof.sample(
+            fraction=model_settings.max_sweep_pairs / n_oof, seed=model_settings.seed
+        )
+    pairs_pd = sweep_source.toPandas()
+    rows_pd = data.rows.select(S.ID, S.POI).join(folds, on=S.ID, how="inner").toPandas()
     if rows_pd.empty or pairs_pd.empty:
-        raise ValueError("validation fold is empty: lower model.split_cell_deg or add data")
-    mode = settings.grouping.mode
+        raise ValueError("no out-of-fold pairs: add data or lower model.folds")
+    calibration = None
+    raw = pairs_pd[S.SCORE].to_numpy(dtype=np.float64)
+    if model_settings.calibration == "isotonic":
+        calibration = fit_calibration(raw, pairs_pd[S.LABEL].to_numpy(dtype=np.float64))
+        pairs_pd[S.SCORE] = calibration.apply(raw)
     choice = sweep_thresholds(rows_pd, pairs_pd)
+    mode = settings.grouping.mode
     if mode != "auto":
         column = "iou_components" if mode == "components" else "iou_pairwise"
         best = choice.curve.loc[choice.curve[column].idxmax()]
         threshold, chosen_mode = float(best["threshold"]), mode
     else:
         threshold, chosen_mode = choice.threshold, choice.mode
+    final = fit_classifier(data.pairs, features=features, settings=model_settings)
+    _log.info("fit: final model fitted (threshold %.3f, %s)", threshold, chosen_mode)
     spec = MatchingSpec(
         threshold=threshold,
         grouping_mode=chosen_mode,
         max_group_size=settings.grouping.max_group_size,
         features=features,
         blocking=settings.blocking.model_dump(mode="json"),
+        calibration=calibration,
+        training={
+            "label_scope": data.label_scope,
+            "sample_rates": list(model_settings.sample_rates),
+            "folds": model_settings.folds,
+            "tables": data.tables,
+            "monotone": model_settings.monotone,
+            "name_stats_places": data.stats.places,
+        },
+        name_stats=data.stats,
     )
-    # The IoU the real Spark grouping reaches on the validation rows.
-    grouped = group_scored(
-        valid_rows.select(S.ID),
-        valid_scored,
-        spec=spec,
-        max_iterations=settings.grouping.max_iterations,
-        local_max_edges=settings.grouping.local_max_edges,
-    )
-    final = iou(grouped, valid_rows)
+    # The IoU the real grouping reaches on each fold's rows, from out-of-fold scores.
+    calibrated = calibrate_scores(oof, calibration).localCheckpoint(eager=True)
+    per_fold: dict[str, float] = {}
+    for fold in range(model_settings.folds):
+        fold_rows = data.rows.join(folds.where(F.col(FOLD) == fold), on=S.ID, how="left_semi")
+        grouped = group_scored(
+            fold_rows.select(S.ID),
+            calibrated.where(F.col(FOLD) == fold),
+            spec=spec,
+            max_iterations=settings.grouping.max_iterations,
+            local_max_edges=settings.grouping.local_max_edges,
+        )
+        per_fold[f"iou_fold{fold}"] = iou(grouped, fold_rows).iou
     metrics = {
-        "valid_rows": float(final.rows),
-        "valid_pairs": float(n_valid_pairs),
+        "oof_pairs": float(n_oof),
         "threshold": threshold,
-        "iou": final.iou,
+        "iou": float(np.mean(list(per_fold.values()))),
+        **per_fold,
         "iou_sweep_best": choice.iou,
+        "label_scope_cross_source": float(data.label_scope == "cross_source"),
         **_pair_metrics_pd(pairs_pd, threshold),
     }
-    return FitOutcome(model, spec, metrics, pairs_pd, choice.curve)
+    return FitOutcome(final, spec, metrics, pairs_pd, choice.curve)
 
 
 def train_model(
-    pois: DataFrame,
+    pois: DataFrame | Sequence[DataFrame],
     *,
     settings: Settings,
     data_versions: dict[str, str],
@@ -241,7 +396,8 @@ def train_model(
     """Train, choose the threshold, log everything to MLflow and register the model.
 
     Args:
-        pois: typed POIs with ``point_of_interest``.
+        pois: typed POIs with ``point_of_interest``, or several such tables (each
+            blocked alone, see :func:`training_set`).
         settings: the run's configuration (logged in full).
         data_versions: input name → Delta version (or file fingerprint), logged.
         run_name: optional MLflow run name.
@@ -251,16 +407,16 @@ def train_model(
     """
     started = time.perf_counter()
     experiment_id = configure_tracking(settings.tracking)
-    labelled = pois.where(F.col(S.POI).isNotNull())
-    pairs = labelled_candidates(labelled, settings=settings)
-    cand = candidate_report(pairs.select(S.ID_L, S.ID_R), labelled)
-    fit = fit_matcher(labelled, pairs, settings=settings)
+    data = training_set(pois, settings=settings)
+    cand = candidate_report(data.candidates, data.rows)
+    fit = fit_matcher(data, settings=settings)
     metrics = {
         "candidates": float(cand.candidates),
         "candidates_per_row": cand.per_row,
         "candidate_pair_recall": cand.pair_recall,
         "iou_ceiling": cand.iou_ceiling,
         "rows": float(cand.rows),
+        "training_pairs": float(data.pairs.count()),
         **fit.metrics,
     }
     features = fit.spec.features
@@ -268,6 +424,7 @@ def train_model(
         mlflow.log_params(settings.flat())
         mlflow.log_params({f"data.{k}": v for k, v in data_versions.items()})
         mlflow.log_param("grouping.chosen_mode", fit.spec.grouping_mode)
+        mlflow.log_param("model.chosen_label_scope", data.label_scope)
         mlflow.set_tags({"poimatch.env": settings.env, "poimatch.stage": "train"})
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
@@ -275,7 +432,7 @@ def train_model(
             (folder / "matching_spec.json").write_text(json.dumps(fit.spec.to_dict(), indent=2))
             (folder / "candidate_report.json").write_text(json.dumps(asdict(cand), indent=2))
             mlflow.log_artifacts(tmp, artifact_path="evaluation")
-        example = pairs.select(*features).limit(5).toPandas()
+        example = data.pairs.select(*features).limit(5).toPandas()
         model_uri, version = log_spark_model(
             fit.model, registered_name=settings.model.name, spec=fit.spec, input_example=example
         )
@@ -286,7 +443,6 @@ def train_model(
         )
         mlflow.set_tag("poimatch.registered_alias", alias)
         run_id = run.info.run_id
-    pairs.unpersist()
     return TrainResult(run_id, model_uri, alias, metrics, fit.spec)
 
 
@@ -305,6 +461,7 @@ def match_pois(pois: DataFrame, *, model_uri: str, settings: Settings) -> MatchR
         spec=spec,
         max_iterations=settings.grouping.max_iterations,
         local_max_edges=settings.grouping.local_max_edges,
+        link_only=settings.matching.link_only,
     )
 
 
@@ -315,16 +472,20 @@ def match_with_model(
     spec: MatchingSpec,
     max_iterations: int = 40,
     local_max_edges: int = LOCAL_MAX_EDGES,
+    link_only: bool = False,
 ) -> MatchResult:
     """:func:`match_pois` with a model already loaded (the REST service keeps one warm).
 
     The blocking settings come from the model's spec, so a model always sees the
-    candidates it was trained on.
+    candidates it was trained on. ``link_only``: pairs across sources only (see
+    :func:`poimatch.blocking.candidate_pairs`).
     """
     started = time.perf_counter()
     blocking = BlockingSettings.model_validate(spec.blocking)
-    points = cached_points(pois)
-    pairs = cached_candidates(points, settings=blocking)
+    points = cached_points(pois, stats=spec.stats())
+    pairs = cached_candidates(
+        points, settings=blocking, features=spec.features, link_only=link_only
+    )
     n_pairs = pairs.count()
     n_rows = points.count()
     scored, grouped = score_and_group(

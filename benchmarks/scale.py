@@ -298,11 +298,6 @@ def _stage_seconds(report: dict[str, Any], launched: float) -> dict[str, float]:
         "load_model_and_input": round(marks["points:start"] - report["session_ready"], 1),
         "normalize": span("points:start", "points:end"),
         "blocking_features": span("pair_features:start", "pair_features:end"),
-        "blocking_pair_features": span(
-            "pair_features:start",
-            "context_features:start" if "context_features:start" in marks else "pair_features:end",
-        ),
-        "context_features": span("context_features:start", "context_features:end"),
         "scoring": span("pair_features:end", "grouping:start"),
         "grouping": round(grouping_end - marks["grouping:start"], 1),
         "write": round(end - grouping_end, 1),
@@ -316,7 +311,7 @@ def _windows(report: dict[str, Any], launched: float) -> dict[str, tuple[float, 
         marks.setdefault(name, t)
     end = report["match_end"]
     grouping_end = marks.get("match_pois:end", marks.get("grouping:end", end))
-    windows = {
+    return {
         "load": (launched, marks["points:start"]),
         "normalize": (marks["points:start"], marks["points:end"]),
         "blocking_pair_features": (marks["pair_features:start"], marks["pair_features:end"]),
@@ -324,11 +319,6 @@ def _windows(report: dict[str, Any], launched: float) -> dict[str, tuple[float, 
         "grouping": (marks["grouping:start"], grouping_end),
         "write": (grouping_end, end),
     }
-    if "context_features:start" in marks:  # only a model that uses context features
-        context = (marks["context_features:start"], marks["context_features:end"])
-        windows["blocking_pair_features"] = (marks["pair_features:start"], context[0])
-        windows["context_features"] = context
-    return windows
 
 
 def _machine() -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +11,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from poimatch import schema as S
-from poimatch.blocking import add_context_features, candidate_pairs, haversine_m
+from poimatch.blocking import candidate_pairs, haversine_m
 from poimatch.config import BlockingSettings
 
 _COLS = (
@@ -147,43 +146,6 @@ def test_haversine_paris_london(spark: SparkSession) -> None:
     assert d[0] == pytest.approx(343_500, rel=0.005)
 
 
-def test_context_features_rank_and_density(spark: SparkSession) -> None:
-    pairs = spark.createDataFrame(
-        [("a", "b", 10.0), ("a", "c", 30.0), ("b", "c", 20.0), ("c", "d", 5.0)],
-        f"{S.ID_L} string, {S.ID_R} string, f_dist_m double",
-    )
-    out = add_context_features(pairs, k_nearest=2)
-    got = {(r[S.ID_L], r[S.ID_R]): r for r in out.collect()}
-    # a: b(10) c(30); b: a(10) c(20); c: d(5) b(20) a(30); d: c(5)
-    ac = got[("a", "c")]
-    assert (ac["f_dist_rank_min"], ac["f_dist_rank_max"]) == (2.0, 3.0)
-    assert (ac["f_cands_min"], ac["f_cands_max"]) == (2.0, 3.0)
-    # radius holding each side's 2 nearest: a -> 30, c -> 20; the larger is kept
-    assert ac["f_knn_radius_m"] == 30.0
-    assert ac["f_dist_over_radius"] == pytest.approx(1.0)
-    cd = got[("c", "d")]
-    assert (cd["f_dist_rank_min"], cd["f_dist_rank_max"]) == (1.0, 1.0)
-
-
-def test_name_context_ranks_and_gaps(spark: SparkSession) -> None:
-    from poimatch.blocking import add_name_context_features
-
-    pairs = spark.createDataFrame(
-        [("a", "b", 1.0), ("a", "c", 0.6), ("c", "d", 0.5)],
-        f"{S.ID_L} string, {S.ID_R} string, f_name_token_set double",
-    )
-    out = add_name_context_features(pairs)
-    got = {(r[S.ID_L], r[S.ID_R]): r for r in out.collect()}
-    ab, ac = got[("a", "b")], got[("a", "c")]
-    # a's candidates: b (1.0) then c (0.6); c's: a (0.6) then d (0.5)
-    assert (ab["f_name_sim_rank_min"], ab["f_name_sim_rank_max"]) == (1.0, 1.0)
-    # for a, b is 0.4 above the next; b has one candidate (no gap): least skips it
-    assert ab["f_name_sim_gap_min"] == pytest.approx(0.4)
-    assert (ac["f_name_sim_rank_min"], ac["f_name_sim_rank_max"]) == (1.0, 2.0)
-    # for a, c is 0.4 below the best; for c, a is 0.1 above the next
-    assert ac["f_name_sim_gap_min"] == pytest.approx(-0.4)
-
-
 def test_link_only_never_pairs_two_rows_of_one_source(spark: SparkSession) -> None:
     # O rows a, b, c and F row f: all within 20 m; g has no source (pairs with all)
     rows = [
@@ -212,41 +174,3 @@ def test_link_only_never_pairs_two_rows_of_one_source(spark: SparkSession) -> No
     assert ("a", "b") in deduped
     with pytest.raises(ValueError, match="source"):
         candidate_pairs(points.drop(S.SOURCE), settings=settings, link_only=True)
-
-
-def test_candidate_context_in_one_pass_equals_the_two_separate_passes(
-    spark: SparkSession, tmp_path: Path
-) -> None:
-    from chispa import assert_df_equality
-
-    from poimatch.batch import load_pois
-    from poimatch.blocking import add_candidate_context, add_name_context_features, add_pair_sides
-    from poimatch.features import add_pair_features
-    from poimatch.generator import generate_pois, write_pois_csv
-    from poimatch.namestats import NameStats
-    from poimatch.pipeline import cached_points
-
-    write_pois_csv(generate_pois(600, seed=29), tmp_path / "pois.csv")
-    pois, _ = load_pois(spark, str(tmp_path / "pois.csv"), quarantine_path=str(tmp_path / "q"))
-    points = cached_points(pois, stats=NameStats(places=1))
-    settings = BlockingSettings()
-    pairs = (
-        add_pair_sides(candidate_pairs(points, settings=settings), points)
-        .transform(add_pair_features)
-        .localCheckpoint(eager=True)
-    )
-    separate = add_context_features(pairs, k_nearest=settings.k_nearest).transform(
-        add_name_context_features
-    )
-    combined = add_candidate_context(pairs, k_nearest=settings.k_nearest)
-    assert sorted(combined.columns) == sorted(separate.columns)
-    keys = [S.ID_L, S.ID_R]
-    cols = sorted(c for c in combined.columns if c.startswith("f_"))
-    left = combined.select(*keys, *cols).orderBy(*keys)
-    right = separate.select(*keys, *cols).orderBy(*keys)
-    assert left.count() > 400
-    assert_df_equality(left, right, allow_nan_equality=True)
-    # ranks and gaps vary: the comparison is not between two columns of nulls
-    stats = left.agg(F.countDistinct(S.F_SIM_RANK_MAX), F.countDistinct(S.F_RANK_MAX)).first()
-    assert stats is not None
-    assert min(stats) > 2

@@ -132,8 +132,9 @@ def test_unrelated_groups_keep_their_ids(runs: dict[str, Any]) -> None:
     # a group with the same members keeps its id (the smallest member id)
     kept = merged[same_members]
     assert (kept[f"{S.GROUP_ID}_before"] == kept[f"{S.GROUP_ID}_after"]).all()
-    # groups no new or changed row joins or leaves almost never change: only through
-    # table-wide name statistics and candidate context, which new rows shift a little
+    # groups no new or changed row joins or leaves almost never change: features are
+    # the pair's own (frozen name statistics), so only when a new row takes a place
+    # in an old row's k nearest candidates
     members = pd.concat([merged[f"{S.MATCHES}_before"], merged[f"{S.MATCHES}_after"]], axis=1)
     untouched = members.apply(
         lambda r: not (set(r.iloc[0].split(" ")) | set(r.iloc[1].split(" "))) & touched, axis=1

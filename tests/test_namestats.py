@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from poimatch import schema as S
 from poimatch.namestats import NameStats, add_name_stats, count_name_stats
@@ -49,7 +50,7 @@ def test_max_names_keeps_the_most_common(spark: SparkSession) -> None:
     assert stats.tokens == {"blue": 3}
 
 
-def test_lookup_with_and_without_the_rows_own_place(spark: SparkSession) -> None:
+def test_lookup_by_name_and_token(spark: SparkSession) -> None:
     stats = count_name_stats(_corpus(spark))
     matched = {r[S.ID]: r for r in add_name_stats(_corpus(spark), stats).collect()}
     assert matched["a1"][S.N_NAME_FREQ] == 2.0
@@ -58,12 +59,45 @@ def test_lookup_with_and_without_the_rows_own_place(spark: SparkSession) -> None
     assert matched["d"][S.N_NAME_IDF] == pytest.approx(
         {"red": math.log(6 / 2), "cafe": math.log(6 / 3)}
     )
-    own = {r[S.ID]: r for r in add_name_stats(_corpus(spark), stats, exclude_own=True).collect()}
-    # training rows: the other places only, so a name unique in the corpus reads as unseen
-    assert own["a1"][S.N_NAME_FREQ] == 1.0
-    assert own["d"][S.N_NAME_FREQ] == 0.0
-    assert own["d"][S.N_NAME_IDF]["red"] == pytest.approx(math.log(6))
-    assert own["d"][S.N_NAME_IDF]["red"] == pytest.approx(stats.idf("unseen"))
+    unseen = add_name_stats(_points(spark, [("z", "Z", "zeta")]), stats).first()
+    assert unseen is not None
+    assert unseen[S.N_NAME_FREQ] == 0.0
+    assert unseen[S.N_NAME_IDF] == {"zeta": pytest.approx(math.log(6))}
+
+
+def test_training_rows_read_the_other_folds_statistics(spark: SparkSession) -> None:
+    """Three regions, one fold each. A training row's name frequency counts places of
+    the other folds only: not its own place, not a same-named place next door (with
+    statistics over the training rows themselves, a name counting twice would tell
+    two rows of it apart as two places)."""
+    from poimatch.config import load_settings
+    from poimatch.workflows import training_set
+
+    def row(i: str, poi: str, name: str, lat: float, lon: float) -> tuple[object, ...]:
+        return (i, name, lat, lon, poi)
+
+    rows = [
+        row("a1", "P1", "Alpha Cafe", 40.0, -80.0),
+        row("a2", "P1", "Alpha Cafe", 40.0001, -80.0),
+        row("a3", "P2", "Alpha Cafe", 40.001, -80.0),  # another place, same fold
+        row("b1", "P3", "Alpha Cafe", 45.0, -70.0),  # the other folds' one
+        row("b2", "P4", "Gamma Bank", 45.001, -70.0),
+        row("c1", "P5", "Beta Bar", 50.0, -60.0),
+        row("c2", "P6", "Beta Bar", 50.001, -60.0),
+    ]
+    pois = spark.createDataFrame(
+        rows,
+        f"{S.ID} string, {S.NAME} string, {S.LATITUDE} double, {S.LONGITUDE} double, "
+        f"{S.POI} string",
+    )
+    for c in ("address", "city", "zip", "country", "url", "phone", "categories", "state"):
+        pois = pois.withColumn(c, F.lit(None).cast("string"))
+    data = training_set(pois, settings=load_settings("ci", ["model.sample_rates=[1.0]"]))
+    got = {(r[S.ID_L], r[S.ID_R]): r for r in data.pairs.collect()}
+    assert got[("a1", "a2")][S.F_NAME_FREQ_MAX] == pytest.approx(math.log1p(1))
+    assert got[("c1", "c2")][S.F_NAME_FREQ_MAX] == pytest.approx(0.0)
+    # the model keeps the statistics of every fold
+    assert data.stats.names["alpha cafe"] == 3
 
 
 def test_a_rows_statistics_do_not_depend_on_the_table(spark: SparkSession) -> None:

@@ -152,7 +152,7 @@ def test_scores_do_not_depend_on_rows_outside_the_candidate_lists(
 
     def scored(pdf: pd.DataFrame) -> pd.DataFrame:
         points = cached_points(_frame(spark, pdf), stats=spec.stats())
-        pairs = cached_candidates(points, settings=blocking, features=spec.features)
+        pairs = cached_candidates(points, settings=blocking)
         out = score_pairs(small_matcher.model, pairs, spec.calibration)
         own = out.where(~F.col(S.ID_L).contains("~") & ~F.col(S.ID_R).contains("~"))
         return own.select(S.ID_L, S.ID_R, S.SCORE, *spec.features).toPandas()

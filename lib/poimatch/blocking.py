@@ -34,11 +34,7 @@ from poimatch.features import PAIR_SIDE_COLUMNS, haversine_m, pair_side_col
 __all__ = [
     "candidate_pairs",
     "add_pair_sides",
-    "add_context_features",
-    "add_name_context_features",
-    "add_candidate_context",
     "haversine_m",
-    "CONTEXT_FEATURES",
 ]
 
 _M_PER_DEG = 111_320.0
@@ -54,22 +50,6 @@ _SRC, _SRC_O = "_src", "_src_o"
 _FINE_LEVELS = 4
 _DENSE_FACTOR = 4
 Materialize = Callable[[DataFrame], DataFrame]
-
-CONTEXT_FEATURES: tuple[str, ...] = (
-    S.F_RANK_MIN,
-    S.F_RANK_MAX,
-    S.F_CAND_MIN,
-    S.F_CAND_MAX,
-    S.F_KNN_RADIUS,
-    S.F_DIST_OVER_RADIUS,
-    S.F_SIM_RANK_MIN,
-    S.F_SIM_RANK_MAX,
-    S.F_SIM_GAP_MIN,
-)
-"""Features of a pair among each side's other candidates. Unlike the pair features they
-depend on what else is in the table (a thinned table moves every rank), so no model
-uses them unless ``model.features`` names them."""
-_SIM = S.F_NAME_TOKEN_SET
 
 
 def _cell_y(lat: Column, cell_m: Column | float) -> Column:
@@ -345,144 +325,3 @@ def add_pair_sides(pairs: DataFrame, points: DataFrame) -> DataFrame:
         F.col(S.ID).alias(S.ID_R), *[F.col(c).alias(pair_side_col(c, "r")) for c in cols + extra]
     )
     return pairs.join(left, on=S.ID_L, how="inner").join(right, on=S.ID_R, how="inner")
-
-
-_SIDE_TAG = "_side"
-
-
-def _directed(pairs: DataFrame, values: dict[str, str]) -> DataFrame:
-    """Each pair seen from both rows: ``id``, ``_other``, ``_side`` and ``values``.
-
-    ``values`` maps a pair column to its alias; ``_side`` is ``"l"`` for the row
-    seen from ``id_l`` and ``"r"`` for the row seen from ``id_r``.
-    """
-
-    def view(side: str, me: str, other: str) -> DataFrame:
-        return pairs.select(
-            F.col(me).alias(S.ID),
-            F.col(other).alias(_OTHER),
-            F.lit(side).alias(_SIDE_TAG),
-            *[F.col(c).alias(alias) for c, alias in values.items()],
-        )
-
-    return view("l", S.ID_L, S.ID_R).unionByName(view("r", S.ID_R, S.ID_L))
-
-
-def _join_sides(pairs: DataFrame, ranked: DataFrame, cols: dict[str, str]) -> DataFrame:
-    """Join per-row values (``id``, ``_other``, ``_side``, cols) onto pairs, both sides.
-
-    ``cols`` maps a column of ``ranked`` to a prefix; the pair gets ``<prefix>_l``
-    (the row is ``id_l``) and ``<prefix>_r`` (the row is ``id_r``). Each directed row
-    belongs to exactly one side of one pair, so the two narrow sides are paired up
-    one to one first and the (wide) pairs are shuffled for one join only.
-    """
-    sides = []
-    for side, me, other in (("l", S.ID_L, S.ID_R), ("r", S.ID_R, S.ID_L)):
-        sides.append(
-            ranked.where(F.col(_SIDE_TAG) == side).select(
-                F.col(S.ID).alias(me),
-                F.col(_OTHER).alias(other),
-                *[F.col(c).alias(f"{prefix}_{side}") for c, prefix in cols.items()],
-            )
-        )
-    both = sides[0].join(sides[1], on=[S.ID_L, S.ID_R], how="full")
-    return pairs.join(both, on=[S.ID_L, S.ID_R], how="left")
-
-
-# --- distance context: rank of the pair among each side's candidates, local density
-
-
-def _rank_by_distance(directed: DataFrame, k_nearest: int) -> DataFrame:
-    w = Window.partitionBy(S.ID).orderBy(F.col(_DIST), F.col(_OTHER))
-    per_row = Window.partitionBy(S.ID)
-    return (
-        directed.withColumn(_RANK, F.row_number().over(w))
-        .withColumn("_n", F.count(F.lit(1)).over(per_row))
-        .withColumn(
-            "_radius",
-            F.max(F.when(F.col(_RANK) <= k_nearest, F.col(_DIST))).over(per_row),
-        )
-    )
-
-
-_DIST_SIDES = {_RANK: "_rank", "_n": "_n", "_radius": "_rad"}
-
-
-def _distance_outputs() -> list[Column]:
-    radius = F.greatest(F.col("_rad_l"), F.col("_rad_r"))
-    d = T.DoubleType()
-    return [
-        F.least("_rank_l", "_rank_r").cast(d).alias(S.F_RANK_MIN),
-        F.greatest("_rank_l", "_rank_r").cast(d).alias(S.F_RANK_MAX),
-        F.least("_n_l", "_n_r").cast(d).alias(S.F_CAND_MIN),
-        F.greatest("_n_l", "_n_r").cast(d).alias(S.F_CAND_MAX),
-        radius.cast(d).alias(S.F_KNN_RADIUS),
-        (F.col(S.F_DIST_M) / F.greatest(radius, F.lit(1.0))).cast(d).alias(S.F_DIST_OVER_RADIUS),
-    ]
-
-
-def add_context_features(pairs: DataFrame, *, k_nearest: int) -> DataFrame:
-    """Distance rank of the pair among each side's candidates, and local density.
-
-    Needs ``f_dist_m`` (see :mod:`poimatch.features`). Adds the rank of the pair
-    within each side's candidate list (min/max over sides), each side's number of
-    candidates (min/max) and the radius that holds a side's ``k_nearest``
-    candidates, plus the pair distance relative to that radius.
-    """
-    ranked = _rank_by_distance(_directed(pairs, {S.F_DIST_M: _DIST}), k_nearest)
-    out = _join_sides(pairs, ranked, _DIST_SIDES)
-    return out.select(*pairs.columns, *_distance_outputs())
-
-
-def _rank_by_name(directed: DataFrame) -> DataFrame:
-    ordered = Window.partitionBy(S.ID).orderBy(F.desc_nulls_last("_s"), F.col(_OTHER))
-    per_row = Window.partitionBy(S.ID)
-    return (
-        directed.withColumn("_rn", F.row_number().over(ordered))
-        .withColumn("_srank", F.rank().over(ordered))
-        .withColumn("_best", F.max("_s").over(per_row))
-        .withColumn("_second", F.max(F.when(F.col("_rn") == 2, F.col("_s"))).over(per_row))
-        .withColumn(
-            "_gap",
-            F.when(F.col("_rn") == 1, F.col("_s") - F.col("_second")).otherwise(
-                F.col("_s") - F.col("_best")
-            ),
-        )
-    )
-
-
-_NAME_SIDES = {"_srank": "_sr", "_gap": "_gap"}
-
-
-def _name_outputs() -> list[Column]:
-    d = T.DoubleType()
-    return [
-        F.least("_sr_l", "_sr_r").cast(d).alias(S.F_SIM_RANK_MIN),
-        F.greatest("_sr_l", "_sr_r").cast(d).alias(S.F_SIM_RANK_MAX),
-        F.least("_gap_l", "_gap_r").cast(d).alias(S.F_SIM_GAP_MIN),
-    ]
-
-
-def add_name_context_features(pairs: DataFrame) -> DataFrame:
-    """Where the pair's name similarity ranks among each side's candidates.
-
-    Needs ``f_name_token_set``. Adds the rank (min/max over sides) and the gap to the
-    best other candidate (a pair that is each side's clearly best name match is
-    likely a match).
-    """
-    ranked = _rank_by_name(_directed(pairs, {_SIM: "_s"}))
-    out = _join_sides(pairs, ranked, _NAME_SIDES)
-    return out.select(*pairs.columns, *_name_outputs())
-
-
-def add_candidate_context(pairs: DataFrame, *, k_nearest: int) -> DataFrame:
-    """Both :func:`add_context_features` and :func:`add_name_context_features` at once.
-
-    Same columns and values, but the pairs are turned into per-row candidate lists
-    once (one shuffle by row, two sorts) and joined back once, instead of twice each:
-    at a million rows the candidate context was the most expensive stage.
-    """
-    directed = _directed(pairs, {S.F_DIST_M: _DIST, _SIM: "_s"})
-    ranked = _rank_by_name(_rank_by_distance(directed, k_nearest))
-    out = _join_sides(pairs, ranked, {**_DIST_SIDES, **_NAME_SIDES})
-    return out.select(*pairs.columns, *_distance_outputs(), *_name_outputs())

@@ -124,11 +124,11 @@ class ModelSettings(_Frozen):
     name: str = Field(default="poimatch-xgb", pattern=r"^[A-Za-z0-9_.-]+$")
     num_workers: int = Field(default=1, ge=1)
     max_depth: int = Field(default=8, ge=1, le=20)
-    n_estimators: int = Field(default=400, ge=1)
+    n_estimators: int = Field(default=200, ge=1)
     learning_rate: float = Field(default=0.08, gt=0, le=1)
     subsample: float = Field(default=0.9, gt=0, le=1)
     colsample_bytree: float = Field(default=0.9, gt=0, le=1)
-    # None: poimatch.features.DEFAULT_FEATURES; else names of pair or context features
+    # None: poimatch.features.DEFAULT_FEATURES; else a subset of features.FEATURE_COLUMNS
     features: tuple[str, ...] | None = None
     monotone: bool = True  # XGBoost monotone constraints on the similarity features
     # training tables: the places of each input kept at each of these rates, blocked alone

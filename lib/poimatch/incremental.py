@@ -5,7 +5,7 @@ one POI, and the string similarities (rapidfuzz) of one pair. An incremental run
 keeps their outputs from the last run in two state tables, keyed by a hash of each
 row's values, and recomputes them only for new or changed rows and for pairs that
 touch one. Everything that depends on the table as a whole (name statistics,
-blocking, candidate context, scores, connected components) is recomputed natively
+blocking, scores, connected components) is recomputed natively
 for the whole table, so the result equals a full run on the same table exactly, and
 group ids (the smallest id of a group) only change for groups that gained, lost or
 changed a member.
@@ -29,12 +29,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from poimatch import schema as S
-from poimatch.blocking import (
-    CONTEXT_FEATURES,
-    add_candidate_context,
-    add_pair_sides,
-    candidate_pairs,
-)
+from poimatch.blocking import add_pair_sides, candidate_pairs
 from poimatch.config import BlockingSettings
 from poimatch.features import FEATURE_COLUMNS, add_pair_features
 from poimatch.grouping import LOCAL_MAX_EDGES
@@ -176,13 +171,9 @@ def match_incremental(
     row = counts.first()
     n_pairs, n_new = (int(row["n"]), int(row["new"])) if row is not None else (0, 0)
     base = marked.drop(_NEW)
-    featured = base
-    if any(f in CONTEXT_FEATURES for f in spec.features):
-        featured = add_candidate_context(base, k_nearest=blocking.k_nearest)
-        featured = featured.localCheckpoint(eager=True)
     scored, grouped = score_and_group(
         points.select(S.ID),
-        featured,
+        base,
         model=model,
         spec=spec,
         max_iterations=max_iterations,

@@ -15,9 +15,10 @@ match time:
   places and ``df`` the places whose name holds the token; an unseen token has
   ``df = 0`` and so the largest weight, ``ln(P + 1)``.
 
-While training, each row's own place is left out of its counts (``exclude_own``):
-otherwise every training name would count itself, and a name that is unique in the
-corpus would look different (1) from an unseen name at match time (0).
+Training rows must not read statistics that count themselves: a name would count
+its own place, and two rows of one name would be two places exactly when the name
+counts twice, a leak of the label. Training therefore counts each region fold's
+statistics over the other folds (:func:`poimatch.workflows.training_set`).
 """
 
 from __future__ import annotations
@@ -137,35 +138,31 @@ def _lookup(points: DataFrame, key: str, counts: dict[str, int]) -> DataFrame:
     return points.sparkSession.createDataFrame(frame, schema=schema)  # Arrow: fast for big maps
 
 
-def add_name_stats(points: DataFrame, stats: NameStats, *, exclude_own: bool = False) -> DataFrame:
+def add_name_stats(points: DataFrame, stats: NameStats) -> DataFrame:
     """Add ``n_name_freq`` (double) and ``n_name_idf`` (map token -> weight) from ``stats``.
 
     Args:
         points: normalized points (``id``, ``n_name``, ``n_name_tokens``).
         stats: the model's frozen statistics.
-        exclude_own: training only: leave each row's own place out of its counts
-            (the rows must belong to the corpus ``stats`` was counted on).
 
     Returns:
         ``points`` with the two columns; a row without a name gets null for both.
         Both lookups are broadcast joins, so a row's values never depend on the other
         rows of ``points``.
     """
-    own = F.lit(1 if exclude_own else 0)
     names = F.broadcast(_lookup(points, S.N_NAME, stats.names))
     with_freq = (
         points.join(names, on=S.N_NAME, how="left")
         .withColumn(
             S.N_NAME_FREQ,
-            F.when(
-                F.col(S.N_NAME).isNotNull(),
-                F.greatest(F.coalesce(F.col(_COUNT), F.lit(0)) - own, F.lit(0)),
-            ).cast(T.DoubleType()),
+            F.when(F.col(S.N_NAME).isNotNull(), F.coalesce(F.col(_COUNT), F.lit(0))).cast(
+                T.DoubleType()
+            ),
         )
         .drop(_COUNT)
     )
     tokens = F.broadcast(_lookup(points, _TOK, stats.tokens))
-    df = F.greatest(F.coalesce(F.col(_COUNT), F.lit(0)) - own, F.lit(0))
+    df = F.coalesce(F.col(_COUNT), F.lit(0))
     weight = F.log(F.lit(float(stats.places + 1)) / (df + F.lit(1.0)))
     per_row = (
         points.select(S.ID, F.explode(F.array_distinct(S.N_NAME_TOKENS)).alias(_TOK))

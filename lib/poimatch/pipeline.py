@@ -26,11 +26,7 @@ from xgboost import Booster
 from xgboost.spark import SparkXGBClassifierModel
 
 from poimatch import schema as S
-from poimatch.blocking import (
-    CONTEXT_FEATURES,
-    add_candidate_context,
-    add_pair_sides,
-)
+from poimatch.blocking import add_pair_sides
 from poimatch.blocking import candidate_pairs as _candidate_pairs
 from poimatch.config import BlockingSettings
 from poimatch.features import DEFAULT_FEATURES, FEATURE_COLUMNS, add_pair_features
@@ -57,8 +53,8 @@ __all__ = [
 
 ALL_FEATURES: tuple[str, ...] = DEFAULT_FEATURES
 """The features a model uses by default (``model.features`` unset)."""
-KNOWN_FEATURES: tuple[str, ...] = (*FEATURE_COLUMNS, *CONTEXT_FEATURES)
-"""Every feature the pipeline can compute: the pair features and the context ones."""
+KNOWN_FEATURES: tuple[str, ...] = FEATURE_COLUMNS
+"""Every feature the pipeline computes (a model may use any subset)."""
 _PROBABILITY = "probability"
 
 _KEPT: frozenset[str] = frozenset((S.ID_L, S.ID_R, S.PASS, *FEATURE_COLUMNS))
@@ -74,7 +70,7 @@ def record_stages() -> Iterator[list[tuple[str, float]]]:
     """Collect ``(event, time.time())`` marks of the stages run inside the block.
 
     Events are ``<stage>:start`` / ``<stage>:end`` for the eager stages (``points``,
-    ``pair_features``, ``context_features``, ``grouping``) and ``scoring:call`` when
+    ``pair_features``, ``grouping``) and ``scoring:call`` when
     the (lazy) scoring plan is built. Benchmarks use them for per-stage wall times;
     outside the block nothing is recorded (stage durations are logged at INFO).
     """
@@ -167,63 +163,47 @@ def _checkpoint(df: DataFrame) -> DataFrame:
     return df.localCheckpoint(eager=True)
 
 
-def cached_points(pois: DataFrame, *, stats: NameStats, exclude_own: bool = False) -> DataFrame:
+def cached_points(pois: DataFrame, *, stats: NameStats) -> DataFrame:
     """Typed POIs → normalized points with the model's name statistics, materialized.
 
     Normalization runs a Python UDF; without materializing it would run again for
     every consumer of the points (each blocking pass, each pair side). A local
     checkpoint rather than a cache keeps later plans small: the plans that read
     these points are joined many times over, and Spark prints a cached plan's whole
-    tree into the cache's name. ``exclude_own`` is for training rows (see
-    :func:`poimatch.namestats.add_name_stats`).
+    tree into the cache's name.
     """
     _mark("points:start")
     normalized = pois.transform(add_normalized_columns).localCheckpoint(eager=True)
-    points = add_name_stats(normalized, stats, exclude_own=exclude_own).localCheckpoint(eager=True)
+    points = add_name_stats(normalized, stats).localCheckpoint(eager=True)
     _mark("points:end")
     return points
 
 
-def featured_pairs(
-    pairs: DataFrame, points: DataFrame, *, features: tuple[str, ...], k_nearest: int
-) -> DataFrame:
-    """Candidate pairs → every pair feature (and the context features ``features`` name).
+def featured_pairs(pairs: DataFrame, points: DataFrame) -> DataFrame:
+    """Candidate pairs → every pair feature, materialized.
 
     Returns ``id_l``, ``id_r``, ``block_pass``, the pair features and, for labelled
-    points, ``point_of_interest_l`` / ``_r`` (and ``source_l`` / ``_r``), materialized.
-    The context features read the pair features in several branches (each side's
-    candidate list); materializing the pair features first keeps their Python UDF
-    from running once per branch.
+    points, ``point_of_interest_l`` / ``_r`` (and ``source_l`` / ``_r``). Only what the
+    callers read is kept: the side columns of the pair features (names, addresses,
+    token arrays...) would be shuffled by every later join and stored in every
+    checkpoint.
     """
-    # only what the callers read: the side columns of the pair features (names,
-    # addresses, token arrays...) would be shuffled by every later join and stored in
-    # every checkpoint
     featured = add_pair_sides(pairs, points).transform(add_pair_features)
     keep = [
         c for c in featured.columns if c in _KEPT or c.startswith((f"{S.POI}_", f"{S.SOURCE}_"))
     ]
-    base = featured.select(*keep).localCheckpoint(eager=True)
-    if not any(f in CONTEXT_FEATURES for f in features):
-        return base
-    _mark("context_features:start")
-    context = add_candidate_context(base, k_nearest=k_nearest).localCheckpoint(eager=True)
-    _mark("context_features:end")
-    return context
+    return featured.select(*keep).localCheckpoint(eager=True)
 
 
 def cached_candidates(
-    points: DataFrame,
-    *,
-    settings: BlockingSettings,
-    features: tuple[str, ...] = ALL_FEATURES,
-    link_only: bool = False,
+    points: DataFrame, *, settings: BlockingSettings, link_only: bool = False
 ) -> DataFrame:
     """Blocking, then the pair features (:func:`featured_pairs`), materialized."""
     _mark("pair_features:start")
     pairs = _candidate_pairs(
         points, settings=settings, materialize=_checkpoint, link_only=link_only
     )
-    featured = featured_pairs(pairs, points, features=features, k_nearest=settings.k_nearest)
+    featured = featured_pairs(pairs, points)
     _mark("pair_features:end")
     return featured
 

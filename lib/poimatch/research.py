@@ -985,7 +985,7 @@ def error_analysis(
     features = spec.features
     labelled = pois.where(F.col(S.POI).isNotNull())
     points = cached_points(labelled, stats=spec.stats())
-    featured = cached_candidates(points, settings=blocking, features=features)
+    featured = cached_candidates(points, settings=blocking)
     scored = (
         score_pairs(model, label_pairs(featured, labelled), spec.calibration)
         .select(S.ID_L, S.ID_R, S.PASS, S.LABEL, S.SCORE, *features)

@@ -175,8 +175,9 @@ class TrainingSet:
 
     ``pairs`` are the distinct candidate pairs of every training table blocked alone
     at every rate of ``model.sample_rates`` (a thinned table reaches farther for its
-    neighbours, so the model sees sparse tables too), featured with ``stats`` (each
-    row's own place left out) and labelled. With ``label_scope`` ``cross_source``
+    neighbours, so the model sees sparse tables too), featured with name statistics
+    counted over the other region folds (:func:`_cross_fitted_stats`; ``stats``, over
+    every fold, is what the model keeps) and labelled. With ``label_scope`` ``cross_source``
     (labels made only for pairs across sources, like Geo-ER's OSM against
     Foursquare) the tables are blocked as a link: a pair of two rows of one source
     was never labelled, so it is never taught as a non-match.
@@ -185,6 +186,7 @@ class TrainingSet:
     rows: DataFrame
     pairs: DataFrame
     candidates: DataFrame  # id_l, id_r: the candidate pairs of the whole tables (rate 1)
+    folds: DataFrame  # id, fold: the region folds (training.assign_region_folds)
     stats: NameStats
     label_scope: str
     tables: int
@@ -236,8 +238,9 @@ def training_set(tables: DataFrame | Sequence[DataFrame], *, settings: Settings)
     model = settings.model
     scope = _label_scope(labelled, model.label_scope)
     normalized = labelled.transform(add_normalized_columns).localCheckpoint(eager=True)
+    folds = assign_region_folds(labelled, settings=model).localCheckpoint(eager=True)
     stats = count_name_stats(normalized, max_names=model.name_stats_max)
-    points = add_name_stats(normalized, stats, exclude_own=True).localCheckpoint(eager=True)
+    points = _cross_fitted_stats(normalized, folds, settings=settings)
     # labels across sources only: block as a link (never two rows of one source)
     passes = [
         candidate_pairs(
@@ -260,18 +263,37 @@ def training_set(tables: DataFrame | Sequence[DataFrame], *, settings: Settings)
         .localCheckpoint(eager=True)
     )
     _log.info("training set: blocked at rates %s", model.sample_rates)
-    features = _features(settings)
-    featured = featured_pairs(
-        pairs.drop(_FULL), points, features=features, k_nearest=settings.blocking.k_nearest
-    )
+    featured = featured_pairs(pairs.drop(_FULL), points)
     return TrainingSet(
         rows=labelled.drop(_TABLE),
         pairs=label_pairs(featured, labelled).localCheckpoint(eager=True),
         candidates=pairs.where(F.col(_FULL)).select(S.ID_L, S.ID_R),
+        folds=folds,
         stats=stats,
         label_scope=scope,
         tables=len(frames),
     )
+
+
+def _cross_fitted_stats(
+    normalized: DataFrame, folds: DataFrame, *, settings: Settings
+) -> DataFrame:
+    """Each training row with name statistics counted over the *other* region folds.
+
+    At match time a row's statistics come from a corpus that does not hold it, its
+    place or its neighbours; counted over the training rows themselves they would
+    leak the label (two rows of one name are two places exactly when the name counts
+    twice). So every fold reads the statistics of the others, as a new city reads
+    the whole corpus's.
+    """
+    with_fold = normalized.join(folds, on=S.ID, how="inner")
+    parts = []
+    for fold in range(settings.model.folds):
+        others = count_name_stats(
+            with_fold.where(F.col(FOLD) != fold), max_names=settings.model.name_stats_max
+        )
+        parts.append(add_name_stats(with_fold.where(F.col(FOLD) == fold), others).drop(FOLD))
+    return reduce(DataFrame.unionByName, parts).localCheckpoint(eager=True)
 
 
 def _features(settings: Settings) -> tuple[str, ...]:
@@ -305,7 +327,7 @@ def fit_matcher(data: TrainingSet, *, settings: Settings) -> FitOutcome:
     """
     model_settings = settings.model
     features = _features(settings)
-    folds = assign_region_folds(data.rows, settings=model_settings).localCheckpoint(eager=True)
+    folds = data.folds
     split = _with_folds(data.pairs, folds).select(S.ID_L, S.ID_R, S.LABEL, FOLD, *features)
     split = split.localCheckpoint(eager=True)
     oof_parts = []
@@ -483,9 +505,7 @@ def match_with_model(
     started = time.perf_counter()
     blocking = BlockingSettings.model_validate(spec.blocking)
     points = cached_points(pois, stats=spec.stats())
-    pairs = cached_candidates(
-        points, settings=blocking, features=spec.features, link_only=link_only
-    )
+    pairs = cached_candidates(points, settings=blocking, link_only=link_only)
     n_pairs = pairs.count()
     n_rows = points.count()
     scored, grouped = score_and_group(

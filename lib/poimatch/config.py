@@ -83,7 +83,6 @@ class StorageSettings(_Frozen):
     root: str = "data/lake"
     pois_table: str = Field(default="pois", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     quarantine_table: str = Field(default="pois_quarantine", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    candidates_table: str = Field(default="candidates", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     matches_table: str = Field(default="matches", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
     def table_path(self, table: str) -> str:
@@ -165,7 +164,6 @@ class GroupingSettings(_Frozen):
 
     mode: str = Field(default="auto", pattern=r"^(auto|components|pairwise)$")
     max_group_size: int = Field(default=25, ge=2)
-    split_step: float = Field(default=0.05, gt=0, lt=1)
     max_iterations: int = Field(default=40, ge=1)
     # up to this many matched edges, components are computed on the driver (SciPy)
     local_max_edges: int = Field(default=5_000_000, ge=0)

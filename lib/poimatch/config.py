@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -207,6 +208,13 @@ class ServiceSettings(_Frozen):
     timeout_seconds: float = Field(default=60.0, gt=0)
     reload_seconds: float = Field(default=10.0, gt=0)  # how often the champion alias is polled
     shuffle_partitions: int = Field(default=1, ge=1)  # small files: one partition per stage
+    # bearer token for /invocations and /admin/*; None: no authentication (never logged)
+    token: SecretStr | None = Field(default=None, min_length=16)
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
 
 class Settings(_Frozen):

@@ -1,14 +1,19 @@
 """Match POIs with a registered model: the nightly batch and ad-hoc runs.
 
     ./spark-submit.sh jobs/match.py --input IN.csv --output OUT.csv [--model URI]
-    ./spark-submit.sh jobs/match.py --incremental        (nightly: the POI table)
+    ./spark-submit.sh jobs/match.py --input IN.csv --table PATH   (a Delta output)
+    ./spark-submit.sh jobs/match.py [--incremental]      (nightly: the POI table)
 
-Reads a CSV (validated like the ingest: bad rows are quarantined with their reason)
-or the POI Delta table, writes the Delta ``matches`` table and, with --output, the
-CSV ``id,matches``. The default model is ``models:/<model.name>@champion``.
-``--incremental`` reuses the last incremental run's per-row and per-pair UDF results
-(state tables beside ``matches``) and recomputes only what changed; the output equals
-a full run's.
+Without --input the POI table is matched and the Delta ``matches`` table updated.
+With --input (a CSV or a Delta table) only what --output (CSV ``id,matches``) and
+--table (Delta ``id,group_id,matches,status,reason``) name is written: no production
+table, not even the quarantine. Rows are checked by the ingest's rules; every input
+id is in the output exactly once (a row breaking a rule alone, with its reason), and
+every row that was not matched is listed in ``OUT.rejected.csv`` beside --output (and
+``<table>_rejected`` beside a Delta output). The default model is
+``models:/<model.name>@champion``. ``--incremental`` reuses the last incremental
+run's per-row and per-pair UDF results (state tables beside the output table) and
+recomputes only what changed; the output equals a full run's.
 """
 
 from __future__ import annotations
@@ -22,7 +27,12 @@ from poimatch.io import InputError
 def main() -> None:
     parser = job_parser(__doc__ or "")
     parser.add_argument("--input", default=None, help="CSV or Delta table (default: POI table)")
-    parser.add_argument("--output", default=None, help="also write the output CSV here")
+    parser.add_argument("--output", default=None, help="write the output CSV here")
+    parser.add_argument(
+        "--table",
+        default=None,
+        help="write the Delta output table here (default: matches, for the POI table only)",
+    )
     parser.add_argument("--model", default=None, help="model URI (default: @champion)")
     parser.add_argument(
         "--incremental",
@@ -39,6 +49,7 @@ def main() -> None:
             output_csv=args.output,
             model_uri=args.model,
             incremental=args.incremental,
+            table=args.table,
         )
     except (InputError, ContractError, ValueError) as exc:
         fail(str(exc))

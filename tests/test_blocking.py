@@ -174,3 +174,94 @@ def test_link_only_never_pairs_two_rows_of_one_source(spark: SparkSession) -> No
     assert ("a", "b") in deduped
     with pytest.raises(ValueError, match="source"):
         candidate_pairs(points.drop(S.SOURCE), settings=settings, link_only=True)
+
+
+def _brute_nearest(rows: Sequence[tuple[Any, ...]], k: int) -> set[tuple[str, str]]:
+    """Each row's k nearest others by haversine distance, ties by id (the reference)."""
+    out = set()
+    for ident, lat, lon, *_rest in rows:
+        others = []
+        for other, lat_o, lon_o, *_more in rows:
+            if other == ident:
+                continue
+            p1, p2 = math.radians(lat), math.radians(lat_o)
+            a = (
+                math.sin((p2 - p1) / 2) ** 2
+                + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon_o - lon) / 2) ** 2
+            )
+            others.append((2 * 6_371_008.8 * math.asin(math.sqrt(min(a, 1.0))), other))
+        out |= {(ident, o) for _, o in sorted(others)[:k]}
+    return out
+
+
+def test_pairs_across_the_antimeridian_are_found(spark: SparkSession) -> None:
+    # 11 m apart across ±180° (and +180° is -180°); the name pass too, 22 km apart
+    rows = [
+        ("e", 10.0, 179.99995, None, None, None),
+        ("w", 10.0, -179.99995, None, None, None),
+        ("p", -16.5, 180.0, None, None, None),
+        ("q", -16.5, -180.0, None, None, None),
+        ("n1", 60.0, 179.9, "fiji ferry", None, None),
+        ("n2", 60.0, -179.9, "fiji ferry", None, None),
+    ]
+    spatial = BlockingSettings(cell_m=300, k_nearest=1, key_passes=())
+    got = _pairs(candidate_pairs(_points(spark, rows), settings=spatial))
+    assert {("e", "w"), ("p", "q")} <= got
+    keyed = BlockingSettings(cell_m=300, k_nearest=1, key_passes=("name",))
+    assert ("n1", "n2") in _pairs(candidate_pairs(_points(spark, rows), settings=keyed))
+
+
+def test_dense_cluster_on_the_antimeridian_gives_the_exact_k_nearest(spark: SparkSession) -> None:
+    # dense enough for the fine grids; every pair within 200 m < cell_m, so the k
+    # nearest by brute force are what the 3x3 cells must give, across the meridian
+    import random
+
+    from poimatch.blocking import _spatial_nearest
+
+    rng = random.Random(11)
+    rows = []
+    for i in range(300):
+        r, a = 100 * math.sqrt(rng.random()), rng.random() * 2 * math.pi
+        lat = 65.0 + r * math.sin(a) * _DEG_PER_M
+        lon = 180.0 + r * math.cos(a) * _DEG_PER_M / math.cos(math.radians(65.0))
+        rows.append((f"r{i:03d}", lat, lon - 360.0 if lon > 180.0 else lon, None, None, None))
+    assert min(r[2] for r in rows) < -179.99
+    assert max(r[2] for r in rows) > 179.99
+    out = _spatial_nearest(_points(spark, rows), 300.0, 5).collect()
+    assert {(r[S.ID], r["_other"]) for r in out} == _brute_nearest(rows, 5)
+
+
+def test_rows_at_one_coordinate_are_not_joined_quadratically(
+    spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import poimatch.blocking as B
+
+    # 400 rows at one point (a geocoder's default), a row 5 m away and one with a
+    # shared phone 2 km away
+    k = 3
+    rows = [(f"s{i:03d}", 48.0, 2.0, None, "123", None) for i in range(400)]
+    rows.append(("near", 48.0 + 5 * _DEG_PER_M, 2.0, None, None, None))
+    rows.append(("phone", 48.0 + 2000 * _DEG_PER_M, 2.0, None, "123", None))
+    joined: list[int] = []
+    original = B._near_pairs
+
+    def counted(*args: Any, **kwargs: Any) -> DataFrame:
+        out = original(*args, **kwargs)
+        joined.append(out.count())
+        return out
+
+    monkeypatch.setattr(B, "_near_pairs", counted)
+    settings = BlockingSettings(
+        cell_m=300, k_nearest=k, key_passes=("phone",), k_key=2, max_key_group=1000
+    )
+    got = _pairs(candidate_pairs(_points(spark, rows), settings=settings))
+    # no join holds more than k + 1 stack rows per row (400 x 399 before)
+    assert len(joined) >= 2  # the spatial and the phone pass
+    assert max(joined) <= len(rows) * (k + 2)
+    # and the result is exact: ties at distance 0 go to the smallest ids; the far
+    # phone row has no spatial neighbour, its phone pass takes the stack's 2 smallest
+    spatial = _brute_nearest(rows[:401], k)
+    assert {b for a, b in spatial if a == "near"} == {"s000", "s001", "s002"}
+    phone = _brute_nearest(rows[:400] + rows[401:], 2)
+    assert {b for a, b in phone if a == "phone"} == {"s000", "s001"}
+    assert got == {(min(a, b), max(a, b)) for a, b in spatial | phone}

@@ -88,3 +88,10 @@ def test_project_environments_all_load() -> None:
     for env in ("local", "ci", "prod"):
         assert load_settings(env).env == env
     assert load_settings("prod").spark.shuffle_partitions == 400
+
+
+@pytest.mark.parametrize("key", ["grouping.split_step", "storage.candidates_table"])
+def test_dead_keys_are_gone(key: str) -> None:
+    # read nowhere, so they are not settings: setting one is an unknown-key error
+    with pytest.raises(ConfigError, match=f"{key}: unknown key"):
+        load_settings("ci", [f"{key}=0.1"])

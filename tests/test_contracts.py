@@ -44,17 +44,28 @@ BAD_ROWS: list[tuple[tuple[str | None, ...], str | None]] = [
     (("p6", "Pub", "", "-12"), "non_numeric_latitude"),
     (("p7", "Inn", "-91", "1,5"), "latitude_out_of_range,non_numeric_longitude"),
     (("p9", "Spa", "3", "Infinity"), "non_numeric_longitude"),
+    (("s 1", "Gap", "1", "1"), "whitespace_in_id"),  # a space would split `matches`
+    (("s2\t", "Tab", "1", "1"), "whitespace_in_id"),
+    (("\u00a0s3", "Nbsp", "1", "1"), "whitespace_in_id"),  # Unicode white space too
+    (("L1", "N" * 1001, "1", "1"), "name_too_long"),
+    (("L2", "N" * 1000, "1", "1"), None),  # at the limit
+    (("z1", "Null Island", "0", "0.0"), "zero_coordinates"),  # a geocoder's failure
+    (("z2", "Equator", "0", "9"), None),  # one zero coordinate is a real place
+    (("z3", "Meridian", "51.5", "-0.0"), None),
 ]
 
 # Rows per rule in BAD_ROWS, written out by hand.
 EXPECTED_RULE_COUNTS = {
     "missing_id": 3,
+    "whitespace_in_id": 3,
     "missing_name": 3,
+    "name_too_long": 1,
     "duplicate_id": 2,
     "non_numeric_latitude": 3,
     "latitude_out_of_range": 2,
     "non_numeric_longitude": 2,
     "longitude_out_of_range": 1,
+    "zero_coordinates": 1,
 }
 
 
@@ -181,21 +192,31 @@ def test_validate_input_bad_rows_fail_with_counts(bad_typed: DataFrame) -> None:
     result = C.validate_input(bad_typed)
     assert not result.success
     expected = {
-        ("expect_table_row_count_to_equal", S.ID): 3,
-        ("expect_table_row_count_to_equal", S.NAME): 3,
-        ("expect_column_values_to_be_unique", S.ID): 2,
-        ("expect_column_values_to_not_be_null", S.LATITUDE): 3,
-        ("expect_column_values_to_be_between", S.LATITUDE): 2,
-        ("expect_column_values_to_not_be_null", S.LONGITUDE): 2,
-        ("expect_column_values_to_be_between", S.LONGITUDE): 1,
+        ("expect_table_row_count_to_equal", S.ID, "rule missing_id"): 3,
+        ("expect_table_row_count_to_equal", S.ID, "rule whitespace_in_id"): 3,
+        ("expect_table_row_count_to_equal", S.NAME, "rule missing_name"): 3,
+        ("expect_column_value_lengths_to_be_between", S.NAME, "rule name_too_long"): 1,
+        ("expect_column_values_to_be_unique", S.ID, "rule duplicate_id"): 2,
+        ("expect_column_values_to_not_be_null", S.LATITUDE, "rule non_numeric_latitude"): 3,
+        ("expect_column_values_to_be_between", S.LATITUDE, "rule latitude_out_of_range"): 2,
+        ("expect_column_values_to_not_be_null", S.LONGITUDE, "rule non_numeric_longitude"): 2,
+        ("expect_column_values_to_be_between", S.LONGITUDE, "rule longitude_out_of_range"): 1,
+        (
+            "expect_table_row_count_to_equal",
+            f"{S.LATITUDE},{S.LONGITUDE}",
+            "rule zero_coordinates",
+        ): 1,
     }
-    actual = {(o.name, o.column): o.unexpected_count for o in result.failures()}
+    actual = {
+        (o.name, o.column, o.detail.split(";")[0]): o.unexpected_count for o in result.failures()
+    }
     assert actual == expected
     # structure is fine: columns present and coordinates typed
     assert _outcome(result, "expect_table_columns_to_match_set").success
     assert _outcome(result, "expect_column_values_to_be_of_type", S.LATITUDE).success
     text = result.describe()
-    assert "FAILED 7 of 10" in text
+    assert "FAILED 10 of 13" in text
+    assert "on columns 'latitude' and 'longitude': 1 unexpected" in text
     assert "expect_column_values_to_be_unique on column 'id': 2 unexpected" in text
     assert "rule latitude_out_of_range" in text
     with pytest.raises(C.ContractError) as caught:
@@ -228,7 +249,7 @@ def test_valid_subset_passes_the_input_contract(bad_typed: DataFrame) -> None:
     kept = C.add_rejection_reasons(bad_typed).where(F.col(S.REASON).isNull())
     result = C.validate_input(kept)
     assert result.success, result.describe()
-    assert _outcome(result, "expect_column_values_to_not_be_null", S.LATITUDE).element_count == 2
+    assert _outcome(result, "expect_column_values_to_not_be_null", S.LATITUDE).element_count == 5
 
 
 def test_validate_input_reports_missing_columns(spark: SparkSession) -> None:

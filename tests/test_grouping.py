@@ -85,16 +85,52 @@ def test_unsplittable_component_falls_back_to_pairwise(spark: SparkSession, limi
     got = group_matches(
         ids, scored, threshold=0.5, max_group_size=3, split_step=0.5, local_max_edges=limit
     )
-    rows = {r[S.ID]: r[S.MATCHES] for r in got.collect()}
-    assert rows == {"h": "h p q r s", "p": "p h", "q": "q h", "r": "r h", "s": "s h"}
+    rows = {r[S.ID]: (r[S.MATCHES], r[S.GROUP_ID]) for r in got.collect()}
+    # the star is still one group (its component), only the match lists are pairwise
+    assert rows == {
+        "h": ("h p q r s", "h"),
+        "p": ("p h", "h"),
+        "q": ("q h", "h"),
+        "r": ("r h", "h"),
+        "s": ("s h", "h"),
+    }
 
 
-def test_pairwise_matches_only_direct_neighbours(spark: SparkSession) -> None:
-    ids = _ids(spark, "a", "b", "c")
+def test_split_bars_reach_one_exactly() -> None:
+    from poimatch.grouping import _split_bars
+
+    # adding 0.05 ten times to 0.5 gives 1.0000000000000004: the bar 1.0 was skipped
+    bar = 0.5
+    for _ in range(10):
+        bar += 0.05
+    assert bar > 1.0
+    bars = _split_bars(0.5, 0.05)
+    assert len(bars) == 10
+    assert bars[-1] == 1.0
+    assert bars[0] == pytest.approx(0.55)
+    assert _split_bars(0.7, 0.1) == [pytest.approx(0.8), pytest.approx(0.9), 1.0]
+    assert _split_bars(1.0, 0.05) == []
+
+
+def test_last_bar_of_the_chain_guard_is_tried(spark: SparkSession, limit: int) -> None:
+    # two certain pairs joined by a 0.96 bridge: only the bar 1.0 (the tenth step of
+    # 0.05 from 0.5) splits them; skipping it would give pairwise lists instead
+    ids = _ids(spark, "a", "b", "c", "d")
+    scored = _scored(spark, [("a", "b", 1.0), ("c", "d", 1.0), ("b", "c", 0.96)])
+    got = group_matches(ids, scored, threshold=0.5, max_group_size=2, local_max_edges=limit)
+    rows = {r[S.ID]: (r[S.MATCHES], r[S.GROUP_ID]) for r in got.collect()}
+    assert rows == {"a": ("a b", "a"), "b": ("b a", "a"), "c": ("c d", "c"), "d": ("d c", "c")}
+
+
+def test_pairwise_matches_only_direct_neighbours(spark: SparkSession, limit: int) -> None:
+    ids = _ids(spark, "a", "b", "c", "d")
     scored = _scored(spark, [("a", "b", 0.9), ("b", "c", 0.8), ("a", "c", 0.1)])
-    got = pairwise_matches(ids, scored, threshold=0.5).orderBy(S.ID)
+    got = pairwise_matches(ids, scored, threshold=0.5, local_max_edges=limit).orderBy(S.ID)
+    # match lists are direct neighbours only (a and c are not matched), but group_id
+    # is a real group: a, b and c are one connected component, so c's group is a
+    # (it used to be the smallest id of c's own list, b: no group at all)
     expected = spark.createDataFrame(
-        [("a", "a", "a b"), ("b", "a", "b a c"), ("c", "b", "c b")],
+        [("a", "a", "a b"), ("b", "a", "b a c"), ("c", "a", "c b"), ("d", "d", "d")],
         f"{S.ID} string, {S.GROUP_ID} string, {S.MATCHES} string",
     )
     assert_df_equality(got, expected, ignore_nullable=True)

@@ -15,13 +15,16 @@ import pytest
 from conftest import register_matcher
 from pyspark.sql import SparkSession
 
+from poimatch import incremental
 from poimatch import schema as S
 from poimatch.batch import run_match
 from poimatch.config import Settings, load_settings
 from poimatch.generator import generate_pois, write_pois_csv
-from poimatch.incremental import state_paths
+from poimatch.incremental import state_key, state_paths
 from poimatch.ingest import ingest_file
 from poimatch.io import delta_version
+from poimatch.namestats import NameStats
+from poimatch.pipeline import MatchingSpec
 from poimatch.workflows import FitOutcome
 
 pytestmark = pytest.mark.slow
@@ -98,6 +101,7 @@ def runs(
         "full": full,
         "touched": touched,
         "matches_path": matches_path,
+        "match": match,
     }
 
 
@@ -154,3 +158,59 @@ def test_state_tables_sit_beside_the_matches_table(
     figures = next(line for line in runs["full_lines"] if line.startswith("candidates="))
     candidates = int(figures.split()[0].split("=")[1])
     assert spark.read.format("delta").load(pairs).count() == candidates
+
+
+def _spec(**changes: Any) -> MatchingSpec:
+    values: dict[str, Any] = {
+        "threshold": 0.5,
+        "grouping_mode": "components",
+        "max_group_size": 25,
+        "features": ("f_dist_m",),
+        "blocking": {"cell_m": 300.0},
+        "name_stats": NameStats(places=3, names={"cafe": 2}, tokens={"cafe": 2}),
+    }
+    return MatchingSpec(**(values | changes))
+
+
+@pytest.mark.parametrize("source", incremental.STATE_SOURCES)
+def test_state_key_follows_the_code_that_shapes_the_state(
+    monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    before = state_key(_spec())
+    assert state_key(_spec()) == before  # stable
+    original = incremental._source_bytes
+
+    def edited(name: str) -> bytes:
+        return original(name) + (b"\n# one more line\n" if name == source else b"")
+
+    monkeypatch.setattr(incremental, "_source_bytes", edited)
+    assert state_key(_spec()) != before
+
+
+def test_state_key_follows_libraries_spec_and_name_stats(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = state_key(_spec())
+    assert state_key(_spec(threshold=0.6)) != before
+    assert state_key(_spec(name_stats=NameStats(places=3, names={"cafe": 3}))) != before
+    original = incremental._library_version
+    monkeypatch.setattr(
+        incremental,
+        "_library_version",
+        lambda name: "9.9.9" if name == "rapidfuzz" else original(name),
+    )
+    assert state_key(_spec()) != before
+
+
+def test_changed_normalization_code_forces_a_full_run(
+    spark: SparkSession, runs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the state of the last incremental run is there, but normalize.py "changed"
+    original = incremental._source_bytes
+    monkeypatch.setattr(
+        incremental,
+        "_source_bytes",
+        lambda name: original(name) + (b"\n# changed\n" if name == "normalize.py" else b""),
+    )
+    lines = runs["match"](True)
+    assert "incremental state=none (full run)" in lines
+    assert any(line.startswith("rows=3090 changed_rows=3090") for line in lines)
+    pd.testing.assert_frame_equal(_table(spark, runs["matches_path"]), runs["full"])

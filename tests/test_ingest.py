@@ -39,6 +39,8 @@ BAD = [
     _row("b5", "Far East", "48.1", "181"),
     _row("dup", "First", "48.1", "2.1"),
     _row("dup", "Second", "48.2", "2.2"),
+    _row("b 6", "Spaced Id", "48.1", "2.1"),
+    _row("b7", "Null Island", "0", "0"),
 ]
 
 
@@ -53,9 +55,11 @@ def test_bad_rows_are_quarantined_with_reasons(spark: SparkSession, tmp_path: Pa
     src = _write(tmp_path / "in.csv", [HEADER, *GOOD, *BAD], bom=True)
     paths = _paths(tmp_path)
     report = ingest_file(spark, src, **paths)
-    assert (report.rows, report.accepted, report.quarantined) == (10, 3, 7)
+    assert (report.rows, report.accepted, report.quarantined) == (12, 3, 9)
     assert report.reasons == {
         "missing_id": 1,
+        "whitespace_in_id": 1,
+        "zero_coordinates": 1,
         "missing_name": 1,
         "non_numeric_latitude": 1,
         "latitude_out_of_range": 1,
@@ -76,7 +80,9 @@ def test_bad_rows_are_quarantined_with_reasons(spark: SparkSession, tmp_path: Pa
         ("Far North", "latitude_out_of_range"),
         ("First", "duplicate_id"),
         ("No Id", "missing_id"),
+        ("Null Island", "zero_coordinates"),
         ("Second", "duplicate_id"),
+        ("Spaced Id", "whitespace_in_id"),
     ]
     # the raw text of a bad value is kept, not nulled
     bad_lat = q.where(F.col(S.NAME) == "Bad Lat").first()

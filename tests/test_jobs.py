@@ -58,3 +58,21 @@ def test_bad_config_fails_naming_the_key(override: str) -> None:
     assert done.returncode == 2
     key = override.split("=", maxsplit=1)[0]
     assert f"invalid configuration: {key}" in done.stdout + done.stderr
+
+
+def test_match_fails_on_an_unusable_file_with_status_2(tmp_path: Path) -> None:
+    # one file of tests/awkward.py's corpus through the real wrapper (the whole corpus
+    # runs in-process in tests/test_awkward_uploads.py): a named error, status 2, no output
+    bad = tmp_path / "semicolons.csv"
+    bad.write_text("id;name;latitude;longitude\na;A;1;2\n", encoding="utf-8")
+    out = tmp_path / "out.csv"
+    done = _submit(
+        "jobs/match.py",
+        *("--input", str(bad), "--output", str(out)),
+        *("--set", f"storage.root={tmp_path / 'lake'}"),
+    )
+    assert done.returncode == 2, (done.stdout + done.stderr)[-2000:]
+    assert "error: " in done.stdout + done.stderr
+    assert "missing required column(s)" in done.stdout + done.stderr
+    assert not out.exists()
+    assert not (tmp_path / "lake").exists()

@@ -280,6 +280,7 @@ def test_research_run_leaves_production_untouched(
         input_path=str(registry["eval_csv"]),
         output_csv=None,
         model_uri=trained.model_uri,
+        table=research.storage.table_path(research.storage.matches_table),
     )
     assert any(str(root / "research") in line for line in lines if "matches_table" in line)
     # every door into production is shut

@@ -154,7 +154,35 @@ def test_parse_row_limit_is_413() -> None:
     with pytest.raises(RequestError) as info:
         parse_upload(body, max_rows=10)
     assert info.value.status == 413
-    assert "11 data rows; the limit is 10" in info.value.message
+    assert "more than 10 data rows; the limit is 10" in info.value.message
+
+
+def test_parse_stops_reading_at_the_row_limit() -> None:
+    # record 12 is ragged and record 13 is not CSV at all (a field past the csv
+    # module's size limit): reading stops at record 11, so neither is ever seen
+    rows = [f"r{i},n,1,2,,,,,,,," for i in range(11)]
+    body = _csv(*rows, "r11,n,1", '"' + "x" * 200_000 + '",n,1,2,,,,,,,,')
+    with pytest.raises(RequestError) as info:
+        parse_upload(body, max_rows=10)
+    assert (info.value.status, info.value.code) == (413, "too_many_rows")
+    with pytest.raises(RequestError) as info:
+        parse_upload(body, max_rows=20)  # with room for them, they are read and named
+    assert info.value.code == "not_csv"
+
+
+def test_header_text_is_safe_for_any_column_name() -> None:
+    from urllib.parse import unquote
+
+    from poimatch.service import header_text
+
+    note = "ignored columns: ['категория', '名前', 'a\nb', '100%']"
+    encoded = header_text(note)
+    encoded.encode("ascii")  # no UnicodeEncodeError: any HTTP stack can send it
+    assert all(0x20 <= ord(c) < 0x7F for c in encoded)  # no control characters
+    assert unquote(encoded) == note
+    assert header_text("absent optional columns: ['city']") == (
+        "absent optional columns: ['city']"  # ASCII reads as it is
+    )
 
 
 # -------------------------------------------------------------------------- HTTP
@@ -275,7 +303,11 @@ def test_slow_request_is_504_and_its_jobs_are_cancelled(engine: GatedEngine) -> 
         response = client.post("/invocations", content=_csv("a,A,1,2,,,,,,,,"))
         assert response.status_code == 504
         assert response.json()["error"] == "timeout"
-        assert engine.cancelled == ["req-1"]
+        deadline = time.monotonic() + 10
+        while not engine.cancelled:  # cancelling runs on its own thread
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert engine.cancelled == [response.headers["X-Request-Id"]]
         engine.gate.set()
         assert client.post("/invocations", content=_csv("a,A,1,2,,,,,,,,")).status_code == 200
 
@@ -325,3 +357,106 @@ def test_lost_spark_fails_health_so_the_process_is_restarted() -> None:
         again = client.post("/invocations", content=_csv("a,A,1,2,,,,,,,,"))
         assert again.status_code == 503
         assert again.json()["error"] == "not_ready"
+
+
+# ------------------------------------------------------------- integrity and auth
+
+
+def test_non_latin_column_names_are_noted_not_a_500(client: TestClient) -> None:
+    from urllib.parse import unquote
+
+    body = (
+        'id,name,latitude,longitude,категория,名前,"multi\nline"\na,A,1,2,x,y,z\nb,B,1,2,x,y,z\n'
+    ).encode()
+    response = client.post("/invocations", content=body, headers={"Content-Type": "text/csv"})
+    assert response.status_code == 200, response.text
+    notes = unquote(response.headers["X-Poimatch-Notes"])
+    # the list of names as Python prints it: the newline inside a name shows as \\n
+    assert "ignored columns: ['категория', '名前', 'multi\\nline']" in notes
+    assert response.text == "id,matches\na,a\nb,b\n"
+
+
+class BrokenEngine(GatedEngine):
+    """Fails the way an internal bug would, with paths and a Java trace in the text."""
+
+    def match(self, table: pd.DataFrame, model: LoadedModel, tag: str) -> pd.DataFrame:
+        raise RuntimeError("py4j: An error occurred at /srv/secret/path\n\tat org.apache.X")
+
+
+def test_a_500_body_is_generic_with_the_request_id(caplog: pytest.LogCaptureFixture) -> None:
+    with _client(BrokenEngine()) as client:
+        response = client.post("/invocations", content=_csv("a,A,1,2,,,,,,,,"))
+    assert response.status_code == 500
+    request_id = response.headers["X-Request-Id"]
+    assert response.json() == {"error": "internal", "request_id": request_id}
+    assert "secret" not in response.text
+    # the detail is in the log, under the same request id
+    logged = [r for r in caplog.records if request_id in r.getMessage()]
+    assert logged
+    assert any("/srv/secret/path" in str(r.exc_info[1]) for r in logged if r.exc_info)
+
+
+def test_parsing_runs_off_the_event_loop(
+    engine: GatedEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from poimatch import service
+
+    parsing, release = threading.Event(), threading.Event()
+    real = service.parse_upload
+
+    def slow_parse(data: bytes, *, max_rows: int) -> Any:
+        parsing.set()
+        assert release.wait(20), "never released"
+        return real(data, max_rows=max_rows)
+
+    monkeypatch.setattr(service, "parse_upload", slow_parse)
+    with _client(engine) as client:
+        results: list[int] = []
+        worker = threading.Thread(
+            target=lambda: results.append(
+                client.post("/invocations", content=_csv("a,A,1,2,,,,,,,,")).status_code
+            )
+        )
+        worker.start()
+        assert parsing.wait(10)
+        # the upload is still being parsed, and the service answers
+        assert client.get("/health").status_code == 200
+        assert "poimatch_queue_depth" in client.get("/metrics").text
+        release.set()
+        worker.join(20)
+        assert results == [200]
+
+
+TOKEN = "s3cret-token-0123456789"
+
+
+def test_bearer_token_guards_invocations_and_admin(engine: GatedEngine) -> None:
+    with _client(engine, f"service.token={TOKEN}") as client:
+        body = _csv("a,A,1,2,,,,,,,,")
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong-token-0123456789"},
+            {
+                "Authorization": TOKEN  # no scheme
+            },
+        ):
+            response = client.post("/invocations", content=body, headers=headers)
+            assert response.status_code == 401
+            assert response.json()["error"] == "unauthorized"
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert client.post("/admin/reload").status_code == 401
+        assert engine.seen_versions == []  # nothing reached the engine
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        assert client.post("/invocations", content=body, headers=good).status_code == 200
+        assert client.post("/admin/reload", headers=good).status_code == 200
+        # health checks and metrics stay open
+        for path in ("/health", "/ready", "/version", "/metrics"):
+            assert client.get(path).status_code == 200
+
+
+def test_token_is_optional_and_never_shown() -> None:
+    assert _settings().service.token is None  # default: no authentication
+    settings = _settings(f"service.token={TOKEN}")
+    assert TOKEN not in str(settings.flat())  # logged with runs: masked
+    with pytest.raises(ValueError, match=r"service\.token"):
+        _settings("service.token=short")

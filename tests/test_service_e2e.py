@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import mlflow
@@ -198,8 +199,15 @@ HEAD = "id,name,latitude,longitude"
             (HEAD + "\n" + "\n".join(f"r{i},n,1,2" for i in range(501)) + "\n").encode(),
             413,
             "too_many_rows",
-            ["501", "500"],
+            ["more than 500 data rows"],
         ),
+        (
+            f"{HEAD}\na b,A,1,2\n".encode(),
+            422,
+            "invalid_rows",
+            ["whitespace_in_id: data rows [1]"],  # was a 500: the output check failed
+        ),
+        (f"{HEAD}\nz,Z,0,0\n".encode(), 422, "invalid_rows", ["zero_coordinates"]),
         (HEAD.encode() + b"\n" + b"x" * 200_001, 413, "too_large", ["200000"]),
     ],
 )
@@ -222,6 +230,32 @@ def test_bom_and_unknown_columns_are_accepted(server: dict[str, Any]) -> None:
     assert response.status_code == 200, response.text
     assert "ignored columns: ['colour']" in response.headers["X-Poimatch-Notes"]
     assert response.text == _post(server["client"], EXAMPLE_CSV.encode()).text
+
+
+def test_non_latin_column_names_and_chunked_bodies_over_real_http(
+    server: dict[str, Any],
+) -> None:
+    # uvicorn encodes headers as Latin-1: a note naming 'категория' used to be a 500
+    body = (
+        EXAMPLE_CSV.replace("categories\n", "categories,категория\n", 1)
+        .replace("\n", ",x\n")
+        .replace("categories,категория,x\n", "categories,категория\n", 1)
+    )
+    response = _post(server["client"], body.encode())
+    assert response.status_code == 200, response.text
+    assert unquote(response.headers["X-Poimatch-Notes"]) == "ignored columns: ['категория']"
+
+    def chunks() -> Iterator[bytes]:
+        data = EXAMPLE_CSV.encode()
+        for i in range(0, len(data), 100):
+            yield data[i : i + 100]
+
+    chunked = server["client"].post(
+        "/invocations", content=chunks(), headers={"Content-Type": "text/csv"}
+    )
+    assert chunked.request.headers["transfer-encoding"] == "chunked"
+    assert chunked.status_code == 200, chunked.text
+    assert chunked.text == _post(server["client"], EXAMPLE_CSV.encode()).text
 
 
 def test_eight_concurrent_files_each_get_their_own_ids(server: dict[str, Any]) -> None:

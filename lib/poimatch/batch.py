@@ -1,21 +1,31 @@
 """Job-level runs with their I/O: load validated POIs, match and write, evaluate.
 
-The jobs in ``jobs/`` (and the REST service) call these; they return printable lines.
+The jobs in ``jobs/`` call these; they return printable lines.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from poimatch import contracts
+from poimatch import contracts, triage
 from poimatch import schema as S
 from poimatch.config import Settings
 from poimatch.evaluation import iou, matches_to_pairs, pair_metrics, truth_pairs
 from poimatch.incremental import match_incremental
-from poimatch.ingest import accepted_rows, check_rows, rejected_rows, upsert_quarantine
+from poimatch.ingest import (
+    accepted_rows,
+    check_rows,
+    poi_layout,
+    rejected_rows,
+    upsert_quarantine,
+)
 from poimatch.io import (
+    InputError,
     input_fingerprint,
     is_delta_table,
     read_matches,
@@ -25,9 +35,17 @@ from poimatch.io import (
     write_single_csv,
 )
 from poimatch.tracking import configure_tracking, default_model_uri, load_matcher
+from poimatch.triage import alone_rows, rejected_report, with_status
 from poimatch.workflows import match_pois
 
-__all__ = ["load_pois", "run_match", "run_evaluate"]
+__all__ = [
+    "MatchInput",
+    "load_match_input",
+    "load_pois",
+    "rejected_table_path",
+    "run_match",
+    "run_evaluate",
+]
 
 
 def load_pois(
@@ -57,6 +75,92 @@ def load_pois(
     return accepted.select(*[f.name for f in S.poi_table_schema().fields]), lines
 
 
+@dataclass(frozen=True)
+class MatchInput:
+    """The rows of a match run, each with its ``status`` (see :mod:`poimatch.triage`).
+
+    ``pois`` are the ``matched`` rows in the typed POI layout; ``triaged`` every input
+    row with ``reason`` and ``status`` (cached: call :meth:`release` when done);
+    ``output_ids`` the ids the output must hold exactly once.
+    """
+
+    source: str
+    pois: DataFrame
+    triaged: DataFrame
+    output_ids: DataFrame
+    counts: dict[str, int]
+
+    def lines(self) -> list[str]:
+        """Printable figures."""
+        counts = " ".join(f"{k}={self.counts.get(k, 0)}" for k in triage.STATUSES)
+        return [f"input={self.source} rows={sum(self.counts.values())} {counts}"]
+
+    def release(self) -> None:
+        """Unpersist the cached rows."""
+        self.triaged.unpersist()
+
+
+def load_match_input(spark: SparkSession, path: str) -> MatchInput:
+    """Every row of a CSV or Delta table, checked by the input rules and triaged.
+
+    Unlike :func:`load_pois` nothing is quarantined and nothing is dropped: rows
+    breaking a rule are returned with their ``status`` and ``reason`` for the output
+    and the rejected-rows report. Reading has no side effect on any table.
+
+    Raises:
+        poimatch.io.InputError: the file cannot be used at all, or has no data rows.
+    """
+    if is_delta_table(spark, path):
+        raw = spark.read.format("delta").load(path)
+        raw = raw.withColumn(S.INPUT_ORDER, F.monotonically_increasing_id())
+        label = f"delta:{path}"
+    else:
+        raw = read_poi_csv(spark, path).frame
+        label = f"csv:{path}"
+    triaged = triage.add_status(check_rows(raw)).persist(StorageLevel.MEMORY_AND_DISK)
+    counts = {
+        str(r[S.STATUS]): int(r["count"]) for r in triaged.groupBy(S.STATUS).count().collect()
+    }
+    if not counts:
+        triaged.unpersist()
+        raise InputError(f"{path}: no data rows (a header and nothing else)")
+    pois = poi_layout(triaged.where(F.col(S.STATUS) == triage.MATCHED))
+    return MatchInput(label, pois, triaged, triage.output_ids(triaged), counts)
+
+
+def _rejected_csv_path(output_csv: str) -> str:
+    """``OUT.rejected.csv`` beside ``OUT.csv`` (or ``OUT.rejected.csv`` for ``OUT``)."""
+    path = Path(output_csv)
+    stem = path.name[: -len(".csv")] if path.name.lower().endswith(".csv") else path.name
+    return str(path.with_name(f"{stem}.rejected.csv"))
+
+
+def rejected_table_path(table: str) -> str:
+    """Where the rejected-rows report of the Delta output table ``table`` is written."""
+    return f"{table.rstrip('/')}_rejected"
+
+
+def _output_table(settings: Settings, input_path: str | None, table: str | None) -> str | None:
+    """The Delta table a match run writes: where the user asked, never by accident.
+
+    The POI table's run (no input) updates ``matches`` unless ``table`` says otherwise;
+    an ad-hoc input writes a table only when ``table`` names one.
+    """
+    storage = settings.storage
+    if table is not None:
+        inputs = {
+            storage.table_path(storage.pois_table),
+            storage.table_path(storage.quarantine_table),
+            storage.table_path(settings.lifecycle.eval_table),
+        }
+        if table.rstrip("/") in inputs:
+            raise ValueError(f"--table {table}: that is an input table; name a matches table")
+        return table
+    if input_path is None:
+        return storage.table_path(storage.matches_table)
+    return None
+
+
 def run_match(
     spark: SparkSession,
     settings: Settings,
@@ -65,23 +169,94 @@ def run_match(
     output_csv: str | None,
     model_uri: str | None,
     incremental: bool = False,
+    table: str | None = None,
 ) -> list[str]:
-    """Match, check the output contract, write Delta ``matches`` (and the CSV).
+    """Match, check the output contract, write where asked.
 
-    With ``incremental`` the input must be a Delta table (the POI table by default):
-    see :mod:`poimatch.incremental`.
+    Every input id is in the output exactly once: the rows breaking an input rule are
+    there alone, with ``status`` and ``reason`` (:mod:`poimatch.triage`), and every row
+    that was not matched is listed in a rejected-rows report beside the output
+    (``OUT.rejected.csv`` beside ``--output OUT.csv``; ``<table>_rejected`` beside a
+    Delta table).
+
+    Writes: matching the POI table (``input_path`` None) updates the Delta ``matches``
+    table (or ``table``); an ad-hoc input writes only ``output_csv`` and/or ``table``,
+    and never touches a production table (nor the quarantine). With ``incremental``
+    the input must be a Delta table: see :mod:`poimatch.incremental`.
+
+    Raises:
+        ValueError: an ad-hoc input with nowhere to write, ``--incremental`` without a
+            Delta input and table, or ``table`` naming an input table.
     """
     storage = settings.storage
+    target = _output_table(settings, input_path, table)
+    if target is None and not output_csv:
+        raise ValueError(
+            "an ad-hoc match (--input) writes only what you name: "
+            "give --output OUT.csv and/or --table PATH"
+        )
     source = input_path or storage.table_path(storage.pois_table)
+    if incremental and (target is None or not is_delta_table(spark, source)):
+        raise ValueError(
+            f"--incremental needs a Delta table as input (not {source}) and a Delta "
+            "output table (the POI table's run, or --table) to keep its state beside"
+        )
     fingerprint = input_fingerprint(spark, source)  # the version read just below
-    pois, lines = load_pois(
-        spark, source, quarantine_path=storage.table_path(storage.quarantine_table)
-    )
+    data = load_match_input(spark, source)
+    lines = data.lines()
     uri = model_uri or default_model_uri(settings.model.name)
-    table = storage.table_path(storage.matches_table)
+    try:
+        matched, n_pairs, seconds, per_row, more = _match_rows(
+            spark, settings, data.pois, uri=uri, incremental=incremental, table=target
+        )
+        lines += more
+        output = with_status(matched, data.triaged).unionByName(alone_rows(data.triaged))
+        output = output.persist(StorageLevel.MEMORY_AND_DISK)
+        contracts.require(contracts.validate_output(output, input_ids=data.output_ids))
+        report = rejected_report(data.triaged)
+        metadata = f"input={fingerprint} model={uri}"
+        lines += [f"model={uri}", f"candidates={n_pairs} candidates_per_row={per_row:.2f}"]
+        if target is not None:
+            # the report first: the matches commit is the run's last word
+            write_delta(report, rejected_table_path(target), user_metadata=metadata)
+            write_delta(
+                output.select(S.ID, S.GROUP_ID, S.MATCHES, S.STATUS, S.REASON),
+                target,
+                user_metadata=metadata,
+            )
+            lines += [f"matches_table={target}", f"rejected_table={rejected_table_path(target)}"]
+        if output_csv:
+            write_single_csv(output.select(S.ID, S.MATCHES).orderBy(S.ID), output_csv)
+            rejected_csv = _rejected_csv_path(output_csv)
+            write_single_csv(report, rejected_csv)
+            lines += [f"output={output_csv}", f"rejected_output={rejected_csv}"]
+        groups = output.groupBy(S.GROUP_ID).count()
+        stats = groups.agg(F.count(F.lit(1)).alias("g"), F.max("count").alias("m")).first()
+        if stats is not None:
+            lines.append(f"groups={stats['g']} largest_group={stats['m']}")
+        lines.append(f"match_seconds={seconds:.1f}")
+        matched.unpersist()
+        output.unpersist()
+    finally:
+        data.release()
+    return lines
+
+
+def _match_rows(
+    spark: SparkSession,
+    settings: Settings,
+    pois: DataFrame,
+    *,
+    uri: str,
+    incremental: bool,
+    table: str | None,
+) -> tuple[DataFrame, int, float, float, list[str]]:
+    """``(matches, candidates, seconds, candidates per row, lines)`` of the matched rows."""
+    if pois.limit(1).count() == 0:  # every row rejected: nothing to match
+        empty = spark.createDataFrame([], f"{S.ID} string, {S.GROUP_ID} string, {S.MATCHES} string")
+        return empty, 0, 0.0, 0.0, []
     if incremental:
-        if not is_delta_table(spark, source):
-            raise ValueError(f"--incremental needs a Delta table as input, not {source}")
+        assert table is not None  # nosec B101
         configure_tracking(settings.tracking)
         model, spec, _ = load_matcher(uri)
         inc = match_incremental(
@@ -93,38 +268,10 @@ def run_match(
             max_iterations=settings.grouping.max_iterations,
             local_max_edges=settings.grouping.local_max_edges,
         )
-        matches, n_pairs, seconds = inc.matches, inc.candidates, inc.seconds
-        lines += inc.lines()
-        per_row = 2.0 * n_pairs / max(inc.rows, 1)
-    else:
-        result = match_pois(pois, model_uri=uri, settings=settings)
-        matches, n_pairs, seconds, per_row = (
-            result.matches,
-            result.candidates,
-            result.seconds,
-            result.per_row,
-        )
-    contracts.require(contracts.validate_output(matches, input_ids=pois.select(S.ID)))
-    write_delta(
-        matches.select(S.ID, S.GROUP_ID, S.MATCHES),
-        table,
-        user_metadata=f"input={fingerprint} model={uri}",
-    )
-    lines += [
-        f"model={uri}",
-        f"candidates={n_pairs} candidates_per_row={per_row:.2f}",
-        f"matches_table={table}",
-    ]
-    if output_csv:
-        write_single_csv(matches.select(S.ID, S.MATCHES).orderBy(S.ID), output_csv)
-        lines.append(f"output={output_csv}")
-    groups = matches.groupBy(S.GROUP_ID).count()
-    stats = groups.agg(F.count(F.lit(1)).alias("g"), F.max("count").alias("m")).first()
-    if stats is not None:
-        lines.append(f"groups={stats['g']} largest_group={stats['m']}")
-    lines.append(f"match_seconds={seconds:.1f}")
-    matches.unpersist()
-    return lines
+        per_row = 2.0 * inc.candidates / max(inc.rows, 1)
+        return inc.matches, inc.candidates, inc.seconds, per_row, inc.lines()
+    result = match_pois(pois, model_uri=uri, settings=settings)
+    return result.matches, result.candidates, result.seconds, result.per_row, []
 
 
 def run_evaluate(spark: SparkSession, submission_path: str, truth_path: str) -> list[str]:

@@ -3,7 +3,10 @@
 * Spatial pass: every row is put in a square grid cell of ``cell_m`` metres and
   joined with the rows of its 3x3 neighbourhood, so a pair closer than ``cell_m`` is
   never lost at a cell border (x cells are measured in each latitude band's own
-  scale, so this holds at band borders too, at any longitude). Each row keeps its
+  scale, so this holds at band borders too, at any longitude, and they wrap around
+  the ±180° meridian). Rows at one identical coordinate beyond the ``k_nearest + 1``
+  smallest ids are never anyone's candidates (ties go to the smallest ids), so a
+  stack of rows at one point is not joined with itself. Each row keeps its
   ``k_nearest`` nearest candidates: the cap that keeps dense city centres from
   exploding. In dense areas the join itself would grow with the square of the
   density, so a row there is first joined on a finer grid (``cell_m / 2**j``) and
@@ -56,11 +59,36 @@ def _cell_y(lat: Column, cell_m: Column | float) -> Column:
     return F.floor(lat * _M_PER_DEG / cell_m).cast(T.LongType())
 
 
-def _cell_x(lon: Column, cy: Column, cell_m: Column | float) -> Column:
-    # x cells are scaled at the latitude of the band's centre, so cells stay square
+def _band_cells(cy: Column, cell_m: Column | float) -> Column:
+    """How many x cells latitude band ``cy`` holds around the globe (at least 1).
+
+    A whole number of cells per band, each at least ``cell_m`` wide at the band's
+    centre, so that the x cells close up at the ±180° meridian (see :func:`_cell_x`).
+    """
     band_lat = F.radians((cy + 0.5) * cell_m / _M_PER_DEG)
     scale = F.greatest(F.cos(band_lat), F.lit(0.01))
-    return F.floor(lon * _M_PER_DEG * scale / cell_m).cast(T.LongType())
+    return F.greatest(F.floor(F.lit(360.0 * _M_PER_DEG) * scale / cell_m), F.lit(1)).cast(
+        T.LongType()
+    )
+
+
+def _cell_x(lon: Column, cy: Column, cell_m: Column | float) -> Column:
+    # x cells are scaled at the latitude of the band's centre, so cells stay square,
+    # and numbered 0 .. n-1 eastwards from -180°: cell n-1 (just west of +180°) and
+    # cell 0 (just east of -180°) are neighbours, and +180° is cell 0 like -180°
+    n = _band_cells(cy, cell_m)
+    return F.pmod(F.floor((lon + 180.0) / 360.0 * n).cast(T.LongType()), n)
+
+
+def _wrap_x(cx: Column, cy: Column, cell_m: Column | float) -> Column:
+    """An x cell index shifted past either end of band ``cy``, brought back into it."""
+    return F.pmod(cx, _band_cells(cy, cell_m))
+
+
+def _distinct_neighbour(dx: Column, cy: Column, cell_m: Column | float) -> Column:
+    """False for an x offset that lands on a cell already covered (bands of 1-2 cells)."""
+    n = _band_cells(cy, cell_m)
+    return (dx == 0) | ((dx == 1) & (n >= 2)) | ((dx == -1) & (n >= 3))
 
 
 def _with_cell(df: DataFrame, cell_m: float) -> DataFrame:
@@ -78,14 +106,34 @@ def _offsets() -> Column:
     )
 
 
-def _spread_counts(counts: DataFrame, keys: list[str]) -> DataFrame:
+def _spread_counts(counts: DataFrame, keys: list[str], cell_m: float) -> DataFrame:
     """Per cell (and key): rows in the 3x3 cells around it, from per-cell counts ``_c``."""
     return (
         counts.select(_CY, _CX, *keys, "_c", F.explode(_offsets()).alias("_o"))
         .withColumn(_CY, F.col(_CY) + F.col("_o.dy"))
-        .withColumn(_CX, F.col(_CX) + F.col("_o.dx"))
+        .where(_distinct_neighbour(F.col("_o.dx"), F.col(_CY), cell_m))
+        .withColumn(_CX, _wrap_x(F.col(_CX) + F.col("_o.dx"), F.col(_CY), cell_m))
         .groupBy(_CY, _CX, *keys)
         .agg(F.sum("_c").alias("_nn"))
+    )
+
+
+def _thin_stacks(rows: DataFrame, per_point: int, keys: list[str]) -> DataFrame:
+    """At most ``per_point`` rows (smallest ids first) per identical coordinate (and key,
+    and source when linking sources).
+
+    Rows at one coordinate are all at distance 0 from each other and from any other
+    row at equal distance, so ties go to the smallest ids: a row's ``k`` nearest never
+    include more than ``k + 1`` rows of one stack (k others, plus itself when it is
+    one of them). Offering only those as candidates keeps the result exact and turns
+    a stack of ``n`` rows from an ``n x n`` join into ``n x (k + 1)``.
+    """
+    part = [S.LATITUDE, S.LONGITUDE, *keys, *([_SRC] if _SRC in rows.columns else [])]
+    w = Window.partitionBy(*part).orderBy(F.col(S.ID))
+    return (
+        rows.withColumn("_pos", F.row_number().over(w))
+        .where(F.col("_pos") <= per_point)
+        .drop("_pos")
     )
 
 
@@ -106,7 +154,8 @@ def _near_pairs(
     most ``levels``). Each left row stays in its own cell; each right row is copied,
     on every grid level, into the 3x3 cells around it, its x cell
     measured in each target band's own scale (so a pair closer than the cell size is
-    never lost at a band border, whatever the longitude). Right copies are first cut
+    never lost at a band border, whatever the longitude) and wrapped around the ±180°
+    meridian (so a pair across it is found like any other). Right copies are first cut
     to the cells that hold a left row (broadcast semi-join), and the output stays
     partitioned by the left row's cell: a per-row window over
     ``(_lvl, _cy, _cx[, _key], id)`` needs no further shuffle.
@@ -130,7 +179,11 @@ def _near_pairs(
         )
         .select("*", F.explode(_offsets()).alias("_o"))
         .withColumn(_CY, _cell_y(F.col("_lat_o"), size) + F.col("_o.dy"))
-        .withColumn(_CX, _cell_x(F.col("_lon_o"), F.col(_CY), size) + F.col("_o.dx"))
+        .where(_distinct_neighbour(F.col("_o.dx"), F.col(_CY), size))
+        .withColumn(
+            _CX,
+            _wrap_x(_cell_x(F.col("_lon_o"), F.col(_CY), size) + F.col("_o.dx"), F.col(_CY), size),
+        )
         .drop("_o")
         .join(F.broadcast(wanted), on=on, how="left_semi")
     )
@@ -183,7 +236,7 @@ def _grid_levels(points: DataFrame, cell_m: float, k: int, fine_levels: int) -> 
             F.count(F.lit(1)).alias("_c")
         )
         dense = (
-            _spread_counts(counts, [])
+            _spread_counts(counts, [], size)
             .where(F.col("_nn") - 1 >= _DENSE_FACTOR * k)
             .select(F.col(_CY).alias(cy), F.col(_CX).alias(cx), F.lit(j).alias(f"_d{j}"))
         )
@@ -212,7 +265,9 @@ def _spatial_nearest(
     rows = _grid_levels(points, cell_m, k, fine_levels) if fine_levels else None
     if rows is None:
         rows = points.select(*_row_columns(points), F.lit(0).alias(_LVL))
-    right = points.select(*_row_columns(points))
+    right = _thin_stacks(points.select(*_row_columns(points)), k + 1, [])
+    if materialize is not None:
+        right = materialize(right)  # read by both rounds
     first = _ranked(_near_pairs(rows, right, cell_m, key=False, levels=fine_levels), k, key=False)
     if materialize is not None:
         first = materialize(first)
@@ -240,12 +295,12 @@ def _key_nearest(points: DataFrame, settings: BlockingSettings, key: Column) -> 
     )
     celled = _with_cell(rows, cell_m)
     counts = celled.groupBy(_CY, _CX, _KEY).agg(F.count(F.lit(1)).alias("_c"))
-    near = _spread_counts(counts, [_KEY])
+    near = _spread_counts(counts, [_KEY], cell_m)
     cap = settings.max_key_group
     left = celled.join(near, on=[_CY, _CX, _KEY], how="inner").where(F.col("_nn") - 1 < cap)
     # a right row in a cell with more than cap rows of its key only neighbours skipped rows
     right = celled.join(counts.where(F.col("_c") <= cap), on=[_CY, _CX, _KEY], how="left_semi")
-    right = right.drop(_CY, _CX, _LVL)
+    right = _thin_stacks(right.drop(_CY, _CX, _LVL), settings.k_key + 1, [_KEY])
     directed = _near_pairs(left.drop(_CY, _CX, "_nn"), right, cell_m, key=True)
     return _ranked(directed, settings.k_key, key=True).select(S.ID, _OTHER, _DIST)
 
@@ -284,8 +339,9 @@ def candidate_pairs(
             columns of :func:`poimatch.normalize.add_normalized_columns`.
         settings: the blocking section of the configuration.
         materialize: optional ``DataFrame -> DataFrame`` (e.g. a local checkpoint)
-            applied to the spatial pass's first round, which is read twice; without
-            it that round is computed twice and the result is a pure transform.
+            applied to the spatial pass's candidate rows and first round, which are
+            each read twice; without it they are computed twice and the result is a
+            pure transform.
         link_only: link sources, not deduplicate them (Splink's ``link_only``): two
             rows that name the same ``source`` are never a pair, and each pass keeps
             a row's nearest rows of other sources. Rows without a source pair with

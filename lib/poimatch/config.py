@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -83,7 +84,6 @@ class StorageSettings(_Frozen):
     root: str = "data/lake"
     pois_table: str = Field(default="pois", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     quarantine_table: str = Field(default="pois_quarantine", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    candidates_table: str = Field(default="candidates", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     matches_table: str = Field(default="matches", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
     def table_path(self, table: str) -> str:
@@ -165,7 +165,6 @@ class GroupingSettings(_Frozen):
 
     mode: str = Field(default="auto", pattern=r"^(auto|components|pairwise)$")
     max_group_size: int = Field(default=25, ge=2)
-    split_step: float = Field(default=0.05, gt=0, lt=1)
     max_iterations: int = Field(default=40, ge=1)
     # up to this many matched edges, components are computed on the driver (SciPy)
     local_max_edges: int = Field(default=5_000_000, ge=0)
@@ -209,6 +208,13 @@ class ServiceSettings(_Frozen):
     timeout_seconds: float = Field(default=60.0, gt=0)
     reload_seconds: float = Field(default=10.0, gt=0)  # how often the champion alias is polled
     shuffle_partitions: int = Field(default=1, ge=1)  # small files: one partition per stage
+    # bearer token for /invocations and /admin/*; None: no authentication (never logged)
+    token: SecretStr | None = Field(default=None, min_length=16)
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
 
 class Settings(_Frozen):

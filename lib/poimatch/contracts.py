@@ -55,6 +55,9 @@ from great_expectations.data_context.types.base import (  # noqa: E402
 from great_expectations.expectations.core.expect_column_pair_values_to_be_equal import (  # noqa: E402
     ExpectColumnPairValuesToBeEqual,
 )
+from great_expectations.expectations.core.expect_column_value_lengths_to_be_between import (  # noqa: E402
+    ExpectColumnValueLengthsToBeBetween,
+)
 from great_expectations.expectations.core.expect_column_values_to_be_between import (  # noqa: E402
     ExpectColumnValuesToBeBetween,
 )
@@ -94,6 +97,7 @@ from poimatch.schema import (  # noqa: E402
 
 __all__ = [
     "INPUT_REQUIRED_COLUMNS",
+    "MAX_NAME_CHARS",
     "INPUT_RULES",
     "INPUT_SUITE",
     "OUTPUT_SUITE",
@@ -124,10 +128,15 @@ INPUT_REQUIRED_COLUMNS: tuple[str, ...] = (
 # Java regexes (Spark's RLIKE). (?U) makes \s match Unicode white space (e.g. NBSP).
 _BLANK_RE = r"(?U)^\s*$"
 _EDGE_SPACE_RE = r"(?U)^\s+|\s+$"
+_ANY_SPACE_RE = r"(?U)\s"
 # A plain decimal number: no NaN/Infinity, no hex floats, no 'd'/'f' suffixes.
 _NUMBER_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 _LAT_RANGE = (-90.0, 90.0)
 _LON_RANGE = (-180.0, 180.0)
+#: Longest name accepted, in characters. Names are compared pair by pair with
+#: quadratic string measures (Levenshtein, partial ratio): a 100,000-character name
+#: would cost seconds per pair; no real place has a name this long.
+MAX_NAME_CHARS = 1000
 _POSITION = "poimatch_position"  # meta key: an expectation's place in its suite
 _EXAMPLES = 5  # unexpected values GX samples per failed expectation (for describe())
 
@@ -228,6 +237,45 @@ def _range_rule(reason: str, column: str, low: float, high: float) -> Rule:
     )
 
 
+def _whitespace_rule(reason: str, column: str) -> Rule:
+    # An id is one token of the space-separated `matches` list: a space (or any white
+    # space) inside it would make the output unreadable. Missing ids are missing_id's.
+    condition = f"(NOT {_missing_sql(column)} AND {_q(column)} RLIKE {_sql_string(_ANY_SPACE_RE)})"
+    return Rule(
+        reason=reason,
+        expectation=ExpectTableRowCountToEqual(
+            value=0,
+            row_condition=_spark_filter(condition),
+            meta=_rule_meta(reason, column),
+        ),
+        condition=condition,
+    )
+
+
+def _too_long_rule(reason: str, column: str, most: int) -> Rule:
+    return Rule(
+        reason=reason,
+        expectation=ExpectColumnValueLengthsToBeBetween(
+            column=column, max_value=most, meta=_rule_meta(reason, column)
+        ),
+        condition=f"char_length({_q(column)}) > {most}",
+    )
+
+
+def _zero_point_rule(reason: str, lat: str, lon: str) -> Rule:
+    # 0,0 ("null island") is what geocoders return when they fail, not a place
+    condition = f"({_q(lat)} = 0 AND {_q(lon)} = 0)"
+    return Rule(
+        reason=reason,
+        expectation=ExpectTableRowCountToEqual(
+            value=0,
+            row_condition=_spark_filter(condition),
+            meta=_rule_meta(reason, f"{lat},{lon}"),
+        ),
+        condition=condition,
+    )
+
+
 def _duplicate_rule(reason: str, column: str) -> Rule:
     # Every copy of an id that occurs more than once (we cannot tell which one is
     # right). Missing ids are left to missing_id, on both sides.
@@ -246,12 +294,15 @@ def _duplicate_rule(reason: str, column: str) -> Rule:
 #: The input rules, in the order their reasons are listed in ``reason``.
 INPUT_RULES: tuple[Rule, ...] = (
     _missing_rule("missing_id", ID),
+    _whitespace_rule("whitespace_in_id", ID),
     _missing_rule("missing_name", NAME),
+    _too_long_rule("name_too_long", NAME, MAX_NAME_CHARS),
     _duplicate_rule("duplicate_id", ID),
     _non_numeric_rule("non_numeric_latitude", LATITUDE),
     _range_rule("latitude_out_of_range", LATITUDE, *_LAT_RANGE),
     _non_numeric_rule("non_numeric_longitude", LONGITUDE),
     _range_rule("longitude_out_of_range", LONGITUDE, *_LON_RANGE),
+    _zero_point_rule("zero_coordinates", LATITUDE, LONGITUDE),
 )
 
 

@@ -19,6 +19,8 @@ recomputed; a component still too large after that falls back to pairwise matche
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 from pyspark import StorageLevel
@@ -29,6 +31,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as _scipy_components
 
 from poimatch import schema as S
+from poimatch.cancellation import check_cancelled
 
 __all__ = [
     "LOCAL_MAX_EDGES",
@@ -133,6 +136,7 @@ def connected_components(
     )
     current = current.localCheckpoint(eager=True)
     if local_max_edges > 0 and current.count() <= local_max_edges:
+        check_cancelled("grouping")
         local = _local_labels(current.select(F.col(_SRC).alias(S.ID_L), F.col(_DST).alias(S.ID_R)))
         return (
             ids.select(S.ID)
@@ -141,6 +145,7 @@ def connected_components(
         )
     previous = _fingerprint(current)
     for _ in range(max_iterations):
+        check_cancelled("grouping")
         nxt = _small_star(_large_star(current)).localCheckpoint(eager=True)
         # a cheap scan of the new edges decides most rounds; the exact set comparison
         # (two anti-joins) runs only when the fingerprint says nothing changed
@@ -160,6 +165,17 @@ def connected_components(
     )
 
 
+def _split_bars(threshold: float, split_step: float) -> list[float]:
+    """The chain guard's score bars: ``threshold + i * split_step`` up to 1.0 inclusive.
+
+    Computed by index, not by adding ``split_step`` again and again: repeated float
+    addition drifts (0.5 + 10 x 0.05 gives 1.0000000000000004) and would skip the
+    last bar, sending a component that the bar 1.0 splits to the pairwise fallback.
+    """
+    steps = math.floor((1.0 - threshold) / split_step + 1e-9)
+    return [min(threshold + i * split_step, 1.0) for i in range(1, steps + 1)]
+
+
 def group_matches(
     ids: DataFrame,
     scored: DataFrame,
@@ -173,8 +189,9 @@ def group_matches(
     """Groups from scored pairs: components of edges with ``score >= threshold``.
 
     Components larger than ``max_group_size`` are split by raising the bar for their
-    edges by ``split_step`` until they fit (or the bar passes 1.0, when their rows
-    get pairwise matches at the final bar instead).
+    edges to ``threshold + i * split_step`` (i = 1, 2, ..., up to 1.0) until they fit;
+    rows of a component still too large at the bar 1.0 get pairwise matches (their
+    direct neighbours at ``threshold``) instead, with the component as ``group_id``.
 
     Returns:
         ``id``, ``group_id``, ``matches`` for every id in ``ids``.
@@ -184,14 +201,16 @@ def group_matches(
     groups = connected_components(
         ids, edges, max_iterations=max_iterations, local_max_edges=local_max_edges
     )
-    kept, bar = edges, threshold
+    kept = edges
+    bars = iter(_split_bars(threshold, split_step))
     while True:
+        check_cancelled("grouping")
         sizes = groups.groupBy(S.GROUP_ID).agg(F.count(F.lit(1)).alias("_size"))
         big = sizes.where(F.col("_size") > max_group_size).select(S.GROUP_ID)
         if big.limit(1).count() == 0:
             break
-        bar += split_step
-        if bar > 1.0:
+        bar = next(bars, None)
+        if bar is None:
             return _pairwise_fallback(groups, kept, big, threshold)
         big_l = groups.join(big, on=S.GROUP_ID, how="left_semi").select(F.col(S.ID).alias(S.ID_L))
         # inside oversized components keep only the stronger edges; elsewhere keep all
@@ -218,32 +237,53 @@ def _with_matches(groups: DataFrame) -> DataFrame:
     )
 
 
-def pairwise_matches(ids: DataFrame, scored: DataFrame, *, threshold: float) -> DataFrame:
+def pairwise_matches(
+    ids: DataFrame,
+    scored: DataFrame,
+    *,
+    threshold: float,
+    max_iterations: int = 40,
+    local_max_edges: int = LOCAL_MAX_EDGES,
+) -> DataFrame:
     """Each id with itself plus its direct neighbours scoring ``>= threshold``.
 
-    Returns ``id``, ``group_id`` (the smallest id of the row's match set), ``matches``.
+    Returns ``id``, ``group_id``, ``matches``. ``group_id`` is a real group: the
+    connected component of the matched edges (its smallest id), so every id in a
+    row's ``matches`` shares the row's ``group_id`` (a row's own match list is not
+    transitive, its group is). Components run eagerly, as in :func:`group_matches`.
     """
-    edges = scored.where(F.col(S.SCORE) >= threshold)
+    edges = scored.where(F.col(S.SCORE) >= threshold).select(S.ID_L, S.ID_R)
+    groups = connected_components(
+        ids, edges, max_iterations=max_iterations, local_max_edges=local_max_edges
+    ).localCheckpoint(eager=True)
+    return _neighbour_lists(groups, edges)
+
+
+def _neighbour_lists(groups: DataFrame, edges: DataFrame) -> DataFrame:
+    """``id``, ``group_id`` (from ``groups``), ``matches``: the id, then its neighbours."""
     directed = edges.select(F.col(S.ID_L).alias(S.ID), F.col(S.ID_R).alias("_o")).unionByName(
         edges.select(F.col(S.ID_R).alias(S.ID), F.col(S.ID_L).alias("_o"))
     )
     nbrs = directed.groupBy(S.ID).agg(F.array_sort(F.collect_set("_o")).alias("_n"))
-    out = ids.select(S.ID).join(nbrs, on=S.ID, how="left")
+    out = groups.select(S.ID, S.GROUP_ID).join(nbrs, on=S.ID, how="left")
     members = F.concat(F.array(F.col(S.ID)), F.coalesce(F.col("_n"), F.array()))
-    return out.select(
-        S.ID,
-        F.array_min(members).alias(S.GROUP_ID),
-        F.concat_ws(" ", members).alias(S.MATCHES),
-    )
+    return out.select(S.ID, S.GROUP_ID, F.concat_ws(" ", members).alias(S.MATCHES))
 
 
 def _pairwise_fallback(
     groups: DataFrame, edges: DataFrame, big: DataFrame, threshold: float
 ) -> DataFrame:
     fine = _with_matches(groups.join(big, on=S.GROUP_ID, how="left_anti"))
-    big_ids = groups.join(big, on=S.GROUP_ID, how="left_semi").select(S.ID)
-    inside = pairwise_matches(big_ids, edges, threshold=threshold)
-    return fine.unionByName(inside)
+    # rows of a component too large to split: their direct neighbours at the threshold,
+    # the component itself (all of whose edges are in `edges`) as their group
+    big_groups = groups.join(big, on=S.GROUP_ID, how="left_semi")
+    big_ids = big_groups.select(F.col(S.ID).alias(S.ID_L))
+    inside_edges = (
+        edges.where(F.col(S.SCORE) >= threshold)
+        .join(big_ids, on=S.ID_L, how="left_semi")
+        .select(S.ID_L, S.ID_R)
+    )
+    return fine.unionByName(_neighbour_lists(big_groups, inside_edges))
 
 
 def to_output(grouped: DataFrame) -> DataFrame:

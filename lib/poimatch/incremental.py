@@ -11,8 +11,12 @@ group ids (the smallest id of a group) only change for groups that gained, lost 
 changed a member.
 
 State lives next to the matches table: ``<matches>_state_points`` and
-``<matches>_state_pairs`` (Delta), each tagged with the code version that wrote it; a
-different poimatch version ignores the state and starts over.
+``<matches>_state_pairs`` (Delta), each tagged with a key of what produced it
+(:func:`state_key`): the source code of the modules that shape normalization and the
+pair features, the versions of the libraries they call, and the model's matching spec
+with its frozen name statistics. State under another key is ignored and the run
+starts over, so a code change can never mix old and new results (the package version
+alone would not do: it stayed 0.1.0 while normalization changed).
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import unicodedata
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
+from importlib.resources import files
 
 from pyspark.ml import PipelineModel
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -38,7 +44,15 @@ from poimatch.namestats import add_name_stats
 from poimatch.normalize import add_normalized_columns
 from poimatch.pipeline import MatchingSpec, score_and_group
 
-__all__ = ["IncrementalResult", "match_incremental", "row_hash", "state_paths"]
+__all__ = [
+    "STATE_LIBRARIES",
+    "STATE_SOURCES",
+    "IncrementalResult",
+    "match_incremental",
+    "row_hash",
+    "state_key",
+    "state_paths",
+]
 
 _HASH = "_row_hash"
 _HASH_L, _HASH_R = "_row_hash_l", "_row_hash_r"
@@ -69,15 +83,45 @@ class IncrementalResult:
         ]
 
 
-def _code_version(spec: MatchingSpec) -> str:
-    """What produced the state: the package version and the model's spec (pair
-    features depend on the model's frozen name statistics)."""
+#: Modules of this package whose code shapes the saved normalized rows and pair features.
+STATE_SOURCES: tuple[str, ...] = ("normalize.py", "features.py", "namestats.py", "blocking.py")
+#: Libraries those modules call to compute them (folding, string similarities, Spark).
+STATE_LIBRARIES: tuple[str, ...] = ("anyascii", "rapidfuzz", "pyspark", "pandas")
+
+
+def _source_bytes(name: str) -> bytes:
+    """The source of one of this package's modules, as installed."""
+    return files("poimatch").joinpath(name).read_bytes()
+
+
+def _library_version(name: str) -> str:
     try:
-        code = package_version("poimatch")
+        return package_version(name)
     except PackageNotFoundError:
-        code = "unknown"
-    spec_json = json.dumps(spec.to_dict(), sort_keys=True)
-    return hashlib.sha256(f"{code}\n{spec_json}".encode()).hexdigest()
+        return "absent"
+
+
+def state_key(spec: MatchingSpec) -> str:
+    """SHA-256 of what produced a run's saved per-row and per-pair results.
+
+    The bytes of :data:`STATE_SOURCES`, the versions of :data:`STATE_LIBRARIES` and of
+    Python's Unicode database (NFKC folding), the model's matching spec and its frozen
+    name statistics (the pair features read them). Any change gives another key.
+    """
+    digest = hashlib.sha256()
+
+    def part(label: str, data: bytes) -> None:
+        digest.update(label.encode() + b"\0" + hashlib.sha256(data).digest())
+
+    for name in STATE_SOURCES:
+        part(f"source:{name}", _source_bytes(name))
+    for name in STATE_LIBRARIES:
+        part(f"library:{name}", _library_version(name).encode())
+    part("unicode", unicodedata.unidata_version.encode())
+    part("spec", json.dumps(spec.to_dict(), sort_keys=True).encode())
+    stats = spec.name_stats.to_dict() if spec.name_stats is not None else None
+    part("name_stats", json.dumps(stats, sort_keys=True, ensure_ascii=False).encode())
+    return digest.hexdigest()
 
 
 def row_hash() -> Column:
@@ -97,7 +141,7 @@ def _read_state(spark: SparkSession, path: str, version: str) -> DataFrame | Non
     frame = spark.read.format("delta").load(path)
     first = frame.select(_CODE).limit(1).collect()
     if not first or first[0][0] != version:
-        return None  # written by another version of the code: start over
+        return None  # produced by other code, libraries or model: start over
     return frame.drop(_CODE)
 
 
@@ -127,7 +171,7 @@ def match_incremental(
     """
     started = time.perf_counter()
     points_path, pairs_path = state_paths(matches_path)
-    version = _code_version(spec)
+    version = state_key(spec)
     old_points = _read_state(spark, points_path, version)
     old_pairs = _read_state(spark, pairs_path, version)
     used_state = old_points is not None and old_pairs is not None

@@ -25,6 +25,7 @@ __all__ = [
     "IngestReport",
     "check_rows",
     "accepted_rows",
+    "poi_layout",
     "rejected_rows",
     "upsert_pois",
     "upsert_quarantine",
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 MALFORMED_ROW = "malformed_csv_row"
-_CORRUPT = "_corrupt_record"
+_CORRUPT = S.CORRUPT_RECORD
 _ROW_HASH = "row_hash"
 _UPDATED_AT = "updated_at"
 _QUARANTINED_AT = "quarantined_at"
@@ -91,21 +92,19 @@ def check_rows(raw: DataFrame) -> DataFrame:
     return checked.withColumn(S.REASON, reason)
 
 
+def poi_layout(rows: DataFrame, *, extra: tuple[str, ...] = ()) -> DataFrame:
+    """``rows`` in the POI table's typed layout (absent columns as nulls), plus ``extra``."""
+    fields = S.poi_table_schema().fields
+    return rows.select(
+        *[F.col(f.name).cast(f.dataType).alias(f.name) for f in fields if f.name in rows.columns],
+        *[F.lit(None).cast(f.dataType).alias(f.name) for f in fields if f.name not in rows.columns],
+        *[F.col(c) for c in extra],
+    )
+
+
 def accepted_rows(checked: DataFrame) -> DataFrame:
     """Valid rows in the POI table's layout."""
-    return checked.where(F.col(S.REASON).isNull()).select(
-        *[
-            F.col(f.name).cast(f.dataType).alias(f.name)
-            for f in S.poi_table_schema().fields
-            if f.name in checked.columns
-        ],
-        *[
-            F.lit(None).cast(f.dataType).alias(f.name)
-            for f in S.poi_table_schema().fields
-            if f.name not in checked.columns
-        ],
-        F.col(S.SOURCE_FILE),
-    )
+    return poi_layout(checked.where(F.col(S.REASON).isNull()), extra=(S.SOURCE_FILE,))
 
 
 def rejected_rows(checked: DataFrame) -> DataFrame:

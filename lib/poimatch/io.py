@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 _BOM = "\ufeff"
-_CORRUPT = "_corrupt_record"
+_CORRUPT = S.CORRUPT_RECORD
 
 
 class InputError(ValueError):
@@ -98,9 +98,9 @@ def read_poi_csv(spark: SparkSession, path: str) -> CsvInput:
 
     Returns:
         :class:`CsvInput` whose frame has every layout column as a string (missing
-        optional columns as nulls), ``point_of_interest`` if present, and
-        ``source_file``. Rows the CSV parser could not split keep their raw text in
-        ``_corrupt_record``.
+        optional columns as nulls), ``point_of_interest`` if present,
+        ``source_file`` and ``_input_order`` (increasing in file order). Rows the CSV
+        parser could not split keep their raw text in ``_corrupt_record``.
 
     Raises:
         InputError: no such file, empty file, missing required columns, not UTF-8.
@@ -140,6 +140,9 @@ def read_poi_csv(spark: SparkSession, path: str) -> CsvInput:
         *cols,
         F.col(_CORRUPT),
         F.lit(Path(path).name).alias(S.SOURCE_FILE),
+        # taken at the scan, before any shuffle: increasing in file order (a multi-line
+        # CSV file is one partition; the parts of a folder come in name order)
+        F.monotonically_increasing_id().alias(S.INPUT_ORDER),
     )
     return CsvInput(frame, has_poi, missing_optional, ignored)
 

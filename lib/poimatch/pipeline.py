@@ -28,6 +28,7 @@ from xgboost.spark import SparkXGBClassifierModel
 from poimatch import schema as S
 from poimatch.blocking import add_pair_sides
 from poimatch.blocking import candidate_pairs as _candidate_pairs
+from poimatch.cancellation import check_cancelled
 from poimatch.config import BlockingSettings
 from poimatch.features import DEFAULT_FEATURES, FEATURE_COLUMNS, add_pair_features
 from poimatch.grouping import LOCAL_MAX_EDGES, group_matches, pairwise_matches
@@ -83,6 +84,8 @@ def record_stages() -> Iterator[list[tuple[str, float]]]:
 
 
 def _mark(event: str) -> None:
+    # every mark is a stage boundary: abandoned work (see poimatch.cancellation) stops here
+    check_cancelled(event)
     now = time.time()
     stage, _, edge = event.partition(":")
     if edge == "start":
@@ -337,7 +340,13 @@ def group_scored(
     """
     _mark("grouping:start")
     if spec.grouping_mode == "pairwise":
-        grouped = pairwise_matches(ids, scored, threshold=spec.threshold)
+        grouped = pairwise_matches(
+            ids,
+            scored,
+            threshold=spec.threshold,
+            max_iterations=max_iterations,
+            local_max_edges=local_max_edges,
+        )
     else:
         grouped = group_matches(
             ids,

@@ -49,6 +49,12 @@ INGESTED_AT = "ingested_at"
 REASON = "reason"
 RAW_LATITUDE = "raw_latitude"
 RAW_LONGITUDE = "raw_longitude"
+CORRUPT_RECORD = "_corrupt_record"
+"""A CSV line the reader could not split, as text (null for a well-formed line)."""
+INPUT_ORDER = "_input_order"
+"""Increasing with a row's position in its input (file order for a CSV): which copy of a
+duplicated id came first."""
+RAW_RECORD = "raw_record"
 
 # --- pair tables -------------------------------------------------------------
 ID_L = "id_l"
@@ -63,6 +69,8 @@ FEATURE_PREFIX = "f_"
 MATCHES = "matches"
 GROUP_ID = "group_id"
 MATCH_COLUMNS: tuple[str, ...] = (ID, MATCHES)
+STATUS = "status"
+"""What became of an input row in a match run (see :mod:`poimatch.triage`)."""
 
 # --- normalized columns (prefix n_) -------------------------------------------
 N_NAME = "n_name"

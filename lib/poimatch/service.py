@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hmac
 import io
 import itertools
 import logging
@@ -37,6 +38,7 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any, Protocol, TypeVar
+from urllib.parse import quote
 
 import pandas as pd
 from fastapi import FastAPI, Request, Response
@@ -61,6 +63,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from poimatch import schema as S
+from poimatch.cancellation import cancel_scope, check_cancelled
 from poimatch.cli import job_parser, job_settings
 from poimatch.config import ConfigError, Settings
 from poimatch.grouping import LOCAL_MAX_EDGES
@@ -79,6 +82,7 @@ __all__ = [
     "SparkEngine",
     "SparkQueue",
     "create_app",
+    "header_text",
     "main",
     "parse_upload",
     "read_body",
@@ -206,6 +210,10 @@ async def _multipart_file(headers: Headers, data: bytes, *, max_bytes: int) -> b
 def parse_upload(data: bytes, *, max_rows: int) -> tuple[pd.DataFrame, list[str]]:
     """Decode and split an uploaded CSV into string columns of the input layout.
 
+    Records are read one at a time and reading stops at the first record past
+    ``max_rows``: a body of a million short lines costs ``max_rows + 1`` records, not a
+    million. Run it off the event loop (it is CPU work).
+
     Returns:
         The rows (every input column, ``None`` for empty or absent values, plus
         ``_row``, the 1-based data row number) and notes about ignored or absent
@@ -231,37 +239,26 @@ def parse_upload(data: bytes, *, max_rows: int) -> tuple[pd.DataFrame, list[str]
             byte_offset=exc.start,
             line=line,
         ) from None
+    records = (r for r in csv.reader(io.StringIO(text, newline="")) if any(v.strip() for v in r))
     try:
-        records = list(csv.reader(io.StringIO(text, newline="")))
+        first = next(records, None)
+        if first is None:
+            raise RequestError(400, "empty_body", "the request has no CSV header line")
+        header = _checked_header(first)
+        body: list[list[str]] = []
+        for record in records:
+            body.append(record)
+            if len(body) > max_rows:
+                raise RequestError(
+                    413,
+                    "too_many_rows",
+                    f"the CSV has more than {max_rows} data rows; "
+                    f"the limit is {max_rows} (service.max_rows)",
+                )
     except csv.Error as exc:
         raise RequestError(400, "not_csv", f"the body is not CSV: {exc}") from None
-    records = [r for r in records if any(v.strip() for v in r)]
-    if not records:
-        raise RequestError(400, "empty_body", "the request has no CSV header line")
-    header = [h.strip() for h in records[0]]
-    missing = [c for c in S.REQUIRED_COLUMNS if c not in header]
-    if missing:
-        shown = header if len(header) <= 20 else [*header[:20], "..."]
-        raise RequestError(
-            400,
-            "missing_columns",
-            f"missing required column(s) {missing}; the header has {shown}",
-            missing=missing,
-        )
-    dupes = sorted({h for h in header if header.count(h) > 1})
-    if dupes:
-        raise RequestError(
-            400, "duplicate_columns", f"duplicate column name(s) {dupes} in the header"
-        )
-    body = records[1:]
     if not body:
         raise RequestError(400, "no_rows", "the CSV has a header but no data rows")
-    if len(body) > max_rows:
-        raise RequestError(
-            413,
-            "too_many_rows",
-            f"the CSV has {len(body)} data rows; the limit is {max_rows} (service.max_rows)",
-        )
     ragged = [i for i, r in enumerate(body, start=1) if len(r) != len(header)]
     if ragged:
         raise RequestError(
@@ -288,6 +285,41 @@ def parse_upload(data: bytes, *, max_rows: int) -> tuple[pd.DataFrame, list[str]
     if ignored:
         notes.append(f"ignored columns: {ignored}")
     return table, notes
+
+
+def _checked_header(record: list[str]) -> list[str]:
+    """The header's column names; 400 when a required one is missing or one repeats."""
+    header = [h.strip() for h in record]
+    missing = [c for c in S.REQUIRED_COLUMNS if c not in header]
+    if missing:
+        shown = header if len(header) <= 20 else [*header[:20], "..."]
+        raise RequestError(
+            400,
+            "missing_columns",
+            f"missing required column(s) {missing}; the header has {shown}",
+            missing=missing,
+        )
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise RequestError(
+            400, "duplicate_columns", f"duplicate column name(s) {dupes} in the header"
+        )
+    return header
+
+
+# Printable ASCII other than "%" stays as it is; everything else (non-ASCII letters,
+# control characters such as a newline in a quoted column name) is percent-encoded.
+_NOTE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def header_text(text: str) -> str:
+    """``text`` made safe for an HTTP header: percent-encoded UTF-8 (RFC 3986 style).
+
+    HTTP header values are Latin-1 at most and may hold no control characters, while
+    a note can name any column of the upload (``категория``, a quoted newline). ASCII
+    text reads as it is; decode with ``urllib.parse.unquote``.
+    """
+    return quote(text, safe=_NOTE_SAFE)
 
 
 def _problem_for_rejections(rejected: list[tuple[int, str | None, str]]) -> RequestError:
@@ -416,8 +448,30 @@ class Engine(Protocol):
     def cancel(self, tag: str) -> None: ...
 
 
+class _Run:
+    """One request's work on the Spark thread: its cancellation flag and its end."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self.started = False
+        self.done = threading.Event()
+        self.created = time.monotonic()
+
+
+_FORGET_UNSTARTED_S = 3600.0  # a cancelled request that never started (skipped in the queue)
+
+
 class SparkEngine:
-    """Runs requests through the library's pipeline on one warm local Spark session."""
+    """Runs requests through the library's pipeline on one warm local Spark session.
+
+    Cancelling a request (after its timeout) sets its flag, checked at every stage
+    boundary of the pipeline (:mod:`poimatch.cancellation`), and cancels its Spark job
+    group, again for every job it still starts, until the request's thread gives up:
+    the Spark thread is free for the next request within one stage.
+    """
+
+    #: How long a cancel keeps cancelling the jobs of a request that does not stop.
+    CANCEL_PATIENCE_S = 300.0
 
     def __init__(
         self,
@@ -433,32 +487,69 @@ class SparkEngine:
         self.max_iterations = max_iterations
         self.local_max_edges = local_max_edges
         self.link_only = link_only
+        self._runs: dict[str, _Run] = {}
+        self._lock = threading.Lock()
 
     def model(self) -> LoadedModel | None:
         """The model a new request should use."""
         return self.store.current
 
+    def _run(self, tag: str) -> _Run:
+        with self._lock:
+            now = time.monotonic()
+            for old in [
+                t
+                for t, r in self._runs.items()
+                if not r.started and now - r.created > _FORGET_UNSTARTED_S
+            ]:
+                del self._runs[old]
+            return self._runs.setdefault(tag, _Run())
+
     def cancel(self, tag: str) -> None:
-        """Cancel the Spark jobs of one request (after its timeout)."""
-        self.spark.sparkContext.cancelJobGroup(tag)
+        """Stop one request (after its timeout): flag it, cancel its Spark jobs.
+
+        Blocks until the request's thread has stopped (or :attr:`CANCEL_PATIENCE_S`);
+        call it off the event loop. A request that has not started yet finds its flag
+        set at its first stage boundary.
+        """
+        run = self._run(tag)
+        run.cancelled.set()
+        if not run.started:
+            return
+        sc = self.spark.sparkContext
+        deadline = time.monotonic() + self.CANCEL_PATIENCE_S
+        while True:
+            sc.cancelJobGroup(tag)  # the job running now, then any it starts before a boundary
+            if run.done.wait(0.5) or time.monotonic() > deadline:
+                break
+        log.info("request %s stopped after its timeout", tag)
 
     def match(self, table: pd.DataFrame, model: LoadedModel, tag: str) -> pd.DataFrame:
         """Validate the rows like the batch, then match them: ``id``, ``matches``.
 
         Raises:
             RequestError: 422 naming the rows the contract rules reject.
+            poimatch.cancellation.CancelledError: the request was cancelled.
         """
+        run = self._run(tag)
+        run.started = True
         try:
             sc = self.spark.sparkContext
             sc.setJobGroup(tag, f"poimatch request {tag}", interruptOnCancel=True)
             try:
-                return self._match(table, model)
+                with cancel_scope(run.cancelled):
+                    return self._match(table, model)
             finally:
                 sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
         except (Py4JNetworkError, ConnectionError) as exc:
             raise SparkLostError(f"the Spark driver JVM is gone: {exc}") from exc
+        finally:
+            run.done.set()
+            with self._lock:
+                self._runs.pop(tag, None)
 
     def _match(self, table: pd.DataFrame, model: LoadedModel) -> pd.DataFrame:
+        check_cancelled("validation")
         fields = [T.StructField(c, T.StringType(), True) for c in S.INPUT_COLUMNS]
         schema = T.StructType([*fields, T.StructField(_ROW, T.LongType(), False)])
         raw = self.spark.createDataFrame(table, schema=schema).withColumn(
@@ -476,6 +567,7 @@ class SparkEngine:
                 raise _problem_for_rejections(
                     [(int(r[_ROW]), r[S.ID], str(r[S.REASON])) for r in rejected]
                 )
+            check_cancelled("matching")
             pois = accepted_rows(checked).select(*[f.name for f in S.poi_table_schema().fields])
             result = match_with_model(
                 pois,
@@ -485,8 +577,11 @@ class SparkEngine:
                 local_max_edges=self.local_max_edges,
                 link_only=self.link_only,
             )
-            out = result.matches.select(S.ID, S.MATCHES).toPandas()
-            result.matches.unpersist()
+            try:
+                check_cancelled("output")
+                out = result.matches.select(S.ID, S.MATCHES).toPandas()
+            finally:
+                result.matches.unpersist()
         finally:
             checked.unpersist()
         return out
@@ -568,10 +663,20 @@ class SparkQueue:
 # ------------------------------------------------------------------------------- app
 
 
+def _internal_error(request_id: str) -> JSONResponse:
+    """The one 500 body: generic, with the request id to find the detail in the log."""
+    return JSONResponse(
+        {"error": "internal", "request_id": request_id},
+        status_code=500,
+        headers={"X-Request-Id": request_id},
+    )
+
+
 @dataclass
 class _State:
     ready: bool = False
     lost: bool = False  # Spark died: /health fails so that the supervisor restarts us
+    owns_session: bool = False  # we built the session (not given a session or an engine)
     reason: str = "starting"
     started: float = field(default_factory=time.monotonic)
     ready_seconds: float | None = None
@@ -653,6 +758,7 @@ def create_app(
             if "engine" not in holder:
                 state.reason = "starting Spark"
                 session = spark or build_session(settings.spark)
+                state.owns_session = spark is None
                 session.conf.set("spark.sql.shuffle.partitions", str(svc.shuffle_partitions))
                 session.conf.set("spark.sql.adaptive.enabled", "false")
                 configure_tracking(settings.tracking)
@@ -715,7 +821,7 @@ def create_app(
         poller.cancel()
         queue.shutdown()
         eng = holder.get("engine")
-        if spark is None and isinstance(eng, SparkEngine) and not state.lost:
+        if state.owns_session and isinstance(eng, SparkEngine) and not state.lost:
             eng.spark.stop()  # our own session: take the JVM down with us
 
     app = FastAPI(
@@ -725,11 +831,34 @@ def create_app(
         lifespan=lifespan,
     )
 
+    token = svc.token.get_secret_value().encode() if svc.token is not None else None
+
+    def authorized(request: Request) -> bool:
+        path = request.url.path
+        if token is None or not (path == "/invocations" or path.startswith("/admin/")):
+            return True
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)
+
     @app.middleware("http")
     async def observe(request: Request, call_next: Callable[[Request], Any]) -> Response:
         started = time.perf_counter()
-        response: Response = await call_next(request)
+        request_id = f"req-{next(ids)}"
+        request.state.request_id = request_id
         path = request.url.path
+        if not authorized(request):
+            response: Response = JSONResponse(
+                {"error": "unauthorized", "message": "a valid bearer token is required"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="poimatch"'},
+            )
+        else:
+            try:
+                response = await call_next(request)
+            except Exception:  # never the detail to the client: it is in the log
+                log.exception("request %s: unexpected error", request_id)
+                response = _internal_error(request_id)
+        response.headers["X-Request-Id"] = request_id
         endpoint = path if path in _ENDPOINTS else "other"
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
         metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
@@ -747,12 +876,10 @@ def create_app(
         )
 
     @app.exception_handler(Exception)
-    async def internal(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error")
-        return JSONResponse(
-            {"error": "internal_error", "message": f"{type(exc).__name__}: {exc}"},
-            status_code=500,
-        )
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        request_id = str(getattr(request.state, "request_id", "unknown"))
+        log.error("request %s: unexpected error", request_id, exc_info=exc)
+        return _internal_error(request_id)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -830,12 +957,14 @@ def create_app(
                 503, "not_ready", f"not ready: {state.reason}", headers={"Retry-After": "5"}
             )
         data = await read_body(request, max_bytes=svc.max_body_bytes)
-        table, notes = parse_upload(data, max_rows=svc.max_rows)
+        # CPU work on a worker thread: /health and /metrics keep answering meanwhile
+        table, notes = await asyncio.to_thread(parse_upload, data, max_rows=svc.max_rows)
+        del data
         eng = holder["engine"]
         loaded = eng.model()
         if loaded is None:
             raise RequestError(503, "not_ready", "no model loaded")
-        tag = f"req-{next(ids)}"
+        tag = str(request.state.request_id)
         try:
             out = await queue.run(
                 lambda: eng.match(table, loaded, tag),
@@ -860,7 +989,7 @@ def create_app(
             "X-Request-Id": tag,
         }
         if notes:
-            headers["X-Poimatch-Notes"] = "; ".join(notes)
+            headers["X-Poimatch-Notes"] = header_text("; ".join(notes))
         return Response(
             body.to_csv(index=False, lineterminator="\n"),
             media_type="text/csv",

@@ -1,0 +1,211 @@
+"""The match job's promises: nothing lost, nothing overwritten.
+
+A production lake (POI table, quarantine, matches) is built in a temporary storage root
+and matched once. Then ad-hoc files are matched: every usable input id is in the output
+exactly once (rows that break a rule alone, with their reason), every row that was not
+matched is in the rejected-rows report, and no production table moves a version.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import register_matcher
+from pyspark.sql import SparkSession
+
+from poimatch import schema as S
+from poimatch.batch import rejected_table_path, run_match
+from poimatch.config import Settings, load_settings
+from poimatch.generator import generate_pois, write_pois_csv
+from poimatch.ingest import ingest_file
+from poimatch.io import delta_version, is_delta_table
+from poimatch.workflows import FitOutcome
+
+pytestmark = pytest.mark.slow
+
+HEADER = ",".join(S.INPUT_COLUMNS)
+
+
+def _lake_versions(spark: SparkSession, root: Path) -> dict[str, int]:
+    """Every Delta table under ``root`` and its current version."""
+    tables = {p.parent for p in root.rglob("_delta_log")}
+    return {str(t): delta_version(spark, str(t)) for t in sorted(tables)}
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def lake(
+    spark: SparkSession, small_matcher: FitOutcome, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("integrity")
+    settings: Settings = load_settings(
+        "ci",
+        [
+            f"storage.root={root / 'lake'}",
+            f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}",
+            f"tracking.artifact_root={root / 'artifacts'}",
+            "model.name=poimatch-integrity-test",
+        ],
+    )
+    storage = settings.storage
+    pois_csv = root / "pois.csv"
+    rows = generate_pois(300, seed=81)
+    write_pois_csv(rows, pois_csv)
+    with pois_csv.open("a", encoding="utf-8") as handle:
+        handle.write("bad1,Bad Row,north,2.0,,,,,,,,,\n")  # one row for the quarantine
+    pois_path = storage.table_path(storage.pois_table)
+    quarantine = storage.table_path(storage.quarantine_table)
+    ingest_file(spark, str(pois_csv), pois_path=pois_path, quarantine_path=quarantine)
+    model_uri, _, _ = register_matcher(small_matcher, settings)
+    before = _lake_versions(spark, root / "lake")
+    lines = run_match(spark, settings, input_path=None, output_csv=None, model_uri=model_uri)
+    return {
+        "root": root,
+        "settings": settings,
+        "model_uri": model_uri,
+        "ids": set(rows[S.ID]),
+        "before_production_run": before,
+        "production_lines": lines,
+    }
+
+
+def test_matching_the_poi_table_updates_matches_and_nothing_else(
+    spark: SparkSession, lake: dict[str, Any]
+) -> None:
+    storage = lake["settings"].storage
+    matches = storage.table_path(storage.matches_table)
+    before = lake["before_production_run"]
+    after = _lake_versions(spark, lake["root"] / "lake")
+    # the inputs did not move; matches and its report are new
+    for table, version in before.items():
+        assert after[table] == version, table
+    assert set(after) - set(before) == {matches, rejected_table_path(matches)}
+    assert f"matches_table={matches}" in lake["production_lines"]
+    frame = spark.read.format("delta").load(matches)
+    assert frame.columns == [S.ID, S.GROUP_ID, S.MATCHES, S.STATUS, S.REASON]
+    rows = frame.collect()
+    assert {r[S.ID] for r in rows} == lake["ids"]
+    assert {r[S.STATUS] for r in rows} == {"matched"}
+    assert spark.read.format("delta").load(rejected_table_path(matches)).count() == 0
+
+
+AWKWARD = [
+    "a1,Cafe Flore,48.8541,2.3326,172 Bd Saint-Germain,Paris,,75006,FR,,,Cafes",
+    "a2,Café de Flore,48.85412,2.33262,172 Boulevard Saint-Germain,Paris,,75006,FR,,,Cafes",
+    "a3,Les Deux Magots,48.8540,2.3331,6 Place Saint-Germain,Paris,,75006,FR,,,Cafes",
+    "a1,Cafe Flore again,48.8541,2.3326,,Paris,,,FR,,,",  # a later copy of a1: dropped
+    "b1,No Coordinates,,,1 Rue X,Paris,,,FR,,0144,",  # alone, with its reason
+    "b2,Null Island,0,0,,,,,,,,",
+    "b3,Far North,95,2.0,,,,,,,,",
+    "b 4,Spaced Id,48.85,2.33,,,,,,,,",  # cannot be an output id: dropped
+    ",No Id,48.85,2.33,,,,,,,,",
+    "b5,Dup Bad,abc,2.0,,,,,,,,",  # first copy of b5 breaks a rule: b5 alone
+    "b5,Dup Good,48.85,2.33,,,,,,,,",  # later copy: dropped, even though it is valid
+]
+
+
+@pytest.fixture(scope="module")
+def adhoc(spark: SparkSession, lake: dict[str, Any]) -> dict[str, Any]:
+    root = lake["root"]
+    source = root / "adhoc.csv"
+    source.write_text("\n".join([HEADER, *AWKWARD]) + "\n", encoding="utf-8")
+    production = _lake_versions(spark, root / "lake")
+    out = root / "out" / "adhoc.csv"
+    table = root / "mine" / "matches"
+    lines = run_match(
+        spark,
+        lake["settings"],
+        input_path=str(source),
+        output_csv=str(out),
+        model_uri=lake["model_uri"],
+        table=str(table),
+    )
+    return {"production": production, "lines": lines, "out": out, "table": table}
+
+
+def test_adhoc_run_leaves_every_production_table_unchanged(
+    spark: SparkSession, lake: dict[str, Any], adhoc: dict[str, Any]
+) -> None:
+    after = _lake_versions(spark, lake["root"] / "lake")
+    assert after == adhoc["production"]  # same tables (none new), same versions
+    names = {Path(t).name for t in after}
+    assert names == {"pois", "pois_quarantine", "matches", "matches_rejected"}
+    assert f"matches_table={adhoc['table']}" in adhoc["lines"]
+
+
+def test_adhoc_output_has_every_usable_id_once(adhoc: dict[str, Any]) -> None:
+    out = _read_csv(adhoc["out"])
+    ids = [r[S.ID] for r in out]
+    assert sorted(ids) == ["a1", "a2", "a3", "b1", "b2", "b3", "b5"]
+    by_id = {r[S.ID]: r[S.MATCHES].split(" ") for r in out}
+    for ident, matches in by_id.items():
+        assert matches[0] == ident
+    # rows breaking a rule are there alone; valid rows are matched (Flore with Flore)
+    for alone in ("b1", "b2", "b3", "b5"):
+        assert by_id[alone] == [alone]
+    assert "a2" in by_id["a1"]
+
+
+def test_adhoc_report_names_every_row_not_matched(adhoc: dict[str, Any]) -> None:
+    assert f"rejected_output={adhoc['out'].with_name('adhoc.rejected.csv')}" in adhoc["lines"]
+    report = _read_csv(adhoc["out"].with_name("adhoc.rejected.csv"))
+    got = [(r[S.ID], r[S.STATUS], r[S.REASON], r[S.NAME]) for r in report]
+    assert got == [
+        ("a1", "dropped", "duplicate_id", "Cafe Flore again"),
+        ("b1", "rejected", "non_numeric_latitude,non_numeric_longitude", "No Coordinates"),
+        ("b2", "rejected", "zero_coordinates", "Null Island"),
+        ("b3", "rejected", "latitude_out_of_range", "Far North"),
+        ("b 4", "dropped", "whitespace_in_id", "Spaced Id"),
+        ("", "dropped", "missing_id", "No Id"),
+        ("b5", "rejected", "duplicate_id,non_numeric_latitude", "Dup Bad"),
+        ("b5", "dropped", "duplicate_id", "Dup Good"),
+    ]
+    # values are kept as read
+    assert report[2][S.LATITUDE] == "0"
+    assert any(line.startswith("input=csv:") and "rows=11" in line for line in adhoc["lines"])
+    assert any("matched=3 rejected=4 dropped=4" in line for line in adhoc["lines"])
+
+
+def test_adhoc_delta_table_holds_status_and_reason(
+    spark: SparkSession, adhoc: dict[str, Any]
+) -> None:
+    rows = spark.read.format("delta").load(str(adhoc["table"])).collect()
+    got = {r[S.ID]: (r[S.STATUS], r[S.REASON], r[S.GROUP_ID]) for r in rows}
+    assert got["a1"][:2] == ("matched", "duplicate_id")  # its later copy was dropped
+    assert got["a2"][:2] == ("matched", None)
+    assert got["a2"][2] == got["a1"][2]  # one group
+    assert got["b2"] == ("rejected", "zero_coordinates", "b2")
+    assert len(rows) == 7
+    report = spark.read.format("delta").load(rejected_table_path(str(adhoc["table"])))
+    assert report.count() == 8
+
+
+def test_adhoc_run_must_name_its_output(spark: SparkSession, lake: dict[str, Any]) -> None:
+    before = _lake_versions(spark, lake["root"] / "lake")
+    with pytest.raises(ValueError, match="writes only what you name"):
+        run_match(
+            spark,
+            lake["settings"],
+            input_path=str(lake["root"] / "pois.csv"),
+            output_csv=None,
+            model_uri=lake["model_uri"],
+        )
+    storage = lake["settings"].storage
+    with pytest.raises(ValueError, match="input table"):
+        run_match(
+            spark,
+            lake["settings"],
+            input_path=str(lake["root"] / "pois.csv"),
+            output_csv=None,
+            model_uri=lake["model_uri"],
+            table=storage.table_path(storage.pois_table),
+        )
+    assert _lake_versions(spark, lake["root"] / "lake") == before
+    assert is_delta_table(spark, storage.table_path(storage.quarantine_table))

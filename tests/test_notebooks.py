@@ -275,12 +275,12 @@ def _six_rows(spark: SparkSession) -> Any:
     # f has no place. Blank strings count as missing.
     none = None
     rows = [
-        ("a", "A", 0.0, 0.0, "1 Main St", none, none, none, "US", none, none, none, "P1"),
-        ("b", "B", 0.001, 0.0, "  ", none, none, none, "US", none, none, none, "P1"),
-        ("c", "C", 0.0, 0.0, none, none, none, none, "", none, none, none, "P1"),
-        ("d", "D", 10.0, 10.0, none, "X", none, none, "DE", none, none, none, "P2"),
-        ("e", "E", 10.01, 10.0, none, "X", none, none, "DE", none, none, none, "P2"),
-        ("f", "F", 5.0, 5.0, none, none, none, none, "DE", none, none, none, none),
+        ("a", "A", 0.0, 0.0, "1 Main St", none, none, none, "US", none, none, none, none, "P1"),
+        ("b", "B", 0.001, 0.0, "  ", none, none, none, "US", none, none, none, none, "P1"),
+        ("c", "C", 0.0, 0.0, none, none, none, none, "", none, none, none, none, "P1"),
+        ("d", "D", 10.0, 10.0, none, "X", none, none, "DE", none, none, none, none, "P2"),
+        ("e", "E", 10.01, 10.0, none, "X", none, none, "DE", none, none, none, none, "P2"),
+        ("f", "F", 5.0, 5.0, none, none, none, none, "DE", none, none, none, none, none),
     ]
     return spark.createDataFrame(rows, schema=S.poi_table_schema())
 
@@ -362,6 +362,9 @@ def _settings_overrides(tmp: Path, name: str) -> str:
             f"tracking.artifact_root={tmp / 'artifacts'}",
             "model.n_estimators=40",
             "model.num_workers=1",
+            # two region folds and one thinned copy, as in conf/ci.yaml
+            "model.folds=2",
+            "model.sample_rates=[1.0,0.3]",
         ]
     )
 
@@ -600,11 +603,14 @@ def test_error_analysis_notebook_lists_real_errors(runs: dict[str, Any]) -> None
     assert false["drivers"].str.contains(r"\(\+").all()
     assert missed["drivers"].str.contains(r"\(-").all()
 
-    # per-pair contributions (with the bias) add up to the model's score
+    # per-pair contributions (with the bias) add up to the booster's raw score, and the
+    # calibrated score never falls as the raw score rises
     contributions = pd.read_csv(out / "error_contributions.csv", dtype={"id_l": str, "id_r": str})
     margin = contributions.groupby(["kind", "id_l", "id_r"])["contribution"].sum()
     assert len(margin) == len(false) + len(missed)
     for _, row in pd.concat([false, missed]).iterrows():
         total = margin[(row["kind"], row["id_l"], row["id_r"])]
-        assert 1.0 / (1.0 + math.exp(-total)) == pytest.approx(row["score"], abs=1e-4)
+        assert 1.0 / (1.0 + math.exp(-total)) == pytest.approx(row["raw_score"], abs=1e-4)
         assert total == pytest.approx(row["margin"], abs=1e-6)
+    by_raw = pd.concat([false, missed]).sort_values("raw_score")
+    assert by_raw["score"].is_monotonic_increasing

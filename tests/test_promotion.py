@@ -126,7 +126,7 @@ def registry(
     _, good, alias = register_matcher(small_matcher, settings)
     assert alias == CHAMPION
     # v2: the same model with a threshold that matches almost nothing -> a worse challenger
-    strict = replace(small_matcher.spec, threshold=0.999)
+    strict = replace(small_matcher.spec, threshold=0.999, calibration=None)
     _, worse, alias = register_matcher(small_matcher, settings, spec=strict)
     assert alias == CHALLENGER
     return {

@@ -156,6 +156,7 @@ ERROR_COLUMNS: tuple[str, ...] = (
     "poi_r",
     "same_place",
     S.SCORE,
+    "raw_score",
     "predicted_match",
     "distance_m",
     "name_similarity",
@@ -875,6 +876,9 @@ class ErrorAnalysis:
             with the lowest scores) or ``never_blocked`` (true pairs blocking never
             proposed: no score, farthest first). ``drivers`` lists the features that
             pushed the score the wrong way, ``feature=value (contribution)``.
+            ``score`` is the calibrated score the threshold applies to; ``raw_score`` the
+            booster's probability, ``sigmoid(margin)``, which the contributions explain
+            (the calibration is monotone: a higher raw score never scores lower).
         contributions: ``kind``, ``id_l``, ``id_r``, ``feature``, ``value``,
             ``contribution`` (log-odds; with the ``bias`` row they sum to ``margin``).
         score_histogram: ``low``, ``high``, ``same_place``, ``different_place`` counts of
@@ -901,7 +905,7 @@ def feature_contributions(
 
     Returns:
         ``len(frame) × (len(features) + 1)``; the last column is the bias. A row sums
-        to the pair's margin: ``sigmoid(sum) == score``.
+        to the pair's margin: ``sigmoid(sum)`` is the booster's (uncalibrated) probability.
     """
     stage: Any = model.stages[-1]
     booster: xgb.Booster = stage.get_booster()
@@ -1062,6 +1066,7 @@ def error_analysis(
         pdf["kind"] = kind
         pdf["rank"] = np.arange(1, len(pdf) + 1)
         pdf["margin"] = contribs.sum(axis=1)
+        pdf["raw_score"] = 1.0 / (1.0 + np.exp(-pdf["margin"].to_numpy(np.float64)))
         pdf["drivers"] = _drivers(values, contribs, features, sign, drivers)
         pdf["distance_m"] = pdf[S.F_DIST_M]
         pdf["name_similarity"] = pdf[S.F_NAME_TOKEN_SET]

@@ -31,6 +31,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from poimatch import schema as S
+from poimatch.columns import cached_column
 from poimatch.config import BlockingSettings
 from poimatch.features import PAIR_SIDE_COLUMNS, haversine_m, pair_side_col
 
@@ -55,10 +56,12 @@ _DENSE_FACTOR = 4
 Materialize = Callable[[DataFrame], DataFrame]
 
 
+@cached_column
 def _cell_y(lat: Column, cell_m: Column | float) -> Column:
     return F.floor(lat * _M_PER_DEG / cell_m).cast(T.LongType())
 
 
+@cached_column
 def _band_cells(cy: Column, cell_m: Column | float) -> Column:
     """How many x cells latitude band ``cy`` holds around the globe (at least 1).
 
@@ -72,6 +75,7 @@ def _band_cells(cy: Column, cell_m: Column | float) -> Column:
     )
 
 
+@cached_column
 def _cell_x(lon: Column, cy: Column, cell_m: Column | float) -> Column:
     # x cells are scaled at the latitude of the band's centre, so cells stay square,
     # and numbered 0 .. n-1 eastwards from -180°: cell n-1 (just west of +180°) and
@@ -80,11 +84,13 @@ def _cell_x(lon: Column, cy: Column, cell_m: Column | float) -> Column:
     return F.pmod(F.floor((lon + 180.0) / 360.0 * n).cast(T.LongType()), n)
 
 
+@cached_column
 def _wrap_x(cx: Column, cy: Column, cell_m: Column | float) -> Column:
     """An x cell index shifted past either end of band ``cy``, brought back into it."""
     return F.pmod(cx, _band_cells(cy, cell_m))
 
 
+@cached_column
 def _distinct_neighbour(dx: Column, cy: Column, cell_m: Column | float) -> Column:
     """False for an x offset that lands on a cell already covered (bands of 1-2 cells)."""
     n = _band_cells(cy, cell_m)
@@ -96,6 +102,7 @@ def _with_cell(df: DataFrame, cell_m: float) -> DataFrame:
     return df.withColumn(_CY, cy).withColumn(_CX, _cell_x(F.col(S.LONGITUDE), F.col(_CY), cell_m))
 
 
+@cached_column
 def _offsets() -> Column:
     return F.array(
         *[
@@ -137,6 +144,7 @@ def _thin_stacks(rows: DataFrame, per_point: int, keys: list[str]) -> DataFrame:
     )
 
 
+@cached_column
 def _size(cell_m: float) -> Column:
     """Cell size of a row's grid level: ``cell_m / 2**_lvl``."""
     return F.lit(cell_m) / F.pow(F.lit(2.0), F.col(_LVL))
@@ -331,6 +339,7 @@ def candidate_pairs(
     settings: BlockingSettings,
     materialize: Materialize | None = None,
     link_only: bool = False,
+    fine_levels: int = _FINE_LEVELS,
 ) -> DataFrame:
     """Candidate pairs ``(id_l, id_r, block_pass)`` of normalized POIs.
 
@@ -346,6 +355,10 @@ def candidate_pairs(
             rows that name the same ``source`` are never a pair, and each pass keeps
             a row's nearest rows of other sources. Rows without a source pair with
             any row.
+        fine_levels: how many finer grids a row in a dense area tries first (see
+            :func:`_spatial_nearest`). They give exactly the coarse grid's k nearest,
+            faster on a large dense table; 0 plans the coarse grid alone (a smaller
+            plan, the same pairs: what a small upload needs).
 
     Returns:
         One row per distinct pair, ``id_l < id_r``; ``block_pass`` names the passes
@@ -358,7 +371,13 @@ def candidate_pairs(
         if S.SOURCE not in points.columns:
             raise ValueError(f"link_only needs a {S.SOURCE!r} column naming each row's source")
         points = points.withColumn(_SRC, F.col(S.SOURCE))
-    spatial = _spatial_nearest(points, settings.cell_m, settings.k_nearest, materialize=materialize)
+    spatial = _spatial_nearest(
+        points,
+        settings.cell_m,
+        settings.k_nearest,
+        fine_levels=fine_levels,
+        materialize=materialize,
+    )
     passes = [_canonical(spatial, "spatial")]
     for name in settings.key_passes:
         passes.append(_canonical(_key_nearest(points, settings, _pass_key(name)), name))

@@ -208,6 +208,9 @@ class ServiceSettings(_Frozen):
     timeout_seconds: float = Field(default=60.0, gt=0)
     reload_seconds: float = Field(default=10.0, gt=0)  # how often the champion alias is polled
     shuffle_partitions: int = Field(default=1, ge=1)  # small files: one partition per stage
+    # uploads of at most this many rows run the small plan (poimatch.pipeline.Plan):
+    # a handful of Spark jobs, no checkpoints; larger ones the batch plan
+    small_max_rows: int = Field(default=20_000, ge=0)
     # bearer token for /invocations and /admin/*; None: no authentication (never logged)
     token: SecretStr | None = Field(default=None, min_length=16)
 

@@ -28,6 +28,7 @@ from rapidfuzz import fuzz
 from rapidfuzz.distance import JaroWinkler
 from rapidfuzz.process import cpdist
 
+from poimatch.columns import cached_column
 from poimatch.schema import (
     COUNTRY,
     F_ADDR_LEV_NORM,
@@ -240,6 +241,7 @@ def _flag(cond: Column) -> Column:
 # --- geometry -----------------------------------------------------------------
 
 
+@cached_column
 def haversine_m(lat1: Column, lon1: Column, lat2: Column, lon2: Column) -> Column:
     """Great-circle distance in metres between two coordinates, as a Spark expression."""
     p1, p2 = F.radians(lat1), F.radians(lat2)
@@ -415,7 +417,13 @@ def add_pair_features(pairs: DataFrame) -> DataFrame:
     if missing:
         msg = f"add_pair_features: missing columns {missing}"
         raise ValueError(msg)
+    fuzzy_struct, features = _feature_expressions()
+    return pairs.withColumn(_FUZZY_STRUCT, fuzzy_struct).withColumns(features).drop(_FUZZY_STRUCT)
 
+
+@cached_column
+def _feature_expressions() -> tuple[Column, dict[str, Column]]:
+    """The rapidfuzz UDF's struct and every feature's expression (built once per context)."""
     dist = _haversine_m()
     name_l, name_r = _l(N_NAME), _r(N_NAME)
     len_l, len_r = F.length(name_l), F.length(name_r)
@@ -459,7 +467,6 @@ def add_pair_features(pairs: DataFrame) -> DataFrame:
         **_name_stat_features(),
     }
     return (
-        pairs.withColumn(_FUZZY_STRUCT, _fuzzy_udf(name_l, name_r, _l(N_ADDRESS), _r(N_ADDRESS)))
-        .withColumns({c: features[c].cast(T.DoubleType()) for c in FEATURE_COLUMNS})
-        .drop(_FUZZY_STRUCT)
+        _fuzzy_udf(name_l, name_r, _l(N_ADDRESS), _r(N_ADDRESS)),
+        {c: features[c].cast(T.DoubleType()) for c in FEATURE_COLUMNS},
     )

@@ -20,6 +20,7 @@ recomputed; a component still too large after that falls back to pairwise matche
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -43,6 +44,11 @@ __all__ = [
 
 _SRC, _DST = "src", "dst"
 LOCAL_MAX_EDGES = 5_000_000
+Materialize = Callable[[DataFrame], DataFrame]
+
+
+def _checkpoint(df: DataFrame) -> DataFrame:
+    return df.localCheckpoint(eager=True)
 
 
 def _large_star(edges: DataFrame) -> DataFrame:
@@ -113,6 +119,7 @@ def connected_components(
     *,
     max_iterations: int = 40,
     local_max_edges: int = LOCAL_MAX_EDGES,
+    materialize: Materialize = _checkpoint,
 ) -> DataFrame:
     """Component label (the smallest id in the component) for every id.
 
@@ -123,6 +130,8 @@ def connected_components(
             component size in practice; POI groups converge in a handful).
         local_max_edges: up to this many edges the components are computed on the
             driver (SciPy); 0 keeps every graph distributed.
+        materialize: how the edges are computed once (a local checkpoint; the small
+            plan of :class:`poimatch.pipeline.Plan` holds them on the driver).
 
     Returns:
         ``id``, ``group_id``: one row per input id.
@@ -134,7 +143,7 @@ def connected_components(
     current = edges.select(F.col(S.ID_L).alias(_SRC), F.col(S.ID_R).alias(_DST)).where(
         F.col(_SRC) != F.col(_DST)
     )
-    current = current.localCheckpoint(eager=True)
+    current = materialize(current)
     if local_max_edges > 0 and current.count() <= local_max_edges:
         check_cancelled("grouping")
         local = _local_labels(current.select(F.col(_SRC).alias(S.ID_L), F.col(_DST).alias(S.ID_R)))
@@ -185,6 +194,7 @@ def group_matches(
     split_step: float = 0.05,
     max_iterations: int = 40,
     local_max_edges: int = LOCAL_MAX_EDGES,
+    materialize: Materialize = _checkpoint,
 ) -> DataFrame:
     """Groups from scored pairs: components of edges with ``score >= threshold``.
 
@@ -199,7 +209,11 @@ def group_matches(
     edges = scored.where(F.col(S.SCORE) >= threshold).select(S.ID_L, S.ID_R, S.SCORE)
     edges = edges.persist(StorageLevel.MEMORY_AND_DISK)
     groups = connected_components(
-        ids, edges, max_iterations=max_iterations, local_max_edges=local_max_edges
+        ids,
+        edges,
+        max_iterations=max_iterations,
+        local_max_edges=local_max_edges,
+        materialize=materialize,
     )
     kept = edges
     bars = iter(_split_bars(threshold, split_step))
@@ -214,14 +228,19 @@ def group_matches(
             return _pairwise_fallback(groups, kept, big, threshold)
         big_l = groups.join(big, on=S.GROUP_ID, how="left_semi").select(F.col(S.ID).alias(S.ID_L))
         # inside oversized components keep only the stronger edges; elsewhere keep all
-        kept = (
-            kept.join(big_l, on=S.ID_L, how="left_anti")
-            .unionByName(kept.join(big_l, on=S.ID_L, how="left_semi").where(F.col(S.SCORE) >= bar))
-            .localCheckpoint(eager=True)
+        kept = kept.join(big_l, on=S.ID_L, how="left_anti").unionByName(
+            kept.join(big_l, on=S.ID_L, how="left_semi").where(F.col(S.SCORE) >= bar)
         )
-        groups = connected_components(
-            ids, kept, max_iterations=max_iterations, local_max_edges=local_max_edges
-        ).localCheckpoint(eager=True)
+        kept = materialize(kept)
+        groups = materialize(
+            connected_components(
+                ids,
+                kept,
+                max_iterations=max_iterations,
+                local_max_edges=local_max_edges,
+                materialize=materialize,
+            )
+        )
     edges.unpersist()
     return _with_matches(groups)
 
@@ -244,6 +263,7 @@ def pairwise_matches(
     threshold: float,
     max_iterations: int = 40,
     local_max_edges: int = LOCAL_MAX_EDGES,
+    materialize: Materialize = _checkpoint,
 ) -> DataFrame:
     """Each id with itself plus its direct neighbours scoring ``>= threshold``.
 
@@ -253,9 +273,15 @@ def pairwise_matches(
     transitive, its group is). Components run eagerly, as in :func:`group_matches`.
     """
     edges = scored.where(F.col(S.SCORE) >= threshold).select(S.ID_L, S.ID_R)
-    groups = connected_components(
-        ids, edges, max_iterations=max_iterations, local_max_edges=local_max_edges
-    ).localCheckpoint(eager=True)
+    groups = materialize(
+        connected_components(
+            ids,
+            edges,
+            max_iterations=max_iterations,
+            local_max_edges=local_max_edges,
+            materialize=materialize,
+        )
+    )
     return _neighbour_lists(groups, edges)
 
 

@@ -49,6 +49,10 @@ class NameStats:
     places: int
     names: dict[str, int] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)
+    # the lookup tables as Spark frames, per Spark context: built once per model
+    _frames: dict[tuple[int, str], DataFrame] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def idf(self, token: str) -> float:
         """The weight of ``token``: ``ln((places + 1) / (df + 1))``; unseen: ``ln(places + 1)``."""
@@ -125,7 +129,20 @@ def count_name_stats(points: DataFrame, *, max_names: int = 1_000_000) -> NameSt
     )
 
 
-def _lookup(points: DataFrame, key: str, counts: dict[str, int]) -> DataFrame:
+def _lookup(points: DataFrame, key: str, stats: NameStats) -> DataFrame:
+    """The ``key`` (name or token) -> count table of ``stats``, a local relation built
+    once per Spark context (a model's statistics are read by every request)."""
+    spark = points.sparkSession
+    cache_key = (id(spark.sparkContext), key)
+    cached = stats._frames.get(cache_key)
+    if cached is None:
+        counts = stats.names if key == S.N_NAME else stats.tokens
+        cached = _lookup_frame(points, key, counts)
+        stats._frames[cache_key] = cached
+    return cached
+
+
+def _lookup_frame(points: DataFrame, key: str, counts: dict[str, int]) -> DataFrame:
     schema = T.StructType(
         [T.StructField(key, T.StringType(), False), T.StructField(_COUNT, T.LongType(), False)]
     )
@@ -150,7 +167,7 @@ def add_name_stats(points: DataFrame, stats: NameStats) -> DataFrame:
         Both lookups are broadcast joins, so a row's values never depend on the other
         rows of ``points``.
     """
-    names = F.broadcast(_lookup(points, S.N_NAME, stats.names))
+    names = F.broadcast(_lookup(points, S.N_NAME, stats))
     with_freq = (
         points.join(names, on=S.N_NAME, how="left")
         .withColumn(
@@ -161,7 +178,7 @@ def add_name_stats(points: DataFrame, stats: NameStats) -> DataFrame:
         )
         .drop(_COUNT)
     )
-    tokens = F.broadcast(_lookup(points, _TOK, stats.tokens))
+    tokens = F.broadcast(_lookup(points, _TOK, stats))
     df = F.coalesce(F.col(_COUNT), F.lit(0))
     weight = F.log(F.lit(float(stats.places + 1)) / (df + F.lit(1.0)))
     per_row = (

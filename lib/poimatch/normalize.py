@@ -37,6 +37,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.functions import pandas_udf
 
+from poimatch.columns import cached_column
 from poimatch.schema import (
     ADDRESS,
     CATEGORIES,
@@ -228,20 +229,27 @@ def add_normalized_columns(df: DataFrame) -> DataFrame:
     Needs the string columns name, address, city, zip, phone, url, categories.
     Pure: lazy transformations only, chainable with ``df.transform``.
     """
-    folded = F.col(_FOLDED_STRUCT)
+    fold, columns, tokens = _normalized_expressions()
     return (
-        df.withColumn(_FOLDED_STRUCT, _fold_udf(F.col(NAME), F.col(ADDRESS), F.col(CITY)))
-        .withColumns(
-            {
-                N_NAME: folded.getField(_FOLDED_NAME),
-                N_ADDRESS: folded.getField(_FOLDED_ADDRESS),
-                N_CITY: folded.getField(_FOLDED_CITY),
-                N_ZIP: _zip_expr(),
-                N_PHONE: _phone_expr(),
-                N_URL: _url_expr(),
-                N_CATEGORIES: _categories_expr(),
-            }
-        )
-        .withColumn(N_NAME_TOKENS, F.split(F.col(N_NAME), " "))
+        df.withColumn(_FOLDED_STRUCT, fold)
+        .withColumns(columns)
+        .withColumn(N_NAME_TOKENS, tokens)
         .drop(_FOLDED_STRUCT)
     )
+
+
+@cached_column
+def _normalized_expressions() -> tuple[Column, dict[str, Column], Column]:
+    """The folding UDF, the ``n_*`` expressions and the name tokens (once per context)."""
+    folded = F.col(_FOLDED_STRUCT)
+    columns = {
+        N_NAME: folded.getField(_FOLDED_NAME),
+        N_ADDRESS: folded.getField(_FOLDED_ADDRESS),
+        N_CITY: folded.getField(_FOLDED_CITY),
+        N_ZIP: _zip_expr(),
+        N_PHONE: _phone_expr(),
+        N_URL: _url_expr(),
+        N_CATEGORIES: _categories_expr(),
+    }
+    fold = _fold_udf(F.col(NAME), F.col(ADDRESS), F.col(CITY))
+    return fold, columns, F.split(F.col(N_NAME), " ")

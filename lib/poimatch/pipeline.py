@@ -38,6 +38,9 @@ from poimatch.training import Calibration
 
 __all__ = [
     "ALL_FEATURES",
+    "BATCH",
+    "Plan",
+    "SMALL",
     "KNOWN_FEATURES",
     "MatchingSpec",
     "check_features",
@@ -166,47 +169,96 @@ def _checkpoint(df: DataFrame) -> DataFrame:
     return df.localCheckpoint(eager=True)
 
 
-def cached_points(pois: DataFrame, *, stats: NameStats) -> DataFrame:
+def _to_driver(df: DataFrame) -> DataFrame:
+    """``df`` computed once and held as a driver-side local relation (one Spark job)."""
+    frame = df.toPandas()
+    return df.sparkSession.createDataFrame(frame, schema=df.schema)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the stages are executed: the same library functions, two ways of running them.
+
+    ``batch`` (tables of any size): every stage's output is locally checkpointed
+    (computed once, kept on the executors, its lineage cut), counts are taken, and
+    each stage is its own Spark jobs. ``small`` (an upload of a few thousand rows):
+    the stages are chained into a handful of Spark jobs, with no checkpoint and no
+    count; the two results a later stage reads more than once (the normalized points
+    and the scored pairs) are collected to the driver and read back as local relations,
+    so each later plan starts from data already in the driver. A small plan on a large
+    table would gather the table on the driver, so :meth:`for_rows` chooses by size.
+    """
+
+    name: str
+    small: bool
+
+    def materialize(self, df: DataFrame) -> DataFrame:
+        """``df`` computed once: a local checkpoint (batch) or a driver-side relation (small)."""
+        return _to_driver(df) if self.small else _checkpoint(df)
+
+    @staticmethod
+    def for_rows(rows: int, small_max_rows: int) -> Plan:
+        """The small plan for at most ``small_max_rows`` input rows, else the batch plan."""
+        return SMALL if 0 <= rows <= small_max_rows else BATCH
+
+
+BATCH = Plan("batch", small=False)
+SMALL = Plan("small", small=True)
+
+
+def cached_points(pois: DataFrame, *, stats: NameStats, plan: Plan = BATCH) -> DataFrame:
     """Typed POIs → normalized points with the model's name statistics, materialized.
 
     Normalization runs a Python UDF; without materializing it would run again for
     every consumer of the points (each blocking pass, each pair side). A local
     checkpoint rather than a cache keeps later plans small: the plans that read
     these points are joined many times over, and Spark prints a cached plan's whole
-    tree into the cache's name.
+    tree into the cache's name. The small plan materializes once, after both steps.
     """
     _mark("points:start")
-    normalized = pois.transform(add_normalized_columns).localCheckpoint(eager=True)
-    points = add_name_stats(normalized, stats).localCheckpoint(eager=True)
+    normalized = pois.transform(add_normalized_columns)
+    if not plan.small:
+        normalized = plan.materialize(normalized)
+    points = plan.materialize(add_name_stats(normalized, stats))
     _mark("points:end")
     return points
 
 
-def featured_pairs(pairs: DataFrame, points: DataFrame) -> DataFrame:
+def featured_pairs(pairs: DataFrame, points: DataFrame, *, plan: Plan = BATCH) -> DataFrame:
     """Candidate pairs → every pair feature, materialized.
 
     Returns ``id_l``, ``id_r``, ``block_pass``, the pair features and, for labelled
     points, ``point_of_interest_l`` / ``_r`` (and ``source_l`` / ``_r``). Only what the
     callers read is kept: the side columns of the pair features (names, addresses,
     token arrays...) would be shuffled by every later join and stored in every
-    checkpoint.
+    checkpoint. Materialized by the batch plan only: the small plan scores them in the
+    same Spark job.
     """
     featured = add_pair_sides(pairs, points).transform(add_pair_features)
     keep = [
         c for c in featured.columns if c in _KEPT or c.startswith((f"{S.POI}_", f"{S.SOURCE}_"))
     ]
-    return featured.select(*keep).localCheckpoint(eager=True)
+    selected = featured.select(*keep)
+    return selected if plan.small else plan.materialize(selected)
 
 
 def cached_candidates(
-    points: DataFrame, *, settings: BlockingSettings, link_only: bool = False
+    points: DataFrame,
+    *,
+    settings: BlockingSettings,
+    link_only: bool = False,
+    plan: Plan = BATCH,
 ) -> DataFrame:
-    """Blocking, then the pair features (:func:`featured_pairs`), materialized."""
+    """Blocking, then the pair features (:func:`featured_pairs`), materialized (batch)."""
     _mark("pair_features:start")
     pairs = _candidate_pairs(
-        points, settings=settings, materialize=_checkpoint, link_only=link_only
+        points,
+        settings=settings,
+        materialize=None if plan.small else plan.materialize,
+        link_only=link_only,
+        **({"fine_levels": 0} if plan.small else {}),
     )
-    featured = featured_pairs(pairs, points)
+    featured = featured_pairs(pairs, points, plan=plan)
     _mark("pair_features:end")
     return featured
 
@@ -302,17 +354,17 @@ def score_and_group(
     spec: MatchingSpec,
     max_iterations: int = 40,
     local_max_edges: int = LOCAL_MAX_EDGES,
+    plan: Plan = BATCH,
 ) -> tuple[DataFrame, DataFrame]:
     """Featured pairs -> ``(scored, grouped)``, both materialized.
 
-    ``scored`` (``id_l``, ``id_r``, ``score``) is locally checkpointed; ``grouped``
-    (``id``, ``group_id``, ``matches`` for every id of ``ids``) is persisted and counted,
-    so writing and checking it later does not recompute the components.
+    ``scored`` (``id_l``, ``id_r``, ``score``) is materialized by ``plan`` (locally
+    checkpointed, or held on the driver); ``grouped`` (``id``, ``group_id``,
+    ``matches`` for every id of ``ids``) is persisted and counted (batch) or held on the
+    driver (small), so writing and checking it later does not recompute the components.
     """
-    scored = (
-        score_pairs(model, pairs, spec.calibration)
-        .select(S.ID_L, S.ID_R, S.SCORE)
-        .localCheckpoint(eager=True)
+    scored = plan.materialize(
+        score_pairs(model, pairs, spec.calibration).select(S.ID_L, S.ID_R, S.SCORE)
     )
     grouped = group_scored(
         ids,
@@ -320,7 +372,11 @@ def score_and_group(
         spec=spec,
         max_iterations=max_iterations,
         local_max_edges=local_max_edges,
-    ).persist(StorageLevel.MEMORY_AND_DISK)
+        plan=plan,
+    )
+    if plan.small:
+        return scored, plan.materialize(grouped)
+    grouped = grouped.persist(StorageLevel.MEMORY_AND_DISK)
     grouped.count()
     return scored, grouped
 
@@ -332,6 +388,7 @@ def group_scored(
     spec: MatchingSpec,
     max_iterations: int = 40,
     local_max_edges: int = LOCAL_MAX_EDGES,
+    plan: Plan = BATCH,
 ) -> DataFrame:
     """Scored pairs → ``id``, ``group_id``, ``matches`` for every id, per the spec.
 
@@ -346,6 +403,7 @@ def group_scored(
             threshold=spec.threshold,
             max_iterations=max_iterations,
             local_max_edges=local_max_edges,
+            materialize=plan.materialize,
         )
     else:
         grouped = group_matches(
@@ -355,6 +413,7 @@ def group_scored(
             max_group_size=spec.max_group_size,
             max_iterations=max_iterations,
             local_max_edges=local_max_edges,
+            materialize=plan.materialize,
         )
     _mark("grouping:end")
     return grouped

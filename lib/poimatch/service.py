@@ -69,7 +69,7 @@ from poimatch.config import ConfigError, Settings
 from poimatch.grouping import LOCAL_MAX_EDGES
 from poimatch.ingest import accepted_rows, check_rows
 from poimatch.isolation import enforce
-from poimatch.pipeline import MatchingSpec
+from poimatch.pipeline import MatchingSpec, Plan
 from poimatch.session import build_session
 from poimatch.tracking import CHAMPION, configure_tracking, load_matcher
 from poimatch.workflows import match_with_model
@@ -92,6 +92,18 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 _ROW = "_row"  # 1-based data row number of the request (the header is row 0)
+
+#: SQL settings of the service's own session, measured on uploads of 10 to 10,000 rows
+#: (docs/service.md): compiling generated code costs more than it saves on a few
+#: thousand rows, broadcast joins cost a Spark job each (the explicit broadcast hints
+#: of the pipeline still broadcast the small lookup tables), and adaptive execution
+#: re-plans between stages.
+SERVICE_SQL_CONF: dict[str, str] = {
+    "spark.sql.adaptive.enabled": "false",
+    "spark.sql.codegen.wholeStage": "false",
+    "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+    "spark.sql.autoBroadcastJoinThreshold": "-1",
+}
 _MAX_LISTED = 10  # offending rows / ids named in an error message
 
 # The service warms up on this file (the example): two exact duplicates.
@@ -481,8 +493,10 @@ class SparkEngine:
         max_iterations: int,
         local_max_edges: int = LOCAL_MAX_EDGES,
         link_only: bool = False,
+        small_max_rows: int = 20_000,
     ) -> None:
         self.spark = spark
+        self.small_max_rows = small_max_rows
         self.store = store
         self.max_iterations = max_iterations
         self.local_max_edges = local_max_edges
@@ -555,36 +569,35 @@ class SparkEngine:
         raw = self.spark.createDataFrame(table, schema=schema).withColumn(
             S.SOURCE_FILE, F.lit("request")
         )
-        checked = check_rows(raw).cache()
+        plan = Plan.for_rows(len(table), self.small_max_rows)
+        # the rules run once; their verdicts are read twice (rejected, accepted)
+        checked = plan.materialize(check_rows(raw))
+        rejected = (
+            checked.where(F.col(S.REASON).isNotNull())
+            .select(_ROW, S.ID, S.REASON)
+            .orderBy(_ROW)
+            .collect()
+        )
+        if rejected:
+            raise _problem_for_rejections(
+                [(int(r[_ROW]), r[S.ID], str(r[S.REASON])) for r in rejected]
+            )
+        check_cancelled("matching")
+        pois = accepted_rows(checked).select(*[f.name for f in S.poi_table_schema().fields])
+        result = match_with_model(
+            pois,
+            model=model.model,
+            spec=model.spec,
+            max_iterations=self.max_iterations,
+            local_max_edges=self.local_max_edges,
+            link_only=self.link_only,
+            plan=plan,
+        )
         try:
-            rejected = (
-                checked.where(F.col(S.REASON).isNotNull())
-                .select(_ROW, S.ID, S.REASON)
-                .orderBy(_ROW)
-                .collect()
-            )
-            if rejected:
-                raise _problem_for_rejections(
-                    [(int(r[_ROW]), r[S.ID], str(r[S.REASON])) for r in rejected]
-                )
-            check_cancelled("matching")
-            pois = accepted_rows(checked).select(*[f.name for f in S.poi_table_schema().fields])
-            result = match_with_model(
-                pois,
-                model=model.model,
-                spec=model.spec,
-                max_iterations=self.max_iterations,
-                local_max_edges=self.local_max_edges,
-                link_only=self.link_only,
-            )
-            try:
-                check_cancelled("output")
-                out = result.matches.select(S.ID, S.MATCHES).toPandas()
-            finally:
-                result.matches.unpersist()
+            check_cancelled("output")
+            return result.matches.select(S.ID, S.MATCHES).toPandas()
         finally:
-            checked.unpersist()
-        return out
+            result.matches.unpersist()
 
 
 # ----------------------------------------------------------------------------- queue
@@ -759,8 +772,9 @@ def create_app(
                 state.reason = "starting Spark"
                 session = spark or build_session(settings.spark)
                 state.owns_session = spark is None
+                for key, value in SERVICE_SQL_CONF.items():
+                    session.conf.set(key, value)
                 session.conf.set("spark.sql.shuffle.partitions", str(svc.shuffle_partitions))
-                session.conf.set("spark.sql.adaptive.enabled", "false")
                 configure_tracking(settings.tracking)
                 uri = svc.model_uri or f"models:/{settings.model.name}@{CHAMPION}"
                 store = ModelStore(uri)
@@ -772,6 +786,7 @@ def create_app(
                     max_iterations=settings.grouping.max_iterations,
                     local_max_edges=settings.grouping.local_max_edges,
                     link_only=settings.matching.link_only,
+                    small_max_rows=svc.small_max_rows,
                 )
             eng = holder["engine"]
             loaded = eng.model()
@@ -781,8 +796,9 @@ def create_app(
             if warm_up:
                 state.reason = "warming up"
                 table, _ = parse_upload(EXAMPLE_CSV.encode(), max_rows=svc.max_rows)
-                for _ in range(2):
-                    eng.match(table, loaded, "warm-up")
+                # one real match: the JVM, the Python workers and the cached column
+                # expressions are warm after it (a second run cost 6 s for ~1 s gained)
+                eng.match(table, loaded, "warm-up")
             state.ready, state.reason = True, "ready"
             state.ready_seconds = time.monotonic() - state.started
             log.info("ready in %.1f s", state.ready_seconds)

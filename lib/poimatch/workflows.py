@@ -41,7 +41,9 @@ from poimatch.namestats import NameStats, add_name_stats, count_name_stats
 from poimatch.normalize import add_normalized_columns
 from poimatch.pipeline import (
     ALL_FEATURES,
+    BATCH,
     MatchingSpec,
+    Plan,
     cached_candidates,
     cached_points,
     calibrate_scores,
@@ -104,6 +106,7 @@ class MatchResult:
     candidates: int
     per_row: float
     seconds: float
+    plan: str = "batch"
 
 
 def _pair_metrics_pd(pairs: pd.DataFrame, threshold: float) -> dict[str, float]:
@@ -495,31 +498,38 @@ def match_with_model(
     max_iterations: int = 40,
     local_max_edges: int = LOCAL_MAX_EDGES,
     link_only: bool = False,
+    plan: Plan = BATCH,
 ) -> MatchResult:
     """:func:`match_pois` with a model already loaded (the REST service keeps one warm).
 
     The blocking settings come from the model's spec, so a model always sees the
     candidates it was trained on. ``link_only``: pairs across sources only (see
-    :func:`poimatch.blocking.candidate_pairs`).
+    :func:`poimatch.blocking.candidate_pairs`). ``plan``: how the stages run
+    (:class:`poimatch.pipeline.Plan`); the output is the same either way.
     """
     started = time.perf_counter()
     blocking = BlockingSettings.model_validate(spec.blocking)
-    points = cached_points(pois, stats=spec.stats())
-    pairs = cached_candidates(points, settings=blocking, link_only=link_only)
-    n_pairs = pairs.count()
-    n_rows = points.count()
+    points = cached_points(pois, stats=spec.stats(), plan=plan)
+    pairs = cached_candidates(points, settings=blocking, link_only=link_only, plan=plan)
+    # small: the input's ids (a local relation: no normalization to redo)
+    ids = pois.select(S.ID) if plan.small else points.select(S.ID)
     scored, grouped = score_and_group(
-        points.select(S.ID),
+        ids,
         pairs,
         model=model,
         spec=spec,
         max_iterations=max_iterations,
         local_max_edges=local_max_edges,
+        plan=plan,
     )
+    # batch: counted from the checkpoints; small: the scored pairs are a local relation
+    n_pairs = scored.count()
+    n_rows = points.count()
     return MatchResult(
         matches=grouped,
         scored=scored,
         candidates=n_pairs,
         per_row=2.0 * n_pairs / max(n_rows, 1),
         seconds=time.perf_counter() - started,
+        plan=plan.name,
     )

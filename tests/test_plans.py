@@ -1,0 +1,129 @@
+"""The small plan (uploads) and the batch plan (tables) give the same output.
+
+The small plan chains the stages into a handful of Spark jobs and plans the spatial
+pass on the coarse grid alone; the batch plan checkpoints every stage and tries finer
+grids in dense areas first. Both must find the same pairs, the same scores and the
+same groups on one file, including a dense block where the finer grids take over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+
+from poimatch import schema as S
+from poimatch.generator import generate_pois
+from poimatch.pipeline import BATCH, SMALL, Plan
+from poimatch.service import SERVICE_SQL_CONF
+from poimatch.workflows import FitOutcome, match_with_model
+
+
+def _table(spark: SparkSession) -> DataFrame:
+    frame = generate_pois(900, seed=404)
+    # a dense block: 120 rows within ~60 m, so the batch plan's finer grids are used
+    rng = np.random.default_rng(5)
+    dense = frame.sample(120, random_state=3).copy()
+    dense[S.ID] = [f"dense_{i:03d}" for i in range(len(dense))]
+    dense[S.LATITUDE] = (40.7 + rng.uniform(0, 0.0005, len(dense))).astype(str)
+    dense[S.LONGITUDE] = (-74.0 + rng.uniform(0, 0.0005, len(dense))).astype(str)
+    frame = pd.concat([frame, dense], ignore_index=True)
+    frame[S.LATITUDE] = frame[S.LATITUDE].astype(float)
+    frame[S.LONGITUDE] = frame[S.LONGITUDE].astype(float)
+    frame[S.SOURCE] = None
+    frame[S.POI] = None
+    columns = [f.name for f in S.poi_table_schema().fields]
+    return spark.createDataFrame(frame[columns], schema=S.poi_table_schema())
+
+
+def _jobs(spark: SparkSession, group: str) -> int:
+    return len(spark.sparkContext.statusTracker().getJobIdsForGroup(group))
+
+
+@pytest.fixture
+def service_conf(spark: SparkSession) -> Iterator[None]:
+    """The SQL settings of the service's session (where the small plan runs), restored."""
+    before = {k: spark.conf.get(k, None) for k in SERVICE_SQL_CONF}
+    for key, value in SERVICE_SQL_CONF.items():
+        spark.conf.set(key, value)
+    yield
+    for key, old in before.items():
+        if old is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, old)
+
+
+@pytest.mark.usefixtures("service_conf")
+def test_small_and_batch_plans_give_the_same_pairs_scores_and_groups(
+    spark: SparkSession, small_matcher: FitOutcome
+) -> None:
+    table = _table(spark)
+    outputs = {}
+    jobs = {}
+    for plan in (SMALL, BATCH):
+        group = f"plan-{plan.name}"
+        spark.sparkContext.setJobGroup(group, group)
+        try:
+            result = match_with_model(
+                table, model=small_matcher.model, spec=small_matcher.spec, plan=plan
+            )
+            matches = result.matches.toPandas().sort_values(S.ID).reset_index(drop=True)
+            scored = result.scored.toPandas().sort_values([S.ID_L, S.ID_R])
+        finally:
+            spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+        jobs[plan.name] = _jobs(spark, group)
+        outputs[plan.name] = (matches, scored.reset_index(drop=True), result)
+    small, batch = outputs["small"], outputs["batch"]
+    assert small[2].plan == "small"
+    assert batch[2].plan == "batch"
+    # the same candidate pairs, scored alike
+    pd.testing.assert_frame_equal(
+        small[1][[S.ID_L, S.ID_R]], batch[1][[S.ID_L, S.ID_R]], check_dtype=False
+    )
+    np.testing.assert_allclose(small[1][S.SCORE], batch[1][S.SCORE], rtol=0, atol=1e-9)
+    assert small[2].candidates == batch[2].candidates > 0
+    # the same groups and match lists, and some real groups among them
+    pd.testing.assert_frame_equal(small[0], batch[0], check_dtype=False)
+    assert (small[0][S.MATCHES].str.contains(" ")).sum() > 50
+    dense = small[0][small[0][S.ID].str.startswith("dense_")]
+    assert len(dense) == 120
+    # the point of the small plan: fewer Spark jobs (no checkpoints, no counts)
+    assert jobs["small"] < jobs["batch"], jobs
+
+
+@pytest.mark.parametrize(
+    ("rows", "limit", "expected"),
+    [(10, 20_000, SMALL), (20_000, 20_000, SMALL), (20_001, 20_000, BATCH), (5, 0, BATCH)],
+)
+def test_plan_is_chosen_by_input_size(rows: int, limit: int, expected: Plan) -> None:
+    assert Plan.for_rows(rows, limit) == expected
+
+
+def test_cached_columns_are_built_once_per_argument(spark: SparkSession) -> None:
+    from pyspark.sql import Column
+    from pyspark.sql import functions as F
+
+    from poimatch.columns import cached_column
+
+    built: list[tuple[object, ...]] = []
+
+    @cached_column
+    def plus(col: Column, step: float) -> Column:
+        built.append((str(col), step))
+        return col + F.lit(step)
+
+    first = plus(F.col("a"), 1.0)
+    assert plus(F.col("a"), 1.0) is first  # same text, same value: no new JVM calls
+    other = plus(F.col("b"), 1.0)
+    assert other is not first
+    assert plus(F.col("a"), 2.0) is not first
+    assert built == [("Column<'a'>", 1.0), ("Column<'b'>", 1.0), ("Column<'a'>", 2.0)]
+    # a cached expression is valid in any later plan
+    frame = spark.createDataFrame([(1.0, 5.0)], "a double, b double")
+    row = frame.select(first.alias("x"), other.alias("y")).first()
+    assert row is not None
+    assert (row["x"], row["y"]) == (2.0, 6.0)

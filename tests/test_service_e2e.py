@@ -25,13 +25,15 @@ import mlflow
 import pytest
 from conftest import register_matcher
 from mlflow.tracking import MlflowClient
+from pyspark.sql import SparkSession
 
 from poimatch import schema as S
 from poimatch.config import load_settings
 from poimatch.generator import generate_pois
+from poimatch.lookup import write_lookup
 from poimatch.service import EXAMPLE_CSV
 from poimatch.tracking import CHAMPION, configure_tracking, load_matcher, log_spark_model
-from poimatch.workflows import FitOutcome
+from poimatch.workflows import FitOutcome, match_with_model
 
 pytestmark = pytest.mark.slow
 
@@ -301,3 +303,65 @@ def test_champion_move_is_picked_up_without_restart(server: dict[str, Any]) -> N
     response = _post(client, EXAMPLE_CSV.encode())
     assert response.headers["X-Model-Version"] == version
     assert client.post("/admin/reload").json()["changed"] is False
+
+
+def test_against_pois_reads_the_pinned_lookup_table(
+    server: dict[str, Any], spark: SparkSession, small_matcher: FitOutcome
+) -> None:
+    client = server["client"]
+    settings = server["settings"]
+    headers = {"Content-Type": "text/csv"}
+    unknown = client.post("/invocations?against=places", content=EXAMPLE_CSV, headers=headers)
+    assert unknown.status_code == 400
+    assert unknown.json()["error"] == "unknown_table"
+    missing = client.post("/invocations?against=pois", content=EXAMPLE_CSV, headers=headers)
+    assert missing.status_code == 409
+    assert missing.json()["error"] == "no_lookup_table"
+
+    # the nightly run's lookup table, where the service looks for it
+    table = generate_pois(600, seed=77)
+    typed = table.assign(
+        **{
+            S.LATITUDE: table[S.LATITUDE].astype(float),
+            S.LONGITUDE: table[S.LONGITUDE].astype(float),
+            S.SOURCE: None,
+            S.POI: None,
+        }
+    )
+    columns = [f.name for f in S.poi_table_schema().fields]
+    result = match_with_model(
+        spark.createDataFrame(typed[columns], schema=S.poi_table_schema()),
+        model=small_matcher.model,
+        spec=small_matcher.spec,
+    )
+    assert result.points is not None
+    path = settings.storage.table_path(settings.storage.lookup_table)
+    write_lookup(
+        result.points, result.matches, path, rows=600, rows_per_file=100, user_metadata="test"
+    )
+    groups = result.matches.select(S.ID, S.GROUP_ID).toPandas().set_index(S.ID)[S.GROUP_ID]
+    assert client.post("/admin/reload").status_code == 200
+
+    copies = table.sample(20, random_state=2).drop(columns=[S.POI])
+    original = list(copies[S.ID])
+    copies[S.ID] = "copy_" + copies[S.ID]
+    copies[S.NAME] = copies[S.NAME].str.lower()
+    response = client.post(
+        "/invocations?against=pois",
+        content=copies.to_csv(index=False).encode(),
+        headers=headers,
+    )
+    assert response.status_code == 200, response.text
+    assert unquote(response.headers["X-Poimatch-Table"]) == f"{path}@v0"
+    lines = response.text.strip().splitlines()
+    assert lines[0] == "id,matches,known_ids,known_groups"
+    rows = {line.split(",")[0]: line.split(",") for line in lines[1:]}
+    assert sorted(rows) == sorted(copies[S.ID])
+    found = 0
+    for new, old in zip(copies[S.ID], original, strict=True):
+        _, matches, known, known_groups = rows[new]
+        assert matches.split(" ")[0] == new
+        if old in known.split(" "):
+            found += 1
+            assert groups[old] in known_groups.split(" ")
+    assert found >= 19

@@ -8,12 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from poimatch import contracts, triage
 from poimatch import schema as S
+from poimatch.against import KNOWN_GROUPS, KNOWN_IDS, match_against
 from poimatch.config import Settings
 from poimatch.evaluation import iou, matches_to_pairs, pair_metrics, truth_pairs
 from poimatch.incremental import match_incremental
@@ -34,16 +36,19 @@ from poimatch.io import (
     write_delta,
     write_single_csv,
 )
+from poimatch.lookup import pin_lookup, write_lookup
 from poimatch.tracking import configure_tracking, default_model_uri, load_matcher
 from poimatch.triage import alone_rows, rejected_report, with_status
 from poimatch.workflows import match_pois
 
 __all__ = [
+    "AGAINST_TABLES",
     "MatchInput",
     "load_match_input",
     "load_pois",
     "rejected_table_path",
     "run_match",
+    "run_match_against",
     "run_evaluate",
 ]
 
@@ -151,6 +156,7 @@ def _output_table(settings: Settings, input_path: str | None, table: str | None)
         inputs = {
             storage.table_path(storage.pois_table),
             storage.table_path(storage.quarantine_table),
+            storage.table_path(storage.lookup_table),
             storage.table_path(settings.lifecycle.eval_table),
         }
         if table.rstrip("/") in inputs:
@@ -206,7 +212,7 @@ def run_match(
     lines = data.lines()
     uri = model_uri or default_model_uri(settings.model.name)
     try:
-        matched, n_pairs, seconds, per_row, more = _match_rows(
+        matched, n_pairs, seconds, per_row, more, points = _match_rows(
             spark, settings, data.pois, uri=uri, incremental=incremental, table=target
         )
         lines += more
@@ -225,6 +231,19 @@ def run_match(
                 user_metadata=metadata,
             )
             lines += [f"matches_table={target}", f"rejected_table={rejected_table_path(target)}"]
+        nightly = input_path is None and target == storage.table_path(storage.matches_table)
+        if nightly and points is not None:
+            # the POI table's own run: lay its matched rows out by cell for lookups
+            lookup = storage.table_path(storage.lookup_table)
+            write_lookup(
+                points,
+                matched,
+                lookup,
+                rows=sum(data.counts.values()),
+                rows_per_file=storage.lookup_rows_per_file,
+                user_metadata=metadata,
+            )
+            lines.append(f"lookup_table={lookup}")
         if output_csv:
             write_single_csv(output.select(S.ID, S.MATCHES).orderBy(S.ID), output_csv)
             rejected_csv = _rejected_csv_path(output_csv)
@@ -250,11 +269,12 @@ def _match_rows(
     uri: str,
     incremental: bool,
     table: str | None,
-) -> tuple[DataFrame, int, float, float, list[str]]:
-    """``(matches, candidates, seconds, candidates per row, lines)`` of the matched rows."""
+) -> tuple[DataFrame, int, float, float, list[str], DataFrame | None]:
+    """``(matches, candidates, seconds, candidates per row, lines, points)`` of the
+    matched rows (``points``: their normalized rows, ``None`` when there were none)."""
     if pois.limit(1).count() == 0:  # every row rejected: nothing to match
         empty = spark.createDataFrame([], f"{S.ID} string, {S.GROUP_ID} string, {S.MATCHES} string")
-        return empty, 0, 0.0, 0.0, []
+        return empty, 0, 0.0, 0.0, [], None
     if incremental:
         assert table is not None  # nosec B101
         configure_tracking(settings.tracking)
@@ -269,9 +289,105 @@ def _match_rows(
             local_max_edges=settings.grouping.local_max_edges,
         )
         per_row = 2.0 * inc.candidates / max(inc.rows, 1)
-        return inc.matches, inc.candidates, inc.seconds, per_row, inc.lines()
+        return inc.matches, inc.candidates, inc.seconds, per_row, inc.lines(), inc.points
     result = match_pois(pois, model_uri=uri, settings=settings)
-    return result.matches, result.candidates, result.seconds, result.per_row, []
+    return result.matches, result.candidates, result.seconds, result.per_row, [], result.points
+
+
+AGAINST_TABLES: tuple[str, ...] = ("pois",)
+"""What ``--against`` / ``?against=`` may name: the POI table (through its lookup table)."""
+
+
+def lookup_path(settings: Settings, against: str) -> str:
+    """The lookup table behind ``against``; ``ValueError`` naming the choices otherwise."""
+    if against not in AGAINST_TABLES:
+        raise ValueError(
+            f"--against {against!r}: only {list(AGAINST_TABLES)} can be matched against "
+            "(the POI table, through its lookup table)"
+        )
+    return settings.storage.table_path(settings.storage.lookup_table)
+
+
+def run_match_against(
+    spark: SparkSession,
+    settings: Settings,
+    *,
+    input_path: str,
+    against: str,
+    output_csv: str | None,
+    model_uri: str | None,
+) -> list[str]:
+    """Match an ad-hoc input with itself and with the POI table (``--against pois``).
+
+    Writes only ``output_csv`` (``id,matches,known_ids,known_groups``: every input id
+    once, its uploaded matches, the table ids it matches and their ``group_id``) and the
+    rejected-rows report beside it. The POI table is read through its lookup table
+    (:mod:`poimatch.lookup`) at the version current when the run starts, named in the
+    printed lines.
+
+    Raises:
+        ValueError: no ``output_csv``, an unknown ``against``, no lookup table yet, or
+            more rows than ``matching.against_max_rows``.
+    """
+    if not output_csv:
+        raise ValueError("--against writes only what you name: give --output OUT.csv")
+    path = lookup_path(settings, against)
+    known = pin_lookup(spark, path)
+    if known is None:
+        raise ValueError(
+            f"no lookup table at {path}: run the nightly match of the POI table "
+            "(jobs/match.py without --input) first"
+        )
+    data = load_match_input(spark, input_path)
+    n_matched = data.counts.get(triage.MATCHED, 0)
+    limit = settings.matching.against_max_rows
+    if n_matched > limit:
+        data.release()
+        raise ValueError(
+            f"{input_path}: {n_matched} rows to match against the table, more than "
+            f"matching.against_max_rows ({limit}); match it as a table instead"
+        )
+    lines = [*data.lines(), f"against={known.label()} ({known.metadata})"]
+    uri = model_uri or default_model_uri(settings.model.name)
+    try:
+        columns = [S.ID, S.MATCHES, KNOWN_IDS, KNOWN_GROUPS]
+        if n_matched:
+            configure_tracking(settings.tracking)
+            model, spec, _ = load_matcher(uri)
+            result = match_against(
+                data.pois,
+                known,
+                model=model,
+                spec=spec,
+                max_iterations=settings.grouping.max_iterations,
+                local_max_edges=settings.grouping.local_max_edges,
+                link_only=settings.matching.link_only,
+            )
+            matched = result.matches[columns]
+            lines.append(
+                f"known_rows_read={result.known_read} candidates={result.candidates} "
+                f"rows_with_known={int((matched[KNOWN_IDS] != '').sum())}"
+            )
+        else:
+            matched = pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+        alone = alone_rows(data.triaged).select(S.ID).toPandas()
+        alone[S.MATCHES] = alone[S.ID]
+        alone[KNOWN_IDS] = ""
+        alone[KNOWN_GROUPS] = ""
+        output = pd.concat([matched, alone[columns]], ignore_index=True)
+        expected = sorted(str(r[S.ID]) for r in data.output_ids.collect())
+        if sorted(output[S.ID]) != expected:
+            raise RuntimeError("output contract broken: input ids missing or repeated")
+        frame = spark.createDataFrame(
+            output.sort_values(S.ID), schema=", ".join(f"{c} string" for c in columns)
+        )
+        write_single_csv(frame, output_csv)
+        rejected_csv = _rejected_csv_path(output_csv)
+        write_single_csv(rejected_report(data.triaged), rejected_csv)
+        lines += [f"model={uri}", f"output={output_csv}", f"rejected_output={rejected_csv}"]
+    finally:
+        data.release()
+    return lines
 
 
 def run_evaluate(spark: SparkSession, submission_path: str, truth_path: str) -> list[str]:

@@ -85,6 +85,10 @@ class StorageSettings(_Frozen):
     pois_table: str = Field(default="pois", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     quarantine_table: str = Field(default="pois_quarantine", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     matches_table: str = Field(default="matches", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # the matched POI table laid out by cell (poimatch.lookup), written by the nightly
+    # match of the POI table; read by `?against=pois` and `jobs/match.py --against pois`
+    lookup_table: str = Field(default="pois_lookup", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    lookup_rows_per_file: int = Field(default=50_000, ge=1000)
 
     def table_path(self, table: str) -> str:
         """Location of a Delta table under the storage root."""
@@ -158,6 +162,9 @@ class MatchingSettings(_Frozen):
     # true: link sources (rows naming the same `source` are never compared, as in
     # Splink's link_only); false: deduplicate every row against every other
     link_only: bool = False
+    # uploads matched against the POI table (--against / ?against=) are held on the
+    # driver: at most this many rows
+    against_max_rows: int = Field(default=100_000, ge=1)
 
 
 class GroupingSettings(_Frozen):

@@ -73,6 +73,7 @@ class IncrementalResult:
     new_pairs: int
     used_state: bool
     seconds: float
+    points: DataFrame | None = None  # the normalized points (materialized)
 
     def lines(self) -> list[str]:
         """Printable figures for the job."""
@@ -236,4 +237,5 @@ def match_incremental(
         new_pairs=n_new,
         used_state=used_state,
         seconds=time.perf_counter() - started,
+        points=normalized,
     )

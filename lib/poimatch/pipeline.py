@@ -248,8 +248,13 @@ def cached_candidates(
     settings: BlockingSettings,
     link_only: bool = False,
     plan: Plan = BATCH,
+    keep: Column | None = None,
 ) -> DataFrame:
-    """Blocking, then the pair features (:func:`featured_pairs`), materialized (batch)."""
+    """Blocking, then the pair features (:func:`featured_pairs`), materialized (batch).
+
+    ``keep``: a condition on ``id_l`` / ``id_r``; candidate pairs failing it are dropped
+    before their features are computed (:mod:`poimatch.against`).
+    """
     _mark("pair_features:start")
     pairs = _candidate_pairs(
         points,
@@ -258,6 +263,8 @@ def cached_candidates(
         link_only=link_only,
         **({"fine_levels": 0} if plan.small else {}),
     )
+    if keep is not None:
+        pairs = pairs.where(keep)
     featured = featured_pairs(pairs, points, plan=plan)
     _mark("pair_features:end")
     return featured

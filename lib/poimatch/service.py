@@ -63,12 +63,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from poimatch import schema as S
+from poimatch.against import KNOWN_GROUPS, KNOWN_IDS, match_against
+from poimatch.batch import AGAINST_TABLES
 from poimatch.cancellation import cancel_scope, check_cancelled
 from poimatch.cli import job_parser, job_settings
 from poimatch.config import ConfigError, Settings
 from poimatch.grouping import LOCAL_MAX_EDGES
 from poimatch.ingest import accepted_rows, check_rows
 from poimatch.isolation import enforce
+from poimatch.lookup import KnownTable, pin_lookup
 from poimatch.pipeline import MatchingSpec, Plan
 from poimatch.session import build_session
 from poimatch.tracking import CHAMPION, configure_tracking, load_matcher
@@ -494,9 +497,12 @@ class SparkEngine:
         local_max_edges: int = LOCAL_MAX_EDGES,
         link_only: bool = False,
         small_max_rows: int = 20_000,
+        lookup_path: str | None = None,
     ) -> None:
         self.spark = spark
         self.small_max_rows = small_max_rows
+        self.lookup_path = lookup_path
+        self._known: KnownTable | None = None
         self.store = store
         self.max_iterations = max_iterations
         self.local_max_edges = local_max_edges
@@ -507,6 +513,23 @@ class SparkEngine:
     def model(self) -> LoadedModel | None:
         """The model a new request should use."""
         return self.store.current
+
+    def refresh_lookup(self) -> KnownTable | None:
+        """Pin the lookup table's current version (at start-up and with every model poll)."""
+        if self.lookup_path is not None:
+            self._known = pin_lookup(self.spark, self.lookup_path)
+        return self._known
+
+    def known(self) -> KnownTable | None:
+        """The pinned lookup table a new ``?against=pois`` request reads."""
+        return self._known
+
+    def match_against(
+        self, table: pd.DataFrame, model: LoadedModel, known: KnownTable, tag: str
+    ) -> pd.DataFrame:
+        """:meth:`match` against the pinned lookup table as well: ``id``, ``matches``,
+        ``known_ids``, ``known_groups`` (see :func:`poimatch.against.match_against`)."""
+        return self.match(table, model, tag, known=known)
 
     def _run(self, tag: str) -> _Run:
         with self._lock:
@@ -538,8 +561,15 @@ class SparkEngine:
                 break
         log.info("request %s stopped after its timeout", tag)
 
-    def match(self, table: pd.DataFrame, model: LoadedModel, tag: str) -> pd.DataFrame:
-        """Validate the rows like the batch, then match them: ``id``, ``matches``.
+    def match(
+        self,
+        table: pd.DataFrame,
+        model: LoadedModel,
+        tag: str,
+        known: KnownTable | None = None,
+    ) -> pd.DataFrame:
+        """Validate the rows like the batch, then match them: ``id``, ``matches`` (and
+        ``known_ids``, ``known_groups`` when matched against ``known`` too).
 
         Raises:
             RequestError: 422 naming the rows the contract rules reject.
@@ -552,7 +582,7 @@ class SparkEngine:
             sc.setJobGroup(tag, f"poimatch request {tag}", interruptOnCancel=True)
             try:
                 with cancel_scope(run.cancelled):
-                    return self._match(table, model)
+                    return self._match(table, model, known)
             finally:
                 sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
         except (Py4JNetworkError, ConnectionError) as exc:
@@ -562,7 +592,9 @@ class SparkEngine:
             with self._lock:
                 self._runs.pop(tag, None)
 
-    def _match(self, table: pd.DataFrame, model: LoadedModel) -> pd.DataFrame:
+    def _match(
+        self, table: pd.DataFrame, model: LoadedModel, known: KnownTable | None
+    ) -> pd.DataFrame:
         check_cancelled("validation")
         fields = [T.StructField(c, T.StringType(), True) for c in S.INPUT_COLUMNS]
         schema = T.StructType([*fields, T.StructField(_ROW, T.LongType(), False)])
@@ -584,6 +616,16 @@ class SparkEngine:
             )
         check_cancelled("matching")
         pois = accepted_rows(checked).select(*[f.name for f in S.poi_table_schema().fields])
+        if known is not None:
+            return match_against(
+                pois,
+                known,
+                model=model.model,
+                spec=model.spec,
+                max_iterations=self.max_iterations,
+                local_max_edges=self.local_max_edges,
+                link_only=self.link_only,
+            ).matches
         result = match_with_model(
             pois,
             model=model.model,
@@ -787,8 +829,11 @@ def create_app(
                     local_max_edges=settings.grouping.local_max_edges,
                     link_only=settings.matching.link_only,
                     small_max_rows=svc.small_max_rows,
+                    lookup_path=settings.storage.table_path(settings.storage.lookup_table),
                 )
             eng = holder["engine"]
+            if isinstance(eng, SparkEngine):
+                eng.refresh_lookup()
             loaded = eng.model()
             if loaded is None:
                 raise RuntimeError("no model loaded")
@@ -811,6 +856,7 @@ def create_app(
         if not isinstance(eng, SparkEngine):
             return False
         changed = eng.store.refresh()
+        eng.refresh_lookup()
         if changed:
             loaded = eng.store.current
             metrics.reloads.inc()
@@ -972,6 +1018,24 @@ def create_app(
             raise RequestError(
                 503, "not_ready", f"not ready: {state.reason}", headers={"Retry-After": "5"}
             )
+        against = request.query_params.get("against")
+        known: KnownTable | None = None
+        if against is not None:
+            if against not in AGAINST_TABLES:
+                raise RequestError(
+                    400,
+                    "unknown_table",
+                    f"against={against!r}: only {list(AGAINST_TABLES)} can be matched against",
+                )
+            eng0 = holder.get("engine")
+            known = eng0.known() if isinstance(eng0, SparkEngine) else None
+            if known is None:
+                raise RequestError(
+                    409,
+                    "no_lookup_table",
+                    "the POI table has no lookup table yet: run the nightly match "
+                    "(jobs/match.py without --input)",
+                )
         data = await read_body(request, max_bytes=svc.max_body_bytes)
         # CPU work on a worker thread: /health and /metrics keep answering meanwhile
         table, notes = await asyncio.to_thread(parse_upload, data, max_rows=svc.max_rows)
@@ -983,7 +1047,11 @@ def create_app(
         tag = str(request.state.request_id)
         try:
             out = await queue.run(
-                lambda: eng.match(table, loaded, tag),
+                (
+                    (lambda: eng.match_against(table, loaded, known, tag))
+                    if known is not None and isinstance(eng, SparkEngine)
+                    else (lambda: eng.match(table, loaded, tag))
+                ),
                 timeout=svc.timeout_seconds,
                 on_timeout=lambda: eng.cancel(tag),
                 retry_after=max(1, int(svc.timeout_seconds // 4)),
@@ -1004,6 +1072,11 @@ def create_app(
             "X-Model-Version": loaded.version,
             "X-Request-Id": tag,
         }
+        if known is not None:
+            extra = out.set_index(S.ID)
+            for column in (KNOWN_IDS, KNOWN_GROUPS):
+                body[column] = [extra.at[i, column] for i in expected]
+            headers["X-Poimatch-Table"] = header_text(known.label())
         if notes:
             headers["X-Poimatch-Notes"] = header_text("; ".join(notes))
         return Response(

@@ -107,6 +107,8 @@ class MatchResult:
     per_row: float
     seconds: float
     plan: str = "batch"
+    points: DataFrame | None = None  # the normalized points (materialized)
+    rows: int = 0
 
 
 def _pair_metrics_pd(pairs: pd.DataFrame, threshold: float) -> dict[str, float]:
@@ -532,4 +534,6 @@ def match_with_model(
         per_row=2.0 * n_pairs / max(n_rows, 1),
         seconds=time.perf_counter() - started,
         plan=plan.name,
+        points=points,
+        rows=n_rows,
     )

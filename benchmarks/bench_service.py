@@ -516,11 +516,15 @@ class Outcome:
     retry_after: float | None = None
 
 
+#: the endpoint posted to: ``/invocations``, or ``/invocations?against=<table>`` (--against)
+ENDPOINT = {"path": "/invocations", "header": [S.ID, S.MATCHES]}
+
+
 def check_response(request: RequestFile, text: str) -> str | None:
     """None when the body is a correct answer for ``request``, else the first problem."""
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
-    if header != [S.ID, S.MATCHES]:
+    if header != ENDPOINT["header"]:
         return f"bad header {header!r}"
     posted = set(request.ids)
     seen: set[str] = set()
@@ -534,10 +538,11 @@ def check_response(request: RequestFile, text: str) -> str | None:
 
 
 def _check_row(row: list[str], posted: set[str], seen: set[str]) -> str | None:
-    """One ``id,matches`` row: a posted id, new, first in its matches, no foreign id."""
-    if len(row) != 2:
+    """One ``id,matches`` row: a posted id, new, first in its matches, no foreign id
+    (with --against, two more fields: the known ids and their groups)."""
+    if len(row) != len(ENDPOINT["header"]):
         return f"row with {len(row)} fields: {row[:3]!r}"
-    ident, matches = row
+    ident, matches = row[0], row[1]
     tokens = matches.split(" ")
     problem = None
     if ident in seen:
@@ -556,7 +561,7 @@ def post(client: httpx.Client, request: RequestFile) -> Outcome:
     started = time.monotonic()
     try:
         response = client.post(
-            "/invocations", content=request.body, headers={"Content-Type": "text/csv"}
+            str(ENDPOINT["path"]), content=request.body, headers={"Content-Type": "text/csv"}
         )
     except httpx.HTTPError as exc:
         return Outcome(
@@ -937,6 +942,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "(default 20 up to 1,000 rows, 5 above)",
     )
     parser.add_argument("--warmups", type=int, default=2, help="untimed requests per size")
+    parser.add_argument(
+        "--against",
+        default=None,
+        help="post to /invocations?against=TABLE (e.g. pois): match against the POI table",
+    )
     parser.add_argument("--clients", type=int, default=4, help="concurrent throughput clients")
     parser.add_argument(
         "--duration", type=float, default=60.0, help="throughput seconds (0: skip it)"
@@ -954,6 +964,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--service-log", type=Path, default=None, help="default: service.log next to --out"
     )
     args = parser.parse_args(argv)
+    if args.against:
+        ENDPOINT["path"] = f"/invocations?against={args.against}"
+        ENDPOINT["header"] = [S.ID, S.MATCHES, "known_ids", "known_groups"]
     if args.url and args.overrides:
         parser.error("--set is passed to a service this script starts; not with --url")
     if args.repeats is None:

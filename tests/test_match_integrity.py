@@ -84,11 +84,19 @@ def test_matching_the_poi_table_updates_matches_and_nothing_else(
     matches = storage.table_path(storage.matches_table)
     before = lake["before_production_run"]
     after = _lake_versions(spark, lake["root"] / "lake")
-    # the inputs did not move; matches and its report are new
+    # the inputs did not move; matches, its report and the lookup table are new
     for table, version in before.items():
         assert after[table] == version, table
-    assert set(after) - set(before) == {matches, rejected_table_path(matches)}
+    lookup = storage.table_path(storage.lookup_table)
+    assert set(after) - set(before) == {matches, rejected_table_path(matches), lookup}
     assert f"matches_table={matches}" in lake["production_lines"]
+    assert f"lookup_table={lookup}" in lake["production_lines"]
+    # the lookup table holds every matched row with its group, laid out by cell
+    known = spark.read.format("delta").load(lookup)
+    assert known.columns[:2] == ["lookup_cell", "fine_cell"]
+    groups = {r[S.ID]: r[S.GROUP_ID] for r in known.collect()}
+    written = {r[S.ID]: r[S.GROUP_ID] for r in spark.read.format("delta").load(matches).collect()}
+    assert groups == written
     frame = spark.read.format("delta").load(matches)
     assert frame.columns == [S.ID, S.GROUP_ID, S.MATCHES, S.STATUS, S.REASON]
     rows = frame.collect()
@@ -137,7 +145,7 @@ def test_adhoc_run_leaves_every_production_table_unchanged(
     after = _lake_versions(spark, lake["root"] / "lake")
     assert after == adhoc["production"]  # same tables (none new), same versions
     names = {Path(t).name for t in after}
-    assert names == {"pois", "pois_quarantine", "matches", "matches_rejected"}
+    assert names == {"pois", "pois_quarantine", "matches", "matches_rejected", "pois_lookup"}
     assert f"matches_table={adhoc['table']}" in adhoc["lines"]
 
 

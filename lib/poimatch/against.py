@@ -7,8 +7,10 @@ pair with it, read at one pinned version. The stages are the batch's own, run as
 small plan (:class:`poimatch.pipeline.Plan`): the uploaded rows are normalized, the
 lookup rows near them are read (a few files, by cell), both get the model's name
 statistics, and blocking, features, scoring and grouping run over the two together.
-Pairs of two table rows are dropped right after blocking: the table's own matches are
-the nightly run's business, and an uploaded row's answer must not depend on them.
+Only the uploaded rows look for candidates, in every blocking pass (their k nearest,
+their nearest rows sharing a key), and pairs of two table rows are dropped: the table's
+own matches are the nightly run's business, and an uploaded row's answer must not
+depend on them.
 
 Ids are kept apart inside the run (an uploaded row may carry an id the table also
 has): uploaded ids become ``u:<id>`` and table ids ``k:<id>``, and ``k`` sorting before
@@ -106,7 +108,10 @@ def match_against(
         settings=blocking,
         link_only=link_only,
         plan=plan,
-        keep=F.col(S.ID_R).startswith(_UP),  # at least one uploaded row in every pair
+        # only the uploaded rows look for candidates (a table row's own nearest are the
+        # nightly run's business); every pair then holds one
+        query=F.col(S.ID).startswith(_UP),
+        keep=F.col(S.ID_R).startswith(_UP),
     )
     scored, grouped = _score_and_group(
         points.select(S.ID),

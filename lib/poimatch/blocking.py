@@ -260,8 +260,10 @@ def _spatial_nearest(
     *,
     fine_levels: int = _FINE_LEVELS,
     materialize: Materialize | None = None,
+    query: Column | None = None,
 ) -> DataFrame:
-    """Directed ``(id, _other)``: each row's ``k`` nearest within its 3x3 cells.
+    """Directed ``(id, _other)``: each row's ``k`` nearest within its 3x3 cells
+    (each row that ``query`` selects, when given: the others are only candidates).
 
     Exactly the k nearest among the rows in the 3x3 cells of ``cell_m`` around the
     row (ties by id), without joining every dense cell with its neighbours: a row in
@@ -273,6 +275,8 @@ def _spatial_nearest(
     rows = _grid_levels(points, cell_m, k, fine_levels) if fine_levels else None
     if rows is None:
         rows = points.select(*_row_columns(points), F.lit(0).alias(_LVL))
+    if query is not None:
+        rows = rows.where(query)
     right = _thin_stacks(points.select(*_row_columns(points)), k + 1, [])
     if materialize is not None:
         right = materialize(right)  # read by both rounds
@@ -288,7 +292,9 @@ def _spatial_nearest(
     return done.unionByName(again.select(S.ID, _OTHER, _DIST))
 
 
-def _key_nearest(points: DataFrame, settings: BlockingSettings, key: Column) -> DataFrame:
+def _key_nearest(
+    points: DataFrame, settings: BlockingSettings, key: Column, query: Column | None = None
+) -> DataFrame:
     """Directed ``(id, _other)`` of one key pass: the ``k_key`` nearest rows sharing the key.
 
     A row whose key is shared by ``max_key_group`` or more other rows in its 3x3 cells
@@ -306,6 +312,8 @@ def _key_nearest(points: DataFrame, settings: BlockingSettings, key: Column) -> 
     near = _spread_counts(counts, [_KEY], cell_m)
     cap = settings.max_key_group
     left = celled.join(near, on=[_CY, _CX, _KEY], how="inner").where(F.col("_nn") - 1 < cap)
+    if query is not None:
+        left = left.where(query)
     # a right row in a cell with more than cap rows of its key only neighbours skipped rows
     right = celled.join(counts.where(F.col("_c") <= cap), on=[_CY, _CX, _KEY], how="left_semi")
     right = _thin_stacks(right.drop(_CY, _CX, _LVL), settings.k_key + 1, [_KEY])
@@ -340,6 +348,7 @@ def candidate_pairs(
     materialize: Materialize | None = None,
     link_only: bool = False,
     fine_levels: int = _FINE_LEVELS,
+    query: Column | None = None,
 ) -> DataFrame:
     """Candidate pairs ``(id_l, id_r, block_pass)`` of normalized POIs.
 
@@ -359,6 +368,9 @@ def candidate_pairs(
             :func:`_spatial_nearest`). They give exactly the coarse grid's k nearest,
             faster on a large dense table; 0 plans the coarse grid alone (a smaller
             plan, the same pairs: what a small upload needs).
+        query: a condition on ``id``: only the rows it selects look for their nearest
+            (in every pass); the others are candidates only. Matching uploads against
+            a table (:mod:`poimatch.against`) asks for the uploads' candidates alone.
 
     Returns:
         One row per distinct pair, ``id_l < id_r``; ``block_pass`` names the passes
@@ -377,10 +389,11 @@ def candidate_pairs(
         settings.k_nearest,
         fine_levels=fine_levels,
         materialize=materialize,
+        query=query,
     )
     passes = [_canonical(spatial, "spatial")]
     for name in settings.key_passes:
-        passes.append(_canonical(_key_nearest(points, settings, _pass_key(name)), name))
+        passes.append(_canonical(_key_nearest(points, settings, _pass_key(name), query), name))
     union = passes[0]
     for extra in passes[1:]:
         union = union.unionByName(extra)

@@ -43,6 +43,7 @@ __all__ = [
     "KnownTable",
     "known_rows",
     "pin_lookup",
+    "write_laid_out",
     "write_lookup",
 ]
 
@@ -53,6 +54,8 @@ FINE_DEG = 0.01
 _M_PER_DEG = 111_320.0
 _X_CELLS = 1_000_000  # cell id = y * _X_CELLS + x
 _MARGIN = 1.05  # over the grid's reach: metres per degree vary a little with latitude
+_BLOCK_SIZE = "parquet.block.size"
+ROW_GROUP_BYTES = 1 << 20  # ~3,000 rows per row group
 
 STORED: tuple[str, ...] = (
     S.ID,
@@ -102,17 +105,31 @@ def write_lookup(
     files = max(1, math.ceil(rows / max(rows_per_file, 1)))
     joined = points.drop(S.GROUP_ID).join(groups.select(S.ID, S.GROUP_ID), on=S.ID, how="inner")
     stored = [F.col(c) if c in joined.columns else F.lit(None).alias(c) for c in STORED]
-    laid_out = (
-        joined.select(
-            _cell(F.col(S.LATITUDE), F.col(S.LONGITUDE), COARSE_DEG).alias(LOOKUP_CELL),
-            _cell(F.col(S.LATITUDE), F.col(S.LONGITUDE), FINE_DEG).alias(FINE_CELL),
-            *stored,
-        )
-        .withColumn(S.SOURCE, F.col(S.SOURCE).cast(T.StringType()))
-        .repartitionByRange(files, LOOKUP_CELL, FINE_CELL)
-        .sortWithinPartitions(LOOKUP_CELL, FINE_CELL)
+    laid_out = joined.select(
+        _cell(F.col(S.LATITUDE), F.col(S.LONGITUDE), COARSE_DEG).alias(LOOKUP_CELL),
+        _cell(F.col(S.LATITUDE), F.col(S.LONGITUDE), FINE_DEG).alias(FINE_CELL),
+        *stored,
+    ).withColumn(S.SOURCE, F.col(S.SOURCE).cast(T.StringType()))
+    write_laid_out(laid_out, path, files=files, user_metadata=user_metadata)
+
+
+def write_laid_out(rows: DataFrame, path: str, *, files: int, user_metadata: str) -> None:
+    """Range-partition ``rows`` by cell into ``files`` files, sorted, with small Parquet
+    row groups (``ROW_GROUP_BYTES``): the row groups' min/max cells let a read skip
+    most of a file as well as whole files."""
+    laid_out = rows.repartitionByRange(files, LOOKUP_CELL, FINE_CELL).sortWithinPartitions(
+        LOOKUP_CELL, FINE_CELL
     )
-    write_delta(laid_out, path, user_metadata=user_metadata)
+    conf = rows.sparkSession.conf
+    before = conf.get(_BLOCK_SIZE, None)
+    conf.set(_BLOCK_SIZE, str(ROW_GROUP_BYTES))  # the session's SQL settings reach the writer
+    try:
+        write_delta(laid_out, path, user_metadata=user_metadata)
+    finally:
+        if before is None:
+            conf.unset(_BLOCK_SIZE)
+        else:
+            conf.set(_BLOCK_SIZE, before)
 
 
 @dataclass(frozen=True)
@@ -175,16 +192,53 @@ def known_rows(
 
     Returns:
         The lookup rows (``STORED`` columns), lazily: a filter on the cell columns
-        that Delta's data skipping turns into a read of only the files holding them.
+        that Delta's data skipping turns into a read of only the files holding them
+        (one small read, an action, counts how common the uploads' keys are there).
     """
     lat = uploads[S.LATITUDE].to_numpy(dtype=float)
     lon = uploads[S.LONGITUDE].to_numpy(dtype=float)
     coarse = _cells_within(lat, lon, 2 * blocking.key_cell_m, COARSE_DEG)
     fine = _cells_within(lat, lon, 2 * blocking.cell_m, FINE_DEG)
-    near = F.col(FINE_CELL).isin(fine)
-    for key in _KEYS:
-        values = sorted({str(v) for v in uploads[key].dropna()})
-        if values:
-            near = near | F.col(key).isin(values)
     table = spark.read.format("delta").option("versionAsOf", known.version).load(known.path)
-    return table.where(F.col(LOOKUP_CELL).isin(coarse) & near).select(*STORED)
+    area = table.where(F.col(LOOKUP_CELL).isin(coarse))
+    wanted = {key: sorted({str(v) for v in uploads[key].dropna()}) for key in _KEYS}
+    near = F.col(FINE_CELL).isin(fine) & _within_boxes(lat, lon, 2 * blocking.cell_m)
+    keyed = [F.col(key).isin(values) for key, values in wanted.items() if values]
+    if keyed:
+        # a key shared by max_key_group or more rows around a row is too generic for the
+        # blocking's key passes ("kfc", a chain's url): reading its rows would only feed
+        # the spatial pass rows it never pairs. One small read counts the wanted keys in
+        # the area (its 0.5 degree cells are a little wider than the 3x3 key cells, so a
+        # key is dropped here a little sooner than the blocking would; within the
+        # spatial pass's reach every row is read whatever its keys).
+        found = area.where(_any(keyed)).select(*_KEYS).toPandas()
+        for key in _KEYS:
+            counts = found[key].value_counts()
+            common = set(counts[counts >= blocking.max_key_group].index)
+            kept = [v for v in wanted[key] if v not in common]
+            if kept:
+                near = near | F.col(key).isin(kept)
+    return area.where(near).select(*STORED)
+
+
+def _within_boxes(lat: np.ndarray, lon: np.ndarray, reach_m: float) -> Column:
+    """True for a row within ``reach_m`` (a box, with the margin) of any coordinate.
+
+    The fine cells bound the read; this cuts the rows of a dense centre to the spatial
+    pass's reach (3x3 cells of ``cell_m``: at most twice that far)."""
+    dlat = reach_m * _MARGIN / _M_PER_DEG
+    boxes = []
+    for a, b in sorted(set(zip(np.round(lat, 6), np.round(lon, 6), strict=True))):
+        dlon = min(dlat / max(math.cos(math.radians(min(abs(a) + dlat, 90.0))), 1e-3), 180.0)
+        box = F.col(S.LATITUDE).between(a - dlat, a + dlat)
+        # the meridian: compare longitudes on the side of the box
+        gap = F.abs(F.pmod(F.col(S.LONGITUDE) - F.lit(b) + F.lit(180.0), F.lit(360.0)) - 180.0)
+        boxes.append(box & (gap <= dlon))
+    return _any(boxes)
+
+
+def _any(conditions: list[Column]) -> Column:
+    out = conditions[0]
+    for condition in conditions[1:]:
+        out = out | condition
+    return out

@@ -249,11 +249,13 @@ def cached_candidates(
     link_only: bool = False,
     plan: Plan = BATCH,
     keep: Column | None = None,
+    query: Column | None = None,
 ) -> DataFrame:
     """Blocking, then the pair features (:func:`featured_pairs`), materialized (batch).
 
     ``keep``: a condition on ``id_l`` / ``id_r``; candidate pairs failing it are dropped
-    before their features are computed (:mod:`poimatch.against`).
+    before their features are computed. ``query``: only the rows it selects look for
+    candidates (:func:`poimatch.blocking.candidate_pairs`; both: :mod:`poimatch.against`).
     """
     _mark("pair_features:start")
     pairs = _candidate_pairs(
@@ -261,6 +263,7 @@ def cached_candidates(
         settings=settings,
         materialize=None if plan.small else plan.materialize,
         link_only=link_only,
+        query=query,
         **({"fine_levels": 0} if plan.small else {}),
     )
     if keep is not None:

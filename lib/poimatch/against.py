@@ -8,7 +8,7 @@ small plan (:class:`poimatch.pipeline.Plan`): the uploaded rows are normalized, 
 lookup rows near them are read (a few files, by cell), both get the model's name
 statistics, and blocking, features, scoring and grouping run over the two together.
 Only the uploaded rows look for candidates, in every blocking pass (their k nearest,
-their nearest rows sharing a key), and pairs of two table rows are dropped: the table's
+their nearest rows sharing a key), so no pair of two table rows is ever formed: the table's
 own matches are the nightly run's business, and an uploaded row's answer must not
 depend on them.
 
@@ -32,8 +32,7 @@ from poimatch.config import BlockingSettings
 from poimatch.grouping import LOCAL_MAX_EDGES
 from poimatch.lookup import KnownTable, known_rows
 from poimatch.namestats import add_name_stats
-from poimatch.pipeline import SMALL, MatchingSpec, cached_candidates, cached_points
-from poimatch.pipeline import score_and_group as _score_and_group
+from poimatch.pipeline import SMALL, MatchingSpec, cached_candidates, cached_points, score_and_group
 
 __all__ = ["KNOWN_GROUPS", "KNOWN_IDS", "AgainstResult", "match_against"]
 
@@ -111,9 +110,8 @@ def match_against(
         # only the uploaded rows look for candidates (a table row's own nearest are the
         # nightly run's business); every pair then holds one
         query=F.col(S.ID).startswith(_UP),
-        keep=F.col(S.ID_R).startswith(_UP),
     )
-    scored, grouped = _score_and_group(
+    scored, grouped = score_and_group(
         points.select(S.ID),
         pairs,
         model=model,

@@ -248,14 +248,12 @@ def cached_candidates(
     settings: BlockingSettings,
     link_only: bool = False,
     plan: Plan = BATCH,
-    keep: Column | None = None,
     query: Column | None = None,
 ) -> DataFrame:
     """Blocking, then the pair features (:func:`featured_pairs`), materialized (batch).
 
-    ``keep``: a condition on ``id_l`` / ``id_r``; candidate pairs failing it are dropped
-    before their features are computed. ``query``: only the rows it selects look for
-    candidates (:func:`poimatch.blocking.candidate_pairs`; both: :mod:`poimatch.against`).
+    ``query``: only the rows it selects look for candidates
+    (:func:`poimatch.blocking.candidate_pairs`; :mod:`poimatch.against`).
     """
     _mark("pair_features:start")
     pairs = _candidate_pairs(
@@ -266,8 +264,6 @@ def cached_candidates(
         query=query,
         **({"fine_levels": 0} if plan.small else {}),
     )
-    if keep is not None:
-        pairs = pairs.where(keep)
     featured = featured_pairs(pairs, points, plan=plan)
     _mark("pair_features:end")
     return featured

@@ -163,6 +163,17 @@ def _status(pid: int) -> tuple[str, int] | None:
     return name, rss
 
 
+_LAUNCHER = b"org.apache.spark.launcher.Main"
+
+
+def _is_launcher(pid: int) -> bool:
+    """Whether ``pid`` is Spark's launcher JVM (it builds the driver's command and exits)."""
+    try:
+        return _LAUNCHER in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 @dataclass
 class MemSample:
     t: float  # seconds since the benchmark started
@@ -199,7 +210,8 @@ class TreeSampler(threading.Thread):
             total += rss
             if name == "java":
                 java += rss
-                jvms[pid] = rss
+                if not _is_launcher(pid):  # spark-class's launcher JVM exits by design
+                    jvms[pid] = rss
             elif name.startswith("python"):
                 python += rss
         if count == 0:

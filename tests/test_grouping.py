@@ -9,7 +9,14 @@ from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 
 from poimatch import schema as S
-from poimatch.grouping import LOCAL_MAX_EDGES, connected_components, group_matches, pairwise_matches
+from poimatch.grouping import (
+    LOCAL_MAX_EDGES,
+    connected_components,
+    group_id_changes,
+    group_matches,
+    pairwise_matches,
+    stable_group_ids,
+)
 
 
 @pytest.fixture(params=[0, LOCAL_MAX_EDGES], ids=["distributed", "driver"])
@@ -156,3 +163,68 @@ def test_driver_and_distributed_components_agree_on_a_random_graph(spark: SparkS
         local,
         ignore_nullable=True,
     )
+
+
+def _groups(spark: SparkSession, groups: dict[str, list[str]]) -> DataFrame:
+    """``id``, ``group_id``, ``matches`` of groups labelled by their smallest member."""
+    rows = [(i, min(m), " ".join(sorted(m))) for m in groups.values() for i in m]
+    return spark.createDataFrame(rows, f"{S.ID} string, {S.GROUP_ID} string, {S.MATCHES} string")
+
+
+def _labels(df: DataFrame) -> dict[str, str]:
+    return {r[S.ID]: r[S.GROUP_ID] for r in df.collect()}
+
+
+def test_group_ids_carry_over_from_the_previous_run(spark: SparkSession) -> None:
+    previous = _groups(
+        spark,
+        {
+            "grown": ["a1", "a2", "a3"],  # gains a row with a smaller id
+            "lost_anchor": ["b1", "b2", "b3"],  # loses b1, the row its id came from
+            "merged_big": ["c1", "c2", "c3"],
+            "merged_small": ["c0", "c4"],
+            "split": ["d1", "d2", "d3", "d4"],  # d1 leaves alone, the rest stay together
+            "gone": ["e1"],
+            "same": ["f1", "f2"],
+        },
+    )
+    current = _groups(
+        spark,
+        {
+            "grown": ["a0", "a1", "a2", "a3"],
+            "lost_anchor": ["b2", "b3"],
+            "merged": ["c0", "c1", "c2", "c3", "c4"],
+            "split_rest": ["d2", "d3", "d4"],
+            "split_off": ["d1"],
+            "new": ["g2", "g1"],
+            "same": ["f1", "f2"],
+        },
+    )
+    stable = stable_group_ids(current, previous, run_tag="v7")
+    labels = _labels(stable)
+    assert stable.columns == current.columns
+    assert labels == {
+        **dict.fromkeys(["a0", "a1", "a2", "a3"], "a1"),  # min id would say a0
+        **dict.fromkeys(["b2", "b3"], "b1"),  # min id would say b2
+        **dict.fromkeys(["c0", "c1", "c2", "c3", "c4"], "c1"),  # the larger part's id
+        **dict.fromkeys(["d2", "d3", "d4"], "d1"),  # the larger part of the split
+        "d1": "d1~v7",  # its only member id is taken: a made-up one
+        **dict.fromkeys(["g1", "g2"], "g1"),  # a new group: its smallest id
+        **dict.fromkeys(["f1", "f2"], "f1"),
+    }
+    # one id per group, never shared by two groups
+    members = {r[S.MATCHES]: r[S.GROUP_ID] for r in stable.collect()}
+    assert len(set(members.values())) == len(members)
+    # rows in both runs: a0, g1, g2 are new; e1 is gone; d1, c0, c4 changed group
+    assert group_id_changes(stable, previous) == (16, 3)
+    assert group_id_changes(current, previous) == (16, 11)  # smallest member ids
+
+
+def test_group_ids_stay_unique_when_a_kept_id_names_a_row_of_another_group(
+    spark: SparkSession,
+) -> None:
+    # x1's old group moves on without it as x2's group; x2 was its own group's anchor
+    previous = _groups(spark, {"x": ["x1", "x3", "x4"], "y": ["x2"]})
+    current = _groups(spark, {"x": ["x3", "x4"], "y": ["x1", "x2"]})
+    labels = _labels(stable_group_ids(current, previous, run_tag="v2"))
+    assert labels == {"x3": "x1", "x4": "x1", "x1": "x2", "x2": "x2"}

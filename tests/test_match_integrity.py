@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 from conftest import register_matcher
+from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from poimatch import schema as S
 from poimatch.batch import rejected_table_path, run_match
@@ -216,3 +218,35 @@ def test_adhoc_run_must_name_its_output(spark: SparkSession, lake: dict[str, Any
         adhoc_run(table=storage.table_path(storage.pois_table))
     assert _lake_versions(spark, lake["root"] / "lake") == before
     assert is_delta_table(spark, storage.table_path(storage.quarantine_table))
+
+
+def test_a_rerun_keeps_group_ids_when_the_row_an_id_came_from_is_deleted(
+    spark: SparkSession, lake: dict[str, Any]
+) -> None:
+    """Last in the module: it changes the production lake."""
+    storage = lake["settings"].storage
+    matches = storage.table_path(storage.matches_table)
+    before = {r[S.ID]: r[S.GROUP_ID] for r in spark.read.format("delta").load(matches).collect()}
+    sizes: dict[str, int] = {}
+    for group in before.values():
+        sizes[group] = sizes.get(group, 0) + 1
+    anchor = min(g for g, n in sizes.items() if n >= 3)  # a group of 3+, labelled by its row
+    assert before[anchor] == anchor
+    DeltaTable.forPath(spark, storage.table_path(storage.pois_table)).delete(F.col(S.ID) == anchor)
+    lines = run_match(
+        spark, lake["settings"], input_path=None, output_csv=None, model_uri=lake["model_uri"]
+    )
+    after = {r[S.ID]: r[S.GROUP_ID] for r in spark.read.format("delta").load(matches).collect()}
+    assert set(after) == set(before) - {anchor}
+    rest = [i for i, g in before.items() if g == anchor and i != anchor]
+    assert {after[i] for i in rest} == {anchor}  # the smallest remaining id would be new
+    # no two groups share an id: the rows of one id hold one match list
+    lists: dict[str, set[str]] = {}
+    for row in spark.read.format("delta").load(matches).collect():
+        lists.setdefault(row[S.GROUP_ID], set()).add(" ".join(sorted(row[S.MATCHES].split())))
+    assert all(len(v) == 1 for v in lists.values())
+    changed = [line for line in lines if line.startswith("group_ids_changed=")]
+    assert len(changed) == 1, lines
+    moved = sum(after[i] != before[i] for i in after)
+    assert changed[0].startswith(f"group_ids_changed={moved} of {len(after)} rows in both runs")
+    assert moved <= 2  # the same rows and model: only a chain through the deleted row moves

@@ -18,6 +18,7 @@ from poimatch import schema as S
 from poimatch.against import KNOWN_GROUPS, KNOWN_IDS, match_against
 from poimatch.config import Settings
 from poimatch.evaluation import iou, matches_to_pairs, pair_metrics, truth_pairs
+from poimatch.grouping import group_id_changes, stable_group_ids
 from poimatch.incremental import match_incremental
 from poimatch.ingest import (
     accepted_rows,
@@ -28,6 +29,7 @@ from poimatch.ingest import (
 )
 from poimatch.io import (
     InputError,
+    delta_version,
     input_fingerprint,
     is_delta_table,
     read_matches,
@@ -217,6 +219,10 @@ def run_match(
         )
         lines += more
         output = with_status(matched, data.triaged).unionByName(alone_rows(data.triaged))
+        previous = _previous_groups(spark, target)
+        if previous is not None:
+            prev_rows, prev_version = previous
+            output = stable_group_ids(output, prev_rows, run_tag=f"v{prev_version + 1}")
         output = output.persist(StorageLevel.MEMORY_AND_DISK)
         contracts.require(contracts.validate_output(output, input_ids=data.output_ids))
         report = rejected_report(data.triaged)
@@ -237,7 +243,7 @@ def run_match(
             lookup = storage.table_path(storage.lookup_table)
             write_lookup(
                 points,
-                matched,
+                output,
                 lookup,
                 rows=sum(data.counts.values()),
                 rows_per_file=storage.lookup_rows_per_file,
@@ -253,12 +259,30 @@ def run_match(
         stats = groups.agg(F.count(F.lit(1)).alias("g"), F.max("count").alias("m")).first()
         if stats is not None:
             lines.append(f"groups={stats['g']} largest_group={stats['m']}")
+        if previous is not None:
+            both, changed = group_id_changes(output, previous[0])
+            lines.append(
+                f"group_ids_changed={changed} of {both} rows in both runs "
+                f"({changed / max(both, 1):.4f}; previous version {previous[1]})"
+            )
         lines.append(f"match_seconds={seconds:.1f}")
         matched.unpersist()
         output.unpersist()
     finally:
         data.release()
     return lines
+
+
+def _previous_groups(spark: SparkSession, target: str | None) -> tuple[DataFrame, int] | None:
+    """The output table's current ``id``, ``group_id`` and version, before this run
+    overwrites it (``None`` when there is none yet): group ids carry over from it."""
+    if target is None or not is_delta_table(spark, target):
+        return None
+    version = delta_version(spark, target)
+    rows = spark.read.format("delta").option("versionAsOf", version).load(target)
+    if not {S.ID, S.GROUP_ID} <= set(rows.columns):
+        return None
+    return rows.select(S.ID, S.GROUP_ID), version
 
 
 def _match_rows(

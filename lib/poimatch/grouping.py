@@ -25,7 +25,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from scipy.sparse import coo_matrix
@@ -39,6 +39,8 @@ __all__ = [
     "connected_components",
     "group_matches",
     "pairwise_matches",
+    "stable_group_ids",
+    "group_id_changes",
     "to_output",
 ]
 
@@ -315,3 +317,76 @@ def _pairwise_fallback(
 def to_output(grouped: DataFrame) -> DataFrame:
     """The output layout: ``id``, ``matches``."""
     return grouped.select(S.ID, S.MATCHES)
+
+
+_PREV, _KEPT, _FREE, _N = "_prev_group", "_kept", "_free", "_n"
+
+
+def stable_group_ids(current: DataFrame, previous: DataFrame, *, run_tag: str) -> DataFrame:
+    """``current`` with each group's id carried over from the previous run where it can be.
+
+    The rule: a new group keeps the id of a previous group when each is the other's
+    largest overlap (the previous group that contributes most of the new group's
+    members, and the new group that holds most of that previous group's members; ties
+    by the smaller id). So a group that gains or loses a few rows, or loses the row
+    its id came from, keeps its id; a merge keeps the id of the part with most rows;
+    after a split the largest part keeps it. Any other group takes its smallest member
+    id that no kept id uses, and when every member id is taken (a row split off from
+    the group its id named), ``<smallest id>~<run_tag>``. Ids stay unique: kept ids are
+    distinct, free ids are members of one group each and never a kept id.
+
+    Args:
+        current: ``id``, ``group_id`` (the smallest member id), any other columns.
+        previous: ``id``, ``group_id`` of the previous run's output.
+        run_tag: distinguishes this run's made-up ids (the table version it writes).
+    """
+    cur = current.select(S.ID, S.GROUP_ID)
+    prev = previous.select(S.ID, F.col(S.GROUP_ID).alias(_PREV))
+    overlap = (
+        cur.join(prev, on=S.ID, how="inner")
+        .groupBy(S.GROUP_ID, _PREV)
+        .agg(F.count(F.lit(1)).alias(_N))
+    )
+    best_prev = Window.partitionBy(S.GROUP_ID).orderBy(F.col(_N).desc(), F.col(_PREV))
+    best_new = Window.partitionBy(_PREV).orderBy(F.col(_N).desc(), F.col(S.GROUP_ID))
+    kept = (
+        overlap.withColumn("_a", F.row_number().over(best_prev))
+        .withColumn("_b", F.row_number().over(best_new))
+        .where((F.col("_a") == 1) & (F.col("_b") == 1))
+        .select(S.GROUP_ID, F.col(_PREV).alias(_KEPT))
+    )
+    taken = kept.select(F.col(_KEPT).alias(S.ID))
+    free = (
+        cur.join(kept, on=S.GROUP_ID, how="left_anti")
+        .join(taken, on=S.ID, how="left_anti")
+        .groupBy(S.GROUP_ID)
+        .agg(F.min(S.ID).alias(_FREE))
+    )
+    made_up = F.concat(F.col(S.GROUP_ID), F.lit(f"~{run_tag}"))
+    labels = (
+        cur.select(S.GROUP_ID)
+        .distinct()
+        .join(kept, on=S.GROUP_ID, how="left")
+        .join(free, on=S.GROUP_ID, how="left")
+        .select(S.GROUP_ID, F.coalesce(F.col(_KEPT), F.col(_FREE), made_up).alias("_stable"))
+    )
+    stable = F.col("_stable").alias(S.GROUP_ID)
+    columns = [stable if c == S.GROUP_ID else c for c in current.columns]
+    return current.join(labels, on=S.GROUP_ID, how="left").select(*columns)
+
+
+def group_id_changes(current: DataFrame, previous: DataFrame) -> tuple[int, int]:
+    """``(rows in both runs, rows among them whose group_id differs)`` (one Spark job)."""
+    prev = previous.select(S.ID, F.col(S.GROUP_ID).alias(_PREV))
+    row = (
+        current.select(S.ID, S.GROUP_ID)
+        .join(prev, on=S.ID, how="inner")
+        .agg(
+            F.count(F.lit(1)).alias("both"),
+            F.sum(F.when(F.col(S.GROUP_ID) != F.col(_PREV), 1).otherwise(0)).alias("changed"),
+        )
+        .first()
+    )
+    if row is None:
+        return 0, 0
+    return int(row["both"] or 0), int(row["changed"] or 0)

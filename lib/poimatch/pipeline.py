@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -269,28 +270,91 @@ def cached_candidates(
     return featured
 
 
+def _load_booster(raw: bytes) -> Booster:
+    booster = Booster()
+    booster.load_model(bytearray(raw))
+    booster.set_param({"nthread": 1})
+    return booster
+
+
+def _predict(booster: Booster, frame: pd.DataFrame, calibration: Calibration | None) -> Any:
+    """Match probabilities of a frame of feature columns (in the model's order):
+    ``inplace_predict`` on float32 features, NaN for missing (as ``xgboost.spark`` does),
+    then calibrated. The one prediction step of both plans."""
+    features = frame.to_numpy(dtype=np.float32, na_value=np.nan)
+    probability = np.asarray(booster.inplace_predict(features, missing=np.nan), dtype=np.float64)
+    return calibration.apply(probability) if calibration is not None else probability
+
+
 def _booster_udf(raw: bytes, calibration: Calibration | None) -> Any:
     """A pandas UDF: struct of feature doubles -> match probability, from a raw booster.
 
     Each Python worker loads the booster once per partition and predicts whole Arrow
-    batches with ``inplace_predict`` on float32 features (as ``xgboost.spark`` does),
-    single-threaded (Spark already runs one task per core), then calibrates.
+    batches (:func:`_predict`), single-threaded (Spark already runs one task per core).
     """
 
     def predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
-        booster = Booster()
-        booster.load_model(bytearray(raw))
-        booster.set_param({"nthread": 1})
+        booster = _load_booster(raw)
         for frame in batches:
-            features = frame.to_numpy(dtype=np.float32, na_value=np.nan)
-            probability = np.asarray(
-                booster.inplace_predict(features, missing=np.nan), dtype=np.float64
-            )
-            if calibration is not None:
-                probability = calibration.apply(probability)
-            yield pd.Series(probability)
+            yield pd.Series(_predict(booster, frame, calibration))
 
     return pandas_udf(predict, T.DoubleType())  # type: ignore[call-overload]
+
+
+def _booster_parts(model: PipelineModel) -> tuple[list[str], SparkXGBClassifierModel] | None:
+    """The feature columns and the XGBoost stage of an assembler + XGBoost pipeline."""
+    stages = model.stages
+    if (
+        len(stages) != 2
+        or not isinstance(stages[0], VectorAssembler)
+        or not isinstance(stages[1], SparkXGBClassifierModel)
+        or stages[0].getHandleInvalid() != "keep"
+    ):
+        return None
+    return list(stages[0].getInputCols()), stages[1]
+
+
+# the driver's copy of each loaded model's booster (the small plan predicts on the driver)
+_driver_boosters: weakref.WeakKeyDictionary[PipelineModel, Booster] = weakref.WeakKeyDictionary()
+
+
+def _score_on_driver(
+    model: PipelineModel, pairs: DataFrame, calibration: Calibration | None
+) -> DataFrame | None:
+    """Small plan: ``id_l``, ``id_r``, ``score`` of featured pairs, predicted on the driver.
+
+    The pairs' features are computed in one Spark job and collected (the small plan holds
+    its scored pairs on the driver anyway); the same :func:`_predict` as the batch's UDF
+    scores them with the model's booster, loaded once per model, so a request ships no
+    1 MB booster to a Python worker. ``None`` when the model is not that pipeline.
+    """
+    parts = _booster_parts(model)
+    if parts is None:
+        return None
+    columns, xgb = parts
+    booster = _driver_boosters.get(model)
+    if booster is None:
+        booster = _load_booster(bytes(xgb.get_booster().save_raw("ubj")))
+        _driver_boosters[model] = booster
+    selected = pairs.select(
+        S.ID_L, S.ID_R, *[F.col(c).cast(T.DoubleType()).alias(c) for c in columns]
+    )
+    frame = selected.toPandas()
+    out = pd.DataFrame(
+        {
+            S.ID_L: frame[S.ID_L],
+            S.ID_R: frame[S.ID_R],
+            S.SCORE: _predict(booster, frame[columns], calibration) if len(frame) else [],
+        }
+    )
+    schema = T.StructType(
+        [
+            T.StructField(S.ID_L, T.StringType()),
+            T.StructField(S.ID_R, T.StringType()),
+            T.StructField(S.SCORE, T.DoubleType()),
+        ]
+    )
+    return pairs.sparkSession.createDataFrame(out, schema=schema)
 
 
 def _calibrate_udf(calibration: Calibration) -> Any:
@@ -317,16 +381,12 @@ def booster_score(model: PipelineModel, calibration: Calibration | None = None) 
     the feature columns gives the same probabilities (the same float32 inputs, NaN for
     null) in a fraction of the time. ``None`` when the model is not that pipeline.
     """
-    stages = model.stages
-    if (
-        len(stages) != 2
-        or not isinstance(stages[0], VectorAssembler)
-        or not isinstance(stages[1], SparkXGBClassifierModel)
-        or stages[0].getHandleInvalid() != "keep"
-    ):
+    parts = _booster_parts(model)
+    if parts is None:
         return None
-    columns = [F.col(c).cast(T.DoubleType()) for c in stages[0].getInputCols()]
-    raw = bytes(stages[1].get_booster().save_raw("ubj"))
+    names, xgb = parts
+    columns = [F.col(c).cast(T.DoubleType()) for c in names]
+    raw = bytes(xgb.get_booster().save_raw("ubj"))
     udf = _booster_udf(raw, calibration)
     result: Column = udf(F.struct(*columns))
     return result
@@ -369,9 +429,11 @@ def score_and_group(
     ``matches`` for every id of ``ids``) is persisted and counted (batch) or held on the
     driver (small), so writing and checking it later does not recompute the components.
     """
-    scored = plan.materialize(
-        score_pairs(model, pairs, spec.calibration).select(S.ID_L, S.ID_R, S.SCORE)
-    )
+    scored = _score_on_driver(model, pairs, spec.calibration) if plan.small else None
+    if scored is None:
+        scored = plan.materialize(
+            score_pairs(model, pairs, spec.calibration).select(S.ID_L, S.ID_R, S.SCORE)
+        )
     grouped = group_scored(
         ids,
         scored,

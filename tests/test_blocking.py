@@ -265,3 +265,40 @@ def test_rows_at_one_coordinate_are_not_joined_quadratically(
     phone = _brute_nearest(rows[:400] + rows[401:], 2)
     assert {b for a, b in phone if a == "phone"} == {"s000", "s001"}
     assert got == {(min(a, b), max(a, b)) for a, b in spatial | phone}
+
+
+def test_cells_are_cut_without_a_broadcast_when_the_table_is_too_large(
+    spark: SparkSession,
+) -> None:
+    """``broadcast_cells=False`` (``matching.broadcast_max_rows``): the same pairs, and no
+    broadcast of the occupied cells (gathered on the driver) left in the plan."""
+    import random
+
+    rng = random.Random(11)
+    rows = [
+        (
+            f"q{i:03d}",
+            48.0 + rng.random() * 0.02,
+            2.0 + rng.random() * 0.02,
+            f"name{i % 40}",
+            f"+33{i % 25}",
+            None,
+        )
+        for i in range(300)
+    ]
+    points = _points(spark, rows)
+    settings = BlockingSettings(cell_m=300.0, k_nearest=4, key_passes=("name", "phone"))
+    before = spark.conf.get("spark.sql.autoBroadcastJoinThreshold")
+    spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")  # only the explicit hints
+    try:
+        hinted = candidate_pairs(points, settings=settings)
+        plain = candidate_pairs(points, settings=settings, broadcast_cells=False)
+        hinted_plan = hinted._jdf.queryExecution().executedPlan().toString()
+        plain_plan = plain._jdf.queryExecution().executedPlan().toString()
+        assert "BroadcastExchange" in hinted_plan
+        assert "BroadcastExchange" not in plain_plan
+        got = sorted((r[S.ID_L], r[S.ID_R], r[S.PASS]) for r in plain.collect())
+        assert got == sorted((r[S.ID_L], r[S.ID_R], r[S.PASS]) for r in hinted.collect())
+        assert len(got) > len(rows)  # enough pairs for the comparison to mean something
+    finally:
+        spark.conf.set("spark.sql.autoBroadcastJoinThreshold", before)

@@ -311,6 +311,7 @@ def _match_rows(
             matches_path=table,
             max_iterations=settings.grouping.max_iterations,
             local_max_edges=settings.grouping.local_max_edges,
+            broadcast_max_rows=settings.matching.broadcast_max_rows,
         )
         per_row = 2.0 * inc.candidates / max(inc.rows, 1)
         return inc.matches, inc.candidates, inc.seconds, per_row, inc.lines(), inc.points

@@ -151,7 +151,13 @@ def _size(cell_m: float) -> Column:
 
 
 def _near_pairs(
-    left: DataFrame, right: DataFrame, cell_m: float, *, key: bool, levels: int = 0
+    left: DataFrame,
+    right: DataFrame,
+    cell_m: float,
+    *,
+    key: bool,
+    levels: int = 0,
+    broadcast: bool = True,
 ) -> DataFrame:
     """Directed pairs (id, other, distance) between rows of neighbouring cells.
 
@@ -166,7 +172,9 @@ def _near_pairs(
     meridian (so a pair across it is found like any other). Right copies are first cut
     to the cells that hold a left row (broadcast semi-join), and the output stays
     partitioned by the left row's cell: a per-row window over
-    ``(_lvl, _cy, _cx[, _key], id)`` needs no further shuffle.
+    ``(_lvl, _cy, _cx[, _key], id)`` needs no further shuffle. ``broadcast`` False: the
+    occupied cells are not broadcast (a table too large to gather its cells on the
+    driver; see ``matching.broadcast_max_rows``) and the cut is a shuffled semi-join.
     """
     on = [_LVL, _CY, _CX] + ([_KEY] if key else [])
     size = _size(cell_m)
@@ -193,7 +201,7 @@ def _near_pairs(
             _wrap_x(_cell_x(F.col("_lon_o"), F.col(_CY), size) + F.col("_o.dx"), F.col(_CY), size),
         )
         .drop("_o")
-        .join(F.broadcast(wanted), on=on, how="left_semi")
+        .join(F.broadcast(wanted) if broadcast else wanted, on=on, how="left_semi")
     )
     joined = lefts.join(rights, on=on, how="inner").where(F.col(S.ID) != F.col(_OTHER))
     if link:  # link only: never two rows of one (known) source
@@ -261,6 +269,7 @@ def _spatial_nearest(
     fine_levels: int = _FINE_LEVELS,
     materialize: Materialize | None = None,
     query: Column | None = None,
+    broadcast: bool = True,
 ) -> DataFrame:
     """Directed ``(id, _other)``: each row's ``k`` nearest within its 3x3 cells
     (each row that ``query`` selects, when given: the others are only candidates).
@@ -280,7 +289,8 @@ def _spatial_nearest(
     right = _thin_stacks(points.select(*_row_columns(points)), k + 1, [])
     if materialize is not None:
         right = materialize(right)  # read by both rounds
-    first = _ranked(_near_pairs(rows, right, cell_m, key=False, levels=fine_levels), k, key=False)
+    near = _near_pairs(rows, right, cell_m, key=False, levels=fine_levels, broadcast=broadcast)
+    first = _ranked(near, k, key=False)
     if materialize is not None:
         first = materialize(first)
     done = first.where(F.col("_ok") | (F.col(_LVL) == 0)).select(S.ID, _OTHER, _DIST)
@@ -288,12 +298,16 @@ def _spatial_nearest(
         return done
     redo_ids = first.where(~F.col("_ok") & (F.col(_LVL) > 0)).select(S.ID).distinct()
     redo = rows.join(redo_ids, on=S.ID, how="left_semi").withColumn(_LVL, F.lit(0))
-    again = _ranked(_near_pairs(redo, right, cell_m, key=False), k, key=False)
+    again = _ranked(_near_pairs(redo, right, cell_m, key=False, broadcast=broadcast), k, key=False)
     return done.unionByName(again.select(S.ID, _OTHER, _DIST))
 
 
 def _key_nearest(
-    points: DataFrame, settings: BlockingSettings, key: Column, query: Column | None = None
+    points: DataFrame,
+    settings: BlockingSettings,
+    key: Column,
+    query: Column | None = None,
+    broadcast: bool = True,
 ) -> DataFrame:
     """Directed ``(id, _other)`` of one key pass: the ``k_key`` nearest rows sharing the key.
 
@@ -317,7 +331,7 @@ def _key_nearest(
     # a right row in a cell with more than cap rows of its key only neighbours skipped rows
     right = celled.join(counts.where(F.col("_c") <= cap), on=[_CY, _CX, _KEY], how="left_semi")
     right = _thin_stacks(right.drop(_CY, _CX, _LVL), settings.k_key + 1, [_KEY])
-    directed = _near_pairs(left.drop(_CY, _CX, "_nn"), right, cell_m, key=True)
+    directed = _near_pairs(left.drop(_CY, _CX, "_nn"), right, cell_m, key=True, broadcast=broadcast)
     return _ranked(directed, settings.k_key, key=True).select(S.ID, _OTHER, _DIST)
 
 
@@ -349,6 +363,7 @@ def candidate_pairs(
     link_only: bool = False,
     fine_levels: int = _FINE_LEVELS,
     query: Column | None = None,
+    broadcast_cells: bool = True,
 ) -> DataFrame:
     """Candidate pairs ``(id_l, id_r, block_pass)`` of normalized POIs.
 
@@ -371,6 +386,9 @@ def candidate_pairs(
         query: a condition on ``id``: only the rows it selects look for their nearest
             (in every pass); the others are candidates only. Matching uploads against
             a table (:mod:`poimatch.against`) asks for the uploads' candidates alone.
+        broadcast_cells: cut each pass's copied rows to the occupied cells with a
+            broadcast join (the default: fastest while the cells fit on the driver);
+            False for a table too large for that (the same pairs, a shuffled join).
 
     Returns:
         One row per distinct pair, ``id_l < id_r``; ``block_pass`` names the passes
@@ -390,10 +408,13 @@ def candidate_pairs(
         fine_levels=fine_levels,
         materialize=materialize,
         query=query,
+        broadcast=broadcast_cells,
     )
     passes = [_canonical(spatial, "spatial")]
     for name in settings.key_passes:
-        passes.append(_canonical(_key_nearest(points, settings, _pass_key(name), query), name))
+        key = _pass_key(name)
+        directed = _key_nearest(points, settings, key, query, broadcast=broadcast_cells)
+        passes.append(_canonical(directed, name))
     union = passes[0]
     for extra in passes[1:]:
         union = union.unionByName(extra)

@@ -165,6 +165,9 @@ class MatchingSettings(_Frozen):
     # uploads matched against the POI table (--against / ?against=) are held on the
     # driver: at most this many rows
     against_max_rows: int = Field(default=100_000, ge=1)
+    # blocking broadcasts each pass's occupied grid cells (gathered on the driver) for
+    # tables of at most this many rows; a larger table cuts them with a shuffled join
+    broadcast_max_rows: int = Field(default=5_000_000, ge=0)
 
 
 class GroupingSettings(_Frozen):

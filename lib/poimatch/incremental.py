@@ -155,6 +155,7 @@ def match_incremental(
     matches_path: str,
     max_iterations: int = 40,
     local_max_edges: int = LOCAL_MAX_EDGES,
+    broadcast_max_rows: int = 5_000_000,
 ) -> IncrementalResult:
     """Match the whole POI table, reusing the UDF outputs of the last incremental run.
 
@@ -165,6 +166,7 @@ def match_incremental(
         matches_path: the matches table; the state tables sit beside it.
         max_iterations: connected-components round limit.
         local_max_edges: graphs up to this many edges are grouped on the driver.
+        broadcast_max_rows: blocking broadcasts occupied cells up to this many rows.
 
     Returns:
         :class:`IncrementalResult`; write ``matches``, then call nothing else: the
@@ -195,7 +197,7 @@ def match_incremental(
     points = add_name_stats(normalized, spec.stats()).localCheckpoint(eager=True)
 
     blocking = BlockingSettings.model_validate(spec.blocking)
-    pairs = candidate_pairs(points, settings=blocking)
+    pairs = candidate_pairs(points, settings=blocking, broadcast_cells=n_rows <= broadcast_max_rows)
     hashes_l = points.select(F.col(S.ID).alias(S.ID_L), F.col(_HASH).alias(_HASH_L))
     hashes_r = points.select(F.col(S.ID).alias(S.ID_R), F.col(_HASH).alias(_HASH_R))
     keyed = pairs.join(hashes_l, on=S.ID_L).join(hashes_r, on=S.ID_R)

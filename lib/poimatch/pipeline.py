@@ -250,11 +250,12 @@ def cached_candidates(
     link_only: bool = False,
     plan: Plan = BATCH,
     query: Column | None = None,
+    broadcast_cells: bool = True,
 ) -> DataFrame:
     """Blocking, then the pair features (:func:`featured_pairs`), materialized (batch).
 
-    ``query``: only the rows it selects look for candidates
-    (:func:`poimatch.blocking.candidate_pairs`; :mod:`poimatch.against`).
+    ``query``: only the rows it selects look for candidates; ``broadcast_cells``: see
+    :func:`poimatch.blocking.candidate_pairs` (and :mod:`poimatch.against`).
     """
     _mark("pair_features:start")
     pairs = _candidate_pairs(
@@ -263,6 +264,7 @@ def cached_candidates(
         materialize=None if plan.small else plan.materialize,
         link_only=link_only,
         query=query,
+        broadcast_cells=broadcast_cells,
         **({"fine_levels": 0} if plan.small else {}),
     )
     featured = featured_pairs(pairs, points, plan=plan)

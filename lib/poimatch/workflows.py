@@ -489,6 +489,7 @@ def match_pois(pois: DataFrame, *, model_uri: str, settings: Settings) -> MatchR
         max_iterations=settings.grouping.max_iterations,
         local_max_edges=settings.grouping.local_max_edges,
         link_only=settings.matching.link_only,
+        broadcast_max_rows=settings.matching.broadcast_max_rows,
     )
 
 
@@ -501,6 +502,7 @@ def match_with_model(
     local_max_edges: int = LOCAL_MAX_EDGES,
     link_only: bool = False,
     plan: Plan = BATCH,
+    broadcast_max_rows: int = 5_000_000,
 ) -> MatchResult:
     """:func:`match_pois` with a model already loaded (the REST service keeps one warm).
 
@@ -508,11 +510,21 @@ def match_with_model(
     candidates it was trained on. ``link_only``: pairs across sources only (see
     :func:`poimatch.blocking.candidate_pairs`). ``plan``: how the stages run
     (:class:`poimatch.pipeline.Plan`); the output is the same either way.
+    ``broadcast_max_rows``: above this many rows, blocking gathers nothing table-sized
+    on the driver (``matching.broadcast_max_rows``).
     """
     started = time.perf_counter()
     blocking = BlockingSettings.model_validate(spec.blocking)
     points = cached_points(pois, stats=spec.stats(), plan=plan)
-    pairs = cached_candidates(points, settings=blocking, link_only=link_only, plan=plan)
+    # batch: counted from the checkpoint; small: a local relation
+    n_rows = points.count()
+    pairs = cached_candidates(
+        points,
+        settings=blocking,
+        link_only=link_only,
+        plan=plan,
+        broadcast_cells=n_rows <= broadcast_max_rows,
+    )
     # small: the input's ids (a local relation: no normalization to redo)
     ids = pois.select(S.ID) if plan.small else points.select(S.ID)
     scored, grouped = score_and_group(
@@ -524,9 +536,8 @@ def match_with_model(
         local_max_edges=local_max_edges,
         plan=plan,
     )
-    # batch: counted from the checkpoints; small: the scored pairs are a local relation
+    # batch: counted from the checkpoint; small: the scored pairs are a local relation
     n_pairs = scored.count()
-    n_rows = points.count()
     return MatchResult(
         matches=grouped,
         scored=scored,

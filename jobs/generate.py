@@ -4,43 +4,7 @@
 python jobs/generate.py --rows 20000 --output data/lake/generated --format delta
 """
 
-from __future__ import annotations
-
-import time
-from pathlib import Path
-
-from poimatch.cli import job_parser, job_settings
-from poimatch.config import resolve_path
-from poimatch.generator import generate_pois, write_pois_csv
-from poimatch.schema import POI
-
-
-def main() -> None:
-    parser = job_parser(__doc__ or "")
-    parser.add_argument("--rows", type=int, default=None, help="rows (default: generator.rows)")
-    parser.add_argument("--seed", type=int, default=None, help="seed (default: generator.seed)")
-    parser.add_argument("--output", default=None, help="file or table (default: generator.output)")
-    parser.add_argument("--format", choices=("csv", "delta"), default="csv")
-    args = parser.parse_args()
-    settings = job_settings(args)
-    rows = args.rows or settings.generator.rows
-    seed = settings.generator.seed if args.seed is None else args.seed
-    output = resolve_path(args.output, Path.cwd()) if args.output else settings.generator.output
-    started = time.perf_counter()
-    pois = generate_pois(rows, seed=seed)
-    generated = time.perf_counter() - started
-    if args.format == "csv":
-        write_pois_csv(pois, output)
-    else:
-        from poimatch.session import build_session
-
-        spark = build_session(settings.spark)
-        spark.createDataFrame(pois).write.format("delta").mode("overwrite").save(output)
-    total = time.perf_counter() - started
-    places = pois[POI].nunique()
-    print(f"generated rows={len(pois)} places={places} seed={seed} output={output}")
-    print(f"generate_seconds={generated:.1f} total_seconds={total:.1f}")
-
+from poimatch.commands.generate import main
 
 if __name__ == "__main__":
     main()

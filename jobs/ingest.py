@@ -4,39 +4,7 @@
 ./spark-submit.sh jobs/ingest.py --input labelled.csv --table eval   (promotion gate's table)
 """
 
-from __future__ import annotations
-
-from poimatch.cli import fail, job_parser, start_job
-from poimatch.contracts import ContractError
-from poimatch.ingest import ingest_file
-from poimatch.io import InputError
-
-
-def main() -> None:
-    parser = job_parser(__doc__ or "")
-    parser.add_argument("--input", required=True, help="CSV in the input layout")
-    parser.add_argument(
-        "--table",
-        default=None,
-        help="table name under storage.root (default storage.pois_table; "
-        "lifecycle.eval_table for the promotion gate's evaluation table)",
-    )
-    args = parser.parse_args()
-    settings, spark = start_job(args)
-    storage = settings.storage
-    try:
-        report = ingest_file(
-            spark,
-            args.input,
-            pois_path=storage.table_path(args.table or storage.pois_table),
-            quarantine_path=storage.table_path(storage.quarantine_table),
-        )
-    except (InputError, ContractError) as exc:
-        fail(str(exc))
-        return
-    for line in report.lines():
-        print(line)
-
+from poimatch.commands.ingest import main
 
 if __name__ == "__main__":
     main()

@@ -21,66 +21,7 @@ lookup table (read at its current version, printed), and writes ``--output``
 (``id,matches,known_ids,known_groups``) only.
 """
 
-from __future__ import annotations
-
-from poimatch.batch import AGAINST_TABLES, run_match, run_match_against
-from poimatch.cli import fail, job_parser, start_job
-from poimatch.contracts import ContractError
-from poimatch.io import InputError
-
-
-def main() -> None:
-    parser = job_parser(__doc__ or "")
-    parser.add_argument("--input", default=None, help="CSV or Delta table (default: POI table)")
-    parser.add_argument("--output", default=None, help="write the output CSV here")
-    parser.add_argument(
-        "--table",
-        default=None,
-        help="write the Delta output table here (default: matches, for the POI table only)",
-    )
-    parser.add_argument("--model", default=None, help="model URI (default: @champion)")
-    parser.add_argument(
-        "--incremental",
-        action="store_true",
-        help="redo only rows/pairs changed since the last incremental run (Delta input)",
-    )
-    parser.add_argument(
-        "--against",
-        default=None,
-        help=f"also match the input against this table ({', '.join(AGAINST_TABLES)})",
-    )
-    args = parser.parse_args()
-    settings, spark = start_job(args)
-    try:
-        if args.against is not None:
-            if args.input is None or args.incremental or args.table is not None:
-                raise ValueError(
-                    "--against needs --input and --output (no --table, no --incremental)"
-                )
-            lines = run_match_against(
-                spark,
-                settings,
-                input_path=args.input,
-                against=args.against,
-                output_csv=args.output,
-                model_uri=args.model,
-            )
-        else:
-            lines = run_match(
-                spark,
-                settings,
-                input_path=args.input,
-                output_csv=args.output,
-                model_uri=args.model,
-                incremental=args.incremental,
-                table=args.table,
-            )
-    except (InputError, ContractError, ValueError) as exc:
-        fail(str(exc))
-        return
-    for line in lines:
-        print(line)
-
+from poimatch.commands.match import main
 
 if __name__ == "__main__":
     main()

@@ -16,9 +16,11 @@ from poimatch.session import build_session
 __all__ = ["fail", "job_parser", "job_settings", "start_job"]
 
 
-def job_parser(description: str) -> argparse.ArgumentParser:
+def job_parser(description: str, prog: str | None = None) -> argparse.ArgumentParser:
     """An argument parser with the options every job shares (``--env``, ``--set``)."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--env", default=None, help="configuration overlay: local, ci, prod (default $POIMATCH_ENV)"
     )

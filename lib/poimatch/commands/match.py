@@ -1,0 +1,86 @@
+"""Match POIs with a registered model: the nightly batch and ad-hoc runs.
+
+    ./spark-submit.sh jobs/match.py --input IN.csv --output OUT.csv [--model URI]
+    ./spark-submit.sh jobs/match.py --input IN.csv --table PATH   (a Delta output)
+    ./spark-submit.sh jobs/match.py [--incremental]      (nightly: the POI table)
+    ./spark-submit.sh jobs/match.py --input NEW.csv --against pois --output OUT.csv
+
+Without --input the POI table is matched and the Delta ``matches`` table updated.
+With --input (a CSV or a Delta table) only what --output (CSV ``id,matches``) and
+--table (Delta ``id,group_id,matches,status,reason``) name is written: no production
+table, not even the quarantine. Rows are checked by the ingest's rules; every input
+id is in the output exactly once (a row breaking a rule alone, with its reason), and
+every row that was not matched is listed in ``OUT.rejected.csv`` beside --output (and
+``<table>_rejected`` beside a Delta output). The default model is
+``models:/<model.name>@champion``. ``--incremental`` reuses the last incremental
+run's per-row and per-pair UDF results (state tables beside the output table) and
+recomputes only what changed; the output equals a full run's. The nightly run also
+writes the lookup table (``storage.lookup_table``: the matched rows laid out by cell).
+``--against pois`` matches the input with itself and with the POI table through that
+lookup table (read at its current version, printed), and writes ``--output``
+(``id,matches,known_ids,known_groups``) only.
+
+The console script runs the same command: ``poimatch match [options]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from poimatch.batch import AGAINST_TABLES, run_match, run_match_against
+from poimatch.cli import fail, job_parser, start_job
+from poimatch.contracts import ContractError
+from poimatch.io import InputError
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> None:
+    parser = job_parser(__doc__ or "", prog=prog)
+    parser.add_argument("--input", default=None, help="CSV or Delta table (default: POI table)")
+    parser.add_argument("--output", default=None, help="write the output CSV here")
+    parser.add_argument(
+        "--table",
+        default=None,
+        help="write the Delta output table here (default: matches, for the POI table only)",
+    )
+    parser.add_argument("--model", default=None, help="model URI (default: @champion)")
+    parser.add_argument(
+        "--incremental",
+        action="store_true",
+        help="redo only rows/pairs changed since the last incremental run (Delta input)",
+    )
+    parser.add_argument(
+        "--against",
+        default=None,
+        help=f"also match the input against this table ({', '.join(AGAINST_TABLES)})",
+    )
+    args = parser.parse_args(argv)
+    settings, spark = start_job(args)
+    try:
+        if args.against is not None:
+            if args.input is None or args.incremental or args.table is not None:
+                raise ValueError(
+                    "--against needs --input and --output (no --table, no --incremental)"
+                )
+            lines = run_match_against(
+                spark,
+                settings,
+                input_path=args.input,
+                against=args.against,
+                output_csv=args.output,
+                model_uri=args.model,
+            )
+        else:
+            lines = run_match(
+                spark,
+                settings,
+                input_path=args.input,
+                output_csv=args.output,
+                model_uri=args.model,
+                incremental=args.incremental,
+                table=args.table,
+            )
+    except (InputError, ContractError, ValueError) as exc:
+        fail(str(exc))
+        return
+    for line in lines:
+        print(line)

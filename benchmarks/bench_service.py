@@ -273,7 +273,31 @@ class TreeSampler(threading.Thread):
             "end_java_mb": window[-1].java_mb,
             "end_python_mb": window[-1].python_mb,
             "max_processes": max(s.processes for s in window),
+            "tenths_mean_mb": _tenths(window),
+            "steady_growth": _steady_growth(window),
         }
+
+
+def _tenths(window: list[MemSample]) -> list[float]:
+    """Mean RSS (MB) of each tenth of the window, in time order."""
+    t0, t1 = window[0].t, window[-1].t
+    span = max(t1 - t0, 1e-9)
+    buckets: list[list[float]] = [[] for _ in range(10)]
+    for s in window:
+        buckets[min(int((s.t - t0) / span * 10), 9)].append(s.total_mb)
+    return [round(sum(b) / len(b), 1) for b in buckets if b]
+
+
+def _steady_growth(window: list[MemSample]) -> float | None:
+    """RSS growth once warm: the last tenth's mean over the second tenth's, minus one.
+
+    The first tenth holds the JVM heap growing to its working size under the first
+    large requests (bounded by the driver's -Xmx); a leak shows as growth after it.
+    """
+    tenths = _tenths(window)
+    if len(tenths) < 3 or tenths[1] <= 0:
+        return None
+    return round(tenths[-1] / tenths[1] - 1.0, 4)
 
 
 def kernel_kill_line(pid: int) -> str | None:
@@ -875,6 +899,13 @@ def print_report(report: dict[str, Any]) -> None:
                 f"{tm['start_mb']:.0f} MB, end {tm['end_mb']:.0f} MB, max {tm['max_mb']:.0f} MB, "
                 f"slope {_fmt(tm['slope_mb_per_min'], '+.1f')} MB/min "
                 f"(end: JVM {tm['end_java_mb']:.0f}, Python {tm['end_python_mb']:.0f})"
+            )
+            tenths = " ".join(f"{v:.0f}" for v in tm.get("tenths_mean_mb", []))
+            growth = tm.get("steady_growth")
+            print(
+                f"  RSS mean per tenth of the run (MB): {tenths}; growth once warm "
+                f"(last tenth / second tenth - 1): "
+                f"{'n/a' if growth is None else f'{growth:+.1%}'}"
             )
     for part, stages in svc.get("stages", {}).items():
         if stages:

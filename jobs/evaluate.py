@@ -1,8 +1,9 @@
 """IoU of a submission against truth, computed in Spark, plus pairwise metrics.
 
-    ./spark-submit.sh jobs/evaluate.py --submission OUT.csv --truth TRUTH.csv
+    ./spark-submit.sh jobs/evaluate.py --help       (or: poimatch evaluate --help)
 
-Prints ``iou=<value>`` on a line of its own. Either argument may be a Delta table.
+The spark-submit entry point of ``poimatch evaluate``: the command, its options and what it
+writes are in :mod:`poimatch.commands.evaluate`.
 """
 
 from poimatch.commands.evaluate import main

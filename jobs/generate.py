@@ -1,7 +1,9 @@
 """Generate synthetic POIs (with point_of_interest labels) as CSV or a Delta table.
 
-./spark-submit.sh jobs/generate.py --rows 1000000 --seed 7 --output data/gen.csv
-python jobs/generate.py --rows 20000 --output data/lake/generated --format delta
+    ./spark-submit.sh jobs/generate.py --help       (or: poimatch generate --help)
+
+The spark-submit entry point of ``poimatch generate``: the command, its options and what it
+writes are in :mod:`poimatch.commands.generate`.
 """
 
 from poimatch.commands.generate import main

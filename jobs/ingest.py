@@ -1,7 +1,9 @@
 """Ingest a POI CSV into the Delta POI table; bad rows go to quarantine with a reason.
 
-./spark-submit.sh jobs/ingest.py --input data/sample/pois.csv
-./spark-submit.sh jobs/ingest.py --input labelled.csv --table eval   (promotion gate's table)
+    ./spark-submit.sh jobs/ingest.py --help       (or: poimatch ingest --help)
+
+The spark-submit entry point of ``poimatch ingest``: the command, its options and what it
+writes are in :mod:`poimatch.commands.ingest`.
 """
 
 from poimatch.commands.ingest import main

@@ -1,11 +1,9 @@
 """The main job: the whole chain on built-in generated sample data.
 
-    make run            (same as ./spark-submit.sh jobs/main.py --env local)
+    ./spark-submit.sh jobs/main.py --help       (or: poimatch demo --help)
 
-generate (train and test samples, different seeds) → ingest (Delta; the test sample
-also becomes the promotion gate's evaluation table) → train
-(MLflow, registry) → match the test sample with the model just trained →
-evaluate, printing ``iou=<value>``.
+The spark-submit entry point of ``poimatch demo``: the command, its options and what it
+writes are in :mod:`poimatch.commands.demo`.
 """
 
 from poimatch.commands.demo import main

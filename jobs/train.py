@@ -1,9 +1,9 @@
 """Train the matcher on labelled POIs, track it in MLflow and register it.
 
-    ./spark-submit.sh jobs/train.py --input TRAIN.csv          (or a Delta table path)
-    ./spark-submit.sh jobs/train.py --input A.csv --input B.csv  (tables blocked apart)
+    ./spark-submit.sh jobs/train.py --help       (or: poimatch train --help)
 
-Prints the registered model on a line of its own: ``model_uri=models:/<name>/<version>``.
+The spark-submit entry point of ``poimatch train``: the command, its options and what it
+writes are in :mod:`poimatch.commands.train`.
 """
 
 from poimatch.commands.train import main

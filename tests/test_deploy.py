@@ -78,10 +78,20 @@ def _module_path(module: str) -> Path:
 def _job_options(path: Path) -> tuple[set[str], set[str]]:
     """(accepted, required) ``--options`` of a job, read from its argparse calls.
 
-    A job built on ``poimatch.cli.job_parser`` also accepts that parser's options.
+    A job built on ``poimatch.cli.job_parser`` also accepts that parser's options; a
+    ``jobs/*.py`` entry point that imports its ``main`` from ``poimatch.commands.<name>``
+    is read there.
     """
     assert path.is_file(), f"{path.relative_to(REPO)} does not exist"
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in tree.body:
+        if (
+            isinstance(node, ast.ImportFrom)
+            and (node.module or "").startswith("poimatch.commands.")
+            and [a.name for a in node.names] == ["main"]
+        ):
+            module = str(node.module).split(".")[-1]
+            return _job_options(REPO / "lib" / "poimatch" / "commands" / f"{module}.py")
     accepted: set[str] = set()
     required: set[str] = set()
     uses_job_parser = False

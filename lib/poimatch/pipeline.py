@@ -48,6 +48,7 @@ __all__ = [
     "cached_candidates",
     "cached_points",
     "featured_pairs",
+    "booster_parts",
     "booster_score",
     "calibrate_scores",
     "score_and_group",
@@ -303,7 +304,7 @@ def _booster_udf(raw: bytes, calibration: Calibration | None) -> Any:
     return pandas_udf(predict, T.DoubleType())  # type: ignore[call-overload]
 
 
-def _booster_parts(model: PipelineModel) -> tuple[list[str], SparkXGBClassifierModel] | None:
+def booster_parts(model: PipelineModel) -> tuple[list[str], SparkXGBClassifierModel] | None:
     """The feature columns and the XGBoost stage of an assembler + XGBoost pipeline."""
     stages = model.stages
     if (
@@ -330,7 +331,7 @@ def _score_on_driver(
     scores them with the model's booster, loaded once per model, so a request ships no
     1 MB booster to a Python worker. ``None`` when the model is not that pipeline.
     """
-    parts = _booster_parts(model)
+    parts = booster_parts(model)
     if parts is None:
         return None
     columns, xgb = parts
@@ -383,7 +384,7 @@ def booster_score(model: PipelineModel, calibration: Calibration | None = None) 
     the feature columns gives the same probabilities (the same float32 inputs, NaN for
     null) in a fraction of the time. ``None`` when the model is not that pipeline.
     """
-    parts = _booster_parts(model)
+    parts = booster_parts(model)
     if parts is None:
         return None
     names, xgb = parts

@@ -6,6 +6,7 @@
     poimatch match --input new.csv --output out.csv
     poimatch evaluate --submission out.csv --truth new.csv
     poimatch promote --dry-run
+    poimatch explain ID_A ID_B --input new.csv --png why.png
     poimatch serve --port 8004
     poimatch demo                      (what ``make run`` runs)
 
@@ -31,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "match": ("poimatch.commands.match", "match the POI table (nightly) or an ad-hoc file"),
     "evaluate": ("poimatch.commands.evaluate", "IoU and pair metrics of a submission"),
     "promote": ("poimatch.commands.promote", "the promotion gate: challenger vs champion"),
+    "explain": ("poimatch.commands.explain", "each comparison's push on one pair's score"),
     "serve": ("poimatch.service", "the REST service (local-mode Spark)"),
     "demo": ("poimatch.commands.demo", "the whole chain on generated data (make run)"),
 }

@@ -43,6 +43,17 @@ def _jobs(spark: SparkSession, group: str) -> int:
     return len(spark.sparkContext.statusTracker().getJobIdsForGroup(group))
 
 
+def _descriptions(spark: SparkSession, group: str) -> set[str]:
+    """The job descriptions (as the UI shows them) of a job group's jobs."""
+    jobs = spark.sparkContext._jsc.sc().statusStore().jobsList(None)  # type: ignore[union-attr]
+    out = set()
+    for i in range(jobs.size()):
+        job = jobs.apply(i)
+        if job.jobGroup().isDefined() and job.jobGroup().get() == group:
+            out.add(job.description().get() if job.description().isDefined() else None)
+    return out
+
+
 @pytest.fixture
 def service_conf(spark: SparkSession) -> Iterator[None]:
     """The SQL settings of the service's session (where the small plan runs), restored."""
@@ -93,6 +104,11 @@ def test_small_and_batch_plans_give_the_same_pairs_scores_and_groups(
     assert len(dense) == 120
     # the point of the small plan: fewer Spark jobs (no checkpoints, no counts)
     assert jobs["small"] < jobs["batch"], jobs
+    # every job the batch plan ran is named after its stage (the UI, the event log)
+    stages = {"points", "pair_features", "scoring", "grouping"}
+    named = {f"poimatch {stage} [plan-batch]" for stage in stages}
+    assert _descriptions(spark, "plan-batch") <= named | {None}
+    assert named <= _descriptions(spark, "plan-batch")
 
 
 @pytest.mark.parametrize(

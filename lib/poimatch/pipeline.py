@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pyspark import StorageLevel
+from pyspark import SparkContext, StorageLevel
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import VectorAssembler
 from pyspark.ml.functions import vector_to_array
@@ -88,15 +88,33 @@ def record_stages() -> Iterator[list[tuple[str, float]]]:
         _recorders.remove(marks)
 
 
+def _describe_jobs(stage: str | None) -> None:
+    """Name the Spark jobs this thread starts from now on (the UI's and the event log's
+    job description): ``poimatch <stage>``, with the job group when one is set (a
+    service request's tag); ``None`` clears it."""
+    sc = SparkContext._active_spark_context
+    if sc is None:
+        return
+    if stage is None:
+        sc.setLocalProperty("spark.job.description", None)  # type: ignore[arg-type]
+        return
+    group = sc.getLocalProperty("spark.jobGroup.id")
+    sc.setJobDescription(f"poimatch {stage}" + (f" [{group}]" if group else ""))
+
+
 def _mark(event: str) -> None:
     # every mark is a stage boundary: abandoned work (see poimatch.cancellation) stops here
     check_cancelled(event)
     now = time.time()
     stage, _, edge = event.partition(":")
+    if edge in ("start", "call"):
+        _describe_jobs(stage)
     if edge == "start":
         _started[stage] = now
     elif edge == "end" and stage in _started:
         _log.info("stage %s: %.1f s", stage, now - _started.pop(stage))
+    if edge == "end" and stage == "grouping":
+        _describe_jobs(None)
     if _recorders:
         _recorders[-1].append((event, now))
 

@@ -111,7 +111,10 @@ def with_status(matches: DataFrame, triaged: DataFrame) -> DataFrame:
     )
     return (
         matches.select(S.ID, S.GROUP_ID, S.MATCHES)
-        .join(F.broadcast(notes), on=S.ID, how="left")
+        # no broadcast hint: the notes are usually a handful of rows, but a table of
+        # duplicated ids would gather them all on the driver; Spark's size threshold
+        # (and adaptive execution) broadcasts them when they are small
+        .join(notes, on=S.ID, how="left")
         .select(
             S.ID,
             S.GROUP_ID,

@@ -295,6 +295,13 @@ def test_full_queue_answers_503_with_retry_after(engine: GatedEngine) -> None:
         assert 'poimatch_requests_total{endpoint="/invocations",status="200"} 2.0' in metrics
         assert "poimatch_rows_processed_total 2.0" in metrics
         assert "poimatch_queue_depth 0.0" in metrics
+        # who serves (an info metric beside the version gauge) and the process itself
+        info = 'poimatch_model_info{alias="champion",name="m",uri="models:/m/1",version="1"} 1.0'
+        assert info in metrics
+        assert "poimatch_model_version 1.0" in metrics
+        rss = [line for line in metrics.splitlines() if line.startswith("process_resident")]
+        assert len(rss) == 1
+        assert float(rss[0].split()[-1]) > 10e6  # this Python process: tens of MB at least
 
 
 def test_slow_request_is_504_and_its_jobs_are_cancelled(engine: GatedEngine) -> None:

@@ -51,6 +51,8 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
+    ProcessCollector,
     generate_latest,
 )
 from py4j.protocol import Py4JNetworkError
@@ -771,6 +773,23 @@ class _Metrics:
         self.reloads = Counter(
             "poimatch_model_reloads_total", "Model versions loaded", registry=self.registry
         )
+        self.model = Info(
+            "poimatch_model", "The model serving new requests", registry=self.registry
+        )
+        # process_* (CPU seconds, resident memory, open files, start time) of the service
+        ProcessCollector(registry=self.registry)
+
+    def model_loaded(self, loaded: LoadedModel) -> None:
+        """Publish the model now serving: its version (gauge) and who it is (info)."""
+        self.model_version.set(float(loaded.version))
+        self.model.info(
+            {
+                "name": loaded.name,
+                "version": str(loaded.version),
+                "alias": loaded.alias or "",
+                "uri": loaded.uri,
+            }
+        )
 
 
 def _package_version() -> str:
@@ -837,7 +856,7 @@ def create_app(
             loaded = eng.model()
             if loaded is None:
                 raise RuntimeError("no model loaded")
-            metrics.model_version.set(float(loaded.version))
+            metrics.model_loaded(loaded)
             if warm_up:
                 state.reason = "warming up"
                 table, _ = parse_upload(EXAMPLE_CSV.encode(), max_rows=svc.max_rows)
@@ -861,7 +880,7 @@ def create_app(
             loaded = eng.store.current
             metrics.reloads.inc()
             if loaded is not None:
-                metrics.model_version.set(float(loaded.version))
+                metrics.model_loaded(loaded)
         return changed
 
     async def poll_champion() -> None:

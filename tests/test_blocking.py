@@ -278,13 +278,13 @@ def test_cells_are_cut_without_a_broadcast_when_the_table_is_too_large(
     rows = [
         (
             f"q{i:03d}",
-            48.0 + rng.random() * 0.02,
-            2.0 + rng.random() * 0.02,
-            f"name{i % 40}",
-            f"+33{i % 25}",
+            48.0 + rng.random() * 0.01,
+            2.0 + rng.random() * 0.01,
+            f"name{i % 20}",
+            f"+33{i % 12}",
             None,
         )
-        for i in range(300)
+        for i in range(150)
     ]
     points = _points(spark, rows)
     settings = BlockingSettings(cell_m=300.0, k_nearest=4, key_passes=("name", "phone"))

@@ -23,7 +23,14 @@ from pyspark.sql import types as T
 from xgboost import DMatrix
 
 from poimatch import schema as S
-from poimatch.pipeline import SMALL, MatchingSpec, booster_parts, cached_points, featured_pairs
+from poimatch.pipeline import (
+    SMALL,
+    MatchingSpec,
+    booster_parts,
+    cached_points,
+    featured_pairs,
+    predict_scores,
+)
 
 __all__ = ["Explanation", "explain_pair"]
 
@@ -143,13 +150,9 @@ def explain_pair(
     contribs = np.asarray(
         booster.predict(matrix, pred_contribs=True, validate_features=False), dtype=np.float64
     )[0]
-    probability = float(booster.predict(matrix, validate_features=False)[0])
-    calibration = spec.calibration
-    score = (
-        float(calibration.apply(np.array([probability]))[0])
-        if calibration is not None
-        else probability
-    )
+    # the pipeline's own prediction step: uncalibrated, then as a match run scores it
+    probability = float(predict_scores(booster, frame, None)[0])
+    score = float(predict_scores(booster, frame, spec.calibration)[0])
     row = frame.iloc[0].to_numpy(dtype=np.float64, na_value=np.nan)
     values = {
         c: (None if math.isnan(float(v)) else float(v)) for c, v in zip(columns, row, strict=True)

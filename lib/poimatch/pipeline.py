@@ -49,6 +49,7 @@ __all__ = [
     "cached_points",
     "featured_pairs",
     "booster_parts",
+    "predict_scores",
     "booster_score",
     "calibrate_scores",
     "score_and_group",
@@ -298,7 +299,7 @@ def _load_booster(raw: bytes) -> Booster:
     return booster
 
 
-def _predict(booster: Booster, frame: pd.DataFrame, calibration: Calibration | None) -> Any:
+def predict_scores(booster: Booster, frame: pd.DataFrame, calibration: Calibration | None) -> Any:
     """Match probabilities of a frame of feature columns (in the model's order):
     ``inplace_predict`` on float32 features, NaN for missing (as ``xgboost.spark`` does),
     then calibrated. The one prediction step of both plans."""
@@ -311,13 +312,13 @@ def _booster_udf(raw: bytes, calibration: Calibration | None) -> Any:
     """A pandas UDF: struct of feature doubles -> match probability, from a raw booster.
 
     Each Python worker loads the booster once per partition and predicts whole Arrow
-    batches (:func:`_predict`), single-threaded (Spark already runs one task per core).
+    batches (:func:`predict_scores`), single-threaded (Spark already runs one task per core).
     """
 
     def predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
         booster = _load_booster(raw)
         for frame in batches:
-            yield pd.Series(_predict(booster, frame, calibration))
+            yield pd.Series(predict_scores(booster, frame, calibration))
 
     return pandas_udf(predict, T.DoubleType())  # type: ignore[call-overload]
 
@@ -345,7 +346,7 @@ def _score_on_driver(
     """Small plan: ``id_l``, ``id_r``, ``score`` of featured pairs, predicted on the driver.
 
     The pairs' features are computed in one Spark job and collected (the small plan holds
-    its scored pairs on the driver anyway); the same :func:`_predict` as the batch's UDF
+    its scored pairs on the driver anyway); the same :func:`predict_scores` as the batch's UDF
     scores them with the model's booster, loaded once per model, so a request ships no
     1 MB booster to a Python worker. ``None`` when the model is not that pipeline.
     """
@@ -365,7 +366,7 @@ def _score_on_driver(
         {
             S.ID_L: frame[S.ID_L],
             S.ID_R: frame[S.ID_R],
-            S.SCORE: _predict(booster, frame[columns], calibration) if len(frame) else [],
+            S.SCORE: predict_scores(booster, frame[columns], calibration) if len(frame) else [],
         }
     )
     schema = T.StructType(

@@ -43,15 +43,16 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]
 
 def test_every_job_calls_its_command() -> None:
     """``jobs/<job>.py`` is the spark-submit entry of the command of that name."""
-    names = {"main": "demo"}
+    names = {"main": "demo", "blocking_report": "blocking-report"}
     jobs = sorted(p for p in (REPO / "jobs").glob("*.py"))
     assert {names.get(p.stem, p.stem) for p in jobs} == set(commands.COMMANDS) - {"serve"}
     for path in jobs:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         imports = [n for n in tree.body if isinstance(n, ast.ImportFrom)]
-        assert [(i.module, [a.name for a in i.names]) for i in imports] == [
-            (f"poimatch.commands.{names.get(path.stem, path.stem)}", ["main"])
-        ], path.name
+        module = commands.COMMANDS[names.get(path.stem, path.stem)][0]
+        assert [(i.module, [a.name for a in i.names]) for i in imports] == [(module, ["main"])], (
+            path.name
+        )
         # nothing else: a docstring, the import, the __main__ guard
         assert len(tree.body) == 3, path.name
 

@@ -7,13 +7,14 @@
     poimatch evaluate --submission out.csv --truth new.csv
     poimatch promote --dry-run
     poimatch explain ID_A ID_B --input new.csv --png why.png
+    poimatch blocking-report --input new.csv --set blocking.k_nearest=5
     poimatch serve --port 8004
     poimatch demo                      (what ``make run`` runs)
 
-``jobs/<name>.py`` stay the ``spark-submit`` entry points; each is a two-line call of the
-command's ``main`` here. Every command takes ``--env`` and ``--set SECTION.KEY=VALUE`` and
-``--help``. Run outside ``spark-submit``, a command builds its own local-mode session
-with the project's jars (:func:`poimatch.session.build_session`).
+``jobs/<name>.py`` (``-`` spelled ``_``) stay the ``spark-submit`` entry points; each is a
+two-line call of the command's ``main`` here. Every command takes ``--env`` and
+``--set SECTION.KEY=VALUE`` and ``--help``. Run outside ``spark-submit``, a command
+builds its own local-mode session with the project's jars (:func:`poimatch.session.build_session`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("poimatch.commands.evaluate", "IoU and pair metrics of a submission"),
     "promote": ("poimatch.commands.promote", "the promotion gate: challenger vs champion"),
     "explain": ("poimatch.commands.explain", "each comparison's push on one pair's score"),
+    "blocking-report": (
+        "poimatch.commands.blocking_report",
+        "pairs per blocking pass and per row, before a run",
+    ),
     "serve": ("poimatch.service", "the REST service (local-mode Spark)"),
     "demo": ("poimatch.commands.demo", "the whole chain on generated data (make run)"),
 }

@@ -20,11 +20,13 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from poimatch import schema as S
-from poimatch.batch import rejected_table_path, run_match
+from poimatch.batch import ABOVE_THRESHOLD, rejected_table_path, run_match
 from poimatch.config import Settings, load_settings
 from poimatch.generator import generate_pois, write_pois_csv
 from poimatch.ingest import ingest_file
 from poimatch.io import delta_version, is_delta_table
+from poimatch.pipeline import booster_parts, predict_scores
+from poimatch.tracking import load_matcher
 from poimatch.workflows import FitOutcome
 
 pytestmark = pytest.mark.slow
@@ -250,3 +252,84 @@ def test_a_rerun_keeps_group_ids_when_the_row_an_id_came_from_is_deleted(
     moved = sum(after[i] != before[i] for i in after)
     assert changed[0].startswith(f"group_ids_changed={moved} of {len(after)} rows in both runs")
     assert moved <= 2  # the same rows and model: only a chain through the deleted row moves
+
+
+def test_a_named_pairs_table_holds_every_scored_candidate(
+    spark: SparkSession, lake: dict[str, Any]
+) -> None:
+    root, settings = lake["root"], lake["settings"]
+    source = root / "pairs_in.csv"
+    write_pois_csv(generate_pois(200, seed=83), source)
+    out, pairs_path = root / "pairs_out.csv", root / "mine" / "pairs"
+    production = _lake_versions(spark, root / "lake")
+    lines = run_match(
+        spark,
+        settings,
+        input_path=str(source),
+        output_csv=str(out),
+        model_uri=lake["model_uri"],
+        pairs_table=str(pairs_path),
+    )
+    assert f"pairs_table={pairs_path}" in lines
+    assert _lake_versions(spark, root / "lake") == production  # nothing else written
+    _, spec, _ = load_matcher(lake["model_uri"])
+    pairs = spark.read.format("delta").load(str(pairs_path))
+    assert pairs.columns == [
+        S.ID_L,
+        S.ID_R,
+        S.PASS,
+        S.SCORE,
+        ABOVE_THRESHOLD,
+        *spec.features,
+    ]
+    frame = pairs.toPandas()
+    candidates = next(x for x in lines if x.startswith("candidates="))
+    assert candidates.startswith(f"candidates={len(frame)} ")
+    assert (frame[S.ID_L] < frame[S.ID_R]).all()
+    assert not frame.duplicated([S.ID_L, S.ID_R]).any()
+    assert frame[S.PASS].str.len().gt(0).all()
+    assert (frame[ABOVE_THRESHOLD] == (frame[S.SCORE] >= spec.threshold)).all()
+    assert 0 < frame[ABOVE_THRESHOLD].sum() < len(frame)
+    # every edge above the threshold joins its two rows in the output (components)
+    matches = {r["id"]: set(r["matches"].split(" ")) for r in _read_csv(out)}
+    above = frame[frame[ABOVE_THRESHOLD]]
+    assert all(b in matches[a] for a, b in zip(above[S.ID_L], above[S.ID_R], strict=True))
+    # the features are the ones the model scored: re-scoring them gives the same score
+    booster = booster_parts(load_matcher(lake["model_uri"])[0])
+    assert booster is not None
+    columns, xgb = booster
+    raw = xgb.get_booster()
+    rescored = predict_scores(raw, frame[columns], spec.calibration)
+    assert rescored == pytest.approx(frame[S.SCORE].to_numpy(), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("pairs_table", "extra", "message"),
+    [
+        ("pois", {}, "that is an input or the matches table"),
+        ("mine/t", {"table": "mine/t"}, "that is an input or the matches table"),
+        ("mine/p", {"incremental": True, "table": "mine/t"}, "needs a full run"),
+    ],
+)
+def test_a_pairs_table_must_be_its_own(
+    spark: SparkSession, lake: dict[str, Any], pairs_table: str, extra: dict[str, Any], message: str
+) -> None:
+    root, settings = lake["root"], lake["settings"]
+    storage = settings.storage
+    named = (
+        storage.table_path(storage.pois_table) if pairs_table == "pois" else str(root / pairs_table)
+    )
+    kwargs = {k: (str(root / v) if isinstance(v, str) else v) for k, v in extra.items()}
+    production = _lake_versions(spark, root / "lake")
+    with pytest.raises(ValueError, match=message):
+        run_match(
+            spark,
+            settings,
+            input_path=storage.table_path(storage.pois_table),
+            output_csv=str(root / "never.csv"),
+            model_uri=lake["model_uri"],
+            pairs_table=named,
+            **kwargs,
+        )
+    assert _lake_versions(spark, root / "lake") == production
+    assert not (root / "never.csv").exists()

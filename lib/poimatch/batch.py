@@ -41,7 +41,9 @@ from poimatch.io import (
 from poimatch.lookup import pin_lookup, write_lookup
 from poimatch.tracking import configure_tracking, default_model_uri, load_matcher
 from poimatch.triage import alone_rows, rejected_report, with_status
-from poimatch.workflows import match_pois
+from poimatch.workflows import match_pois, match_with_model
+
+ABOVE_THRESHOLD = "above_threshold"
 
 __all__ = [
     "AGAINST_TABLES",
@@ -147,6 +149,16 @@ def rejected_table_path(table: str) -> str:
     return f"{table.rstrip('/')}_rejected"
 
 
+def _input_tables(settings: Settings) -> set[str]:
+    storage = settings.storage
+    return {
+        storage.table_path(storage.pois_table),
+        storage.table_path(storage.quarantine_table),
+        storage.table_path(storage.lookup_table),
+        storage.table_path(settings.lifecycle.eval_table),
+    }
+
+
 def _output_table(settings: Settings, input_path: str | None, table: str | None) -> str | None:
     """The Delta table a match run writes: where the user asked, never by accident.
 
@@ -155,13 +167,7 @@ def _output_table(settings: Settings, input_path: str | None, table: str | None)
     """
     storage = settings.storage
     if table is not None:
-        inputs = {
-            storage.table_path(storage.pois_table),
-            storage.table_path(storage.quarantine_table),
-            storage.table_path(storage.lookup_table),
-            storage.table_path(settings.lifecycle.eval_table),
-        }
-        if table.rstrip("/") in inputs:
+        if table.rstrip("/") in _input_tables(settings):
             raise ValueError(f"--table {table}: that is an input table; name a matches table")
         return table
     if input_path is None:
@@ -178,6 +184,7 @@ def run_match(
     model_uri: str | None,
     incremental: bool = False,
     table: str | None = None,
+    pairs_table: str | None = None,
 ) -> list[str]:
     """Match, check the output contract, write where asked.
 
@@ -190,14 +197,29 @@ def run_match(
     Writes: matching the POI table (``input_path`` None) updates the Delta ``matches``
     table (or ``table``); an ad-hoc input writes only ``output_csv`` and/or ``table``,
     and never touches a production table (nor the quarantine). With ``incremental``
-    the input must be a Delta table: see :mod:`poimatch.incremental`.
+    the input must be a Delta table: see :mod:`poimatch.incremental`. ``pairs_table``
+    (only when named): every scored candidate pair, overwritten each run
+    (:func:`scored_pairs_frame`).
 
     Raises:
         ValueError: an ad-hoc input with nowhere to write, ``--incremental`` without a
-            Delta input and table, or ``table`` naming an input table.
+            Delta input and table, ``--pairs-table`` with ``--incremental``, or ``table``
+            or ``pairs_table`` naming an input table or each other.
     """
     storage = settings.storage
     target = _output_table(settings, input_path, table)
+    if pairs_table is not None:
+        named = pairs_table.rstrip("/")
+        if named in _input_tables(settings) or named == (target or "").rstrip("/"):
+            raise ValueError(
+                f"--pairs-table {pairs_table}: that is an input or the matches table; "
+                "name a table of its own"
+            )
+        if incremental:
+            raise ValueError(
+                "--pairs-table needs a full run: an incremental run scores only the "
+                "pairs that changed"
+            )
     if target is None and not output_csv:
         raise ValueError(
             "an ad-hoc match (--input) writes only what you name: "
@@ -214,10 +236,17 @@ def run_match(
     lines = data.lines()
     uri = model_uri or default_model_uri(settings.model.name)
     try:
-        matched, n_pairs, seconds, per_row, more, points = _match_rows(
-            spark, settings, data.pois, uri=uri, incremental=incremental, table=target
+        run = _match_rows(
+            spark,
+            settings,
+            data.pois,
+            uri=uri,
+            incremental=incremental,
+            table=target,
+            keep_pairs=pairs_table is not None,
         )
-        lines += more
+        matched, points = run.matches, run.points
+        lines += run.lines
         output = with_status(matched, data.triaged).unionByName(alone_rows(data.triaged))
         previous = _previous_groups(spark, target)
         if previous is not None:
@@ -227,7 +256,10 @@ def run_match(
         contracts.require(contracts.validate_output(output, input_ids=data.output_ids))
         report = rejected_report(data.triaged)
         metadata = f"input={fingerprint} model={uri}"
-        lines += [f"model={uri}", f"candidates={n_pairs} candidates_per_row={per_row:.2f}"]
+        lines += [
+            f"model={uri}",
+            f"candidates={run.candidates} candidates_per_row={run.per_row:.2f}",
+        ]
         if target is not None:
             # the report first: the matches commit is the run's last word
             write_delta(report, rejected_table_path(target), user_metadata=metadata)
@@ -265,7 +297,10 @@ def run_match(
                 f"group_ids_changed={changed} of {both} rows in both runs "
                 f"({changed / max(both, 1):.4f}; previous version {previous[1]})"
             )
-        lines.append(f"match_seconds={seconds:.1f}")
+        if pairs_table is not None and run.scored is not None:
+            write_delta(run.scored, pairs_table, user_metadata=metadata)
+            lines.append(f"pairs_table={pairs_table}")
+        lines.append(f"match_seconds={run.seconds:.1f}")
         matched.unpersist()
         output.unpersist()
     finally:
@@ -285,6 +320,19 @@ def _previous_groups(spark: SparkSession, target: str | None) -> tuple[DataFrame
     return rows.select(S.ID, S.GROUP_ID), version
 
 
+@dataclass(frozen=True)
+class _Matched:
+    """What :func:`_match_rows` gives: the matched rows' output and its figures."""
+
+    matches: DataFrame
+    candidates: int
+    seconds: float
+    per_row: float
+    lines: list[str]
+    points: DataFrame | None = None  # their normalized rows (None: there were none)
+    scored: DataFrame | None = None  # scored pairs with features (when asked)
+
+
 def _match_rows(
     spark: SparkSession,
     settings: Settings,
@@ -293,12 +341,13 @@ def _match_rows(
     uri: str,
     incremental: bool,
     table: str | None,
-) -> tuple[DataFrame, int, float, float, list[str], DataFrame | None]:
-    """``(matches, candidates, seconds, candidates per row, lines, points)`` of the
-    matched rows (``points``: their normalized rows, ``None`` when there were none)."""
+    keep_pairs: bool = False,
+) -> _Matched:
+    """Match the rows that passed the input rules (``keep_pairs``: keep the scored pairs
+    with ``block_pass`` and the features)."""
     if pois.limit(1).count() == 0:  # every row rejected: nothing to match
         empty = spark.createDataFrame([], f"{S.ID} string, {S.GROUP_ID} string, {S.MATCHES} string")
-        return empty, 0, 0.0, 0.0, [], None
+        return _Matched(empty, 0, 0.0, 0.0, [])
     if incremental:
         assert table is not None  # nosec B101
         configure_tracking(settings.tracking)
@@ -314,9 +363,49 @@ def _match_rows(
             broadcast_max_rows=settings.matching.broadcast_max_rows,
         )
         per_row = 2.0 * inc.candidates / max(inc.rows, 1)
-        return inc.matches, inc.candidates, inc.seconds, per_row, inc.lines(), inc.points
-    result = match_pois(pois, model_uri=uri, settings=settings)
-    return result.matches, result.candidates, result.seconds, result.per_row, [], result.points
+        return _Matched(inc.matches, inc.candidates, inc.seconds, per_row, inc.lines(), inc.points)
+    if not keep_pairs:
+        result = match_pois(pois, model_uri=uri, settings=settings)
+        return _Matched(
+            result.matches, result.candidates, result.seconds, result.per_row, [], result.points
+        )
+    configure_tracking(settings.tracking)
+    model, spec, _ = load_matcher(uri)
+    result = match_with_model(
+        pois,
+        model=model,
+        spec=spec,
+        max_iterations=settings.grouping.max_iterations,
+        local_max_edges=settings.grouping.local_max_edges,
+        link_only=settings.matching.link_only,
+        broadcast_max_rows=settings.matching.broadcast_max_rows,
+        keep_pair_features=True,
+    )
+    scored = scored_pairs_frame(result.scored, threshold=spec.threshold)
+    return _Matched(
+        result.matches,
+        result.candidates,
+        result.seconds,
+        result.per_row,
+        [],
+        result.points,
+        scored,
+    )
+
+
+def scored_pairs_frame(scored: DataFrame, *, threshold: float) -> DataFrame:
+    """The scored-pairs table's layout: ``id_l``, ``id_r``, ``block_pass``, ``score``,
+    ``above_threshold`` (``score >= threshold``: the pair is an edge of the grouping)
+    and the model's features, one row per candidate pair (``id_l < id_r``)."""
+    rest = [c for c in scored.columns if c not in (S.ID_L, S.ID_R, S.PASS, S.SCORE)]
+    return scored.select(
+        S.ID_L,
+        S.ID_R,
+        S.PASS,
+        S.SCORE,
+        (F.col(S.SCORE) >= F.lit(threshold)).alias(ABOVE_THRESHOLD),
+        *rest,
+    )
 
 
 AGAINST_TABLES: tuple[str, ...] = ("pois",)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -443,18 +443,23 @@ def score_and_group(
     max_iterations: int = 40,
     local_max_edges: int = LOCAL_MAX_EDGES,
     plan: Plan = BATCH,
+    keep: Sequence[str] = (),
 ) -> tuple[DataFrame, DataFrame]:
     """Featured pairs -> ``(scored, grouped)``, both materialized.
 
-    ``scored`` (``id_l``, ``id_r``, ``score``) is materialized by ``plan`` (locally
-    checkpointed, or held on the driver); ``grouped`` (``id``, ``group_id``,
-    ``matches`` for every id of ``ids``) is persisted and counted (batch) or held on the
-    driver (small), so writing and checking it later does not recompute the components.
+    ``scored`` (``id_l``, ``id_r``, ``score``, and the pairs' columns named in ``keep``,
+    e.g. ``block_pass`` and the features for a scored-pairs table: batch plan only) is
+    materialized by ``plan`` (locally checkpointed, or held on the driver); ``grouped``
+    (``id``, ``group_id``, ``matches`` for every id of ``ids``) is persisted and counted
+    (batch) or held on the driver (small), so writing and checking it later does not
+    recompute the components.
     """
+    if keep and plan.small:
+        raise ValueError("the small plan keeps ids and scores only: keep needs the batch plan")
     scored = _score_on_driver(model, pairs, spec.calibration) if plan.small else None
     if scored is None:
         scored = plan.materialize(
-            score_pairs(model, pairs, spec.calibration).select(S.ID_L, S.ID_R, S.SCORE)
+            score_pairs(model, pairs, spec.calibration).select(S.ID_L, S.ID_R, S.SCORE, *keep)
         )
     grouped = group_scored(
         ids,

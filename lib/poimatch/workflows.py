@@ -473,8 +473,13 @@ def train_model(
     return TrainResult(run_id, model_uri, alias, metrics, fit.spec)
 
 
-def match_pois(pois: DataFrame, *, model_uri: str, settings: Settings) -> MatchResult:
+def match_pois(
+    pois: DataFrame, *, model_uri: str, settings: Settings, keep_pair_features: bool = False
+) -> MatchResult:
     """Block, score with a registered model, and group: every id gets one row.
+
+    ``keep_pair_features``: the result's ``scored`` pairs also hold ``block_pass`` and the
+    model's features (for a scored-pairs table).
 
     Returns:
         :class:`MatchResult`; its ``matches`` frame is cached, ready to validate
@@ -490,6 +495,7 @@ def match_pois(pois: DataFrame, *, model_uri: str, settings: Settings) -> MatchR
         local_max_edges=settings.grouping.local_max_edges,
         link_only=settings.matching.link_only,
         broadcast_max_rows=settings.matching.broadcast_max_rows,
+        keep_pair_features=keep_pair_features,
     )
 
 
@@ -503,6 +509,7 @@ def match_with_model(
     link_only: bool = False,
     plan: Plan = BATCH,
     broadcast_max_rows: int = 5_000_000,
+    keep_pair_features: bool = False,
 ) -> MatchResult:
     """:func:`match_pois` with a model already loaded (the REST service keeps one warm).
 
@@ -511,7 +518,8 @@ def match_with_model(
     :func:`poimatch.blocking.candidate_pairs`). ``plan``: how the stages run
     (:class:`poimatch.pipeline.Plan`); the output is the same either way.
     ``broadcast_max_rows``: above this many rows, blocking gathers nothing table-sized
-    on the driver (``matching.broadcast_max_rows``).
+    on the driver (``matching.broadcast_max_rows``). ``keep_pair_features`` (batch plan):
+    ``scored`` also holds ``block_pass`` and the model's features.
     """
     started = time.perf_counter()
     blocking = BlockingSettings.model_validate(spec.blocking)
@@ -535,6 +543,7 @@ def match_with_model(
         max_iterations=max_iterations,
         local_max_edges=local_max_edges,
         plan=plan,
+        keep=(S.PASS, *spec.features) if keep_pair_features else (),
     )
     # batch: counted from the checkpoint; small: the scored pairs are a local relation
     n_pairs = scored.count()

@@ -4,6 +4,7 @@
     ./spark-submit.sh jobs/match.py --input IN.csv --table PATH   (a Delta output)
     ./spark-submit.sh jobs/match.py [--incremental]      (nightly: the POI table)
     ./spark-submit.sh jobs/match.py --input NEW.csv --against pois --output OUT.csv
+    ./spark-submit.sh jobs/match.py --input IN.csv --output OUT.csv --pairs-table PAIRS
 
 Without --input the POI table is matched and the Delta ``matches`` table updated.
 With --input (a CSV or a Delta table) only what --output (CSV ``id,matches``) and
@@ -18,7 +19,10 @@ recomputes only what changed; the output equals a full run's. The nightly run al
 writes the lookup table (``storage.lookup_table``: the matched rows laid out by cell).
 ``--against pois`` matches the input with itself and with the POI table through that
 lookup table (read at its current version, printed), and writes ``--output``
-(``id,matches,known_ids,known_groups``) only.
+(``id,matches,known_ids,known_groups``) only. ``--pairs-table PATH`` (a full run, named
+by you only) also overwrites a Delta table of every scored candidate pair: ``id_l``,
+``id_r``, ``block_pass``, ``score``, ``above_threshold`` and the model's features (what
+Splink calls the predictions table; ``poimatch explain`` tells why one pair scored so).
 
 The console script runs the same command: ``poimatch match [options]``.
 """
@@ -44,6 +48,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> None:
     )
     parser.add_argument("--model", default=None, help="model URI (default: @champion)")
     parser.add_argument(
+        "--pairs-table",
+        default=None,
+        help="also write every scored candidate pair (with features) to this Delta table",
+    )
+    parser.add_argument(
         "--incremental",
         action="store_true",
         help="redo only rows/pairs changed since the last incremental run (Delta input)",
@@ -57,9 +66,15 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> None:
     settings, spark = start_job(args)
     try:
         if args.against is not None:
-            if args.input is None or args.incremental or args.table is not None:
+            if (
+                args.input is None
+                or args.incremental
+                or args.table is not None
+                or args.pairs_table is not None
+            ):
                 raise ValueError(
-                    "--against needs --input and --output (no --table, no --incremental)"
+                    "--against needs --input and --output "
+                    "(no --table, --pairs-table or --incremental)"
                 )
             lines = run_match_against(
                 spark,
@@ -78,6 +93,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> None:
                 model_uri=args.model,
                 incremental=args.incremental,
                 table=args.table,
+                pairs_table=args.pairs_table,
             )
     except (InputError, ContractError, ValueError) as exc:
         fail(str(exc))

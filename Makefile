@@ -7,6 +7,9 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.poimatch-setup
 ENV   ?= local
+# two pytest-xdist workers, one module each at a time (module fixtures are built once);
+# TEST_WORKERS=0 runs the suite in this process
+TEST_WORKERS ?= 2
 SRC   := lib/poimatch jobs tests benchmarks deploy/ci notebooks
 
 .PHONY: setup run serve test lint format typecheck security check ci clean
@@ -23,7 +26,7 @@ serve: $(STAMP)
 	GX_ANALYTICS_ENABLED=false $(PY) -m poimatch.service --env $(ENV)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(SRC)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pickle  # nosec B403: a fitted test model shared between this run's workers
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
+from pyspark.ml import PipelineModel
 from pyspark.sql import SparkSession
 
 from poimatch.batch import load_pois
@@ -49,17 +53,59 @@ def shared_geoer() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(scope="session")
-def small_matcher(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> FitOutcome:
-    """One small fitted matcher (3,000 generated rows, 60 trees) shared by the modules
-    that need a model but do not test training itself; register it with
-    :func:`register_matcher` in each module's own MLflow store."""
-    root = tmp_path_factory.mktemp("small_matcher")
+@contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock`` (a file) across processes."""
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _fit_small_matcher(spark: SparkSession, root: Path) -> FitOutcome:
     settings = load_settings("ci", ["model.n_estimators=60"])
+    root.mkdir(parents=True, exist_ok=True)
     csv = root / "train.csv"
     write_pois_csv(generate_pois(3000, seed=61), csv)
     pois, _ = load_pois(spark, str(csv), quarantine_path=str(root / "q"), require_labels=True)
     return fit_matcher(training_set(pois, settings=settings), settings=settings)
+
+
+@pytest.fixture(scope="session")
+def small_matcher(
+    spark: SparkSession,
+    tmp_path_factory: pytest.TempPathFactory,
+    worker_id: str,
+    testrun_uid: str,
+) -> FitOutcome:
+    """One small fitted matcher (3,000 generated rows, 60 trees) shared by the modules
+    that need a model but do not test training itself; register it with
+    :func:`register_matcher` in each module's own MLflow store.
+
+    Under pytest-xdist the first worker that needs it fits it and saves it (the Spark
+    model through its own writer, the rest pickled) in a folder of this run that every
+    worker sees; the others wait on a file lock and load it: one fit per run, not one
+    per worker.
+    """
+    if worker_id == "master":  # not distributed
+        return _fit_small_matcher(spark, tmp_path_factory.mktemp("small_matcher"))
+    shared = tmp_path_factory.getbasetemp().parent / f"small-matcher-{testrun_uid}"
+    shared.mkdir(exist_ok=True)
+    with _exclusive(shared / "lock"):
+        done = shared / "outcome.pkl"
+        if done.exists():
+            with done.open("rb") as handle:
+                rest = pickle.load(handle)  # nosec B301: written by this test run above
+            return FitOutcome(model=PipelineModel.load(str(shared / "model")), **rest)
+        fit = _fit_small_matcher(spark, shared / "fit")
+        fit.model.write().overwrite().save(str(shared / "model"))
+        rest = {k: getattr(fit, k) for k in ("spec", "metrics", "valid_pairs", "curve")}
+        with (shared / "outcome.tmp").open("wb") as handle:
+            pickle.dump(rest, handle)
+        (shared / "outcome.tmp").rename(done)
+        return fit
 
 
 def register_matcher(
@@ -75,3 +121,34 @@ def register_matcher(
         )
     alias = assign_alias(settings.model.name, version)
     return uri, version, alias
+
+
+# Longest first, so two pytest-xdist workers (`make test`) finish together; the fit of
+# the shared small model (the first module asking for it) runs while the other worker is
+# inside a long module that needs no model. Modules not listed run after, in file order.
+_MODULE_ORDER = (
+    "test_notebooks.py",
+    "test_cluster.py",
+    "test_service_e2e.py",  # the first to need small_matcher: it is fitted here
+    "test_chain.py",
+    "test_awkward_uploads.py",
+    "test_safe_reruns.py",
+    "test_incremental.py",
+    "test_promotion.py",
+    "test_match_integrity.py",
+    "test_against.py",
+    "test_quality.py",
+    "test_realdata.py",
+    "test_explain.py",
+    "test_plans.py",
+    "test_scoring.py",
+    "test_grouping.py",
+    "test_blocking.py",
+    "test_jobs.py",
+    "test_training.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(_MODULE_ORDER)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept

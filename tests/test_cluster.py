@@ -318,6 +318,8 @@ def test_match_on_standalone_cluster_equals_local(
                 *("--input", str(test_csv), "--output", str(outputs[mode])),
                 *("--model", model_uri),
                 *("--set", f"storage.root={work / f'lake-{mode}'}"),
+                # the batch plan (what runs at scale), not the small plan 1,500 rows get
+                *("--set", "matching.small_max_rows=0"),
                 *tracking,
             )
         )

@@ -271,7 +271,19 @@ def test_a_named_pairs_table_holds_every_scored_candidate(
         pairs_table=str(pairs_path),
     )
     assert f"pairs_table={pairs_path}" in lines
+    assert "plan=batch" in lines  # the features are kept by the batch plan
     assert _lake_versions(spark, root / "lake") == production  # nothing else written
+    # without a pairs table 200 rows run the small plan: the same output file
+    small_out = root / "pairs_out_small.csv"
+    small_lines = run_match(
+        spark,
+        settings,
+        input_path=str(source),
+        output_csv=str(small_out),
+        model_uri=lake["model_uri"],
+    )
+    assert "plan=small" in small_lines
+    assert small_out.read_text(encoding="utf-8") == out.read_text(encoding="utf-8")
     _, spec, _ = load_matcher(lake["model_uri"])
     pairs = spark.read.format("delta").load(str(pairs_path))
     assert pairs.columns == [

@@ -1,16 +1,17 @@
 """Safe re-runs (issue 5, item 6): the nightly match job can be run again, or killed.
 
 A module fixture ingests a generated CSV into the Delta POI table of a temporary storage
-root and trains a small model into a temporary MLflow store (in-process, with the
-session's Spark). Then the match job runs through ``./spark-submit.sh`` as the nightly
-schedule runs it (no ``--input``: it reads the POI table):
+root and registers the suite's shared small model in a temporary MLflow store. Then the
+match job runs through ``./spark-submit.sh`` as the nightly schedule runs it (no
+``--input``: it reads the POI table), three times on the same POI table version:
 
-* twice on the same POI table version: the ``matches`` table holds the same rows after
-  each run and its history shows the two writes;
-* once more, killed with SIGKILL (its whole process group) after it has started writing
-  data files into the ``matches`` folder but before the Delta commit: every table is still
-  readable at its previous version with its previous content, the killed write's files are
-  left as orphans nobody references, and a normal run afterwards commits a new version.
+* a normal run (version 0 of the ``matches`` table);
+* a run killed with SIGKILL (its whole process group) after it has started writing data
+  files into the ``matches`` folder but before the Delta commit: every table is still
+  readable at its previous version with its previous content, and the killed write's
+  files are left as orphans nobody references;
+* a normal run again: it commits version 1 with the same rows as the first run, and the
+  table's history shows exactly the two writes (a re-run is idempotent, even after a kill).
 """
 
 from __future__ import annotations
@@ -25,16 +26,16 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+from conftest import register_matcher
 from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 
 from poimatch import schema as S
-from poimatch.batch import load_pois
 from poimatch.config import Settings, load_settings
 from poimatch.generator import generate_pois, write_pois_csv
 from poimatch.ingest import ingest_file
 from poimatch.io import delta_version
-from poimatch.workflows import train_model
+from poimatch.workflows import FitOutcome
 
 pytestmark = pytest.mark.slow
 
@@ -166,7 +167,9 @@ def _commit_file(table: Path, version: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Lake:
+def lake(
+    spark: SparkSession, small_matcher: FitOutcome, tmp_path_factory: pytest.TempPathFactory
+) -> Lake:
     root = tmp_path_factory.mktemp("safe_reruns")
     overrides = (
         f"storage.root={root / 'lake'}",
@@ -174,7 +177,7 @@ def lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Lake:
         f"tracking.artifact_root={root / 'art'}",
         f"model.name={MODEL_NAME}",
     )
-    settings = load_settings("ci", [*overrides, "model.n_estimators=40", "model.num_workers=1"])
+    settings = load_settings("ci", list(overrides))
     csv = root / "pois.csv"
     write_pois_csv(generate_pois(ROWS, seed=31), csv)
     storage = settings.storage
@@ -185,50 +188,9 @@ def lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Lake:
         for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
             mp.delenv(key)
         ingest_file(spark, str(csv), pois_path=pois_path, quarantine_path=quarantine)
-        pois, _ = load_pois(spark, pois_path, quarantine_path=quarantine, require_labels=True)
-        train_model(pois, settings=settings, data_versions={"pois": f"delta:{pois_path}"})
+        _, _, alias = register_matcher(small_matcher, settings)
+    assert alias == "champion"  # the nightly job matches with the champion
     return Lake(root, settings, overrides)
-
-
-@dataclass(frozen=True)
-class TwoRuns:
-    first: set[Row]
-    second: set[Row]
-    pois_versions: tuple[int, int]
-
-
-@pytest.fixture(scope="module")
-def two_runs(lake: Lake, spark: SparkSession) -> TwoRuns:
-    """The nightly match job run twice on the same POI table version."""
-    pois_before = delta_version(spark, str(lake.pois))
-    _run_match(lake, "match_run1")
-    first = _matches_rows(spark, lake.matches)
-    _run_match(lake, "match_run2")
-    second = _matches_rows(spark, lake.matches)
-    return TwoRuns(first, second, (pois_before, delta_version(spark, str(lake.pois))))
-
-
-def test_match_rerun_is_idempotent(two_runs: TwoRuns, lake: Lake, spark: SparkSession) -> None:
-    assert two_runs.pois_versions[0] == two_runs.pois_versions[1], "POI table changed"
-    assert len(two_runs.first) == ROWS
-    assert {r[0] for r in two_runs.first} == {
-        r[S.ID] for r in spark.read.format("delta").load(str(lake.pois)).collect()
-    }
-    assert two_runs.second == two_runs.first
-    # the matches table history: exactly the two runs, both full overwrites
-    history = (
-        DeltaTable.forPath(spark, str(lake.matches))
-        .history()
-        .select("version", "operation", "operationParameters")
-        .orderBy("version")
-        .collect()
-    )
-    assert [h["version"] for h in history] == [0, 1]
-    assert all(h["operation"] == "WRITE" for h in history)
-    assert all(h["operationParameters"]["mode"] == "Overwrite" for h in history)
-    # time travel agrees: version 0 is run 1, version 1 is run 2
-    assert _matches_rows(spark, lake.matches, version=0) == two_runs.first
-    assert _matches_rows(spark, lake.matches, version=1) == two_runs.second
 
 
 @dataclass(frozen=True)
@@ -285,42 +247,114 @@ def _kill_during_write(lake: Lake, attempt: int) -> KillOutcome:
                 proc.wait(timeout=60)
 
 
-def test_killed_write_leaves_tables_readable(
-    two_runs: TwoRuns, lake: Lake, spark: SparkSession
-) -> None:
+@dataclass(frozen=True)
+class Runs:
+    """What the three runs left: rows after each normal run, the kill's outcome, and the
+    tables' versions and contents just before the killed run."""
+
+    first: set[Row]
+    second: set[Row]
+    pois_versions: tuple[int, int]
+    kill: KillOutcome
+    kill_notes: tuple[str, ...]
+    before_kill: dict[Path, tuple[int, list[tuple[object, ...]]]]
+    after_kill: dict[Path, tuple[bool, int, bool, list[tuple[object, ...]]]]
+    rows_after_kill: set[Row]
+    matches_version: int  # after the last run
+
+
+@pytest.fixture(scope="module")
+def runs(lake: Lake, spark: SparkSession) -> Runs:
+    """A normal run, a run killed mid-write (up to KILL_ATTEMPTS tries), a normal run."""
+    pois_before = delta_version(spark, str(lake.pois))
+    _run_match(lake, "match_run1")
+    first = _matches_rows(spark, lake.matches)
+
     tables = [lake.matches, lake.pois]
     if DeltaTable.isDeltaTable(spark, str(lake.quarantine)):
         tables.append(lake.quarantine)
     notes: list[str] = []
-    outcome = None
+    outcome = KillOutcome(False, frozenset(), "not tried")
+    before: dict[Path, tuple[int, list[tuple[object, ...]]]] = {}
     for attempt in range(1, KILL_ATTEMPTS + 1):
-        versions = {t: delta_version(spark, str(t)) for t in tables}
-        contents = {t: _table_rows(spark, t) for t in tables}
+        before = {t: (delta_version(spark, str(t)), _table_rows(spark, t)) for t in tables}
         outcome = _kill_during_write(lake, attempt)
         notes.append(f"attempt {attempt}: {outcome.note}")
         if outcome.landed:
             break
     print("kill attempts:", "; ".join(notes))
-    assert outcome is not None
-    if not outcome.landed:
-        pytest.fail(f"no attempt was killed mid-write: {'; '.join(notes)}")
+    # the state the killed run left, read before the next run changes it
+    after = {
+        t: (
+            DeltaTable.isDeltaTable(spark, str(t)),
+            delta_version(spark, str(t)),
+            _commit_file(t, before[t][0] + 1).exists(),
+            _table_rows(spark, t),
+        )
+        for t in tables
+    }
+    rows_after_kill = _matches_rows(spark, lake.matches)
+
+    _run_match(lake, "match_run2")
+    second = _matches_rows(spark, lake.matches)
+    return Runs(
+        first=first,
+        second=second,
+        pois_versions=(pois_before, delta_version(spark, str(lake.pois))),
+        kill=outcome,
+        kill_notes=tuple(notes),
+        before_kill=before,
+        after_kill=after,
+        rows_after_kill=rows_after_kill,
+        matches_version=delta_version(spark, str(lake.matches)),
+    )
+
+
+def test_match_rerun_is_idempotent(runs: Runs, lake: Lake, spark: SparkSession) -> None:
+    assert runs.pois_versions[0] == runs.pois_versions[1], "POI table changed"
+    assert len(runs.first) == ROWS
+    assert {r[0] for r in runs.first} == {
+        r[S.ID] for r in spark.read.format("delta").load(str(lake.pois)).collect()
+    }
+    assert runs.second == runs.first
+    # the matches table history: one version per run that finished (the two normal runs,
+    # and a kill attempt only if its commit beat the kill), all full overwrites
+    history = (
+        DeltaTable.forPath(spark, str(lake.matches))
+        .history()
+        .select("version", "operation", "operationParameters")
+        .orderBy("version")
+        .collect()
+    )
+    landed_attempts = sum(
+        "commit landed" in n or "job finished (rc=0)" in n for n in runs.kill_notes
+    )
+    assert [h["version"] for h in history] == list(range(2 + landed_attempts))
+    assert all(h["operation"] == "WRITE" for h in history)
+    assert all(h["operationParameters"]["mode"] == "Overwrite" for h in history)
+    # time travel agrees: version 0 is run 1, the last version is run 2
+    assert _matches_rows(spark, lake.matches, version=0) == runs.first
+    assert _matches_rows(spark, lake.matches, version=runs.matches_version) == runs.second
+
+
+def test_killed_write_leaves_tables_readable(runs: Runs, lake: Lake) -> None:
+    if not runs.kill.landed:
+        pytest.fail(f"no attempt was killed mid-write: {'; '.join(runs.kill_notes)}")
 
     # every table is readable at the version it had before the killed run, same content
-    for t in tables:
-        assert DeltaTable.isDeltaTable(spark, str(t)), t
-        assert delta_version(spark, str(t)) == versions[t], f"{t}: version moved"
-        assert not _commit_file(t, versions[t] + 1).exists(), t
-        assert _table_rows(spark, t) == contents[t], f"{t}: content changed"
-    assert _matches_rows(spark, lake.matches) == two_runs.second
+    for t, (version, content) in runs.before_kill.items():
+        is_delta, version_after, next_commit, content_after = runs.after_kill[t]
+        assert is_delta, t
+        assert version_after == version, f"{t}: version moved"
+        assert not next_commit, t
+        assert content_after == content, f"{t}: content changed"
+    assert runs.rows_after_kill == runs.first
 
     # the kill landed mid-write: its data files are on disk and no version references them
-    orphans = outcome.new_files - _ever_added(lake.matches)
+    orphans = runs.kill.new_files - _ever_added(lake.matches)
     assert orphans, "no orphan data files: the kill did not land mid-write"
     assert orphans <= _data_files(lake.matches)
 
-    # a normal run afterwards succeeds, commits the next version, same result as before
-    previous = versions[lake.matches]
-    _run_match(lake, "match_after_kill")
-    assert delta_version(spark, str(lake.matches)) == previous + 1
-    assert _matches_rows(spark, lake.matches) == two_runs.first
+    # the normal run afterwards committed the next version without taking them in
+    assert runs.matches_version == runs.before_kill[lake.matches][0] + 1
     assert not orphans & _ever_added(lake.matches)

@@ -39,6 +39,7 @@ from poimatch.io import (
     write_single_csv,
 )
 from poimatch.lookup import pin_lookup, write_lookup
+from poimatch.pipeline import BATCH, Plan
 from poimatch.tracking import configure_tracking, default_model_uri, load_matcher
 from poimatch.triage import alone_rows, rejected_report, with_status
 from poimatch.workflows import match_pois, match_with_model
@@ -244,6 +245,7 @@ def run_match(
             incremental=incremental,
             table=target,
             keep_pairs=pairs_table is not None,
+            rows=data.counts.get(triage.MATCHED, 0),
         )
         matched, points = run.matches, run.points
         lines += run.lines
@@ -342,9 +344,12 @@ def _match_rows(
     incremental: bool,
     table: str | None,
     keep_pairs: bool = False,
+    rows: int = -1,
 ) -> _Matched:
     """Match the rows that passed the input rules (``keep_pairs``: keep the scored pairs
-    with ``block_pass`` and the features)."""
+    with ``block_pass`` and the features). A full run of at most
+    ``matching.small_max_rows`` ``rows`` runs the small plan (the same output, a handful
+    of Spark jobs); the scored-pairs table and larger inputs the batch plan."""
     if pois.limit(1).count() == 0:  # every row rejected: nothing to match
         empty = spark.createDataFrame([], f"{S.ID} string, {S.GROUP_ID} string, {S.MATCHES} string")
         return _Matched(empty, 0, 0.0, 0.0, [])
@@ -365,9 +370,15 @@ def _match_rows(
         per_row = 2.0 * inc.candidates / max(inc.rows, 1)
         return _Matched(inc.matches, inc.candidates, inc.seconds, per_row, inc.lines(), inc.points)
     if not keep_pairs:
-        result = match_pois(pois, model_uri=uri, settings=settings)
+        plan = Plan.for_rows(rows, settings.matching.small_max_rows)
+        result = match_pois(pois, model_uri=uri, settings=settings, plan=plan)
         return _Matched(
-            result.matches, result.candidates, result.seconds, result.per_row, [], result.points
+            result.matches,
+            result.candidates,
+            result.seconds,
+            result.per_row,
+            [f"plan={plan.name}"],
+            result.points,
         )
     configure_tracking(settings.tracking)
     model, spec, _ = load_matcher(uri)
@@ -387,7 +398,7 @@ def _match_rows(
         result.candidates,
         result.seconds,
         result.per_row,
-        [],
+        [f"plan={BATCH.name}"],
         result.points,
         scored,
     )

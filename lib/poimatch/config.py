@@ -168,6 +168,9 @@ class MatchingSettings(_Frozen):
     # blocking broadcasts each pass's occupied grid cells (gathered on the driver) for
     # tables of at most this many rows; a larger table cuts them with a shuffled join
     broadcast_max_rows: int = Field(default=5_000_000, ge=0)
+    # a full match run of at most this many rows runs the small plan (the stages chained
+    # into a handful of Spark jobs, no checkpoints: poimatch.pipeline.Plan); 0: always batch
+    small_max_rows: int = Field(default=20_000, ge=0)
 
 
 class GroupingSettings(_Frozen):

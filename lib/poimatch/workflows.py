@@ -474,12 +474,18 @@ def train_model(
 
 
 def match_pois(
-    pois: DataFrame, *, model_uri: str, settings: Settings, keep_pair_features: bool = False
+    pois: DataFrame,
+    *,
+    model_uri: str,
+    settings: Settings,
+    keep_pair_features: bool = False,
+    plan: Plan = BATCH,
 ) -> MatchResult:
     """Block, score with a registered model, and group: every id gets one row.
 
     ``keep_pair_features``: the result's ``scored`` pairs also hold ``block_pass`` and the
-    model's features (for a scored-pairs table).
+    model's features (for a scored-pairs table; batch plan). ``plan``: how the stages run
+    (:meth:`poimatch.pipeline.Plan.for_rows` chooses by size); the output is the same.
 
     Returns:
         :class:`MatchResult`; its ``matches`` frame is cached, ready to validate
@@ -496,6 +502,7 @@ def match_pois(
         link_only=settings.matching.link_only,
         broadcast_max_rows=settings.matching.broadcast_max_rows,
         keep_pair_features=keep_pair_features,
+        plan=plan,
     )
 
 

@@ -122,7 +122,8 @@ def _pass_counts(pairs: DataFrame, names: tuple[str, ...]) -> tuple[int, tuple[P
             F.sum(F.when(up_to, 1).otherwise(0)).alias(f"c{i}"),
         ]
     row = pairs.select(F.split(F.col(S.PASS), ",").alias(_PASSES)).agg(*aggs).first()
-    assert row is not None  # an aggregation without grouping always has one row
+    if row is None:  # an aggregation without grouping always has one row
+        raise RuntimeError("the pass counts returned no row")
     counts = tuple(
         PassCount(name, int(row[f"p{i}"] or 0), int(row[f"o{i}"] or 0), int(row[f"c{i}"] or 0))
         for i, name in enumerate(names)
@@ -143,7 +144,8 @@ def _row_spread(points: DataFrame, pairs: DataFrame) -> tuple[int, RowSpread]:
         F.percentile_approx("_n", list(_QUANTILES), 10_000).alias("q"),
         F.max("_n").alias("most"),
     ).first()
-    assert row is not None
+    if row is None:
+        raise RuntimeError("the per-row counts returned no row")
     q = [int(v) for v in (row["q"] or [0] * len(_QUANTILES))]
     spread = RowSpread(int(row["without"] or 0), q[0], q[1], q[2], int(row["most"] or 0))
     return int(row["rows"]), spread

@@ -533,6 +533,7 @@ def match_with_model(
     points = cached_points(pois, stats=spec.stats(), plan=plan)
     # batch: counted from the checkpoint; small: a local relation
     n_rows = points.count()
+    _log.info("match: %d rows normalized (%s plan)", n_rows, plan.name)
     pairs = cached_candidates(
         points,
         settings=blocking,
@@ -554,6 +555,11 @@ def match_with_model(
     )
     # batch: counted from the checkpoint; small: the scored pairs are a local relation
     n_pairs = scored.count()
+    _log.info(
+        "match: %d candidate pairs scored and grouped in %.1f s",
+        n_pairs,
+        time.perf_counter() - started,
+    )
     return MatchResult(
         matches=grouped,
         scored=scored,

@@ -6,6 +6,8 @@ generated data), so a broken model, threshold or grouping cannot pass.
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
@@ -18,7 +20,7 @@ from poimatch.config import Settings, load_settings
 from poimatch.evaluation import iou
 from poimatch.generator import generate_pois, write_pois_csv
 from poimatch.ingest import ingest_file
-from poimatch.io import read_matches
+from poimatch.io import input_fingerprint, read_matches
 from poimatch.tracking import CHALLENGER, CHAMPION, load_matcher
 from poimatch.workflows import train_model
 
@@ -47,7 +49,8 @@ def chain(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict
     quarantine = storage.table_path(storage.quarantine_table)
     ingest_file(spark, str(train_csv), pois_path=pois_table, quarantine_path=quarantine)
     pois, _ = load_pois(spark, pois_table, quarantine_path=quarantine, require_labels=True)
-    first = train_model(pois, settings=settings, data_versions={"pois": "delta:v0"})
+    fingerprint = input_fingerprint(spark, pois_table)  # delta:<path>@v<N>
+    first = train_model(pois, settings=settings, data_versions={"pois": fingerprint})
     out_csv = root / "out.csv"
     lines = run_match(
         spark, settings, input_path=str(test_csv), output_csv=str(out_csv), model_uri=None
@@ -55,6 +58,8 @@ def chain(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict
     return {
         "settings": settings,
         "first": first,
+        "pois_table": pois_table,
+        "fingerprint": fingerprint,
         "test_csv": test_csv,
         "out_csv": out_csv,
         "match_lines": lines,
@@ -94,7 +99,17 @@ def test_run_is_tracked_and_registered(chain: dict[str, object]) -> None:
     client = MlflowClient()
     run = client.get_run(first.run_id)  # type: ignore[attr-defined]
     assert run.data.params["blocking.k_nearest"] == str(settings.blocking.k_nearest)
-    assert run.data.params["data.pois"] == "delta:v0"
+    assert run.data.params["data.pois"] == chain["fingerprint"]
+    # the training table is the run's input: a Delta dataset at the version trained on
+    (given,) = run.inputs.dataset_inputs
+    assert given.dataset.name == "pois"
+    assert given.dataset.source_type == "delta_table"
+    source = json.loads(given.dataset.source)
+    assert source["path"] == chain["pois_table"]
+    assert chain["fingerprint"] == f"delta:{chain['pois_table']}@v{source['delta_table_version']}"
+    assert {t.key: t.value for t in given.tags}["mlflow.data.context"] == "training"
+    schema = json.loads(given.dataset.schema)
+    assert S.POI in {c["name"] for c in schema["mlflow_colspec"]}
     for metric in (
         "candidate_pair_recall",
         "iou_ceiling",

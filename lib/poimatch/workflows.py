@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -23,8 +24,9 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.data.spark_dataset import from_spark
 from pyspark.ml import PipelineModel
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
@@ -413,6 +415,23 @@ def fit_matcher(data: TrainingSet, *, settings: Settings) -> FitOutcome:
     return FitOutcome(final, spec, metrics, pairs_pd, choice.curve)
 
 
+_DELTA_FINGERPRINT = re.compile(r"^delta:(?P<path>.+)@v(?P<version>\d+)$")
+
+
+def delta_dataset(spark: SparkSession, name: str, fingerprint: str) -> Any | None:
+    """An MLflow dataset (``mlflow.data.from_spark``: Delta source, path and version,
+    schema, targets) for a ``delta:<path>@v<N>`` fingerprint of
+    :func:`poimatch.io.input_fingerprint`; ``None`` for a file (its fingerprint stays a
+    run parameter)."""
+    found = _DELTA_FINGERPRINT.match(fingerprint)
+    if found is None:
+        return None
+    path, version = found["path"], found["version"]
+    frame = spark.read.format("delta").option("versionAsOf", int(version)).load(path)
+    targets = S.POI if S.POI in frame.columns else None
+    return from_spark(frame, path=path, version=version, name=name, targets=targets)
+
+
 def train_model(
     pois: DataFrame | Sequence[DataFrame],
     *,
@@ -450,6 +469,11 @@ def train_model(
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.log_params(settings.flat())
         mlflow.log_params({f"data.{k}": v for k, v in data_versions.items()})
+        spark = (pois if isinstance(pois, DataFrame) else pois[0]).sparkSession
+        for name, fingerprint in data_versions.items():
+            dataset = delta_dataset(spark, name, fingerprint)
+            if dataset is not None:
+                mlflow.log_input(dataset, context="training")
         mlflow.log_param("grouping.chosen_mode", fit.spec.grouping_mode)
         mlflow.log_param("model.chosen_label_scope", data.label_scope)
         mlflow.set_tags({"poimatch.env": settings.env, "poimatch.stage": "train"})

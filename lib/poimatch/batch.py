@@ -42,7 +42,7 @@ from poimatch.lookup import pin_lookup, write_lookup
 from poimatch.pipeline import BATCH, Plan
 from poimatch.tracking import configure_tracking, default_model_uri, load_matcher
 from poimatch.triage import alone_rows, rejected_report, with_status
-from poimatch.workflows import match_pois, match_with_model
+from poimatch.workflows import match_pois
 
 ABOVE_THRESHOLD = "above_threshold"
 
@@ -369,36 +369,20 @@ def _match_rows(
         )
         per_row = 2.0 * inc.candidates / max(inc.rows, 1)
         return _Matched(inc.matches, inc.candidates, inc.seconds, per_row, inc.lines(), inc.points)
-    if not keep_pairs:
-        plan = Plan.for_rows(rows, settings.matching.small_max_rows)
-        result = match_pois(pois, model_uri=uri, settings=settings, plan=plan)
-        return _Matched(
-            result.matches,
-            result.candidates,
-            result.seconds,
-            result.per_row,
-            [f"plan={plan.name}"],
-            result.points,
-        )
-    configure_tracking(settings.tracking)
-    model, spec, _ = load_matcher(uri)
-    result = match_with_model(
-        pois,
-        model=model,
-        spec=spec,
-        max_iterations=settings.grouping.max_iterations,
-        local_max_edges=settings.grouping.local_max_edges,
-        link_only=settings.matching.link_only,
-        broadcast_max_rows=settings.matching.broadcast_max_rows,
-        keep_pair_features=True,
+    # the scored-pairs table keeps the features: the batch plan's checkpoint holds them
+    plan = BATCH if keep_pairs else Plan.for_rows(rows, settings.matching.small_max_rows)
+    result = match_pois(
+        pois, model_uri=uri, settings=settings, plan=plan, keep_pair_features=keep_pairs
     )
-    scored = scored_pairs_frame(result.scored, threshold=spec.threshold)
+    scored = None
+    if keep_pairs and result.threshold is not None:
+        scored = scored_pairs_frame(result.scored, threshold=result.threshold)
     return _Matched(
         result.matches,
         result.candidates,
         result.seconds,
         result.per_row,
-        [f"plan={BATCH.name}"],
+        [f"plan={plan.name}"],
         result.points,
         scored,
     )

@@ -111,6 +111,7 @@ class MatchResult:
     plan: str = "batch"
     points: DataFrame | None = None  # the normalized points (materialized)
     rows: int = 0
+    threshold: float | None = None  # the model's threshold: pairs at or above it are edges
 
 
 def _pair_metrics_pd(pairs: pd.DataFrame, threshold: float) -> dict[str, float]:
@@ -593,4 +594,5 @@ def match_with_model(
         plan=plan.name,
         points=points,
         rows=n_rows,
+        threshold=spec.threshold,
     )

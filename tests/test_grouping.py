@@ -165,6 +165,35 @@ def test_driver_and_distributed_components_agree_on_a_random_graph(spark: SparkS
     )
 
 
+def test_driver_and_distributed_chain_guards_agree_on_a_random_graph(
+    spark: SparkSession,
+) -> None:
+    # clusters chained by weaker bridges: some split at a bar, one dense star never does
+    rng = random.Random(11)
+    rows: list[tuple[str, str, float]] = []
+    for c in range(12):
+        members = [f"c{c}-{i}" for i in range(rng.randrange(2, 7))]
+        rows += [(a, b, rng.uniform(0.7, 1.0)) for a, b in zip(members, members[1:])]
+        if c:  # a bridge to the previous cluster, sometimes strong enough to survive
+            rows.append((f"c{c - 1}-0", members[-1], rng.uniform(0.5, 0.9)))
+    rows += [("hub", f"spoke{i}", 1.0) for i in range(6)]
+    names = sorted({n for a, b, _ in rows for n in (a, b)} | {"alone"})
+    ids, scored = _ids(spark, *names), _scored(spark, rows)
+    kwargs = {"threshold": 0.5, "max_group_size": 5, "split_step": 0.1}
+    driver = group_matches(ids, scored, local_max_edges=LOCAL_MAX_EDGES, **kwargs)
+    spread = group_matches(ids, scored, local_max_edges=0, **kwargs)
+    assert_df_equality(driver.orderBy(S.ID), spread.orderBy(S.ID), ignore_nullable=True)
+    got = {r[S.ID]: (r[S.GROUP_ID], r[S.MATCHES]) for r in driver.collect()}
+    sizes: dict[str, int] = {}
+    for group, _ in got.values():
+        sizes[group] = sizes.get(group, 0) + 1
+    # the chain was cut into several groups, the hub kept its seven rows pairwise
+    assert len([g for g, n in sizes.items() if n > 1]) >= 4
+    assert sizes["hub"] == 7 and got["spoke0"] == ("hub", "spoke0 hub")
+    assert max(n for g, n in sizes.items() if g != "hub") <= 5
+    assert got["alone"] == ("alone", "alone")
+
+
 def _groups(spark: SparkSession, groups: dict[str, list[str]]) -> DataFrame:
     """``id``, ``group_id``, ``matches`` of groups labelled by their smallest member."""
     rows = [(i, min(m), " ".join(sorted(m))) for m in groups.values() for i in m]

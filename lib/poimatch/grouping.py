@@ -15,12 +15,16 @@ in seconds, instead of a dozen distributed rounds of a few shuffles each; the la
 Chaining guard: a component larger than ``max_group_size`` (real places never are)
 is split by dropping its weakest edges, raising the score bar step by step, and
 recomputed; a component still too large after that falls back to pairwise matches.
+Under ``local_max_edges`` the whole guard runs on the driver over one collect of the
+matched edges (each bar is a SciPy pass over arrays already there); above it, every
+bar is a distributed round of components.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -33,6 +37,9 @@ from scipy.sparse.csgraph import connected_components as _scipy_components
 
 from poimatch import schema as S
 from poimatch.cancellation import check_cancelled
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 __all__ = [
     "LOCAL_MAX_EDGES",
@@ -97,22 +104,32 @@ def _same_edges(left: DataFrame, right: DataFrame) -> bool:
     ) == 0
 
 
+_LABELS_SCHEMA = T.StructType(
+    [T.StructField(S.ID, T.StringType(), False), T.StructField(S.GROUP_ID, T.StringType())]
+)
+
+
+def _component_labels(
+    codes_l: NDArray[np.int64], codes_r: NDArray[np.int64], names: pd.Series
+) -> pd.Series:
+    """Each node's component label (its smallest name), from edges given as node codes."""
+    n = len(names)
+    graph = coo_matrix((np.ones(len(codes_l), dtype=np.int8), (codes_l, codes_r)), shape=(n, n))
+    _, component = _scipy_components(graph, directed=False)
+    # min over str equals Spark's min over strings (UTF-8 byte order = code point order)
+    return names.groupby(component).transform("min")
+
+
 def _local_labels(edges: DataFrame) -> DataFrame:
     """``id``, ``group_id`` of every node with an edge, computed on the driver."""
     frame = edges.select(F.col(S.ID_L).alias(_SRC), F.col(S.ID_R).alias(_DST)).toPandas()
     ends = pd.concat([frame[_SRC], frame[_DST]], ignore_index=True)
     codes, nodes = pd.factorize(ends)
-    n, m = len(nodes), len(frame)
-    graph = coo_matrix((np.ones(m, dtype=np.int8), (codes[:m], codes[m:])), shape=(n, n))
-    _, component = _scipy_components(graph, directed=False)
+    m = len(frame)
     names = pd.Series(np.asarray(nodes, dtype=object))
-    # min over str equals Spark's min over strings (UTF-8 byte order = code point order)
-    labels = names.groupby(component).transform("min")
-    schema = T.StructType(
-        [T.StructField(S.ID, T.StringType(), False), T.StructField(S.GROUP_ID, T.StringType())]
-    )
+    labels = _component_labels(codes[:m], codes[m:], names)
     out = pd.DataFrame({S.ID: names, S.GROUP_ID: labels})
-    return edges.sparkSession.createDataFrame(out, schema=schema)
+    return edges.sparkSession.createDataFrame(out, schema=_LABELS_SCHEMA)
 
 
 def connected_components(
@@ -209,6 +226,16 @@ def group_matches(
         ``id``, ``group_id``, ``matches`` for every id in ``ids``.
     """
     edges = scored.where(F.col(S.SCORE) >= threshold).select(S.ID_L, S.ID_R, S.SCORE)
+    bars = _split_bars(threshold, split_step)
+    if local_max_edges > 0 and edges.count() <= local_max_edges:
+        return _group_on_driver(
+            ids,
+            edges,
+            threshold=threshold,
+            max_group_size=max_group_size,
+            bars=bars,
+            materialize=materialize,
+        )
     edges = edges.persist(StorageLevel.MEMORY_AND_DISK)
     groups = connected_components(
         ids,
@@ -218,14 +245,14 @@ def group_matches(
         materialize=materialize,
     )
     kept = edges
-    bars = iter(_split_bars(threshold, split_step))
+    remaining = iter(bars)
     while True:
         check_cancelled("grouping")
         sizes = groups.groupBy(S.GROUP_ID).agg(F.count(F.lit(1)).alias("_size"))
         big = sizes.where(F.col("_size") > max_group_size).select(S.GROUP_ID)
         if big.limit(1).count() == 0:
             break
-        bar = next(bars, None)
+        bar = next(remaining, None)
         if bar is None:
             return _pairwise_fallback(groups, kept, big, threshold)
         big_l = groups.join(big, on=S.GROUP_ID, how="left_semi").select(F.col(S.ID).alias(S.ID_L))
@@ -245,6 +272,69 @@ def group_matches(
         )
     edges.unpersist()
     return _with_matches(groups)
+
+
+def _chain_guard_arrays(
+    frame: pd.DataFrame, *, max_group_size: int, bars: list[float]
+) -> tuple[pd.DataFrame, NDArray[np.bool_], list[str]]:
+    """The chain guard of :func:`group_matches` on the driver, over matched edges
+    ``id_l``, ``id_r``, ``score``.
+
+    Returns the labels (``id``, ``group_id``) of every node with a matched edge, which
+    edges the guard kept, and the groups still larger than ``max_group_size`` after
+    the last bar (empty when every group fits). The same steps as the distributed
+    loop: components, then inside each oversized component only the edges at or
+    above the next bar, until every group fits or the bars run out.
+    """
+    m = len(frame)
+    codes, nodes = pd.factorize(pd.concat([frame[S.ID_L], frame[S.ID_R]], ignore_index=True))
+    names = pd.Series(np.asarray(nodes, dtype=object))
+    code_l, code_r = codes[:m], codes[m:]
+    score = frame[S.SCORE].to_numpy()
+    keep = np.ones(m, dtype=bool)
+    remaining = iter(bars)
+    while True:
+        check_cancelled("grouping")
+        labels = _component_labels(code_l[keep], code_r[keep], names)
+        big_nodes = (labels.map(labels.value_counts()) > max_group_size).to_numpy()
+        out = pd.DataFrame({S.ID: names, S.GROUP_ID: labels})
+        if not big_nodes.any():
+            return out, keep, []
+        bar = next(remaining, None)
+        if bar is None:
+            return out, keep, sorted(set(labels[big_nodes]))
+        # an edge lies inside one component: inside an oversized one keep the stronger
+        keep &= ~big_nodes[code_l] | (score >= bar)
+
+
+def _group_on_driver(
+    ids: DataFrame,
+    edges: DataFrame,
+    *,
+    threshold: float,
+    max_group_size: int,
+    bars: list[float],
+    materialize: Materialize,
+) -> DataFrame:
+    """:func:`group_matches` for a graph that fits on the driver: one collect of the
+    matched edges, the chain guard in SciPy (:func:`_chain_guard_arrays`), and one
+    local relation of labels back, instead of a collect and a relation per bar."""
+    frame = edges.toPandas()
+    labels, keep, big = _chain_guard_arrays(frame, max_group_size=max_group_size, bars=bars)
+    spark = ids.sparkSession
+    local = spark.createDataFrame(labels, schema=_LABELS_SCHEMA)
+    groups = (
+        ids.select(S.ID)
+        .join(local, on=S.ID, how="left")
+        .select(S.ID, F.coalesce(F.col(S.GROUP_ID), F.col(S.ID)).alias(S.GROUP_ID))
+    )
+    if not big:
+        return _with_matches(groups)
+    kept = spark.createDataFrame(
+        frame.loc[keep, [S.ID_L, S.ID_R, S.SCORE]].reset_index(drop=True), schema=edges.schema
+    )
+    big_groups = spark.createDataFrame([(g,) for g in big], f"{S.GROUP_ID} string")
+    return _pairwise_fallback(materialize(groups), kept, big_groups, threshold)
 
 
 def _with_matches(groups: DataFrame) -> DataFrame:

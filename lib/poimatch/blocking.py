@@ -24,7 +24,7 @@ Passes are unioned; each pair appears once in canonical order (``id_l < id_r``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -49,6 +49,8 @@ _KEY = "_key"
 _OTHER = "_other"
 _LVL = "_lvl"
 _SRC, _SRC_O = "_src", "_src_o"
+# between a key pass's name and its key value (no pass name holds it)
+_KEY_SEP = "\u0001"
 # Finer grids (cell_m / 2, / 4, ...) tried for rows in dense areas, and how many
 # other rows (times k) the 3x3 cells of a finer grid must hold for it to be tried.
 _FINE_LEVELS = 4
@@ -220,12 +222,17 @@ def _ranked(directed: DataFrame, k: int, key: bool) -> DataFrame:
     w = Window.partitionBy(*part).orderBy(F.col(_DIST), F.col(_OTHER))
     per_row = Window.partitionBy(*part)
     # 0.99: margin for the grid's metres per degree (111,320) against the haversine's
-    near = F.sum(F.when(F.col(_DIST) <= 0.99 * F.col("_size"), 1).otherwise(0)).over(per_row)
+    within = F.col(_DIST) <= 0.99 * F.col("_size")
+    near = F.sum(F.when(within, 1).otherwise(0)).over(per_row)
+    # A row on a finer grid is kept only when k others lie within its cell size, and
+    # then its k nearest all do: its pairs beyond that size (two thirds of its 3x3
+    # cells) are never ranked, so they are dropped before the sort.
     return (
-        directed.withColumn(_RANK, F.row_number().over(w))
+        directed.where((F.col(_LVL) == 0) | within)
+        .withColumn(_RANK, F.row_number().over(w))
         .withColumn("_ok", near >= k)
         .where(F.col(_RANK) <= k)
-        .select(S.ID, _OTHER, _DIST, _RANK, _LVL, "_ok")
+        .select(S.ID, _OTHER, _DIST, _RANK, _LVL, "_ok", *([_KEY] if key else []))
     )
 
 
@@ -305,19 +312,25 @@ def _spatial_nearest(
 def _key_nearest(
     points: DataFrame,
     settings: BlockingSettings,
-    key: Column,
+    passes: Sequence[str],
     query: Column | None = None,
     broadcast: bool = True,
 ) -> DataFrame:
-    """Directed ``(id, _other)`` of one key pass: the ``k_key`` nearest rows sharing the key.
+    """Directed ``(id, _other, block_pass)`` of the key passes: per pass, the ``k_key``
+    nearest rows sharing its key.
 
-    A row whose key is shared by ``max_key_group`` or more other rows in its 3x3 cells
-    of ``key_cell_m`` is skipped (a key that generic says nothing); such rows are cut
-    before the join, so a generic key never makes a quadratic join.
+    The passes run as one: each row is copied once per pass whose key it has, the key
+    prefixed by the pass name, so one join, one set of counts and one ranking serve
+    every pass (per pass and row, as separate passes would; the prefix keeps a phone
+    from ever meeting a name). A row whose key is shared by ``max_key_group`` or more
+    other rows in its 3x3 cells of ``key_cell_m`` is skipped (a key that generic says
+    nothing); such rows are cut before the join, so a generic key never makes a
+    quadratic join.
     """
     cell_m = settings.key_cell_m
+    keyed = F.array(*[F.concat(F.lit(name + _KEY_SEP), _pass_key(name)) for name in passes])
     rows = (
-        points.select(*_row_columns(points), key.alias(_KEY))
+        points.select(*_row_columns(points), F.explode(keyed).alias(_KEY))
         .where(F.col(_KEY).isNotNull())
         .withColumn(_LVL, F.lit(0))
     )
@@ -332,14 +345,16 @@ def _key_nearest(
     right = celled.join(counts.where(F.col("_c") <= cap), on=[_CY, _CX, _KEY], how="left_semi")
     right = _thin_stacks(right.drop(_CY, _CX, _LVL), settings.k_key + 1, [_KEY])
     directed = _near_pairs(left.drop(_CY, _CX, "_nn"), right, cell_m, key=True, broadcast=broadcast)
-    return _ranked(directed, settings.k_key, key=True).select(S.ID, _OTHER, _DIST)
+    return _ranked(directed, settings.k_key, key=True).select(
+        S.ID, _OTHER, F.substring_index(F.col(_KEY), _KEY_SEP, 1).alias(S.PASS)
+    )
 
 
-def _canonical(directed: DataFrame, label: str) -> DataFrame:
+def _canonical(directed: DataFrame, label: Column) -> DataFrame:
     return directed.select(
         F.least(F.col(S.ID), F.col(_OTHER)).alias(S.ID_L),
         F.greatest(F.col(S.ID), F.col(_OTHER)).alias(S.ID_R),
-        F.lit(label).alias(S.PASS),
+        label.alias(S.PASS),
     )
 
 
@@ -410,14 +425,12 @@ def candidate_pairs(
         query=query,
         broadcast=broadcast_cells,
     )
-    passes = [_canonical(spatial, "spatial")]
     for name in settings.key_passes:
-        key = _pass_key(name)
-        directed = _key_nearest(points, settings, key, query, broadcast=broadcast_cells)
-        passes.append(_canonical(directed, name))
-    union = passes[0]
-    for extra in passes[1:]:
-        union = union.unionByName(extra)
+        _pass_key(name)  # an unknown pass name fails here, before any plan is built
+    union = _canonical(spatial, F.lit("spatial"))
+    if settings.key_passes:
+        keyed = _key_nearest(points, settings, settings.key_passes, query, broadcast_cells)
+        union = union.unionByName(_canonical(keyed, F.col(S.PASS)))
     return union.groupBy(S.ID_L, S.ID_R).agg(
         F.concat_ws(",", F.array_sort(F.collect_set(S.PASS))).alias(S.PASS)
     )

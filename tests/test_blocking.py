@@ -81,6 +81,34 @@ def test_fine_grids_give_exactly_the_coarse_k_nearest(spark: SparkSession) -> No
     assert fine == coarse
 
 
+def test_fine_grid_row_with_no_neighbour_within_its_cell_is_redone(spark: SparkSession) -> None:
+    # a tight cluster makes the finest grid (18.75 m) dense around rows 20-35 m away
+    # that have nobody within 18.75 m: they must be redone on the coarse grid, not lost
+    import random
+
+    from poimatch.blocking import _spatial_nearest
+
+    rng = random.Random(7)
+    scale = math.cos(math.radians(48.0))
+    rows = [
+        (f"c{i:02d}", 48.0 + rng.uniform(-1, 1) * _DEG_PER_M, 2.0 + rng.uniform(-1, 1) * _DEG_PER_M)
+        for i in range(40)
+    ]
+    for i in range(8):  # satellites more than 18.75 m from the cluster and each other
+        r, a = (22.0, 30.0)[i % 2], i * math.pi / 4
+        lat = 48.0 + r * math.sin(a) * _DEG_PER_M
+        rows.append((f"s{i:02d}", lat, 2.0 + r * math.cos(a) * _DEG_PER_M / scale))
+    points = _points(spark, [(*r, None, None, None) for r in rows])
+
+    def nearest(levels: int) -> set[tuple[str, str]]:
+        out = _spatial_nearest(points, 300.0, 4, fine_levels=levels).collect()
+        return {(r[S.ID], r["_other"]) for r in out}
+
+    fine, coarse = nearest(4), nearest(0)
+    assert {i for i, _ in coarse} == {r[0] for r in rows}
+    assert fine == coarse
+
+
 def test_pair_across_a_band_border_far_east_is_found(spark: SparkSession) -> None:
     # x cells are scaled per latitude band; at large longitudes the bands' x cells
     # drift apart, and a neighbour just across a band border must still be found

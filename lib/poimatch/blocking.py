@@ -303,8 +303,14 @@ def _spatial_nearest(
     done = first.where(F.col("_ok") | (F.col(_LVL) == 0)).select(S.ID, _OTHER, _DIST)
     if not fine_levels:
         return done
-    redo_ids = first.where(~F.col("_ok") & (F.col(_LVL) > 0)).select(S.ID).distinct()
-    redo = rows.join(redo_ids, on=S.ID, how="left_semi").withColumn(_LVL, F.lit(0))
+    # every fine-grid row not confirmed by its first round, including one with no
+    # candidate at all within its cell size (it has no row in ``first``)
+    ok_ids = first.where(F.col("_ok") & (F.col(_LVL) > 0)).select(S.ID).distinct()
+    redo = (
+        rows.where(F.col(_LVL) > 0)
+        .join(ok_ids, on=S.ID, how="left_anti")
+        .withColumn(_LVL, F.lit(0))
+    )
     again = _ranked(_near_pairs(redo, right, cell_m, key=False, broadcast=broadcast), k, key=False)
     return done.unionByName(again.select(S.ID, _OTHER, _DIST))
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -109,13 +109,15 @@ _LABELS_SCHEMA = T.StructType(
 )
 
 
-def _component_labels(
-    codes_l: NDArray[np.int64], codes_r: NDArray[np.int64], names: pd.Series
-) -> pd.Series:
-    """Each node's component label (its smallest name), from edges given as node codes."""
-    n = len(names)
+def _components(codes_l: NDArray[np.int64], codes_r: NDArray[np.int64], n: int) -> NDArray[Any]:
+    """Each of ``n`` nodes' component number, from edges given as node codes."""
     graph = coo_matrix((np.ones(len(codes_l), dtype=np.int8), (codes_l, codes_r)), shape=(n, n))
     _, component = _scipy_components(graph, directed=False)
+    return np.asarray(component)
+
+
+def _component_labels(component: NDArray[Any], names: pd.Series) -> pd.Series:
+    """Each node's component label: the smallest name in its component."""
     # min over str equals Spark's min over strings (UTF-8 byte order = code point order)
     return names.groupby(component).transform("min")
 
@@ -127,7 +129,7 @@ def _local_labels(edges: DataFrame) -> DataFrame:
     codes, nodes = pd.factorize(ends)
     m = len(frame)
     names = pd.Series(np.asarray(nodes, dtype=object))
-    labels = _component_labels(codes[:m], codes[m:], names)
+    labels = _component_labels(_components(codes[:m], codes[m:], len(names)), names)
     out = pd.DataFrame({S.ID: names, S.GROUP_ID: labels})
     return edges.sparkSession.createDataFrame(out, schema=_LABELS_SCHEMA)
 
@@ -295,13 +297,12 @@ def _chain_guard_arrays(
     remaining = iter(bars)
     while True:
         check_cancelled("grouping")
-        labels = _component_labels(code_l[keep], code_r[keep], names)
-        big_nodes = (labels.map(labels.value_counts()) > max_group_size).to_numpy()
-        out = pd.DataFrame({S.ID: names, S.GROUP_ID: labels})
-        if not big_nodes.any():
-            return out, keep, []
-        bar = next(remaining, None)
-        if bar is None:
+        component = _components(code_l[keep], code_r[keep], len(names))
+        big_nodes = np.bincount(component)[component] > max_group_size
+        bar = next(remaining, None) if big_nodes.any() else None
+        if bar is None:  # every group fits, or the bars ran out
+            labels = _component_labels(component, names)
+            out = pd.DataFrame({S.ID: names, S.GROUP_ID: labels})
             return out, keep, sorted(set(labels[big_nodes]))
         # an edge lies inside one component: inside an oversized one keep the stronger
         keep &= ~big_nodes[code_l] | (score >= bar)

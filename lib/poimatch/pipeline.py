@@ -245,26 +245,22 @@ def cached_points(pois: DataFrame, *, stats: NameStats, plan: Plan = BATCH) -> D
     return points
 
 
-def featured_pairs(
-    pairs: DataFrame, points: DataFrame, *, plan: Plan = BATCH, materialize: bool = True
-) -> DataFrame:
+def featured_pairs(pairs: DataFrame, points: DataFrame, *, plan: Plan = BATCH) -> DataFrame:
     """Candidate pairs → every pair feature, materialized.
 
     Returns ``id_l``, ``id_r``, ``block_pass``, the pair features and, for labelled
     points, ``point_of_interest_l`` / ``_r`` (and ``source_l`` / ``_r``). Only what the
     callers read is kept: the side columns of the pair features (names, addresses,
     token arrays...) would be shuffled by every later join and stored in every
-    checkpoint. Materialized by the batch plan only (and not when ``materialize`` is
-    False: a caller that reads them once, such as scoring, computes them in its own job
-    and stores its smaller result instead); the small plan scores them in the same Spark
-    job.
+    checkpoint. Materialized by the batch plan only: the small plan scores them in the
+    same Spark job.
     """
     featured = add_pair_sides(pairs, points).transform(add_pair_features)
     keep = [
         c for c in featured.columns if c in _KEPT or c.startswith((f"{S.POI}_", f"{S.SOURCE}_"))
     ]
     selected = featured.select(*keep)
-    return selected if plan.small or not materialize else plan.materialize(selected)
+    return selected if plan.small else plan.materialize(selected)
 
 
 def cached_candidates(
@@ -275,14 +271,11 @@ def cached_candidates(
     plan: Plan = BATCH,
     query: Column | None = None,
     broadcast_cells: bool = True,
-    materialize_features: bool = True,
 ) -> DataFrame:
     """Blocking, then the pair features (:func:`featured_pairs`), materialized (batch).
 
     ``query``: only the rows it selects look for candidates; ``broadcast_cells``: see
-    :func:`poimatch.blocking.candidate_pairs` (and :mod:`poimatch.against`);
-    ``materialize_features`` False: the features stay lazy for a caller that reads
-    them once (a match scores them in the job that stores the scores).
+    :func:`poimatch.blocking.candidate_pairs` (and :mod:`poimatch.against`).
     """
     _mark("pair_features:start")
     pairs = _candidate_pairs(
@@ -294,7 +287,7 @@ def cached_candidates(
         broadcast_cells=broadcast_cells,
         **({"fine_levels": 0} if plan.small else {}),
     )
-    featured = featured_pairs(pairs, points, plan=plan, materialize=materialize_features)
+    featured = featured_pairs(pairs, points, plan=plan)
     _mark("pair_features:end")
     return featured
 

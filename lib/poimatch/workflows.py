@@ -565,9 +565,6 @@ def match_with_model(
         link_only=link_only,
         plan=plan,
         broadcast_cells=n_rows <= broadcast_max_rows,
-        # scored once: the features are computed in the job that stores the scores (a
-        # checkpoint of ids and scores, not of every feature of every pair)
-        materialize_features=False,
     )
     # small: the input's ids (a local relation: no normalization to redo)
     ids = pois.select(S.ID) if plan.small else points.select(S.ID)

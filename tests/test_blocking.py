@@ -134,6 +134,11 @@ def test_key_passes_find_far_duplicates_but_skip_generic_keys(spark: SparkSessio
         ("d", 48.0 + 4 * km, 2.0 + 5 * km, "different", "612345678", None),  # same phone
         ("e", 48.5, 2.5, "e", None, "shop.example"),
         ("f", 48.5 + 2 * km, 2.5, "f", None, "shop.example"),  # same url domain
+        # one value in two passes (h's name is i's phone): the passes never meet
+        ("h", 48.2, 2.2, "5550101", None, None),
+        ("i", 48.2 + 2 * km, 2.2, "i", "5550101", None),
+        ("j", 48.2 + 3 * km, 2.2, "both", "5550199", "both.example"),
+        ("k", 48.2 + 4 * km, 2.2, "both", "5550199", "both.example"),
     ]
     generic = [(f"g{i}", 47.0 + i * 0.5 * km, 1.0, "bus stop", None, None) for i in range(6)]
     settings = BlockingSettings(
@@ -149,6 +154,8 @@ def test_key_passes_find_far_duplicates_but_skip_generic_keys(spark: SparkSessio
     assert got[("a", "b")] == "name"
     assert got[("c", "d")] == "phone"
     assert got[("e", "f")] == "url"
+    assert ("h", "i") not in got
+    assert got[("j", "k")] == "name,phone,url"  # found by every pass, named once each
     # "bus stop" is shared by 6 rows > max_key_group: never a key-pass pair
     assert not any(p == "name" and left.startswith("g") for (left, _), p in got.items())
 

@@ -431,8 +431,6 @@ def candidate_pairs(
         query=query,
         broadcast=broadcast_cells,
     )
-    for name in settings.key_passes:
-        _pass_key(name)  # an unknown pass name fails here, before any plan is built
     union = _canonical(spatial, F.lit("spatial"))
     if settings.key_passes:
         keyed = _key_nearest(points, settings, settings.key_passes, query, broadcast_cells)

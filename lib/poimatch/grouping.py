@@ -122,14 +122,19 @@ def _component_labels(component: NDArray[Any], names: pd.Series) -> pd.Series:
     return names.groupby(component).transform("min")
 
 
+def _node_codes(
+    frame: pd.DataFrame,
+) -> tuple[NDArray[np.int64], NDArray[np.int64], pd.Series]:
+    """Edges ``id_l``, ``id_r`` as node codes (left ends, right ends) and the node names."""
+    m = len(frame)
+    codes, nodes = pd.factorize(pd.concat([frame[S.ID_L], frame[S.ID_R]], ignore_index=True))
+    return codes[:m], codes[m:], pd.Series(np.asarray(nodes, dtype=object))
+
+
 def _local_labels(edges: DataFrame) -> DataFrame:
     """``id``, ``group_id`` of every node with an edge, computed on the driver."""
-    frame = edges.select(F.col(S.ID_L).alias(_SRC), F.col(S.ID_R).alias(_DST)).toPandas()
-    ends = pd.concat([frame[_SRC], frame[_DST]], ignore_index=True)
-    codes, nodes = pd.factorize(ends)
-    m = len(frame)
-    names = pd.Series(np.asarray(nodes, dtype=object))
-    labels = _component_labels(_components(codes[:m], codes[m:], len(names)), names)
+    code_l, code_r, names = _node_codes(edges.select(S.ID_L, S.ID_R).toPandas())
+    labels = _component_labels(_components(code_l, code_r, len(names)), names)
     out = pd.DataFrame({S.ID: names, S.GROUP_ID: labels})
     return edges.sparkSession.createDataFrame(out, schema=_LABELS_SCHEMA)
 
@@ -288,12 +293,9 @@ def _chain_guard_arrays(
     loop: components, then inside each oversized component only the edges at or
     above the next bar, until every group fits or the bars run out.
     """
-    m = len(frame)
-    codes, nodes = pd.factorize(pd.concat([frame[S.ID_L], frame[S.ID_R]], ignore_index=True))
-    names = pd.Series(np.asarray(nodes, dtype=object))
-    code_l, code_r = codes[:m], codes[m:]
+    code_l, code_r, names = _node_codes(frame)
     score = frame[S.SCORE].to_numpy()
-    keep = np.ones(m, dtype=bool)
+    keep = np.ones(len(frame), dtype=bool)
     remaining = iter(bars)
     while True:
         check_cancelled("grouping")

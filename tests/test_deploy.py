@@ -137,6 +137,17 @@ def _load_script(path: Path) -> ModuleType:
 
 # ------------------------------------------------------------------------- bundle
 
+# Resource sections of the bundle -> Databricks' typed models of the bundle schema
+# (databricks-bundles: unknown fields, missing required fields and wrong types raise).
+_BUNDLE_RESOURCES = {
+    "jobs": "databricks.bundles.jobs:Job",
+    "registered_models": "databricks.bundles.registered_models:RegisteredModel",
+    "volumes": "databricks.bundles.volumes:Volume",
+}
+_BUNDLE_VAR = re.compile(r"\$\{var\.([A-Za-z0-9_]+)\}")
+# Databricks Runtime (ML) -> the Apache Spark line it runs (release notes).
+_DBR_SPARK = {"17.3": "4.0", "18.0": "4.1", "18.1": "4.1", "18.2": "4.1", "19.0": "4.2"}
+
 
 @pytest.fixture(scope="module")
 def bundle() -> dict[str, Any]:
@@ -160,6 +171,33 @@ def _sets(params: list[str]) -> set[str]:
     return {params[i + 1] for i, p in enumerate(params) if p == "--set"}
 
 
+def _variables(bundle: dict[str, Any], target: str) -> dict[str, Any]:
+    """The target's variable values: its own, else the defaults."""
+    values = {k: v.get("default") for k, v in bundle["variables"].items()}
+    return values | bundle["targets"][target].get("variables", {})
+
+
+def _resolved(bundle: dict[str, Any], target: str) -> Any:
+    """The bundle with ``${var.*}`` replaced by the target's values (as the CLI does)."""
+    values = _variables(bundle, target)
+
+    def sub(node: Any) -> Any:
+        if isinstance(node, str):
+            return _BUNDLE_VAR.sub(lambda m: str(values[m.group(1)]), node)
+        if isinstance(node, list):
+            return [sub(x) for x in node]
+        if isinstance(node, dict):
+            return {k: sub(v) for k, v in node.items()}
+        return node
+
+    return sub({k: v for k, v in bundle.items() if k != "variables"})
+
+
+def _model_class(spec: str) -> Any:
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def test_bundle_targets_dev_default_and_prod(bundle: dict[str, Any]) -> None:
     assert bundle["bundle"]["name"] == "poimatch"
     targets = bundle["targets"]
@@ -171,62 +209,120 @@ def test_bundle_targets_dev_default_and_prod(bundle: dict[str, Any]) -> None:
     assert targets["prod"]["workspace"]["root_path"]
     defaults = [name for name, t in targets.items() if t.get("default")]
     assert defaults == ["dev"]
+    # Production jobs run as a service principal, never as whoever deployed them.
+    assert targets["prod"]["run_as"] == {"service_principal_name": "${var.service_principal}"}
+    assert "default" not in bundle["variables"]["service_principal"], "prod must name it"
+    assert "run_as" not in targets["dev"]
 
 
 def test_bundle_syncs_repository_root(bundle: dict[str, Any]) -> None:
-    # The jobs import conf/ and live outside deploy/: the sync root must be the repository.
+    # conf/ lives outside deploy/: the sync root must be the repository.
     roots = {_bundle_path(p) for p in bundle["sync"]["paths"]}
     assert REPO in roots
 
 
-def test_bundle_python_files_exist_in_synced_tree(bundle: dict[str, Any]) -> None:
-    files = {}
+@pytest.mark.parametrize("target", ["dev", "prod"])
+def test_bundle_resources_fit_the_databricks_schema(bundle: dict[str, Any], target: str) -> None:
+    resolved = _resolved(bundle, target)
+    resources = resolved["resources"]
+    assert set(resources) <= set(_BUNDLE_RESOURCES), f"unchecked: {set(resources)}"
+    for kind, entries in resources.items():
+        model = _model_class(_BUNDLE_RESOURCES[kind])
+        for key, entry in entries.items():
+            try:
+                model.from_dict(entry)
+            except (TypeError, ValueError) as exc:
+                pytest.fail(f"resources.{kind}.{key}: {exc}")
+    run_as = resolved["targets"][target].get("run_as")
+    if run_as is not None:
+        from databricks.bundles.jobs import JobRunAs
+
+        JobRunAs.from_dict(run_as)
+
+
+def test_the_schema_check_catches_a_misspelt_field(bundle: dict[str, Any]) -> None:
+    job = _resolved(bundle, "dev")["resources"]["jobs"]["poimatch_train"]
+    job["tasks"][0]["python_wheel_task"]["entry_pont"] = "poimatch"
+    with pytest.raises(ValueError, match="entry_pont"):
+        _model_class(_BUNDLE_RESOURCES["jobs"]).from_dict(job)
+
+
+def test_bundle_tasks_run_the_wheels_console_script(bundle: dict[str, Any]) -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    from poimatch.commands import COMMANDS
+
+    commands = {}
     for job_key, task in _tasks(bundle):
-        if "spark_python_task" not in task:
-            continue
-        relative = task["spark_python_task"]["python_file"]
-        assert not Path(relative).is_absolute(), f"{job_key}: use a path relative to deploy/"
-        path = _bundle_path(relative)
-        assert path.is_file(), f"{job_key}: {relative} -> {path} does not exist"
-        assert _inside(path, REPO), f"{job_key}: {relative} leaves the repository"
-        files[job_key, task["task_key"]] = path.relative_to(REPO).as_posix()
-    assert files == {
-        ("poimatch_train", "train"): "jobs/train.py",
-        ("poimatch_train", "promote"): "jobs/promote.py",
-        ("poimatch_nightly_match", "match"): "jobs/match.py",
+        assert set(task) & {"spark_python_task", "notebook_task"} == set(), job_key
+        wheel_task = task["python_wheel_task"]
+        assert wheel_task["package_name"] == project["name"]
+        entry = wheel_task["entry_point"]
+        assert project["scripts"][entry] == "poimatch.commands:main", entry
+        command = wheel_task["parameters"][0]
+        assert command in COMMANDS, f"{job_key}: no command {command!r}"
+        commands[job_key, task["task_key"]] = command
+    assert commands == {
+        ("poimatch_train", "train"): "train",
+        ("poimatch_train", "promote"): "promote",
+        ("poimatch_nightly_match", "match"): "match",
     }
 
 
-def test_bundle_job_parameters(bundle: dict[str, Any]) -> None:
-    jobs = bundle["resources"]["jobs"]
-    train = jobs["poimatch_train"]["tasks"][0]["spark_python_task"]["parameters"]
-    assert train[:4] == ["--env", "prod", "--input", "${var.storage_root}/pois"]
-    match = jobs["poimatch_nightly_match"]["tasks"][0]["spark_python_task"]["parameters"]
-    assert match[:2] == ["--env", "prod"]
-    for params in (train, match):
-        assert all(isinstance(p, str) for p in params)
-        sets = _sets(params)
-        # Each target's own tables and model, never the values baked into conf/prod.yaml.
-        assert "storage.root=${var.storage_root}" in sets
-        assert "model.name=${var.model_name}" in sets
-    schedule = jobs["poimatch_nightly_match"]["schedule"]
-    assert schedule["quartz_cron_expression"] == "0 0 2 * * ?"
-    assert schedule["timezone_id"] == "UTC"
-    assert "schedule" not in jobs["poimatch_train"]
+class _StopAfterParsingError(Exception):
+    def __init__(self, args: Any) -> None:
+        self.args_ = args
 
 
-def test_bundle_parameters_match_job_cli(bundle: dict[str, Any]) -> None:
-    # Every --option a task passes is one its job's argparse accepts (exact spelling), and
-    # the job's required options are all there: jobs/train.py needs --input.
-    checked = []
-    for job_key, task in _tasks(bundle):
-        python_task = task["spark_python_task"]
-        job = _bundle_path(python_task["python_file"]).relative_to(REPO).as_posix()
-        params = python_task["parameters"]
-        assert params[:2] == ["--env", "prod"], f"{job_key}/{task['task_key']}"
-        _check_job_call(job, params)
-        checked.append(job)
-    assert sorted(checked) == ["jobs/match.py", "jobs/promote.py", "jobs/train.py"]
+@pytest.mark.parametrize("target", ["dev", "prod"])
+def test_bundle_parameters_parse_and_configure_per_target(
+    bundle: dict[str, Any], target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each task's argv goes through its command's real parser and the real configuration
+    (``--env databricks`` plus the task's ``--set``), with the target's variables."""
+    from poimatch.cli import job_settings
+    from poimatch.commands import COMMANDS
+
+    resolved = _resolved(bundle, target)
+    catalog, schema = (_variables(bundle, target)[k] for k in ("catalog", "schema"))
+    volume = {
+        v["name"]: f"/Volumes/{v['catalog_name']}/{v['schema_name']}/{v['name']}"
+        for v in resolved["resources"]["volumes"].values()
+    }
+    (registered,) = resolved["resources"]["registered_models"].values()
+    for job in resolved["resources"]["jobs"].values():
+        for task in job["tasks"]:
+            command, *argv = task["python_wheel_task"]["parameters"]
+            module = importlib.import_module(COMMANDS[command][0])
+
+            def parsed(args: Any) -> None:
+                raise _StopAfterParsingError(args)
+
+            monkeypatch.setattr(module, "start_job", parsed)
+            with pytest.raises(_StopAfterParsingError) as caught:
+                module.main(argv, prog=f"poimatch {command}")
+            settings = job_settings(caught.value.args_)
+            assert settings.env == "databricks"
+            # Tables on the target's own volume, the model in its own UC schema.
+            assert settings.storage.root == volume["lake"], task["task_key"]
+            assert settings.storage.root.startswith(f"/Volumes/{catalog}/{schema}/")
+            assert settings.model.name == (
+                f"{registered['catalog_name']}.{registered['schema_name']}.{registered['name']}"
+            )
+            assert settings.tracking.registry_uri == "databricks-uc"
+            assert settings.tracking.artifact_root == f"dbfs:{volume['mlartifacts']}"
+            if command == "train":
+                assert caught.value.args_.input == [
+                    settings.storage.table_path(settings.storage.pois_table)
+                ]
+            life = settings.lifecycle
+            production = (life.production_storage_root, life.production_model_name)
+            if target == "prod":
+                # what isolation guards is what prod writes
+                assert production == (settings.storage.root, settings.model.name)
+            else:
+                assert settings.storage.root != life.production_storage_root
+                assert settings.model.name != life.production_model_name
+                assert settings.tracking.experiment != life.production_experiment
 
 
 def test_bundle_promotion_gate_follows_training(bundle: dict[str, Any]) -> None:
@@ -239,35 +335,39 @@ def test_bundle_promotion_gate_follows_training(bundle: dict[str, Any]) -> None:
     assert "run_if" not in promote, "the default (ALL_SUCCESS) is the gate"
     assert promote["job_cluster_key"] == tasks["train"]["job_cluster_key"]
     assert promote["libraries"] == tasks["train"]["libraries"]
-    params = promote["spark_python_task"]["parameters"]
+    params = promote["python_wheel_task"]["parameters"]
     # Same model, tables and experiment as the training it judges; never a dry run.
-    assert _sets(params) == _sets(tasks["train"]["spark_python_task"]["parameters"])
+    assert _sets(params) == _sets(tasks["train"]["python_wheel_task"]["parameters"])
     assert "--dry-run" not in params
+
+
+def test_bundle_schedule(bundle: dict[str, Any]) -> None:
+    jobs = bundle["resources"]["jobs"]
+    schedule = jobs["poimatch_nightly_match"]["schedule"]
+    assert schedule["quartz_cron_expression"] == "0 0 2 * * ?"
+    assert schedule["timezone_id"] == "UTC"
+    assert "pause_status" not in schedule, "development mode pauses it, production runs it"
+    assert "schedule" not in jobs["poimatch_train"]
 
 
 def test_bundle_variables_are_defined(bundle: dict[str, Any]) -> None:
     text = BUNDLE.read_text(encoding="utf-8")
-    used = set(re.findall(r"\$\{var\.([A-Za-z0-9_]+)\}", text))
+    used = set(_BUNDLE_VAR.findall(text))
     defined = set(bundle["variables"])
     assert used, "expected ${var.*} references"
     assert used <= defined, f"undefined variables: {sorted(used - defined)}"
-    assert bundle["variables"]["model_name"]["default"] == "poimatch-xgb"
+    assert defined <= used, f"unused variables: {sorted(defined - used)}"
     for target in bundle["targets"].values():
         assert set(target.get("variables", {})) <= defined
 
 
-def test_bundle_dev_never_uses_production_names(bundle: dict[str, Any]) -> None:
-    prod = {k: v["default"] for k, v in bundle["variables"].items() if "default" in v}
-    prod |= bundle["targets"]["prod"].get("variables", {})
-    dev = prod | bundle["targets"]["dev"].get("variables", {})
-    for key in ("model_name", "storage_root", "experiment"):
-        assert dev[key] != prod[key], f"dev shares {key}={prod[key]!r} with prod"
-
-
-def test_bundle_job_clusters(bundle: dict[str, Any]) -> None:
-    variables = bundle["variables"]
-    assert re.fullmatch(
-        r"1[67]\.\d+\.x-cpu-ml-scala2\.1[23]", variables["spark_version"]["default"]
+def test_bundle_job_clusters_run_the_tested_spark(bundle: dict[str, Any]) -> None:
+    runtime = bundle["variables"]["spark_version"]["default"]
+    match = re.fullmatch(r"(\d+\.\d+)\.x-cpu-ml-scala2\.13", runtime)
+    assert match, f"{runtime}: not a Databricks Runtime ML version key"
+    pyspark = _lock_pins()["pyspark"]
+    assert _DBR_SPARK.get(match.group(1)) == ".".join(pyspark.split(".")[:2]), (
+        f"{runtime} does not run the Spark line the tests run (pyspark {pyspark})"
     )
     for job_key, job in bundle["resources"]["jobs"].items():
         clusters = {c["job_cluster_key"]: c["new_cluster"] for c in job["job_clusters"]}
@@ -275,10 +375,12 @@ def test_bundle_job_clusters(bundle: dict[str, Any]) -> None:
             cluster = clusters[task["job_cluster_key"]]
             assert cluster["spark_version"] == "${var.spark_version}", job_key
             assert cluster["node_type_id"] == "${var.node_type_id}", job_key
-            assert cluster["num_workers"] == 2, job_key
+            assert cluster["data_security_mode"] == "SINGLE_USER", job_key  # UC access
             env = cluster["spark_env_vars"]
             assert env["GX_ANALYTICS_ENABLED"] == "false", job_key
             assert env["POIMATCH_CONF_DIR"] == "${workspace.file_path}/conf", job_key
+            assert env["MLFLOW_REGISTRY_URI"] == "databricks-uc", job_key
+            assert env["MLFLOW_TRACKING_URI"] == "databricks", job_key
 
 
 def test_bundle_libraries_pinned_as_in_lock(bundle: dict[str, Any]) -> None:

@@ -187,6 +187,9 @@ class TrackingSettings(_Frozen):
     """MLflow: embedded SQLite store by default; $MLFLOW_TRACKING_URI wins."""
 
     tracking_uri: str = "sqlite:///mlflow.db"
+    # the model registry; None = the tracking store (Databricks: "databricks-uc", Models
+    # in Unity Catalog, names catalog.schema.model); $MLFLOW_REGISTRY_URI wins
+    registry_uri: str | None = None
     artifact_root: str = "mlartifacts"
     experiment: str = "poimatch"
 

@@ -51,7 +51,7 @@ def configure_tracking(settings: TrackingSettings) -> str:
     """Point MLflow at the store and make sure the experiment exists; returns its id."""
     uri = _ENV_TRACKING_URI or settings.tracking_uri
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(_ENV_REGISTRY_URI or uri)
+    mlflow.set_registry_uri(_ENV_REGISTRY_URI or settings.registry_uri or uri)
     experiment = mlflow.get_experiment_by_name(settings.experiment)
     if experiment is None:
         artifact = settings.artifact_root

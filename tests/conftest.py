@@ -20,7 +20,7 @@ from poimatch.config import Settings, load_settings
 from poimatch.generator import generate_pois, write_pois_csv
 from poimatch.pipeline import MatchingSpec
 from poimatch.session import build_session
-from poimatch.tracking import assign_alias, configure_tracking, log_spark_model
+from poimatch.tracking import assign_alias, configure_tracking, log_matcher
 from poimatch.workflows import FitOutcome, fit_matcher, training_set
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,7 +116,7 @@ def register_matcher(
     used = spec or fit.spec
     example = pd.DataFrame({f: [0.0] for f in used.features})
     with mlflow.start_run(experiment_id=experiment_id):
-        uri, version = log_spark_model(
+        uri, version = log_matcher(
             fit.model, registered_name=settings.model.name, spec=used, input_example=example
         )
     alias = assign_alias(settings.model.name, version)

@@ -88,3 +88,65 @@ def test_calibration_maps_both_paths_the_same_way(
     ordered = both.sort_values("raw")
     assert (np.diff(ordered[S.SCORE].to_numpy()) >= -1e-12).all()
     assert not np.allclose(both[S.SCORE], both["raw"])
+
+
+def test_registered_pyfunc_scores_pairs_as_the_batch_does(
+    small_matcher: FitOutcome, featured: DataFrame, tmp_path: Path
+) -> None:
+    """``mlflow.pyfunc.load_model`` of a registered version: a pandas frame of pair
+    features in, the batch's calibrated probabilities out (no Spark in the model), with
+    the booster as an mlflow.xgboost model, the spec and name statistics inside it."""
+    import json
+
+    import mlflow
+    import mlflow.pyfunc
+
+    from poimatch.tracking import load_matcher
+
+    from conftest import register_matcher
+
+    settings = load_settings(
+        "ci",
+        [
+            f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"tracking.artifact_root={tmp_path / 'artifacts'}",
+            "model.name=poimatch-pyfunc-test",
+        ],
+    )
+    uri, version, _ = register_matcher(small_matcher, settings)
+    spec = small_matcher.spec
+    batch = score_pairs(small_matcher.model, featured, spec.calibration).toPandas()
+
+    served = mlflow.pyfunc.load_model(f"models:/poimatch-pyfunc-test/{version}")
+    # ids ride along and are ignored; columns are taken by name, in any order
+    frame = batch[[S.ID_L, S.ID_R, *reversed(spec.features)]]
+    out = served.predict(frame)
+    np.testing.assert_allclose(out["probability"], batch[S.SCORE], rtol=0, atol=1e-6)
+    assert (out["match"] == (out["probability"] >= spec.threshold)).all()
+    assert out["match"].any()
+    assert not out["match"].all()
+
+    info = mlflow.models.get_model_info(uri)
+    assert set(info.flavors) == {"python_function"}
+    signature = info.signature
+    assert signature is not None
+    assert signature.inputs.input_names() == list(spec.features)
+    assert signature.outputs.input_names() == ["probability", "match"]
+    model_dir = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "dl")))
+    artifacts = model_dir / "artifacts"
+    assert "xgboost" in (artifacts / "booster" / "MLmodel").read_text()
+    assert json.loads((artifacts / "spec.json").read_text())["threshold"] == spec.threshold
+    assert (model_dir / "code" / "poimatch" / "scorer.py").is_file()
+    assert (model_dir / "scorer_model.py").is_file()  # models from code: no pickle
+    # the batch's loader reads the same model: its pipeline and frozen name statistics
+    model, loaded, _ = load_matcher(uri)
+    assert loaded == spec
+    assert loaded.stats() == spec.stats()
+    again = score_pairs(model, featured, loaded.calibration).toPandas()
+    np.testing.assert_allclose(
+        again.sort_values([S.ID_L, S.ID_R])[S.SCORE],
+        batch.sort_values([S.ID_L, S.ID_R])[S.SCORE],
+        atol=1e-9,
+    )
+    with pytest.raises(mlflow.exceptions.MlflowException, match=spec.features[0]):
+        served.predict(frame.drop(columns=[spec.features[0]]))

@@ -32,7 +32,7 @@ from poimatch.config import load_settings
 from poimatch.generator import generate_pois
 from poimatch.lookup import write_lookup
 from poimatch.service import EXAMPLE_CSV
-from poimatch.tracking import CHAMPION, configure_tracking, load_matcher, log_spark_model
+from poimatch.tracking import CHAMPION, configure_tracking, load_matcher, log_matcher
 from poimatch.workflows import FitOutcome, match_with_model
 
 pytestmark = pytest.mark.slow
@@ -289,7 +289,7 @@ def test_champion_move_is_picked_up_without_restart(server: dict[str, Any]) -> N
     strict = replace(spec, threshold=0.999)
     example = __import__("pandas").DataFrame({f: [0.0] for f in spec.features})
     with mlflow.start_run():
-        _, version = log_spark_model(
+        _, version = log_matcher(
             model, registered_name=MODEL, spec=strict, input_example=example
         )
     MlflowClient().set_registered_model_alias(MODEL, CHAMPION, version)

@@ -35,7 +35,7 @@ from poimatch.features import DEFAULT_FEATURES, FEATURE_COLUMNS, add_pair_featur
 from poimatch.grouping import LOCAL_MAX_EDGES, group_matches, pairwise_matches
 from poimatch.namestats import NameStats, add_name_stats
 from poimatch.normalize import add_normalized_columns
-from poimatch.training import Calibration
+from poimatch.scorer import Calibration, predict_scores
 
 __all__ = [
     "ALL_FEATURES",
@@ -297,15 +297,6 @@ def _load_booster(raw: bytes) -> Booster:
     booster.load_model(bytearray(raw))
     booster.set_param({"nthread": 1})
     return booster
-
-
-def predict_scores(booster: Booster, frame: pd.DataFrame, calibration: Calibration | None) -> Any:
-    """Match probabilities of a frame of feature columns (in the model's order):
-    ``inplace_predict`` on float32 features, NaN for missing (as ``xgboost.spark`` does),
-    then calibrated. The one prediction step of both plans."""
-    features = frame.to_numpy(dtype=np.float32, na_value=np.nan)
-    probability = np.asarray(booster.inplace_predict(features, missing=np.nan), dtype=np.float64)
-    return calibration.apply(probability) if calibration is not None else probability
 
 
 def _booster_udf(raw: bytes, calibration: Calibration | None) -> Any:

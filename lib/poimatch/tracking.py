@@ -7,27 +7,35 @@ Consumers load models by alias (``models:/<name>@champion``), never "latest".
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import mlflow
+import mlflow.pyfunc
+import mlflow.spark
+import mlflow.xgboost
+import numpy as np
 import pandas as pd
+import xgboost
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from pyspark.ml import PipelineModel
 
+from poimatch import scorer
 from poimatch.config import TrackingSettings, is_uri
 from poimatch.isolation import check_alias
 from poimatch.namestats import NameStats
-from poimatch.pipeline import MatchingSpec
+from poimatch.pipeline import MatchingSpec, booster_parts
 
 __all__ = [
     "CHAMPION",
     "CHALLENGER",
     "configure_tracking",
-    "log_spark_model",
+    "log_matcher",
     "assign_alias",
     "load_matcher",
     "default_model_uri",
@@ -45,6 +53,8 @@ _SPEC_KEY = "poimatch_spec"
 _STATS_KEY = "poimatch_name_stats"
 _STATS_PATH = "matcher"
 _STATS_FILE = "name_stats.json"
+# where the spec's name statistics are, in a model's metadata: its own artifact
+_STATS_ARTIFACT = f"artifacts/{_STATS_FILE}"
 
 
 def configure_tracking(settings: TrackingSettings) -> str:
@@ -65,38 +75,76 @@ def default_model_uri(name: str) -> str:
     return f"models:/{name}@{CHAMPION}"
 
 
-def log_spark_model(
+def log_matcher(
     model: PipelineModel,
     *,
     registered_name: str,
     spec: MatchingSpec,
     input_example: pd.DataFrame,
 ) -> tuple[str, str]:
-    """Log the fitted pipeline in the active run and register it.
+    """Log the fitted matcher in the active run as one MLflow model and register it.
 
-    The spec's frozen name statistics go beside it as the run artifact
-    ``matcher/name_stats.json``, named in the model's metadata.
+    The model is a ``python_function`` model (:class:`poimatch.scorer.PairScorer`) whose
+    artifacts are the booster (an ``mlflow.xgboost`` model), the matching spec, the frozen
+    name statistics and the fitted Spark pipeline (an ``mlflow.spark`` model, what the
+    batch jobs and the service load: :func:`load_matcher`). ``mlflow.pyfunc.load_model``
+    of the registered version scores a pandas frame of pair features to the batch's
+    probabilities, with nothing but MLflow, XGBoost and pandas; it carries its code
+    (``code_paths``), so ``mlflow models serve`` and Model Serving can run it. The
+    signature is the model's own: ``input_example``'s features and what the model
+    predicts for them. The spec also goes in the model's metadata (readable without
+    downloading it) and the name statistics also as the run artifact
+    ``matcher/name_stats.json``.
 
     Returns:
         ``(model_uri, version)`` where ``model_uri`` is ``models:/<name>/<version>``.
     """
-    output = pd.DataFrame({"probability": [0.5] * len(input_example)})
-    signature = infer_signature(input_example, output)
     run = mlflow.active_run()
     if run is None:
-        raise RuntimeError("log_spark_model needs an active MLflow run")
+        raise RuntimeError("log_matcher needs an active MLflow run")
+    parts = booster_parts(model)
+    if parts is None:
+        raise ValueError("log_matcher needs an assembler + XGBoost pipeline")
+    columns, xgb = parts
+    if tuple(columns) != tuple(spec.features):
+        raise ValueError(f"the pipeline's features {columns} are not the spec's {spec.features}")
     with tempfile.TemporaryDirectory() as tmp:
-        stats_file = Path(tmp) / _STATS_FILE
+        folder = Path(tmp)
+        stats_file = folder / _STATS_FILE
         spec.stats().save(stats_file)
         mlflow.log_artifact(str(stats_file), artifact_path=_STATS_PATH)
-        stats_uri = f"runs:/{run.info.run_id}/{_STATS_PATH}/{_STATS_FILE}"
-        info = mlflow.spark.log_model(
-            model,
-            artifact_path="model",
-            signature=signature,
+        spec_file = folder / "spec.json"
+        spec_file.write_text(json.dumps(spec.to_dict(), indent=2), encoding="utf-8")
+        booster_dir = folder / scorer.BOOSTER
+        mlflow.xgboost.save_model(xgb.get_booster(), str(booster_dir), model_format="ubj")
+        spark_dir = folder / scorer.SPARK_PIPELINE
+        mlflow.spark.save_model(model, str(spark_dir), dfs_tmpdir=str(folder / "dfs"))
+        artifacts = {
+            scorer.BOOSTER: str(booster_dir),
+            scorer.SPEC: str(spec_file),
+            scorer.NAME_STATS: str(stats_file),
+            scorer.SPARK_PIPELINE: str(spark_dir),
+        }
+        python_model = scorer.PairScorer()
+        # the signature from what the model really predicts for the example
+        python_model.load_context(SimpleNamespace(artifacts=artifacts))
+        example = input_example[list(spec.features)].astype("float64")
+        output = python_model.predict(None, example)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(scorer.__file__).with_name("scorer_model.py")),
+            artifacts=artifacts,
+            code_paths=[str(Path(scorer.__file__).parent)],  # the package: poimatch.scorer
+            signature=infer_signature(example, output),
+            input_example=example,
+            pip_requirements=[
+                f"mlflow=={mlflow.__version__}",
+                f"xgboost=={xgboost.__version__}",
+                f"pandas=={pd.__version__}",
+                f"numpy=={np.__version__}",
+            ],
             registered_model_name=registered_name,
-            metadata={_SPEC_KEY: spec.to_dict(), _STATS_KEY: stats_uri},
-            dfs_tmpdir=tmp,
+            metadata={_SPEC_KEY: spec.to_dict(), _STATS_KEY: _STATS_ARTIFACT},
         )
     version = str(info.registered_model_version)
     return f"models:/{registered_name}/{version}", version
@@ -120,8 +168,12 @@ def assign_alias(name: str, version: str, *, research: bool = False) -> str:
 
 
 def load_matcher(model_uri: str) -> tuple[PipelineModel, MatchingSpec, dict[str, Any]]:
-    """Load a registered model and the matching spec (with name statistics) it was
-    trained with.
+    """Load a registered model's Spark pipeline and the matching spec (with name
+    statistics) it was trained with.
+
+    Reads the models :func:`log_matcher` writes (a ``python_function`` model whose
+    artifacts hold the Spark pipeline) and the earlier ones (an ``mlflow.spark`` model
+    with the name statistics as a run artifact named in its metadata).
 
     Raises:
         ValueError: the model has no poimatch spec (not trained by poimatch) or no
@@ -136,7 +188,14 @@ def load_matcher(model_uri: str) -> tuple[PipelineModel, MatchingSpec, dict[str,
             f"{model_uri}: no name statistics (trained by an older poimatch); retrain it"
         )
     with tempfile.TemporaryDirectory() as tmp:
-        model = mlflow.spark.load_model(model_uri, dfs_tmpdir=tmp)
-        local = mlflow.artifacts.download_artifacts(artifact_uri=meta[_STATS_KEY], dst_path=tmp)
+        dfs = str(Path(tmp) / "dfs")
+        if "spark" in info.flavors:  # a model logged before the pyfunc wrapper
+            model = mlflow.spark.load_model(model_uri, dfs_tmpdir=dfs)
+            local = mlflow.artifacts.download_artifacts(artifact_uri=meta[_STATS_KEY], dst_path=tmp)
+        else:
+            root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+            artifacts = root / "artifacts"
+            model = mlflow.spark.load_model(str(artifacts / scorer.SPARK_PIPELINE), dfs_tmpdir=dfs)
+            local = str(artifacts / _STATS_FILE)
         stats = NameStats.load(Path(local))
     return model, MatchingSpec.from_dict(meta[_SPEC_KEY], name_stats=stats), meta

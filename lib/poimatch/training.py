@@ -35,6 +35,7 @@ from xgboost.spark import SparkXGBClassifier
 from poimatch import schema as S
 from poimatch.config import ModelSettings
 from poimatch.features import MONOTONE
+from poimatch.scorer import Calibration
 
 __all__ = [
     "FOLD",
@@ -60,32 +61,6 @@ class ThresholdChoice:
     mode: str
     iou: float
     curve: pd.DataFrame  # columns: threshold, iou_components, iou_pairwise
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """A monotone map from raw booster probability to calibrated probability.
-
-    Piecewise linear through ``(x[i], y[i])`` (isotonic regression's knots), constant
-    beyond the ends; applied with :func:`numpy.interp`.
-    """
-
-    x: tuple[float, ...]
-    y: tuple[float, ...]
-
-    def apply(self, raw: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities of raw ones."""
-        out: np.ndarray = np.interp(raw, np.asarray(self.x), np.asarray(self.y))
-        return out
-
-    def to_dict(self) -> dict[str, list[float]]:
-        """Plain dict for the matching spec."""
-        return {"x": list(self.x), "y": list(self.y)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, list[float]]) -> Calibration:
-        """Inverse of :meth:`to_dict`."""
-        return cls(tuple(float(v) for v in data["x"]), tuple(float(v) for v in data["y"]))
 
 
 def _anchors(pois: DataFrame) -> DataFrame:

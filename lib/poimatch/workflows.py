@@ -59,7 +59,7 @@ from poimatch.tracking import (
     assign_alias,
     configure_tracking,
     load_matcher,
-    log_spark_model,
+    log_matcher,
 )
 from poimatch.training import (
     FOLD,
@@ -485,7 +485,7 @@ def train_model(
             (folder / "candidate_report.json").write_text(json.dumps(asdict(cand), indent=2))
             mlflow.log_artifacts(tmp, artifact_path="evaluation")
         example = data.pairs.select(*features).limit(5).toPandas()
-        model_uri, version = log_spark_model(
+        model_uri, version = log_matcher(
             fit.model, registered_name=settings.model.name, spec=fit.spec, input_example=example
         )
         metrics["train_seconds"] = time.perf_counter() - started

@@ -128,8 +128,8 @@ def register_matcher(
 # inside a long module that needs no model. Modules not listed run after, in file order.
 _MODULE_ORDER = (
     "test_notebooks.py",
-    "test_cluster.py",
-    "test_service_e2e.py",  # the first to need small_matcher: it is fitted here
+    "test_cluster.py",  # the first to need small_matcher: it is fitted here
+    "test_service_e2e.py",
     "test_chain.py",
     "test_awkward_uploads.py",
     "test_safe_reruns.py",

@@ -100,10 +100,9 @@ def test_registered_pyfunc_scores_pairs_as_the_batch_does(
 
     import mlflow
     import mlflow.pyfunc
+    from conftest import register_matcher
 
     from poimatch.tracking import load_matcher
-
-    from conftest import register_matcher
 
     settings = load_settings(
         "ci",

@@ -289,9 +289,7 @@ def test_champion_move_is_picked_up_without_restart(server: dict[str, Any]) -> N
     strict = replace(spec, threshold=0.999)
     example = __import__("pandas").DataFrame({f: [0.0] for f in spec.features})
     with mlflow.start_run():
-        _, version = log_matcher(
-            model, registered_name=MODEL, spec=strict, input_example=example
-        )
+        _, version = log_matcher(model, registered_name=MODEL, spec=strict, input_example=example)
     MlflowClient().set_registered_model_alias(MODEL, CHAMPION, version)
     client = server["client"]
     reloaded = client.post("/admin/reload").json()

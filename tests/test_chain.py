@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 from poimatch import schema as S
 from poimatch.batch import load_pois, run_evaluate, run_match
 from poimatch.config import Settings, load_settings
+from poimatch.contracts import data_docs_index
 from poimatch.evaluation import iou
 from poimatch.generator import generate_pois, write_pois_csv
 from poimatch.ingest import ingest_file
@@ -47,7 +48,13 @@ def chain(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict
     storage = settings.storage
     pois_table = storage.table_path(storage.pois_table)
     quarantine = storage.table_path(storage.quarantine_table)
-    ingest_file(spark, str(train_csv), pois_path=pois_table, quarantine_path=quarantine)
+    ingest_file(
+        spark,
+        str(train_csv),
+        pois_path=pois_table,
+        quarantine_path=quarantine,
+        validations=storage.validations_path(),
+    )
     pois, _ = load_pois(spark, pois_table, quarantine_path=quarantine, require_labels=True)
     fingerprint = input_fingerprint(spark, pois_table)  # delta:<path>@v<N>
     first = train_model(pois, settings=settings, data_versions={"pois": fingerprint})
@@ -128,6 +135,14 @@ def test_run_is_tracked_and_registered(chain: dict[str, object]) -> None:
         "evaluation/precision_recall.png",
         "evaluation/iou_vs_threshold.png",
     } <= artifacts
+    # the ingest's great_expectations Data Docs are linked from the run and kept with it
+    docs = run.data.tags["poimatch.data_docs"]
+    project = settings.storage.validations_path()
+    assert project is not None
+    assert docs == data_docs_index(project).resolve().as_uri()
+    kept = {a.path for a in client.list_artifacts(first.run_id, "data_docs")}  # type: ignore[attr-defined]
+    assert "data_docs/index.html" in kept
+    assert "data_docs/validations" in kept
     assert first.alias == CHAMPION  # type: ignore[attr-defined]
     version = client.get_model_version_by_alias(settings.model.name, CHAMPION)
     assert version.run_id == first.run_id  # type: ignore[attr-defined]

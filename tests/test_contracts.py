@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+import re
 import socket
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from chispa import assert_df_equality
@@ -404,3 +408,61 @@ def test_rule_violated_is_a_column_matching_its_condition(spark: SparkSession) -
     flags = [r["v"] for r in typed.select(S.ID, rule.violated.alias("v")).orderBy(S.ID).collect()]
     assert flags == [True, False]
     assert "`latitude` > 90.0" in rule.condition
+
+
+# --- Checkpoints, stored results, Data Docs --------------------------------------------
+
+
+def test_a_checkpoint_run_stores_its_result_and_writes_data_docs(
+    bad_typed: DataFrame, clean_typed: DataFrame, tmp_path: Path
+) -> None:
+    project = tmp_path / "gx-project"
+    failed = C.validate_input(bad_typed, store=str(project), run_name="bad rows")
+    passed = C.validate_input(clean_typed, store=str(project), run_name="clean rows")
+    # the same outcomes as in memory: storing changes nothing about the check
+    assert failed.outcomes == C.validate_input(bad_typed).outcomes
+    assert (failed.success, passed.success) == (False, True)
+    gx_dir = project / "gx"
+    # the suite, its Validation Definition and the Checkpoint are stored GX objects
+    checkpoint = json.loads((gx_dir / "checkpoints" / f"{C.INPUT_SUITE}.json").read_text())
+    assert [a["type"] for a in checkpoint["actions"]] == ["update_data_docs"]
+    (definition,) = checkpoint["validation_definitions"]
+    stored = json.loads((gx_dir / "validation_definitions" / f"{C.INPUT_SUITE}.json").read_text())
+    assert stored["suite"]["name"] == C.INPUT_SUITE
+    assert stored["id"] == definition["id"]
+    # one stored result per run, filed under its run name, with GX's own counts
+    results = {
+        p.relative_to(gx_dir / "uncommitted" / "validations").parts[2]: json.loads(p.read_text())
+        for p in (gx_dir / "uncommitted" / "validations").rglob("*.json")
+    }
+    assert set(results) == {"bad rows", "clean rows"}
+    assert (results["bad rows"]["success"], results["clean rows"]["success"]) == (False, True)
+    unique = [
+        r
+        for r in results["bad rows"]["results"]
+        if r["expectation_config"]["type"] == "expect_column_values_to_be_unique"
+    ]
+    assert unique[0]["result"]["unexpected_count"] == EXPECTED_RULE_COUNTS["duplicate_id"]
+    # Data Docs: a front page linking each result's page, which shows the failure
+    index = C.data_docs_index(str(project))
+    front = index.read_text(encoding="utf-8")
+    for result in (failed, passed):
+        (url,) = result.data_docs
+        page = Path(unquote(url.removeprefix("file://")))
+        assert page.is_file()
+        assert page.name in front
+    bad_page = Path(unquote(failed.data_docs[0].removeprefix("file://"))).read_text()
+    text = " ".join(re.sub(r"<[^>]+>", " ", bad_page).split())
+    assert "Status: Failed" in text
+    assert "Run Name bad rows" in text
+    assert f"{EXPECTED_RULE_COUNTS['duplicate_id']} unexpected values found" in text
+
+
+def test_an_unstored_check_writes_nothing(
+    clean_typed: DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where a GX file project would appear by default
+    result = C.validate_input(clean_typed)
+    assert result.success
+    assert result.data_docs == ()
+    assert list(tmp_path.iterdir()) == []

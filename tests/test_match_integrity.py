@@ -9,9 +9,11 @@ matched is in the rejected-rows report, and no production table moves a version.
 from __future__ import annotations
 
 import csv
+import json
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from conftest import register_matcher
@@ -22,6 +24,7 @@ from pyspark.sql import functions as F
 from poimatch import schema as S
 from poimatch.batch import ABOVE_THRESHOLD, rejected_table_path, run_match
 from poimatch.config import Settings, load_settings
+from poimatch.contracts import data_docs_index
 from poimatch.generator import generate_pois, write_pois_csv
 from poimatch.ingest import ingest_file
 from poimatch.io import delta_version, is_delta_table
@@ -67,7 +70,13 @@ def lake(
         handle.write("bad1,Bad Row,north,2.0,,,,,,,,,\n")  # one row for the quarantine
     pois_path = storage.table_path(storage.pois_table)
     quarantine = storage.table_path(storage.quarantine_table)
-    ingest_file(spark, str(pois_csv), pois_path=pois_path, quarantine_path=quarantine)
+    ingest = ingest_file(
+        spark,
+        str(pois_csv),
+        pois_path=pois_path,
+        quarantine_path=quarantine,
+        validations=storage.validations_path(),
+    )
     model_uri, _, _ = register_matcher(small_matcher, settings)
     before = _lake_versions(spark, root / "lake")
     lines = run_match(spark, settings, input_path=None, output_csv=None, model_uri=model_uri)
@@ -78,7 +87,25 @@ def lake(
         "ids": set(rows[S.ID]),
         "before_production_run": before,
         "production_lines": lines,
+        "ingest": ingest,
+        "results_after_production_run": _stored_results(storage.validations_path()),
     }
+
+
+def _stored_results(project: str | None) -> dict[str, dict[str, Any]]:
+    """Every validation result stored in the GX project ``project``, by file."""
+    assert project is not None
+    folder = Path(project) / "gx" / "uncommitted" / "validations"
+    return {str(p): json.loads(p.read_text()) for p in folder.rglob("*.json")}
+
+
+def _docs(lines: list[str]) -> list[str]:
+    return [line.removeprefix("data_docs=") for line in lines if line.startswith("data_docs=")]
+
+
+def _page(url: str) -> Path:
+    assert url.startswith("file://"), url
+    return Path(unquote(url[len("file://") :]))
 
 
 def test_matching_the_poi_table_updates_matches_and_nothing_else(
@@ -107,6 +134,48 @@ def test_matching_the_poi_table_updates_matches_and_nothing_else(
     assert {r[S.ID] for r in rows} == lake["ids"]
     assert {r[S.STATUS] for r in rows} == {"matched"}
     assert spark.read.format("delta").load(rejected_table_path(matches)).count() == 0
+
+
+def test_ingest_and_nightly_run_keep_their_contract_results_and_data_docs(
+    lake: dict[str, Any],
+) -> None:
+    storage = lake["settings"].storage
+    project = storage.validations_path()
+    assert project == f"{storage.root}/_validations"
+    index = data_docs_index(project)
+    assert index.is_file()
+    # the run prints the Data Docs page of each stored result, and each page exists
+    pages = _docs(lake["production_lines"])
+    ingest_pages = _docs(lake["ingest"].lines())
+    assert len(pages) == 2  # the output suite and its coverage suite
+    assert len(ingest_pages) == 1  # the whole file's report
+    for url in pages + ingest_pages:
+        assert _page(url).is_file(), url
+    linked = index.read_text(encoding="utf-8")
+    for url in pages + ingest_pages:
+        assert _page(url).name in linked  # the front page links every result
+    results = lake["results_after_production_run"]
+    by_suite: dict[str, list[dict[str, Any]]] = {}
+    for result in results.values():
+        by_suite.setdefault(result["suite_name"], []).append(result)
+    # ingest: the whole file (one row breaks a rule: the report fails) and the accepted rows
+    inputs = sorted(by_suite["poimatch.input"], key=lambda r: r["meta"]["run_id"]["run_name"])
+    assert [r["success"] for r in inputs] == [True, False]
+    assert [r["meta"]["run_id"]["run_name"] for r in inputs] == [
+        "ingest pois.csv: accepted rows",
+        "ingest pois.csv: every row",
+    ]
+    (output,) = by_suite["poimatch.output"]
+    assert output["success"] is True
+    (counted,) = [
+        r
+        for r in output["results"]
+        if r["expectation_config"]["type"] == "expect_table_row_count_to_equal"
+    ]
+    # the suite parameter holds this run's number of input ids
+    assert counted["result"]["observed_value"] == len(lake["ids"])
+    assert len(by_suite["poimatch.output.coverage"]) == 1
+    assert set(by_suite) == {"poimatch.input", "poimatch.output", "poimatch.output.coverage"}
 
 
 AWKWARD = [
@@ -151,6 +220,10 @@ def test_adhoc_run_leaves_every_production_table_unchanged(
     names = {Path(t).name for t in after}
     assert names == {"pois", "pois_quarantine", "matches", "matches_rejected", "pois_lookup"}
     assert f"matches_table={adhoc['table']}" in adhoc["lines"]
+    # nor are its contract results kept: an ad-hoc run writes only what it names
+    project = lake["settings"].storage.validations_path()
+    assert _stored_results(project).keys() == lake["results_after_production_run"].keys()
+    assert _docs(adhoc["lines"]) == []
 
 
 def test_adhoc_output_has_every_usable_id_once(adhoc: dict[str, Any]) -> None:

@@ -255,7 +255,16 @@ def run_match(
             prev_rows, prev_version = previous
             output = stable_group_ids(output, prev_rows, run_tag=f"v{prev_version + 1}")
         output = output.persist(StorageLevel.MEMORY_AND_DISK)
-        contracts.require(contracts.validate_output(output, input_ids=data.output_ids))
+        nightly = input_path is None and target == storage.table_path(storage.matches_table)
+        # the POI table's own run keeps its contract results and Data Docs; an ad-hoc
+        # run writes nothing but what it was asked to
+        checked = contracts.validate_output(
+            output,
+            input_ids=data.output_ids,
+            store=storage.validations_path() if nightly else None,
+            run_name=f"match {fingerprint.rsplit('/', 1)[-1]}",
+        )
+        contracts.require(checked)
         report = rejected_report(data.triaged)
         metadata = f"input={fingerprint} model={uri}"
         lines += [
@@ -271,7 +280,7 @@ def run_match(
                 user_metadata=metadata,
             )
             lines += [f"matches_table={target}", f"rejected_table={rejected_table_path(target)}"]
-        nightly = input_path is None and target == storage.table_path(storage.matches_table)
+        lines += [f"data_docs={page}" for page in checked.data_docs]
         if nightly and points is not None:
             # the POI table's own run: lay its matched rows out by cell for lookups
             lookup = storage.table_path(storage.lookup_table)

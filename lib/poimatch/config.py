@@ -89,10 +89,17 @@ class StorageSettings(_Frozen):
     # match of the POI table; read by `?against=pois` and `jobs/match.py --against pois`
     lookup_table: str = Field(default="pois_lookup", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     lookup_rows_per_file: int = Field(default=50_000, ge=1000)
+    # the great_expectations project (stored validation results, Data Docs) of the runs
+    # that write these tables: ingest and the POI table's match; null = nothing kept
+    validations: str | None = Field(default="_validations", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
     def table_path(self, table: str) -> str:
         """Location of a Delta table under the storage root."""
         return f"{self.root.rstrip('/')}/{table}"
+
+    def validations_path(self) -> str | None:
+        """The GX project folder under the storage root (``None``: results not kept)."""
+        return self.table_path(self.validations) if self.validations else None
 
 
 class GeneratorSettings(_Frozen):

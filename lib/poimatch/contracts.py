@@ -23,9 +23,19 @@ pandas). A frame that is not cached already is persisted (memory and disk) for t
 time of the validation and released afterwards, so the metrics do not recompute its
 lineage; cache a frame yourself if it is written after being validated.
 
-GX runs in one *ephemeral* context per process, created on first use (in memory, no
-files, no project directory); analytics are switched off before it is made and GX's
-progress bars and info logging are silenced.
+Each suite is a GX Expectation Suite, bound to the Spark data source's whole-frame
+batch by a Validation Definition and run by a Checkpoint of the same name (the output
+suite's row count is a suite parameter given per run). Where they live:
+
+* ``store=None`` (the default; ad-hoc runs, tests): an *ephemeral* context, in memory,
+  no files, nothing kept;
+* ``store=<folder>`` (ingest and the POI table's match, ``storage.validations``): a
+  file GX project at that folder; every result is stored in its validation results
+  store and the Checkpoint's ``UpdateDataDocsAction`` rebuilds its Data Docs site
+  (:func:`data_docs_index`); :attr:`ContractResult.data_docs` names the result's page.
+
+Analytics are switched off before GX is imported, and its progress bars and info
+logging are silenced.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 # Before great_expectations is imported: never send usage statistics, and keep its
@@ -46,7 +57,15 @@ if _GX_LOGGER.level == logging.NOTSET:
     _GX_LOGGER.setLevel(logging.WARNING)
 
 import great_expectations as gx  # noqa: E402
+from great_expectations.checkpoint.actions import UpdateDataDocsAction, ValidationAction  # noqa: E402
 from great_expectations.core.batch_definition import BatchDefinition  # noqa: E402
+from great_expectations.core.run_identifier import RunIdentifier  # noqa: E402
+from great_expectations.data_context.data_context.abstract_data_context import (  # noqa: E402
+    AbstractDataContext,
+)
+from great_expectations.data_context.data_context.context_factory import (  # noqa: E402
+    project_manager,
+)
 from great_expectations.data_context.types.base import (  # noqa: E402
     DataContextConfig,
     InMemoryStoreBackendDefaults,
@@ -107,6 +126,7 @@ __all__ = [
     "Rule",
     "add_rejection_reasons",
     "add_typed_coordinates",
+    "data_docs_index",
     "require",
     "validate_input",
     "validate_output",
@@ -388,6 +408,9 @@ class ContractResult:
     suite: str
     success: bool
     outcomes: tuple[ExpectationOutcome, ...]
+    #: the Data Docs page of the stored validation result (``file://...``), when the
+    #: check ran in a GX project folder (``store=``); otherwise None
+    data_docs: tuple[str, ...] = ()
 
     def failures(self) -> tuple[ExpectationOutcome, ...]:
         """The outcomes that failed, in suite order."""
@@ -428,28 +451,103 @@ def require(result: ContractResult) -> None:
 # --- GX plumbing ---------------------------------------------------------------------
 
 _LOCK = threading.RLock()
-_GX_STATE: dict[str, Any] = {}
+_RESULT_FORMAT = {"result_format": "BASIC", "partial_unexpected_count": _EXAMPLES}
+_ROWS_PARAMETER = "expected_rows"  # the output suite's row count, given per run
 
 
-def _batch_definition(spark: SparkSession) -> BatchDefinition[Any]:
-    """The cached whole-dataframe batch definition of the process's ephemeral context.
+@dataclass
+class _Project:
+    """One GX data context (ephemeral, or a file project keeping results and Data
+    Docs) with the Spark data source's batch definition and a Checkpoint per suite."""
 
-    Rebuilt (cheaply: everything is in memory) if the Spark session changed.
+    context: Any
+    spark: SparkSession
+    definition: BatchDefinition[Any]
+    checkpoints: dict[str, Any] = field(default_factory=dict)
+
+
+_PROJECTS: dict[str | None, _Project] = {}
+
+
+def _project(spark: SparkSession, store: str | None) -> _Project:
+    """The GX project for ``store`` (a folder; ``None``: in memory, nothing kept), made
+    the process's current GX project (GX resolves stores and Data Docs through it).
+
+    Rebuilt if the Spark session changed; a file project is opened where it is, or
+    created with its Data Docs site under ``<store>/gx/uncommitted/data_docs``.
     """
-    if _GX_STATE.get("spark") is not spark:
-        config = DataContextConfig(
-            # In-memory stores and no data docs site (the default makes a temp dir path).
-            store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
-            analytics_enabled=False,
-            progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
+    if store is not None and "://" in store and not store.startswith("file://"):
+        raise ValueError(
+            f"storage.validations: {store} is not a local or mounted folder; great_expectations "
+            "keeps its project in files (on Databricks: a /Volumes path)"
         )
-        context = gx.get_context(mode="ephemeral", project_config=config)
-        data_source = context.data_sources.add_spark(name="poimatch_spark", persist=False)
-        asset = data_source.add_dataframe_asset(name="frame")
-        _GX_STATE["batch_definition"] = asset.add_batch_definition_whole_dataframe("whole")
-        _GX_STATE["spark"] = spark
-    definition: BatchDefinition[Any] = _GX_STATE["batch_definition"]
-    return definition
+    known = _PROJECTS.get(store)
+    if known is None or known.spark is not spark:
+        context: AbstractDataContext
+        if store is None:
+            config = DataContextConfig(
+                # In-memory stores and no data docs site (the default makes a temp dir path).
+                store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+                analytics_enabled=False,
+                progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
+            )
+            context = gx.get_context(mode="ephemeral", project_config=config)
+        else:
+            context = gx.get_context(mode="file", project_root_dir=store)
+            context.variables.progress_bars = ProgressBarsConfig(
+                globally=False, metric_calculations=False
+            )
+            context.variables.save()
+        source = context.data_sources.add_or_update_spark(name="poimatch_spark", persist=False)
+        asset = source.add_dataframe_asset(name="frame")
+        known = _Project(context, spark, asset.add_batch_definition_whole_dataframe("whole"))
+        _PROJECTS[store] = known
+    project_manager.set_project(known.context)
+    return known
+
+
+def _checkpoint(project: _Project, name: str, expectations: Sequence[Expectation]) -> Any:
+    """The suite ``name`` as a Validation Definition (the suite on the whole-frame batch)
+    run by a Checkpoint of the same name, made once per project; a file project also
+    stores each result and updates its Data Docs."""
+    known = project.checkpoints.get(name)
+    if known is not None:
+        return known
+    context = project.context
+    suite = gx.ExpectationSuite(name=name)
+    for position, expectation in enumerate(expectations):
+        # A copy, as a suite binds its expectations and the rules' are shared. The
+        # position goes in meta: results come back in GX's order, not the suite's.
+        meta = {**(expectation.meta or {}), _POSITION: position}
+        suite.add_expectation(expectation.copy(update={"meta": meta}, deep=True))
+    suite = context.suites.add_or_update(suite)
+    definition = context.validation_definitions.add_or_update(
+        gx.ValidationDefinition(name=name, data=project.definition, suite=suite)
+    )
+    stored = _store_of(project) is not None
+    actions: list[ValidationAction] = [UpdateDataDocsAction(name="data_docs")] if stored else []
+    checkpoint = context.checkpoints.add_or_update(
+        gx.Checkpoint(
+            name=name,
+            validation_definitions=[definition],
+            actions=actions,
+            result_format=_RESULT_FORMAT,
+        )
+    )
+    project.checkpoints[name] = checkpoint
+    return checkpoint
+
+
+def _store_of(project: _Project) -> str | None:
+    for store, known in _PROJECTS.items():
+        if known is project:
+            return store
+    return None
+
+
+def data_docs_index(store: str) -> Path:
+    """The Data Docs site's front page of the GX project at ``store``."""
+    return Path(store) / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
 
 
 def _describe_values(values: Iterable[Any]) -> str:
@@ -530,32 +628,37 @@ def _cached(frame: DataFrame) -> Iterator[DataFrame]:
 
 
 def _run_suite(
-    frame: DataFrame, name: str, expectations: Sequence[Expectation]
-) -> tuple[ExpectationOutcome, ...]:
-    """Validate ``frame`` against ``expectations`` in the ephemeral GX context.
-
-    Outcomes come back in the order of ``expectations`` (GX reorders its results).
-    """
+    frame: DataFrame,
+    name: str,
+    expectations: Sequence[Expectation],
+    *,
+    store: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    run_name: str | None = None,
+) -> tuple[tuple[ExpectationOutcome, ...], str | None]:
+    """Run the Checkpoint of suite ``name`` on ``frame``: its outcomes, in the order of
+    ``expectations`` (GX reorders its results), and the Data Docs page of the stored
+    result (``store`` given) or ``None``."""
     with _LOCK:
-        # The context must exist before a suite is made (GX resolves it globally).
-        definition = _batch_definition(frame.sparkSession)
-        suite = gx.ExpectationSuite(name=name)
-        for position, expectation in enumerate(expectations):
-            # A copy, as a suite binds its expectations and the rules' are shared.
-            # Expectations of an unsaved suite have no id: the position goes in meta.
-            meta = {**(expectation.meta or {}), _POSITION: position}
-            suite.add_expectation(expectation.copy(update={"meta": meta}, deep=True))
-        batch = definition.get_batch(batch_parameters={"dataframe": frame})
-        run = batch.validate(
-            suite,
-            result_format={"result_format": "BASIC", "partial_unexpected_count": _EXAMPLES},
+        project = _project(frame.sparkSession, store)
+        checkpoint = _checkpoint(project, name, expectations)
+        run = checkpoint.run(
+            batch_parameters={"dataframe": frame},
+            expectation_parameters=dict(parameters or {}),
+            # GX files results by run name: no path separators in it
+            run_id=RunIdentifier(run_name=(run_name or name).replace("/", "_").replace("\\", "_")),
         )
-    ordered = sorted(run.results, key=_position)
+        (identifier, validation), *_ = run.run_results.items()
+        page = None
+        if store is not None:
+            urls = project.context.get_docs_sites_urls(resource_identifier=identifier)
+            page = next((u["site_url"] for u in urls if u.get("site_url")), None)
+    ordered = sorted(validation.results, key=_position)
     batch_rows = max(
         (int((r.result or {}).get("element_count") or 0) for r in ordered if not _conditioned(r)),
         default=0,
     )
-    return tuple(_outcome(r, batch_rows) for r in ordered)
+    return tuple(_outcome(r, batch_rows) for r in ordered), page
 
 
 def _position(result: Any) -> int:
@@ -566,9 +669,14 @@ def _conditioned(result: Any) -> bool:
     return bool(result.expectation_config.kwargs.get("row_condition"))
 
 
-def _result(name: str, outcomes: Sequence[ExpectationOutcome]) -> ContractResult:
+def _result(
+    name: str, outcomes: Sequence[ExpectationOutcome], pages: Sequence[str | None] = ()
+) -> ContractResult:
     return ContractResult(
-        suite=name, success=all(o.success for o in outcomes), outcomes=tuple(outcomes)
+        suite=name,
+        success=all(o.success for o in outcomes),
+        outcomes=tuple(outcomes),
+        data_docs=tuple(p for p in pages if p),
     )
 
 
@@ -585,12 +693,17 @@ def _input_expectations() -> list[Expectation]:
     return structure + [rule.expectation for rule in INPUT_RULES]
 
 
-def validate_input(typed: DataFrame) -> ContractResult:
+def validate_input(
+    typed: DataFrame, *, store: str | None = None, run_name: str | None = None
+) -> ContractResult:
     """Check a typed input frame against the input contract (runs Spark jobs).
 
     Args:
         typed: output of :func:`add_typed_coordinates` (extra columns, such as
             ``reason``, are allowed).
+        store: a GX project folder: the result is stored there and its Data Docs
+            updated (``None``: checked in memory, nothing written).
+        run_name: the GX run name the stored result is filed under.
 
     Returns:
         :class:`ContractResult` of suite ``poimatch.input``: the required columns are
@@ -598,16 +711,28 @@ def validate_input(typed: DataFrame) -> ContractResult:
         entry whose ``unexpected_count`` is the number of rows breaking that rule.
     """
     with _cached(typed) as frame:
-        return _result(INPUT_SUITE, _run_suite(frame, INPUT_SUITE, _input_expectations()))
+        outcomes, page = _run_suite(
+            frame, INPUT_SUITE, _input_expectations(), store=store, run_name=run_name
+        )
+    return _result(INPUT_SUITE, outcomes, [page])
 
 
-def validate_output(matches: DataFrame, *, input_ids: DataFrame) -> ContractResult:
+def validate_output(
+    matches: DataFrame,
+    *,
+    input_ids: DataFrame,
+    store: str | None = None,
+    run_name: str | None = None,
+) -> ContractResult:
     """Check a match result before it is written (runs Spark jobs).
 
     Args:
         matches: one row per POI with ``id`` and ``matches`` (space-separated ids,
             starting with the row's own id); other columns (``group_id``) allowed.
         input_ids: the POIs that were matched (an ``id`` column; other columns ignored).
+        store: a GX project folder: the results are stored there and its Data Docs
+            updated (``None``: checked in memory, nothing written).
+        run_name: the GX run name the stored results are filed under.
 
     Returns:
         :class:`ContractResult` of suite ``poimatch.output``: ``id`` not null and
@@ -624,21 +749,33 @@ def validate_output(matches: DataFrame, *, input_ids: DataFrame) -> ContractResu
             column_B=OUTPUT_FIRST_MATCH,
             meta={"note": f"first id in {MATCHES} must be the row's {ID}"},
         ),
+        # the count is a suite parameter: the suite is one stored definition, each run
+        # gives the number of distinct input ids it must equal
+        ExpectTableRowCountToEqual(
+            value={"$PARAMETER": _ROWS_PARAMETER},
+            meta={"note": "one row per distinct input id"},
+        ),
     ]
     distinct_ids = input_ids.select(ID).where(F.col(ID).isNotNull()).distinct()
+    pages: list[str | None] = []
     with _cached(matches) as output, _cached(distinct_ids) as ids:
         n_ids = ids.count()
-        table.append(
-            ExpectTableRowCountToEqual(value=n_ids, meta={"note": "one row per distinct input id"})
-        )
         checked = output
         if MATCHES in output.columns:
             first = F.split(F.col(MATCHES), " ", 2).getItem(0)
             checked = output.withColumn(OUTPUT_FIRST_MATCH, first)
-        outcomes = list(_run_suite(checked, OUTPUT_SUITE, table))
+        found, page = _run_suite(
+            checked,
+            OUTPUT_SUITE,
+            table,
+            store=store,
+            parameters={_ROWS_PARAMETER: n_ids},
+            run_name=run_name,
+        )
+        outcomes, pages = list(found), [page]
         if ID in output.columns:
             # Input ids left-joined to the output's: a null output id is a missing id.
-            found = output.select(ID).distinct().withColumn(OUTPUT_ID_FOUND, F.col(ID))
+            present = output.select(ID).distinct().withColumn(OUTPUT_ID_FOUND, F.col(ID))
             coverage = [
                 ExpectColumnPairValuesToBeEqual(
                     column_A=ID,
@@ -646,6 +783,10 @@ def validate_output(matches: DataFrame, *, input_ids: DataFrame) -> ContractResu
                     meta={"note": "input ids missing from the output"},
                 )
             ]
-            with _cached(ids.join(found, on=ID, how="left")) as joined:
-                outcomes += _run_suite(joined, f"{OUTPUT_SUITE}.coverage", coverage)
-    return _result(OUTPUT_SUITE, outcomes)
+            with _cached(ids.join(present, on=ID, how="left")) as joined:
+                more, page = _run_suite(
+                    joined, f"{OUTPUT_SUITE}.coverage", coverage, store=store, run_name=run_name
+                )
+            outcomes += more
+            pages.append(page)
+    return _result(OUTPUT_SUITE, outcomes, pages)

@@ -9,6 +9,7 @@ dropped: every input row ends in exactly one of the two tables.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from delta.tables import DeltaTable
 from pyspark import StorageLevel
@@ -70,6 +71,7 @@ class IngestReport:
         )
         out.append(f"pois_version={self.pois_version} quarantine_version={self.quarantine_version}")
         out += list(self.notes)
+        out += [f"data_docs={page}" for page in self.contract.data_docs]
         return out
 
 
@@ -202,7 +204,12 @@ def upsert_quarantine(spark: SparkSession, rejected: DataFrame, path: str) -> di
 
 
 def ingest_file(
-    spark: SparkSession, path: str, *, pois_path: str, quarantine_path: str
+    spark: SparkSession,
+    path: str,
+    *,
+    pois_path: str,
+    quarantine_path: str,
+    validations: str | None = None,
 ) -> IngestReport:
     """Read, validate (great_expectations), upsert and quarantine one input file.
 
@@ -211,6 +218,8 @@ def ingest_file(
         path: CSV in the input layout, with or without ``point_of_interest``.
         pois_path: Delta location of the POI table.
         quarantine_path: Delta location of the quarantine table.
+        validations: a great_expectations project folder (``storage.validations``):
+            both contract checks are stored there and its Data Docs updated.
 
     Returns:
         :class:`IngestReport` with counts per reason and the MERGE outcome.
@@ -221,6 +230,8 @@ def ingest_file(
     """
     check_write(pois_path)
     check_write(quarantine_path)
+    if validations is not None:
+        check_write(validations)
     csv = read_poi_csv(spark, path)
     checked = check_rows(csv.frame).persist(StorageLevel.MEMORY_AND_DISK)
     try:
@@ -238,8 +249,17 @@ def ingest_file(
         total, n_accepted = (int(sizes["rows"]), int(sizes["ok"])) if sizes else (0, 0)
         accepted = accepted_rows(checked)
         # Report the contract on the whole file, then require it on what we keep.
-        contract = contracts.validate_input(checked)
-        contracts.require(contracts.validate_input(checked.where(F.col(S.REASON).isNull())))
+        name = Path(path).name
+        contract = contracts.validate_input(
+            checked, store=validations, run_name=f"ingest {name}: every row"
+        )
+        contracts.require(
+            contracts.validate_input(
+                checked.where(F.col(S.REASON).isNull()),
+                store=validations,
+                run_name=f"ingest {name}: accepted rows",
+            )
+        )
         poi_metrics = upsert_pois(spark, accepted, pois_path)
         rejected = rejected_rows(checked)
         upsert_quarantine(spark, rejected, quarantine_path)

@@ -33,6 +33,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from poimatch import schema as S
 from poimatch.blocking import candidate_pairs
 from poimatch.config import BlockingSettings, Settings
+from poimatch.contracts import data_docs_index
 from poimatch.evaluation import (
     candidate_report,
     iou,
@@ -433,6 +434,20 @@ def delta_dataset(spark: SparkSession, name: str, fingerprint: str) -> Any | Non
     return from_spark(frame, path=path, version=version, name=name, targets=targets)
 
 
+def _log_data_docs(settings: Settings) -> None:
+    """Link the storage root's great_expectations Data Docs (the ingest and match
+    contract results) from the active run: a ``poimatch.data_docs`` tag with the site's
+    front page, and a copy of the site as the run's ``data_docs`` artifacts."""
+    project = settings.storage.validations_path()
+    if project is None:
+        return
+    index = data_docs_index(project)
+    if not index.is_file():
+        return
+    mlflow.set_tag("poimatch.data_docs", index.resolve().as_uri())
+    mlflow.log_artifacts(str(index.parent), artifact_path="data_docs")
+
+
 def train_model(
     pois: DataFrame | Sequence[DataFrame],
     *,
@@ -478,6 +493,7 @@ def train_model(
         mlflow.log_param("grouping.chosen_mode", fit.spec.grouping_mode)
         mlflow.log_param("model.chosen_label_scope", data.label_scope)
         mlflow.set_tags({"poimatch.env": settings.env, "poimatch.stage": "train"})
+        _log_data_docs(settings)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             _plots(fit.model, features, fit.valid_pairs, fit.curve, folder)

@@ -38,13 +38,26 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> None:
 
     pois_table = storage.table_path(storage.pois_table)
     quarantine = storage.table_path(storage.quarantine_table)
-    report = ingest_file(spark, str(train_csv), pois_path=pois_table, quarantine_path=quarantine)
+    gx_project = storage.validations_path()
+    report = ingest_file(
+        spark,
+        str(train_csv),
+        pois_path=pois_table,
+        quarantine_path=quarantine,
+        validations=gx_project,
+    )
     for line in report.lines():
         print(f"[ingest] {line}")
 
     # The labelled test sample is also the promotion gate's evaluation table.
     eval_table = storage.table_path(settings.lifecycle.eval_table)
-    report = ingest_file(spark, str(test_csv), pois_path=eval_table, quarantine_path=quarantine)
+    report = ingest_file(
+        spark,
+        str(test_csv),
+        pois_path=eval_table,
+        quarantine_path=quarantine,
+        validations=gx_project,
+    )
     print(f"[ingest] eval_table={eval_table} version={report.pois_version}")
 
     pois, _ = load_pois(spark, pois_table, quarantine_path=quarantine, require_labels=True)

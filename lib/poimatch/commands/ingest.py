@@ -34,6 +34,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> None:
             args.input,
             pois_path=storage.table_path(args.table or storage.pois_table),
             quarantine_path=storage.table_path(storage.quarantine_table),
+            validations=storage.validations_path(),
         )
     except (InputError, ContractError) as exc:
         fail(str(exc))

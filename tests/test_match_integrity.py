@@ -21,6 +21,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from poimatch import batch
 from poimatch import schema as S
 from poimatch.batch import ABOVE_THRESHOLD, rejected_table_path, run_match
 from poimatch.config import Settings, load_settings
@@ -28,7 +29,7 @@ from poimatch.contracts import data_docs_index
 from poimatch.generator import generate_pois, write_pois_csv
 from poimatch.ingest import ingest_file
 from poimatch.io import delta_version, is_delta_table
-from poimatch.pipeline import booster_parts, predict_scores
+from poimatch.pipeline import SMALL_SQL_CONF, booster_parts, predict_scores
 from poimatch.tracking import load_matcher
 from poimatch.workflows import FitOutcome
 
@@ -418,3 +419,41 @@ def test_a_pairs_table_must_be_its_own(
         )
     assert _lake_versions(spark, root / "lake") == production
     assert not (root / "never.csv").exists()
+
+
+def test_a_small_run_uses_the_small_plans_settings_and_gives_them_back(
+    spark: SparkSession, lake: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[dict[str, str | None]] = []
+    real = batch._match_rows
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append({key: spark.conf.get(key, None) for key in SMALL_SQL_CONF})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "_match_rows", spy)
+    session = {key: spark.conf.get(key, None) for key in SMALL_SQL_CONF}
+    assert session != SMALL_SQL_CONF  # the suite's session is not already set up so
+    out = lake["root"] / "small-conf"
+    lines = run_match(
+        spark,
+        lake["settings"],
+        input_path=str(lake["root"] / "pois.csv"),
+        output_csv=str(out / "out.csv"),
+        model_uri=lake["model_uri"],
+    )
+    assert "plan=small" in lines
+    # the batch plan (a pairs table is asked for) runs with the session's settings
+    lines = run_match(
+        spark,
+        lake["settings"],
+        input_path=str(lake["root"] / "pois.csv"),
+        output_csv=str(out / "batch.csv"),
+        model_uri=lake["model_uri"],
+        pairs_table=str(out / "pairs"),
+    )
+    assert "plan=batch" in lines
+    assert seen == [SMALL_SQL_CONF, session]
+    assert {key: spark.conf.get(key, None) for key in SMALL_SQL_CONF} == session
+    # and both give the same output
+    assert _read_csv(out / "out.csv") == _read_csv(out / "batch.csv")

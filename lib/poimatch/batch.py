@@ -39,7 +39,7 @@ from poimatch.io import (
     write_single_csv,
 )
 from poimatch.lookup import pin_lookup, write_lookup
-from poimatch.pipeline import BATCH, Plan
+from poimatch.pipeline import BATCH, Plan, small_plan_conf
 from poimatch.tracking import configure_tracking, default_model_uri, load_matcher
 from poimatch.triage import alone_rows, rejected_report, with_status
 from poimatch.workflows import match_pois
@@ -236,86 +236,98 @@ def run_match(
     data = load_match_input(spark, source)
     lines = data.lines()
     uri = model_uri or default_model_uri(settings.model.name)
-    try:
-        run = _match_rows(
-            spark,
-            settings,
-            data.pois,
-            uri=uri,
-            incremental=incremental,
-            table=target,
-            keep_pairs=pairs_table is not None,
-            rows=data.counts.get(triage.MATCHED, 0),
-        )
-        matched, points = run.matches, run.points
-        lines += run.lines
-        output = with_status(matched, data.triaged).unionByName(alone_rows(data.triaged))
-        previous = _previous_groups(spark, target)
-        if previous is not None:
-            prev_rows, prev_version = previous
-            output = stable_group_ids(output, prev_rows, run_tag=f"v{prev_version + 1}")
-        output = output.persist(StorageLevel.MEMORY_AND_DISK)
-        nightly = input_path is None and target == storage.table_path(storage.matches_table)
-        # the POI table's own run keeps its contract results and Data Docs; an ad-hoc
-        # run writes nothing but what it was asked to
-        checked = contracts.validate_output(
-            output,
-            input_ids=data.output_ids,
-            store=storage.validations_path() if nightly else None,
-            run_name=f"match {fingerprint.rsplit('/', 1)[-1]}",
-        )
-        contracts.require(checked)
-        report = rejected_report(data.triaged)
-        metadata = f"input={fingerprint} model={uri}"
-        lines += [
-            f"model={uri}",
-            f"candidates={run.candidates} candidates_per_row={run.per_row:.2f}",
-        ]
-        if target is not None:
-            # the report first: the matches commit is the run's last word
-            write_delta(report, rejected_table_path(target), user_metadata=metadata)
-            write_delta(
-                output.select(S.ID, S.GROUP_ID, S.MATCHES, S.STATUS, S.REASON),
-                target,
-                user_metadata=metadata,
+    rows = data.counts.get(triage.MATCHED, 0)
+    # a small run (the small plan: not incremental, no pairs table) runs with the small
+    # plan's SQL settings from here to its last write; then the session's come back
+    small = (
+        not incremental
+        and pairs_table is None
+        and Plan.for_rows(rows, settings.matching.small_max_rows).small
+    )
+    with small_plan_conf(spark, enabled=small):
+        try:
+            run = _match_rows(
+                spark,
+                settings,
+                data.pois,
+                uri=uri,
+                incremental=incremental,
+                table=target,
+                keep_pairs=pairs_table is not None,
+                rows=rows,
             )
-            lines += [f"matches_table={target}", f"rejected_table={rejected_table_path(target)}"]
-        lines += [f"data_docs={page}" for page in checked.data_docs]
-        if nightly and points is not None:
-            # the POI table's own run: lay its matched rows out by cell for lookups
-            lookup = storage.table_path(storage.lookup_table)
-            write_lookup(
-                points,
+            matched, points = run.matches, run.points
+            lines += run.lines
+            output = with_status(matched, data.triaged).unionByName(alone_rows(data.triaged))
+            previous = _previous_groups(spark, target)
+            if previous is not None:
+                prev_rows, prev_version = previous
+                output = stable_group_ids(output, prev_rows, run_tag=f"v{prev_version + 1}")
+            output = output.persist(StorageLevel.MEMORY_AND_DISK)
+            nightly = input_path is None and target == storage.table_path(storage.matches_table)
+            # the POI table's own run keeps its contract results and Data Docs; an ad-hoc
+            # run writes nothing but what it was asked to
+            checked = contracts.validate_output(
                 output,
-                lookup,
-                rows=sum(data.counts.values()),
-                rows_per_file=storage.lookup_rows_per_file,
-                user_metadata=metadata,
+                input_ids=data.output_ids,
+                store=storage.validations_path() if nightly else None,
+                run_name=f"match {fingerprint.rsplit('/', 1)[-1]}",
             )
-            lines.append(f"lookup_table={lookup}")
-        if output_csv:
-            write_single_csv(output.select(S.ID, S.MATCHES).orderBy(S.ID), output_csv)
-            rejected_csv = _rejected_csv_path(output_csv)
-            write_single_csv(report, rejected_csv)
-            lines += [f"output={output_csv}", f"rejected_output={rejected_csv}"]
-        groups = output.groupBy(S.GROUP_ID).count()
-        stats = groups.agg(F.count(F.lit(1)).alias("g"), F.max("count").alias("m")).first()
-        if stats is not None:
-            lines.append(f"groups={stats['g']} largest_group={stats['m']}")
-        if previous is not None:
-            both, changed = group_id_changes(output, previous[0])
-            lines.append(
-                f"group_ids_changed={changed} of {both} rows in both runs "
-                f"({changed / max(both, 1):.4f}; previous version {previous[1]})"
-            )
-        if pairs_table is not None and run.scored is not None:
-            write_delta(run.scored, pairs_table, user_metadata=metadata)
-            lines.append(f"pairs_table={pairs_table}")
-        lines.append(f"match_seconds={run.seconds:.1f}")
-        matched.unpersist()
-        output.unpersist()
-    finally:
-        data.release()
+            contracts.require(checked)
+            report = rejected_report(data.triaged)
+            metadata = f"input={fingerprint} model={uri}"
+            lines += [
+                f"model={uri}",
+                f"candidates={run.candidates} candidates_per_row={run.per_row:.2f}",
+            ]
+            if target is not None:
+                # the report first: the matches commit is the run's last word
+                write_delta(report, rejected_table_path(target), user_metadata=metadata)
+                write_delta(
+                    output.select(S.ID, S.GROUP_ID, S.MATCHES, S.STATUS, S.REASON),
+                    target,
+                    user_metadata=metadata,
+                )
+                lines += [
+                    f"matches_table={target}",
+                    f"rejected_table={rejected_table_path(target)}",
+                ]
+            lines += [f"data_docs={page}" for page in checked.data_docs]
+            if nightly and points is not None:
+                # the POI table's own run: lay its matched rows out by cell for lookups
+                lookup = storage.table_path(storage.lookup_table)
+                write_lookup(
+                    points,
+                    output,
+                    lookup,
+                    rows=sum(data.counts.values()),
+                    rows_per_file=storage.lookup_rows_per_file,
+                    user_metadata=metadata,
+                )
+                lines.append(f"lookup_table={lookup}")
+            if output_csv:
+                write_single_csv(output.select(S.ID, S.MATCHES).orderBy(S.ID), output_csv)
+                rejected_csv = _rejected_csv_path(output_csv)
+                write_single_csv(report, rejected_csv)
+                lines += [f"output={output_csv}", f"rejected_output={rejected_csv}"]
+            groups = output.groupBy(S.GROUP_ID).count()
+            stats = groups.agg(F.count(F.lit(1)).alias("g"), F.max("count").alias("m")).first()
+            if stats is not None:
+                lines.append(f"groups={stats['g']} largest_group={stats['m']}")
+            if previous is not None:
+                both, changed = group_id_changes(output, previous[0])
+                lines.append(
+                    f"group_ids_changed={changed} of {both} rows in both runs "
+                    f"({changed / max(both, 1):.4f}; previous version {previous[1]})"
+                )
+            if pairs_table is not None and run.scored is not None:
+                write_delta(run.scored, pairs_table, user_metadata=metadata)
+                lines.append(f"pairs_table={pairs_table}")
+            lines.append(f"match_seconds={run.seconds:.1f}")
+            matched.unpersist()
+            output.unpersist()
+        finally:
+            data.release()
     return lines
 
 

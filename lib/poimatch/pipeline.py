@@ -19,7 +19,7 @@ from pyspark import SparkContext, StorageLevel
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import VectorAssembler
 from pyspark.ml.functions import vector_to_array
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.functions import pandas_udf
@@ -42,6 +42,8 @@ __all__ = [
     "BATCH",
     "Plan",
     "SMALL",
+    "SMALL_SQL_CONF",
+    "small_plan_conf",
     "KNOWN_FEATURES",
     "MatchingSpec",
     "check_features",
@@ -225,6 +227,42 @@ class Plan:
 
 BATCH = Plan("batch", small=False)
 SMALL = Plan("small", small=True)
+
+#: SQL settings for the small plan, measured on uploads of 10 to 10,000 rows
+#: (docs/service.md) and on match runs of 30 and 20,000 rows (README, *Speed*):
+#: compiling generated code costs more than it saves on a few thousand rows, broadcast
+#: joins cost a Spark job each (the explicit broadcast hints of the pipeline still
+#: broadcast the small lookup tables), adaptive execution re-plans between stages, and
+#: one shuffle partition is one task per stage. The service's session runs with them;
+#: a match job sets them for a small run (:func:`small_plan_conf`).
+SMALL_SQL_CONF: dict[str, str] = {
+    "spark.sql.adaptive.enabled": "false",
+    "spark.sql.codegen.wholeStage": "false",
+    "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+    "spark.sql.autoBroadcastJoinThreshold": "-1",
+    "spark.sql.shuffle.partitions": "1",
+}
+
+
+@contextmanager
+def small_plan_conf(spark: SparkSession, *, enabled: bool = True) -> Iterator[None]:
+    """:data:`SMALL_SQL_CONF` on ``spark`` for the block (``enabled``), then the
+    session's own values back. The settings are the session's, not the thread's: use it
+    where one run owns the session (a job), not around one request of a shared one."""
+    if not enabled:
+        yield
+        return
+    before = {key: spark.conf.get(key, None) for key in SMALL_SQL_CONF}
+    for key, value in SMALL_SQL_CONF.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, old in before.items():
+            if old is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, old)
 
 
 def cached_points(pois: DataFrame, *, stats: NameStats, plan: Plan = BATCH) -> DataFrame:

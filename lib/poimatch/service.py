@@ -74,7 +74,7 @@ from poimatch.grouping import LOCAL_MAX_EDGES
 from poimatch.ingest import accepted_rows, check_rows
 from poimatch.isolation import enforce
 from poimatch.lookup import KnownTable, pin_lookup
-from poimatch.pipeline import MatchingSpec, Plan
+from poimatch.pipeline import SMALL_SQL_CONF, MatchingSpec, Plan
 from poimatch.session import build_session
 from poimatch.tracking import CHAMPION, configure_tracking, load_matcher
 from poimatch.workflows import match_with_model
@@ -98,16 +98,11 @@ R = TypeVar("R")
 
 _ROW = "_row"  # 1-based data row number of the request (the header is row 0)
 
-#: SQL settings of the service's own session, measured on uploads of 10 to 10,000 rows
-#: (docs/service.md): compiling generated code costs more than it saves on a few
-#: thousand rows, broadcast joins cost a Spark job each (the explicit broadcast hints
-#: of the pipeline still broadcast the small lookup tables), and adaptive execution
-#: re-plans between stages.
+#: SQL settings of the service's own session: the small plan's
+#: (:data:`poimatch.pipeline.SMALL_SQL_CONF`; the shuffle partitions are
+#: ``service.shuffle_partitions``)
 SERVICE_SQL_CONF: dict[str, str] = {
-    "spark.sql.adaptive.enabled": "false",
-    "spark.sql.codegen.wholeStage": "false",
-    "spark.sql.codegen.factoryMode": "NO_CODEGEN",
-    "spark.sql.autoBroadcastJoinThreshold": "-1",
+    k: v for k, v in SMALL_SQL_CONF.items() if k != "spark.sql.shuffle.partitions"
 }
 _MAX_LISTED = 10  # offending rows / ids named in an error message
 

@@ -28,7 +28,14 @@ from poimatch.config import Settings, load_settings
 from poimatch.contracts import data_docs_index
 from poimatch.generator import generate_pois, write_pois_csv
 from poimatch.ingest import ingest_file
-from poimatch.io import delta_version, is_delta_table
+from poimatch.io import (
+    InputError,
+    delta_version,
+    is_delta_table,
+    is_table_name,
+    read_delta,
+    write_delta,
+)
 from poimatch.pipeline import SMALL_SQL_CONF, booster_parts, predict_scores
 from poimatch.tracking import load_matcher
 from poimatch.workflows import FitOutcome
@@ -457,3 +464,56 @@ def test_a_small_run_uses_the_small_plans_settings_and_gives_them_back(
     assert {key: spark.conf.get(key, None) for key in SMALL_SQL_CONF} == session
     # and both give the same output
     assert _read_csv(out / "out.csv") == _read_csv(out / "batch.csv")
+
+
+def test_table_arguments_accept_catalog_names(
+    spark: SparkSession, lake: dict[str, Any], tmp_path: Path
+) -> None:
+    assert is_table_name("main.poi.matches")
+    assert is_table_name("spark_catalog.`my schema`.matches")
+    for path in ("out.csv", "a.b.csv", "main.poi", "/tmp/main.poi.matches", "data/lake/matches"):
+        assert not is_table_name(path), path
+    schema = f"spark_catalog.pm_names_{tmp_path.name.replace('-', '_')}"
+    spark.sql(f"CREATE SCHEMA {schema} LOCATION '{tmp_path / 'schema'}'")
+    try:
+        source, target = f"{schema}.pois", f"{schema}.matches"
+        storage = lake["settings"].storage
+        pois = spark.read.format("delta").load(storage.table_path(storage.pois_table))
+        write_delta(pois.drop(S.POI), source)
+        ids = {r[S.ID] for r in pois.select(S.ID).collect()}
+        assert is_delta_table(spark, source)
+        assert not is_delta_table(spark, f"{schema}.nothing_here")
+        runs = [
+            run_match(
+                spark,
+                lake["settings"],
+                input_path=source,
+                output_csv=None,
+                model_uri=lake["model_uri"],
+                table=target,
+            )
+            for _ in range(2)
+        ]
+        assert f"matches_table={target}" in runs[0]
+        assert f"rejected_table={target}_rejected" in runs[0]
+        assert f"input=delta:{source} rows={len(ids)} matched={len(ids)}" in runs[0][0]
+        written = spark.table(target)
+        assert {r[S.ID] for r in written.collect()} == ids
+        assert spark.table(f"{target}_rejected").count() == 0
+        # the second run read the first one's groups through the catalog, at its version
+        assert delta_version(spark, target) == 1
+        unchanged = f"group_ids_changed=0 of {len(ids)} rows"
+        assert any(
+            line.startswith(unchanged) and "previous version 0" in line for line in runs[1]
+        ), runs[1]
+        assert read_delta(spark, target, version=0).count() == len(ids)
+        with pytest.raises(InputError, match="no such Delta table in the catalog"):
+            run_match(
+                spark,
+                lake["settings"],
+                input_path=f"{schema}.nothing_here",
+                output_csv=str(tmp_path / "out.csv"),
+                model_uri=lake["model_uri"],
+            )
+    finally:
+        spark.sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")

@@ -32,6 +32,7 @@ from poimatch.io import (
     delta_version,
     input_fingerprint,
     is_delta_table,
+    read_delta,
     read_matches,
     read_poi_csv,
     read_poi_input,
@@ -121,7 +122,7 @@ def load_match_input(spark: SparkSession, path: str) -> MatchInput:
         poimatch.io.InputError: the file cannot be used at all, or has no data rows.
     """
     if is_delta_table(spark, path):
-        raw = spark.read.format("delta").load(path)
+        raw = read_delta(spark, path)
         raw = raw.withColumn(S.INPUT_ORDER, F.monotonically_increasing_id())
         label = f"delta:{path}"
     else:
@@ -337,7 +338,7 @@ def _previous_groups(spark: SparkSession, target: str | None) -> tuple[DataFrame
     if target is None or not is_delta_table(spark, target):
         return None
     version = delta_version(spark, target)
-    rows = spark.read.format("delta").option("versionAsOf", version).load(target)
+    rows = read_delta(spark, target, version=version)
     if not {S.ID, S.GROUP_ID} <= set(rows.columns):
         return None
     return rows.select(S.ID, S.GROUP_ID), version

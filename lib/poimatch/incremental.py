@@ -39,7 +39,7 @@ from poimatch.blocking import add_pair_sides, candidate_pairs
 from poimatch.config import BlockingSettings
 from poimatch.features import FEATURE_COLUMNS, add_pair_features
 from poimatch.grouping import LOCAL_MAX_EDGES
-from poimatch.io import is_delta_table, write_delta
+from poimatch.io import is_delta_table, read_delta, write_delta
 from poimatch.namestats import add_name_stats
 from poimatch.normalize import add_normalized_columns
 from poimatch.pipeline import MatchingSpec, score_and_group
@@ -139,7 +139,7 @@ def state_paths(matches_path: str) -> tuple[str, str]:
 def _read_state(spark: SparkSession, path: str, version: str) -> DataFrame | None:
     if not is_delta_table(spark, path):
         return None
-    frame = spark.read.format("delta").load(path)
+    frame = read_delta(spark, path)
     first = frame.select(_CODE).limit(1).collect()
     if not first or first[0][0] != version:
         return None  # produced by other code, libraries or model: start over

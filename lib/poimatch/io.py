@@ -9,6 +9,7 @@ with a message that names the problem.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,8 @@ __all__ = [
     "read_poi_csv",
     "read_poi_input",
     "is_delta_table",
+    "is_table_name",
+    "read_delta",
     "delta_version",
     "write_delta",
     "input_fingerprint",
@@ -51,17 +54,52 @@ class CsvInput:
     ignored_columns: tuple[str, ...]
 
 
-def is_delta_table(spark: SparkSession, path: str) -> bool:
-    """True when ``path`` holds a Delta table."""
-    return DeltaTable.isDeltaTable(spark, path)
+# catalog.schema.table (Unity Catalog's three-level namespace; locally spark_catalog's),
+# each part an identifier or a back-quoted name
+_PART = r"(?:[A-Za-z_][A-Za-z0-9_]*|`[^`/]+`)"
+_TABLE_NAME = re.compile(rf"^{_PART}\.{_PART}\.{_PART}$")
 
 
-def delta_version(spark: SparkSession, path: str) -> int:
-    """Current version of the Delta table at ``path``."""
-    row = DeltaTable.forPath(spark, path).history(1).select("version").first()
+def is_table_name(ref: str) -> bool:
+    """True when ``ref`` names a catalog table (``catalog.schema.table``, three parts,
+    no ``/``) rather than a path; a path that exists, or ends in ``.csv``, is a path."""
+    if not _TABLE_NAME.match(ref) or ref.lower().endswith(".csv"):
+        return False
+    return not os.path.exists(ref)
+
+
+def _delta_handle(spark: SparkSession, ref: str) -> DeltaTable:
+    return DeltaTable.forName(spark, ref) if is_table_name(ref) else DeltaTable.forPath(spark, ref)
+
+
+def is_delta_table(spark: SparkSession, ref: str) -> bool:
+    """True when ``ref`` (a path, or a ``catalog.schema.table`` name) is a Delta table."""
+    if is_table_name(ref):
+        if not spark.catalog.tableExists(ref):
+            return False
+        try:
+            DeltaTable.forName(spark, ref)
+        except Exception:  # a catalog table of another format
+            return False
+        return True
+    return DeltaTable.isDeltaTable(spark, ref)
+
+
+def delta_version(spark: SparkSession, ref: str) -> int:
+    """Current version of the Delta table ``ref`` (a path or a catalog name)."""
+    row = _delta_handle(spark, ref).history(1).select("version").first()
     if row is None:
-        raise InputError(f"{path}: Delta table has no history")
+        raise InputError(f"{ref}: Delta table has no history")
     return int(row[0])
+
+
+def read_delta(spark: SparkSession, ref: str, *, version: int | None = None) -> DataFrame:
+    """The Delta table ``ref`` (a path or a ``catalog.schema.table`` name), at
+    ``version`` when given (time travel), else its current version."""
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.table(ref) if is_table_name(ref) else reader.load(ref)
 
 
 def _header(spark: SparkSession, path: str) -> list[str]:
@@ -105,6 +143,8 @@ def read_poi_csv(spark: SparkSession, path: str) -> CsvInput:
     Raises:
         InputError: no such file, empty file, missing required columns, not UTF-8.
     """
+    if is_table_name(path):
+        raise InputError(f"{path}: no such Delta table in the catalog (nor a file of that name)")
     if "://" not in path and not os.path.exists(path):
         raise InputError(f"{path}: no such file or folder")
     header_raw = _header(spark, path)
@@ -154,10 +194,7 @@ def read_poi_input(spark: SparkSession, path: str, *, require_labels: bool = Fal
     to feed train/match/evaluate with either a Delta table or a CSV, as the command
     contract requires.
     """
-    if is_delta_table(spark, path):
-        df = spark.read.format("delta").load(path)
-    else:
-        df = read_poi_csv(spark, path).frame
+    df = read_delta(spark, path) if is_delta_table(spark, path) else read_poi_csv(spark, path).frame
     if S.POI not in df.columns:
         if require_labels:
             raise InputError(f"{path}: no {S.POI} column; training needs labelled rows")
@@ -187,22 +224,29 @@ def write_delta(
     partition_by: tuple[str, ...] = (),
     user_metadata: str | None = None,
 ) -> None:
-    """Write ``df`` as a Delta table (overwrite replaces data and schema).
+    """Write ``df`` as a Delta table at ``path``, or as the catalog table it names
+    (``catalog.schema.table``: created, or replaced; overwrite replaces data and schema).
 
     One atomic commit: a job killed during the write leaves the table at its previous
     version. ``user_metadata`` is stored in the commit (see ``DESCRIBE HISTORY``).
     """
-    check_write(path)
+    named = is_table_name(path)
+    if not named:
+        check_write(path)
     writer = df.write.format("delta").mode(mode).option("overwriteSchema", "true")
     if user_metadata:
         writer = writer.option("userMetadata", user_metadata)
     if partition_by:
         writer = writer.partitionBy(*partition_by)
-    writer.save(path)
+    if named:
+        writer.saveAsTable(path)
+    else:
+        writer.save(path)
 
 
 def input_fingerprint(spark: SparkSession, path: str) -> str:
-    """``delta:<path>@v<version>`` for a Delta table, ``file:<path>:<size>:<mtime>`` else.
+    """``delta:<path or catalog name>@v<version>`` for a Delta table,
+    ``file:<path>:<size>:<mtime>`` else.
 
     Logged with every run so that its inputs can be found again.
     """
@@ -218,8 +262,10 @@ def input_fingerprint(spark: SparkSession, path: str) -> str:
 def read_matches(spark: SparkSession, path: str) -> DataFrame:
     """A submission (``id,matches``) from CSV or Delta."""
     if is_delta_table(spark, path):
-        df = spark.read.format("delta").load(path)
+        df = read_delta(spark, path)
     else:
+        if is_table_name(path):
+            raise InputError(f"{path}: no such Delta table in the catalog")
         if "://" not in path and not os.path.exists(path):
             raise InputError(f"{path}: no such file or folder")
         df = spark.read.option("header", "true").csv(path)

@@ -40,6 +40,7 @@ from poimatch.evaluation import (
     label_pairs,
 )
 from poimatch.grouping import LOCAL_MAX_EDGES
+from poimatch.io import is_table_name, read_delta
 from poimatch.namestats import NameStats, add_name_stats, count_name_stats
 from poimatch.normalize import add_normalized_columns
 from poimatch.pipeline import (
@@ -429,8 +430,10 @@ def delta_dataset(spark: SparkSession, name: str, fingerprint: str) -> Any | Non
     if found is None:
         return None
     path, version = found["path"], found["version"]
-    frame = spark.read.format("delta").option("versionAsOf", int(version)).load(path)
+    frame = read_delta(spark, path, version=int(version))
     targets = S.POI if S.POI in frame.columns else None
+    if is_table_name(path):  # a catalog table: MLflow records its name and version
+        return from_spark(frame, table_name=path, version=version, name=name, targets=targets)
     return from_spark(frame, path=path, version=version, name=name, targets=targets)
 
 

@@ -23,6 +23,9 @@ lookup table (read at its current version, printed), and writes ``--output``
 by you only) also overwrites a Delta table of every scored candidate pair: ``id_l``,
 ``id_r``, ``block_pass``, ``score``, ``above_threshold`` and the model's features (what
 Splink calls the predictions table; ``poimatch explain`` tells why one pair scored so).
+Every table argument (--input, --table, --pairs-table) takes a path or a catalog name
+``catalog.schema.table`` (Unity Catalog's; locally ``spark_catalog.<schema>.<table>``),
+read and written through the catalog; ``<table>_rejected`` sits beside it either way.
 
 The console script runs the same command: ``poimatch match [options]``.
 """
@@ -39,18 +42,24 @@ from poimatch.io import InputError
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> None:
     parser = job_parser(__doc__ or "", prog=prog)
-    parser.add_argument("--input", default=None, help="CSV or Delta table (default: POI table)")
+    parser.add_argument(
+        "--input",
+        default=None,
+        help="CSV, Delta table path or catalog.schema.table (default: POI table)",
+    )
     parser.add_argument("--output", default=None, help="write the output CSV here")
     parser.add_argument(
         "--table",
         default=None,
-        help="write the Delta output table here (default: matches, for the POI table only)",
+        help="write the Delta output table here: a path or catalog.schema.table "
+        "(default: matches, for the POI table only)",
     )
     parser.add_argument("--model", default=None, help="model URI (default: @champion)")
     parser.add_argument(
         "--pairs-table",
         default=None,
-        help="also write every scored candidate pair (with features) to this Delta table",
+        help="also write every scored candidate pair (with features) to this Delta table "
+        "(a path or catalog.schema.table)",
     )
     parser.add_argument(
         "--incremental",

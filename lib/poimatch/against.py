@@ -110,6 +110,7 @@ def match_against(
         # only the uploaded rows look for candidates (a table row's own nearest are the
         # nightly run's business); every pair then holds one
         query=F.col(S.ID).startswith(_UP),
+        added=spec.added,
     )
     scored, grouped = score_and_group(
         points.select(S.ID),

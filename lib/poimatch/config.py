@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from poimatch.comparisons import Comparison
+
 __all__ = [
     "ConfigError",
     "Settings",
@@ -139,8 +141,12 @@ class ModelSettings(_Frozen):
     learning_rate: float = Field(default=0.08, gt=0, le=1)
     subsample: float = Field(default=0.9, gt=0, le=1)
     colsample_bytree: float = Field(default=0.9, gt=0, le=1)
-    # None: poimatch.features.DEFAULT_FEATURES; else a subset of features.FEATURE_COLUMNS
+    # None: poimatch.features.DEFAULT_FEATURES plus every added comparison; else names of
+    # built-in features (features.FEATURE_COLUMNS) and added comparisons
     features: tuple[str, ...] | None = None
+    # comparisons added to the built-in ones, each {name, kind, column, scorer, monotone}
+    # (poimatch.comparisons; the trained model's spec records their definitions)
+    comparisons: tuple[Comparison, ...] = ()
     monotone: bool = True  # XGBoost monotone constraints on the similarity features
     # training tables: the places of each input kept at each of these rates, blocked alone
     sample_rates: tuple[float, ...] = (1.0, 0.3, 0.1, 0.03)

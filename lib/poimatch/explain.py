@@ -142,7 +142,7 @@ def explain_pair(
             ]
         ),
     )
-    featured = featured_pairs(pair, points, plan=SMALL)
+    featured = featured_pairs(pair, points, plan=SMALL, added=spec.added)
     frame = featured.select(*[F.col(c).cast(T.DoubleType()).alias(c) for c in columns]).toPandas()
     features = frame.to_numpy(dtype=np.float32, na_value=np.nan)
     booster = xgb.get_booster()

@@ -29,37 +29,14 @@ from rapidfuzz.distance import JaroWinkler
 from rapidfuzz.process import cpdist
 
 from poimatch.columns import cached_column
+from poimatch.comparisons import BUILTIN, Comparison
 from poimatch.schema import (
     COUNTRY,
-    F_ADDR_LEV_NORM,
-    F_ADDR_NUM_MATCH,
-    F_ADDR_TOKEN_SET,
-    F_CAT_JACCARD,
-    F_CITY_EQ,
-    F_DIST_M,
-    F_FIELDS_AGREE,
-    F_FIELDS_DISAGREE,
-    F_LOG_DIST,
-    F_NAME_CONTAINS,
     F_NAME_FREQ_MAX,
     F_NAME_FREQ_MIN,
     F_NAME_IDF_JACCARD,
-    F_NAME_JW,
     F_NAME_LEN_MAX,
     F_NAME_LEN_MIN,
-    F_NAME_LEV,
-    F_NAME_LEV_NORM,
-    F_NAME_NUM_MATCH,
-    F_NAME_PARTIAL,
-    F_NAME_RATIO,
-    F_NAME_SOUNDEX_EQ,
-    F_NAME_TOKEN_JACCARD,
-    F_NAME_TOKEN_OVERLAP,
-    F_NAME_TOKEN_SET,
-    F_PHONE_EQ,
-    F_SAME_COUNTRY,
-    F_URL_EQ,
-    F_ZIP_EQ,
     ID_L,
     ID_R,
     LATITUDE,
@@ -88,6 +65,7 @@ else:  # pandas has no runtime ``Series[...]``; Spark reads these hints at runti
 
 __all__ = [
     "EARTH_RADIUS_M",
+    "KIND_BUILDERS",
     "DEFAULT_FEATURES",
     "FEATURE_COLUMNS",
     "MONOTONE",
@@ -124,72 +102,14 @@ PAIR_SIDE_COLUMNS: tuple[str, ...] = (
 )
 """Base (un-suffixed) columns that a pair table needs for each side."""
 
-FEATURE_COLUMNS: tuple[str, ...] = (
-    F_DIST_M,
-    F_LOG_DIST,
-    F_NAME_LEV,
-    F_NAME_LEV_NORM,
-    F_NAME_JW,
-    F_NAME_TOKEN_SET,
-    F_NAME_PARTIAL,
-    F_NAME_RATIO,
-    F_NAME_CONTAINS,
-    F_NAME_TOKEN_JACCARD,
-    F_NAME_TOKEN_OVERLAP,
-    F_NAME_SOUNDEX_EQ,
-    F_NAME_NUM_MATCH,
-    F_NAME_LEN_MIN,
-    F_NAME_LEN_MAX,
-    F_ADDR_TOKEN_SET,
-    F_ADDR_LEV_NORM,
-    F_ADDR_NUM_MATCH,
-    F_CITY_EQ,
-    F_ZIP_EQ,
-    F_PHONE_EQ,
-    F_URL_EQ,
-    F_CAT_JACCARD,
-    F_SAME_COUNTRY,
-    F_FIELDS_AGREE,
-    F_FIELDS_DISAGREE,
-    F_NAME_FREQ_MIN,
-    F_NAME_FREQ_MAX,
-    F_NAME_IDF_JACCARD,
-)
-"""Every feature column added by ``add_pair_features``, in model-input order.
+FEATURE_COLUMNS: tuple[str, ...] = tuple(c.name for c in BUILTIN)
+"""Every built-in feature column added by ``add_pair_features``, in model-input order
+(:data:`poimatch.comparisons.BUILTIN`: each one's kind, column, scorer and direction).
 
 Each is a function of the pair's two rows and the model's frozen name statistics
 only: adding or removing other rows never changes a pair's features."""
 
-MONOTONE: dict[str, int] = {
-    **dict.fromkeys(
-        (
-            F_NAME_JW,
-            F_NAME_TOKEN_SET,
-            F_NAME_PARTIAL,
-            F_NAME_RATIO,
-            F_NAME_CONTAINS,
-            F_NAME_TOKEN_JACCARD,
-            F_NAME_TOKEN_OVERLAP,
-            F_NAME_SOUNDEX_EQ,
-            F_NAME_NUM_MATCH,
-            F_NAME_IDF_JACCARD,
-            F_ADDR_TOKEN_SET,
-            F_ADDR_NUM_MATCH,
-            F_CITY_EQ,
-            F_ZIP_EQ,
-            F_PHONE_EQ,
-            F_URL_EQ,
-            F_CAT_JACCARD,
-            F_SAME_COUNTRY,
-            F_FIELDS_AGREE,
-        ),
-        1,
-    ),
-    **dict.fromkeys(
-        (F_DIST_M, F_LOG_DIST, F_NAME_LEV, F_NAME_LEV_NORM, F_ADDR_LEV_NORM, F_FIELDS_DISAGREE),
-        -1,
-    ),
-}
+MONOTONE: dict[str, int] = {c.name: c.monotone for c in BUILTIN if c.monotone}
 """Monotone direction of each similarity feature: the score never falls as a ``+1``
 feature rises or a ``-1`` feature falls (XGBoost ``monotone_constraints``). Features
 not named here (name lengths and frequencies) are unconstrained: more of them is not
@@ -338,24 +258,19 @@ def _name_stat_features() -> dict[str, Column]:
 
 # --- fuzzy similarities (one vectorized UDF) ------------------------------------
 
-_FUZZY_NAME_JW = "name_jw"
-_FUZZY_NAME_TOKEN_SET = "name_token_set"
-_FUZZY_NAME_PARTIAL = "name_partial"
-_FUZZY_NAME_RATIO = "name_ratio"
-_FUZZY_ADDR_TOKEN_SET = "addr_token_set"
 _FUZZY_STRUCT = "__poimatch_fuzzy"
 
+#: rapidfuzz function and the scale that brings it to [0, 1], per scorer name
+_SCORER_FUNCTIONS: dict[str, tuple[Callable[..., float], float]] = {
+    "jaro_winkler": (JaroWinkler.normalized_similarity, 1.0),
+    "token_set": (fuzz.token_set_ratio, 100.0),
+    "token_sort": (fuzz.token_sort_ratio, 100.0),
+    "partial": (fuzz.partial_ratio, 100.0),
+    "ratio": (fuzz.ratio, 100.0),
+    "wratio": (fuzz.WRatio, 100.0),
+}
+
 _Scorer = tuple[str, "Callable[..., float]", float]
-_NAME_SCORERS: tuple[_Scorer, ...] = (
-    (_FUZZY_NAME_JW, JaroWinkler.normalized_similarity, 1.0),
-    (_FUZZY_NAME_TOKEN_SET, fuzz.token_set_ratio, 100.0),
-    (_FUZZY_NAME_PARTIAL, fuzz.partial_ratio, 100.0),
-    (_FUZZY_NAME_RATIO, fuzz.ratio, 100.0),
-)
-_ADDR_SCORERS: tuple[_Scorer, ...] = ((_FUZZY_ADDR_TOKEN_SET, fuzz.token_set_ratio, 100.0),)
-_FUZZY_TYPE = T.StructType(
-    [T.StructField(name, T.DoubleType(), True) for name, _, _ in _NAME_SCORERS + _ADDR_SCORERS]
-)
 
 
 def _score_pairs(
@@ -375,17 +290,33 @@ def _score_pairs(
     return out
 
 
-def _fuzzy_batch(
-    name_l: _StrSeries, name_r: _StrSeries, addr_l: _StrSeries, addr_r: _StrSeries
-) -> pd.DataFrame:
-    """rapidfuzz similarities of names and addresses, in [0, 1], null if a side is null."""
-    scores = _score_pairs(name_l, name_r, _NAME_SCORERS)
-    scores.update(_score_pairs(addr_l, addr_r, _ADDR_SCORERS))
-    return pd.DataFrame(scores, index=name_l.index)
+def _fuzzy_udf(fuzzy: tuple[Comparison, ...]) -> tuple[tuple[str, ...], UserDefinedFunctionLike]:
+    """The base columns the ``fuzzy`` comparisons read and one vectorized pandas UDF
+    scoring all of them on whole Arrow batches (``rapidfuzz.process.cpdist``): its
+    arguments are each column's left and right side, its result a struct of one
+    double per comparison, in [0, 1], null when a side is null."""
+    columns = tuple(dict.fromkeys(str(c.column) for c in fuzzy))
+    # only names travel with the UDF (rapidfuzz's functions do not pickle): each batch
+    # looks its scorers up in this module on the worker
+    plan = tuple(
+        (column, tuple((c.name, str(c.scorer)) for c in fuzzy if c.column == column))
+        for column in columns
+    )
+    names = [c.name for c in fuzzy]
 
+    def batch(*sides: _StrSeries) -> pd.DataFrame:
+        from poimatch.features import _SCORER_FUNCTIONS, _score_pairs
 
-# pyspark's stubs lack the type-hint form ``pandas_udf(returnType)``, hence the ignore.
-_fuzzy_udf: UserDefinedFunctionLike = pandas_udf(_FUZZY_TYPE)(_fuzzy_batch)  # type: ignore[call-overload]
+        scores: dict[str, NDArray[np.float64]] = {}
+        for i, (_, named) in enumerate(plan):
+            scorers = tuple((n, *_SCORER_FUNCTIONS[scorer]) for n, scorer in named)
+            scores.update(_score_pairs(sides[2 * i], sides[2 * i + 1], scorers))
+        return pd.DataFrame({n: scores[n] for n in names}, index=sides[0].index)
+
+    result = T.StructType([T.StructField(n, T.DoubleType(), True) for n in names])
+    # pyspark's stubs lack the form ``pandas_udf(f, returnType)`` with *args, hence the ignore
+    udf: UserDefinedFunctionLike = pandas_udf(batch, result)  # type: ignore[call-overload]
+    return columns, udf
 
 
 # --- entry point ------------------------------------------------------------------
@@ -397,8 +328,9 @@ def _missing_columns(pairs: DataFrame) -> list[str]:
     return [c for c in needed if c not in present]
 
 
-def add_pair_features(pairs: DataFrame) -> DataFrame:
-    """Add the ``FEATURE_COLUMNS`` (doubles, null when a side is missing) to ``pairs``.
+def add_pair_features(pairs: DataFrame, added: tuple[Comparison, ...] = ()) -> DataFrame:
+    """Add the ``FEATURE_COLUMNS`` and the ``added`` comparisons' columns (doubles, null
+    when a side is missing) to ``pairs``.
 
     ``pairs`` must hold ``id_l``, ``id_r`` and ``pair_side_col(c, side)`` for every
     ``c`` in ``PAIR_SIDE_COLUMNS`` and both sides; other columns are kept.
@@ -408,65 +340,78 @@ def add_pair_features(pairs: DataFrame) -> DataFrame:
     overlap coefficient, soundex equality, equality of the numbers in the names,
     shorter / longer name length; address token-set ratio, normalized
     Levenshtein and house-number equality; equality of city, zip, phone, url and
-    country (1.0 / 0.0); category-set Jaccard.
+    country (1.0 / 0.0); category-set Jaccard; each one a
+    :class:`poimatch.comparisons.Comparison` built by :data:`KIND_BUILDERS`.
 
     Raises ``ValueError`` if a needed column is missing (checked on the schema,
-    no Spark job is run).
+    no Spark job is run) or an added comparison takes a built-in's name.
     """
     missing = _missing_columns(pairs)
     if missing:
         msg = f"add_pair_features: missing columns {missing}"
         raise ValueError(msg)
-    fuzzy_struct, features = _feature_expressions()
+    clash = [c.name for c in added if c.name in FEATURE_COLUMNS]
+    if clash:
+        raise ValueError(f"add_pair_features: {clash} are built-in features")
+    fuzzy_struct, features = _feature_expressions(*added)
     return pairs.withColumn(_FUZZY_STRUCT, fuzzy_struct).withColumns(features).drop(_FUZZY_STRUCT)
 
 
-@cached_column
-def _feature_expressions() -> tuple[Column, dict[str, Column]]:
-    """The rapidfuzz UDF's struct and every feature's expression (built once per context)."""
-    dist = _haversine_m()
-    name_l, name_r = _l(N_NAME), _r(N_NAME)
-    len_l, len_r = F.length(name_l), F.length(name_r)
-    tokens_l, tokens_r = _l(N_NAME_TOKENS), _r(N_NAME_TOKENS)
-    names_known = _both(N_NAME)
-    fuzzy = F.col(_FUZZY_STRUCT)
-
-    features: dict[str, Column] = {
-        F_DIST_M: dist,
-        F_LOG_DIST: F.log1p(dist),
-        F_NAME_LEV: F.levenshtein(name_l, name_r),
-        F_NAME_LEV_NORM: _lev_norm(N_NAME),
-        F_NAME_JW: fuzzy.getField(_FUZZY_NAME_JW),
-        F_NAME_TOKEN_SET: fuzzy.getField(_FUZZY_NAME_TOKEN_SET),
-        F_NAME_PARTIAL: fuzzy.getField(_FUZZY_NAME_PARTIAL),
-        F_NAME_RATIO: fuzzy.getField(_FUZZY_NAME_RATIO),
-        F_NAME_CONTAINS: _flag(name_l.contains(name_r) | name_r.contains(name_l)),
-        F_NAME_TOKEN_JACCARD: _jaccard(tokens_l, tokens_r),
-        F_NAME_TOKEN_OVERLAP: F.when(
-            tokens_l.isNotNull() & tokens_r.isNotNull(),
-            _ratio(
-                F.size(F.array_intersect(tokens_l, tokens_r)),
-                F.least(F.size(F.array_distinct(tokens_l)), F.size(F.array_distinct(tokens_r))),
-            ),
+def _set_overlap(col: str) -> Column:
+    left, right = _l(col), _r(col)
+    return F.when(
+        left.isNotNull() & right.isNotNull(),
+        _ratio(
+            F.size(F.array_intersect(left, right)),
+            F.least(F.size(F.array_distinct(left)), F.size(F.array_distinct(right))),
         ),
-        F_NAME_SOUNDEX_EQ: _flag(F.soundex(name_l) == F.soundex(name_r)),
-        F_NAME_NUM_MATCH: _number_match(N_NAME),
-        F_NAME_LEN_MIN: F.when(names_known, F.least(len_l, len_r)),
-        F_NAME_LEN_MAX: F.when(names_known, F.greatest(len_l, len_r)),
-        F_ADDR_TOKEN_SET: fuzzy.getField(_FUZZY_ADDR_TOKEN_SET),
-        F_ADDR_LEV_NORM: _lev_norm(N_ADDRESS),
-        F_ADDR_NUM_MATCH: _number_match(N_ADDRESS),
-        F_CITY_EQ: _equal(N_CITY),
-        F_ZIP_EQ: _equal(N_ZIP),
-        F_PHONE_EQ: _equal(N_PHONE),
-        F_URL_EQ: _equal(N_URL),
-        F_CAT_JACCARD: _jaccard(_l(N_CATEGORIES), _r(N_CATEGORIES)),
-        F_SAME_COUNTRY: _equal(COUNTRY, fold=_fold_country),
-        F_FIELDS_AGREE: _field_votes(agree=True),
-        F_FIELDS_DISAGREE: _field_votes(agree=False),
-        **_name_stat_features(),
-    }
-    return (
-        _fuzzy_udf(name_l, name_r, _l(N_ADDRESS), _r(N_ADDRESS)),
-        {c: features[c].cast(T.DoubleType()) for c in FEATURE_COLUMNS},
     )
+
+
+def _length(col: str, pick: Callable[..., Column]) -> Column:
+    return F.when(_both(col), pick(F.length(_l(col)), F.length(_r(col))))
+
+
+def _column(c: Comparison) -> str:
+    return str(c.column)
+
+
+#: The Spark expression of each kind of comparison (``fuzzy`` is the UDF's).
+KIND_BUILDERS: dict[str, Callable[[Comparison], Column]] = {
+    "distance_m": lambda c: _haversine_m(),
+    "log_distance_m": lambda c: F.log1p(_haversine_m()),
+    "levenshtein": lambda c: F.levenshtein(_l(_column(c)), _r(_column(c))),
+    "levenshtein_norm": lambda c: _lev_norm(_column(c)),
+    "contains": lambda c: _flag(
+        _l(_column(c)).contains(_r(_column(c))) | _r(_column(c)).contains(_l(_column(c)))
+    ),
+    "soundex_equal": lambda c: _flag(F.soundex(_l(_column(c))) == F.soundex(_r(_column(c)))),
+    "number_match": lambda c: _number_match(_column(c)),
+    "length_min": lambda c: _length(_column(c), F.least),
+    "length_max": lambda c: _length(_column(c), F.greatest),
+    "equal": lambda c: _equal(_column(c)),
+    "code_equal": lambda c: _equal(_column(c), fold=_fold_country),
+    "set_jaccard": lambda c: _jaccard(_l(_column(c)), _r(_column(c))),
+    "set_overlap": lambda c: _set_overlap(_column(c)),
+    "fields_agree": lambda c: _field_votes(agree=True),
+    "fields_disagree": lambda c: _field_votes(agree=False),
+    "name_freq_min": lambda c: _name_stat_features()[F_NAME_FREQ_MIN],
+    "name_freq_max": lambda c: _name_stat_features()[F_NAME_FREQ_MAX],
+    "name_idf_jaccard": lambda c: _name_stat_features()[F_NAME_IDF_JACCARD],
+}
+
+
+@cached_column
+def _feature_expressions(*added: Comparison) -> tuple[Column, dict[str, Column]]:
+    """The rapidfuzz UDF's struct and every feature's expression, built-in then added
+    (built once per context and set of added comparisons)."""
+    comparisons = BUILTIN + added
+    fuzzy = tuple(c for c in comparisons if c.kind == "fuzzy")
+    columns, udf = _fuzzy_udf(fuzzy)
+    struct = F.col(_FUZZY_STRUCT)
+    features = {
+        c.name: (struct.getField(c.name) if c.kind == "fuzzy" else KIND_BUILDERS[c.kind](c))
+        for c in comparisons
+    }
+    sides = [side for column in columns for side in (_l(column), _r(column))]
+    return udf(*sides), {c.name: features[c.name].cast(T.DoubleType()) for c in comparisons}

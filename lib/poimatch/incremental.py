@@ -85,7 +85,13 @@ class IncrementalResult:
 
 
 #: Modules of this package whose code shapes the saved normalized rows and pair features.
-STATE_SOURCES: tuple[str, ...] = ("normalize.py", "features.py", "namestats.py", "blocking.py")
+STATE_SOURCES: tuple[str, ...] = (
+    "normalize.py",
+    "features.py",
+    "comparisons.py",
+    "namestats.py",
+    "blocking.py",
+)
 #: Libraries those modules call to compute them (folding, string similarities, Spark).
 STATE_LIBRARIES: tuple[str, ...] = ("anyascii", "rapidfuzz", "pyspark", "pandas")
 
@@ -202,17 +208,17 @@ def match_incremental(
     hashes_r = points.select(F.col(S.ID).alias(S.ID_R), F.col(_HASH).alias(_HASH_R))
     keyed = pairs.join(hashes_l, on=S.ID_L).join(hashes_r, on=S.ID_R)
     sided = add_pair_sides(keyed, points)
-    feature_cols = list(FEATURE_COLUMNS)
+    feature_cols = [*FEATURE_COLUMNS, *(c.name for c in spec.added)]
     if used_state and old_pairs is not None:
         known = old_pairs.select(*_PAIR_KEYS, *feature_cols)
         reused = sided.join(known, on=_PAIR_KEYS, how="inner")
         new = sided.join(known.select(*_PAIR_KEYS), on=_PAIR_KEYS, how="left_anti")
-        computed = new.transform(add_pair_features).select(*reused.columns)
+        computed = new.transform(add_pair_features, spec.added).select(*reused.columns)
         marked = reused.withColumn(_NEW, F.lit(False)).unionByName(
             computed.withColumn(_NEW, F.lit(True))
         )
     else:
-        marked = sided.transform(add_pair_features).withColumn(_NEW, F.lit(True))
+        marked = sided.transform(add_pair_features, spec.added).withColumn(_NEW, F.lit(True))
     marked = marked.localCheckpoint(eager=True)
     counts = marked.agg(F.count(F.lit(1)).alias("n"), F.count(F.when(F.col(_NEW), 1)).alias("new"))
     row = counts.first()

@@ -30,6 +30,7 @@ from poimatch import schema as S
 from poimatch.blocking import add_pair_sides
 from poimatch.blocking import candidate_pairs as _candidate_pairs
 from poimatch.cancellation import check_cancelled
+from poimatch.comparisons import BUILTIN_NAMES, Comparison, definitions
 from poimatch.config import BlockingSettings
 from poimatch.features import DEFAULT_FEATURES, FEATURE_COLUMNS, add_pair_features
 from poimatch.grouping import LOCAL_MAX_EDGES, group_matches, pairwise_matches
@@ -122,13 +123,12 @@ def _mark(event: str) -> None:
         _recorders[-1].append((event, now))
 
 
-def check_features(features: tuple[str, ...]) -> tuple[str, ...]:
-    """``features`` if every name is one the pipeline computes; else ``ValueError``."""
-    unknown = [f for f in features if f not in KNOWN_FEATURES]
-    if unknown or not features:
-        raise ValueError(
-            f"unknown feature(s) {unknown or '(none given)'}; known: {list(KNOWN_FEATURES)}"
-        )
+def check_features(
+    features: tuple[str, ...], added: tuple[Comparison, ...] = ()
+) -> tuple[str, ...]:
+    """``features`` if every name is a built-in feature or one of the ``added``
+    comparisons; else ``ValueError`` naming the unknown ones and what is known."""
+    definitions(features, added)
     return features
 
 
@@ -149,6 +149,20 @@ class MatchingSpec:
     calibration: Calibration | None = None
     training: dict[str, Any] = field(default_factory=dict)
     name_stats: NameStats | None = field(default=None, compare=False, repr=False)
+    #: the full definition of each of ``features`` (kind, column, scorer, direction);
+    #: a spec stored before comparisons were configurable gets the built-ins'
+    comparisons: tuple[Comparison, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.comparisons:
+            known = [f for f in self.features if f in BUILTIN_NAMES]
+            if len(known) == len(self.features):
+                object.__setattr__(self, "comparisons", definitions(self.features))
+
+    @property
+    def added(self) -> tuple[Comparison, ...]:
+        """The comparisons of this spec that are not built in (computed in addition)."""
+        return tuple(c for c in self.comparisons if c.name not in BUILTIN_NAMES)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for MLflow model metadata (without the name statistics)."""
@@ -160,6 +174,7 @@ class MatchingSpec:
             "blocking": self.blocking,
             "calibration": self.calibration.to_dict() if self.calibration else None,
             "training": self.training,
+            "comparisons": [c.model_dump(mode="json") for c in self.comparisons],
         }
 
     @classmethod
@@ -175,6 +190,7 @@ class MatchingSpec:
             calibration=Calibration.from_dict(calibration) if calibration else None,
             training=dict(data.get("training") or {}),
             name_stats=name_stats,
+            comparisons=tuple(Comparison.model_validate(c) for c in data.get("comparisons") or ()),
         )
 
     def stats(self) -> NameStats:
@@ -283,7 +299,13 @@ def cached_points(pois: DataFrame, *, stats: NameStats, plan: Plan = BATCH) -> D
     return points
 
 
-def featured_pairs(pairs: DataFrame, points: DataFrame, *, plan: Plan = BATCH) -> DataFrame:
+def featured_pairs(
+    pairs: DataFrame,
+    points: DataFrame,
+    *,
+    plan: Plan = BATCH,
+    added: tuple[Comparison, ...] = (),
+) -> DataFrame:
     """Candidate pairs → every pair feature, materialized.
 
     Returns ``id_l``, ``id_r``, ``block_pass``, the pair features and, for labelled
@@ -291,12 +313,12 @@ def featured_pairs(pairs: DataFrame, points: DataFrame, *, plan: Plan = BATCH) -
     callers read is kept: the side columns of the pair features (names, addresses,
     token arrays...) would be shuffled by every later join and stored in every
     checkpoint. Materialized by the batch plan only: the small plan scores them in the
-    same Spark job.
+    same Spark job. ``added``: comparisons computed besides the built-in features (a
+    model's :attr:`MatchingSpec.added`, or ``model.comparisons`` in training).
     """
-    featured = add_pair_sides(pairs, points).transform(add_pair_features)
-    keep = [
-        c for c in featured.columns if c in _KEPT or c.startswith((f"{S.POI}_", f"{S.SOURCE}_"))
-    ]
+    featured = add_pair_sides(pairs, points).transform(add_pair_features, added)
+    kept = _KEPT | {c.name for c in added}
+    keep = [c for c in featured.columns if c in kept or c.startswith((f"{S.POI}_", f"{S.SOURCE}_"))]
     selected = featured.select(*keep)
     return selected if plan.small else plan.materialize(selected)
 
@@ -309,8 +331,10 @@ def cached_candidates(
     plan: Plan = BATCH,
     query: Column | None = None,
     broadcast_cells: bool = True,
+    added: tuple[Comparison, ...] = (),
 ) -> DataFrame:
-    """Blocking, then the pair features (:func:`featured_pairs`), materialized (batch).
+    """Blocking, then the pair features (:func:`featured_pairs`, with the ``added``
+    comparisons), materialized (batch).
 
     ``query``: only the rows it selects look for candidates; ``broadcast_cells``: see
     :func:`poimatch.blocking.candidate_pairs` (and :mod:`poimatch.against`).
@@ -325,7 +349,7 @@ def cached_candidates(
         broadcast_cells=broadcast_cells,
         **({"fine_levels": 0} if plan.small else {}),
     )
-    featured = featured_pairs(pairs, points, plan=plan)
+    featured = featured_pairs(pairs, points, plan=plan, added=added)
     _mark("pair_features:end")
     return featured
 

@@ -33,6 +33,7 @@ from sklearn.isotonic import IsotonicRegression
 from xgboost.spark import SparkXGBClassifier
 
 from poimatch import schema as S
+from poimatch.comparisons import Comparison
 from poimatch.config import ModelSettings
 from poimatch.features import MONOTONE
 from poimatch.scorer import Calibration
@@ -143,9 +144,11 @@ def assign_region_folds(pois: DataFrame, *, settings: ModelSettings) -> DataFram
     return anchor.select(S.ID, fold.alias(FOLD))
 
 
-def monotone_constraints(features: tuple[str, ...]) -> str:
-    """XGBoost's ``monotone_constraints`` string for ``features`` (see ``MONOTONE``)."""
-    return "(" + ",".join(str(MONOTONE.get(f, 0)) for f in features) + ")"
+def monotone_constraints(features: tuple[str, ...], added: tuple[Comparison, ...] = ()) -> str:
+    """XGBoost's ``monotone_constraints`` string for ``features``: each built-in's
+    direction (``MONOTONE``), each added comparison's own."""
+    directions = {**MONOTONE, **{c.name: c.monotone for c in added}}
+    return "(" + ",".join(str(directions.get(f, 0)) for f in features) + ")"
 
 
 def fit_classifier(
@@ -168,7 +171,7 @@ def fit_classifier(
     slots = max(1, train_pairs.sparkSession.sparkContext.defaultParallelism)
     extra: dict[str, Any] = {}
     if settings.monotone:
-        extra["monotone_constraints"] = monotone_constraints(features)
+        extra["monotone_constraints"] = monotone_constraints(features, settings.comparisons)
     xgb = SparkXGBClassifier(
         features_col=_FEATURES_VEC,
         label_col=S.LABEL,

@@ -32,6 +32,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from poimatch import schema as S
 from poimatch.blocking import candidate_pairs
+from poimatch.comparisons import definitions
 from poimatch.config import BlockingSettings, Settings
 from poimatch.contracts import data_docs_index
 from poimatch.evaluation import (
@@ -273,7 +274,7 @@ def training_set(tables: DataFrame | Sequence[DataFrame], *, settings: Settings)
         .localCheckpoint(eager=True)
     )
     _log.info("training set: blocked at rates %s", model.sample_rates)
-    featured = featured_pairs(pairs.drop(_FULL), points)
+    featured = featured_pairs(pairs.drop(_FULL), points, added=settings.model.comparisons)
     return TrainingSet(
         rows=labelled.drop(_TABLE),
         pairs=label_pairs(featured, labelled).localCheckpoint(eager=True),
@@ -307,7 +308,9 @@ def _cross_fitted_stats(
 
 
 def _features(settings: Settings) -> tuple[str, ...]:
-    return check_features(settings.model.features or ALL_FEATURES)
+    added = settings.model.comparisons
+    default = (*ALL_FEATURES, *(c.name for c in added))
+    return check_features(settings.model.features or default, added)
 
 
 def _with_folds(pairs: DataFrame, folds: DataFrame) -> DataFrame:
@@ -383,6 +386,7 @@ def fit_matcher(data: TrainingSet, *, settings: Settings) -> FitOutcome:
         features=features,
         blocking=settings.blocking.model_dump(mode="json"),
         calibration=calibration,
+        comparisons=definitions(features, model_settings.comparisons),
         training={
             "label_scope": data.label_scope,
             "sample_rates": list(model_settings.sample_rates),
@@ -584,6 +588,7 @@ def match_with_model(
         link_only=link_only,
         plan=plan,
         broadcast_cells=n_rows <= broadcast_max_rows,
+        added=spec.added,
     )
     # small: the input's ids (a local relation: no normalization to redo)
     ids = pois.select(S.ID) if plan.small else points.select(S.ID)

@@ -20,6 +20,7 @@ import mlflow.spark
 import mlflow.xgboost
 import numpy as np
 import pandas as pd
+import pyspark
 import xgboost
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
@@ -116,9 +117,21 @@ def log_matcher(
         spec_file = folder / "spec.json"
         spec_file.write_text(json.dumps(spec.to_dict(), indent=2), encoding="utf-8")
         booster_dir = folder / scorer.BOOSTER
-        mlflow.xgboost.save_model(xgb.get_booster(), str(booster_dir), model_format="ubj")
+        # requirements named, not inferred: MLflow infers them by loading the model in a
+        # fresh Python process (for the Spark flavor, with a JVM of its own): 10-20 s each
+        mlflow.xgboost.save_model(
+            xgb.get_booster(),
+            str(booster_dir),
+            model_format="ubj",
+            pip_requirements=[f"xgboost=={xgboost.__version__}"],
+        )
         spark_dir = folder / scorer.SPARK_PIPELINE
-        mlflow.spark.save_model(model, str(spark_dir), dfs_tmpdir=str(folder / "dfs"))
+        mlflow.spark.save_model(
+            model,
+            str(spark_dir),
+            dfs_tmpdir=str(folder / "dfs"),
+            pip_requirements=[f"pyspark=={pyspark.__version__}", f"xgboost=={xgboost.__version__}"],
+        )
         artifacts = {
             scorer.BOOSTER: str(booster_dir),
             scorer.SPEC: str(spec_file),

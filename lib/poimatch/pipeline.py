@@ -154,10 +154,11 @@ class MatchingSpec:
     comparisons: tuple[Comparison, ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.comparisons:
-            known = [f for f in self.features if f in BUILTIN_NAMES]
-            if len(known) == len(self.features):
-                object.__setattr__(self, "comparisons", definitions(self.features))
+        # only when every feature is a built-in one (a spec naming others must bring
+        # their definitions; an empty one, e.g. a stand-in, gets none)
+        builtin_only = all(f in BUILTIN_NAMES for f in self.features)
+        if not self.comparisons and self.features and builtin_only:
+            object.__setattr__(self, "comparisons", definitions(self.features))
 
     @property
     def added(self) -> tuple[Comparison, ...]:

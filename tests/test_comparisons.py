@@ -73,7 +73,8 @@ def test_the_built_in_features_are_definitions() -> None:
 @pytest.mark.parametrize(
     ("entry", "problem"),
     [
-        ({**ADDR_JW, "kind": "fuzzzy"}, "kind"),
+        ({**ADDR_JW, "kind": "fuzzzy"}, "unknown kind 'fuzzzy'"),
+        ({**ADDR_JW, "scorer": "jaro"}, "unknown scorer 'jaro'"),
         ({**ADDR_JW, "scorer": None}, "goes with kind fuzzy"),
         ({**CITY_LEV, "scorer": "ratio"}, "goes with kind fuzzy"),
         ({**ADDR_JW, "column": S.N_CATEGORIES}, "needs a text column"),

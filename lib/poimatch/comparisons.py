@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from poimatch import schema as S
 
@@ -88,28 +88,6 @@ _NO_COLUMN = (
 #: Every kind of comparison, by what it reads.
 KINDS: tuple[str, ...] = _ON_STRINGS + _ON_ARRAYS + _NO_COLUMN
 
-Kind = Literal[
-    "levenshtein",
-    "levenshtein_norm",
-    "fuzzy",
-    "contains",
-    "soundex_equal",
-    "number_match",
-    "length_min",
-    "length_max",
-    "equal",
-    "code_equal",
-    "set_jaccard",
-    "set_overlap",
-    "distance_m",
-    "log_distance_m",
-    "fields_agree",
-    "fields_disagree",
-    "name_freq_min",
-    "name_freq_max",
-    "name_idf_jaccard",
-]
-
 
 class Comparison(BaseModel):
     """One pair feature: ``name`` = ``kind`` of ``column`` (with ``scorer``), ``monotone``.
@@ -122,12 +100,24 @@ class Comparison(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^f_[a-z0-9_]+$")
-    kind: Kind
+    kind: str
     column: str | None = None
-    scorer: (
-        Literal["jaro_winkler", "token_set", "token_sort", "partial", "ratio", "wratio"] | None
-    ) = None
+    scorer: str | None = None
     monotone: Literal[-1, 0, 1] = 0
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value not in KINDS:
+            raise ValueError(f"unknown kind {value!r}; known: {', '.join(KINDS)}")
+        return value
+
+    @field_validator("scorer")
+    @classmethod
+    def _known_scorer(cls, value: str | None) -> str | None:
+        if value is not None and value not in SCORERS:
+            raise ValueError(f"unknown scorer {value!r}; known: {', '.join(SCORERS)}")
+        return value
 
     @model_validator(mode="after")
     def _fits(self) -> Comparison:

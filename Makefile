@@ -26,7 +26,7 @@ serve: $(STAMP)
 	GX_ANALYTICS_ENABLED=false $(PY) -m poimatch.service --env $(ENV)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(SRC)

@@ -18,7 +18,7 @@ from pyspark.sql import SparkSession
 from poimatch.batch import load_pois
 from poimatch.config import Settings, load_settings
 from poimatch.generator import generate_pois, write_pois_csv
-from poimatch.pipeline import MatchingSpec
+from poimatch.pipeline import MatchingSpec, small_plan_conf
 from poimatch.session import build_session
 from poimatch.tracking import assign_alias, configure_tracking, log_matcher
 from poimatch.workflows import FitOutcome, fit_matcher, training_set
@@ -70,7 +70,8 @@ def _fit_small_matcher(spark: SparkSession, root: Path) -> FitOutcome:
     csv = root / "train.csv"
     write_pois_csv(generate_pois(3000, seed=61), csv)
     pois, _ = load_pois(spark, str(csv), quarantine_path=str(root / "q"), require_labels=True)
-    return fit_matcher(training_set(pois, settings=settings), settings=settings)
+    with small_plan_conf(spark):  # as train_model runs a training set this small
+        return fit_matcher(training_set(pois, settings=settings), settings=settings)
 
 
 @pytest.fixture(scope="session")
@@ -123,28 +124,36 @@ def register_matcher(
     return uri, version, alias
 
 
-# Longest first, so two pytest-xdist workers (`make test`) finish together; the fit of
-# the shared small model (the first module asking for it) runs while the other worker is
-# inside a long module that needs no model. Modules not listed run after, in file order.
+# Longest first, so two pytest-xdist workers (`make test`) finish together: `make test`
+# passes --no-loadscope-reorder, so xdist hands out modules in this order (by default it
+# hands out the modules with the most tests first, and the long end-to-end modules,
+# which have few tests, ran last, one worker idle). The shared small model is fitted by
+# the first module asking for it (test_awkward_uploads.py) while the other worker runs
+# the notebooks, which need none. Modules not listed run after, in file order.
 _MODULE_ORDER = (
     "test_notebooks.py",
-    "test_cluster.py",  # the first to need small_matcher: it is fitted here
-    "test_service_e2e.py",
-    "test_chain.py",
-    "test_awkward_uploads.py",
-    "test_safe_reruns.py",
-    "test_incremental.py",
+    "test_awkward_uploads.py",  # the first to need small_matcher: it is fitted here
     "test_promotion.py",
-    "test_match_integrity.py",
-    "test_against.py",
-    "test_quality.py",
-    "test_realdata.py",
-    "test_explain.py",
-    "test_plans.py",
-    "test_scoring.py",
-    "test_grouping.py",
+    "test_safe_reruns.py",
+    "test_service_e2e.py",
+    "test_incremental.py",
+    "test_chain.py",
+    "test_cluster.py",
     "test_blocking.py",
+    "test_match_integrity.py",
+    "test_quality.py",
+    "test_grouping.py",
     "test_jobs.py",
+    "test_comparisons.py",
+    "test_blocking_report.py",
+    "test_realdata.py",
+    "test_against.py",
+    "test_scoring.py",
+    "test_plans.py",
+    "test_normalize.py",
+    "test_ingest.py",
+    "test_explain.py",
+    "test_namestats.py",
     "test_training.py",
 )
 

@@ -107,6 +107,9 @@ def test_run_is_tracked_and_registered(chain: dict[str, object]) -> None:
     run = client.get_run(first.run_id)  # type: ignore[attr-defined]
     assert run.data.params["blocking.k_nearest"] == str(settings.blocking.k_nearest)
     assert run.data.params["data.pois"] == chain["fingerprint"]
+    # 4,000 labelled rows: the small plan's blocking and SQL settings (and the session's
+    # own settings given back afterwards)
+    assert run.data.params["training.plan"] == "small"
     # the training table is the run's input: a Delta dataset at the version trained on
     (given,) = run.inputs.dataset_inputs
     assert given.dataset.name == "pois"

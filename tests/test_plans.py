@@ -16,10 +16,11 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 
 from poimatch import schema as S
+from poimatch.config import load_settings
 from poimatch.generator import generate_pois
-from poimatch.pipeline import BATCH, SMALL, Plan
+from poimatch.pipeline import BATCH, SMALL, Plan, small_plan_conf
 from poimatch.service import SERVICE_SQL_CONF
-from poimatch.workflows import FitOutcome, match_with_model
+from poimatch.workflows import FitOutcome, match_with_model, training_set
 
 
 def _table(spark: SparkSession) -> DataFrame:
@@ -35,6 +36,23 @@ def _table(spark: SparkSession) -> DataFrame:
     frame[S.LONGITUDE] = frame[S.LONGITUDE].astype(float)
     frame[S.SOURCE] = None
     frame[S.POI] = None
+    columns = [f.name for f in S.poi_table_schema().fields]
+    return spark.createDataFrame(frame[columns], schema=S.poi_table_schema())
+
+
+def _labelled_table(spark: SparkSession) -> DataFrame:
+    """Generated labelled rows and a dense block within ~60 m, where the batch plan's
+    finer grids take over: three copies each of 30 rows (each keeps its row's place)."""
+    frame = generate_pois(400, seed=405)
+    rng = np.random.default_rng(6)
+    dense = frame.sample(30, random_state=4).loc[lambda f: f.index.repeat(3)].copy()
+    dense[S.ID] = [f"dense_{i:03d}" for i in range(len(dense))]
+    dense[S.LATITUDE] = (40.7 + rng.uniform(0, 0.0005, len(dense))).astype(str)
+    dense[S.LONGITUDE] = (-74.0 + rng.uniform(0, 0.0005, len(dense))).astype(str)
+    frame = pd.concat([frame, dense], ignore_index=True)
+    frame[S.LATITUDE] = frame[S.LATITUDE].astype(float)
+    frame[S.LONGITUDE] = frame[S.LONGITUDE].astype(float)
+    frame[S.SOURCE] = None
     columns = [f.name for f in S.poi_table_schema().fields]
     return spark.createDataFrame(frame[columns], schema=S.poi_table_schema())
 
@@ -109,6 +127,23 @@ def test_small_and_batch_plans_give_the_same_pairs_scores_and_groups(
     named = {f"poimatch {stage} [plan-batch]" for stage in stages}
     assert _descriptions(spark, "plan-batch") <= named | {None}
     assert named <= _descriptions(spark, "plan-batch")
+
+
+def test_small_and_batch_plans_give_the_same_training_set(spark: SparkSession) -> None:
+    table = _labelled_table(spark)
+    settings = load_settings("ci", ["model.sample_rates=[1.0]"])
+    got = {}
+    for plan in (SMALL, BATCH):
+        with small_plan_conf(spark):  # interpreted, not compiled: the plans' cost here
+            data = training_set(table, settings=settings, plan=plan)
+            got[plan.name] = data.pairs.toPandas().sort_values([S.ID_L, S.ID_R], ignore_index=True)
+    small, batch = got["small"], got["batch"]
+    pd.testing.assert_frame_equal(small, batch, check_dtype=False, check_like=True)
+    # the dense block's pairs are there, positives and negatives, with their features
+    dense = small[small[S.ID_L].str.startswith("dense_") & small[S.ID_R].str.startswith("dense_")]
+    assert len(dense) > 100
+    assert 0 < dense[S.LABEL].sum() < len(dense)
+    assert small[S.LABEL].sum() > 100
 
 
 @pytest.mark.parametrize(

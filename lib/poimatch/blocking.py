@@ -36,6 +36,7 @@ from poimatch.config import BlockingSettings
 from poimatch.features import PAIR_SIDE_COLUMNS, haversine_m, pair_side_col
 
 __all__ = [
+    "FINE_LEVELS",
     "candidate_pairs",
     "add_pair_sides",
     "haversine_m",
@@ -53,7 +54,7 @@ _SRC, _SRC_O = "_src", "_src_o"
 _KEY_SEP = "\u0001"
 # Finer grids (cell_m / 2, / 4, ...) tried for rows in dense areas, and how many
 # other rows (times k) the 3x3 cells of a finer grid must hold for it to be tried.
-_FINE_LEVELS = 4
+FINE_LEVELS = 4
 _DENSE_FACTOR = 4
 Materialize = Callable[[DataFrame], DataFrame]
 
@@ -273,7 +274,7 @@ def _spatial_nearest(
     cell_m: float,
     k: int,
     *,
-    fine_levels: int = _FINE_LEVELS,
+    fine_levels: int = FINE_LEVELS,
     materialize: Materialize | None = None,
     query: Column | None = None,
     broadcast: bool = True,
@@ -382,7 +383,7 @@ def candidate_pairs(
     settings: BlockingSettings,
     materialize: Materialize | None = None,
     link_only: bool = False,
-    fine_levels: int = _FINE_LEVELS,
+    fine_levels: int = FINE_LEVELS,
     query: Column | None = None,
     broadcast_cells: bool = True,
 ) -> DataFrame:

@@ -31,7 +31,7 @@ from pyspark.sql import functions as F
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from poimatch import schema as S
-from poimatch.blocking import candidate_pairs
+from poimatch.blocking import FINE_LEVELS, candidate_pairs
 from poimatch.comparisons import definitions
 from poimatch.config import BlockingSettings, Settings
 from poimatch.contracts import data_docs_index
@@ -57,6 +57,7 @@ from poimatch.pipeline import (
     group_scored,
     score_and_group,
     score_pairs,
+    small_plan_conf,
 )
 from poimatch.tracking import (
     assign_alias,
@@ -224,7 +225,9 @@ def _label_scope(rows: DataFrame, wanted: str) -> str:
     return "cross_source" if len(sources.collect()) >= 2 else "all"
 
 
-def training_set(tables: DataFrame | Sequence[DataFrame], *, settings: Settings) -> TrainingSet:
+def training_set(
+    tables: DataFrame | Sequence[DataFrame], *, settings: Settings, plan: Plan | None = None
+) -> TrainingSet:
     """Build the :class:`TrainingSet` of one or more labelled tables (materialized).
 
     Args:
@@ -232,6 +235,10 @@ def training_set(tables: DataFrame | Sequence[DataFrame], *, settings: Settings)
             several tables are blocked apart (no pair across tables), ids must be
             unique over all of them.
         settings: the run's configuration (``blocking`` and ``model``).
+        plan: how to block; by default chosen by the labelled rows' count
+            (``matching.small_max_rows``, as for a match run). The small plan blocks
+            on the coarse grid alone (``fine_levels=0``: the same pairs from a far
+            smaller Spark plan; 3,000 rows: 44 s -> 13 s).
     """
     frames = [tables] if isinstance(tables, DataFrame) else list(tables)
     if not frames:
@@ -249,6 +256,9 @@ def training_set(tables: DataFrame | Sequence[DataFrame], *, settings: Settings)
     model = settings.model
     scope = _label_scope(labelled, model.label_scope)
     normalized = labelled.transform(add_normalized_columns).localCheckpoint(eager=True)
+    if plan is None:
+        plan = Plan.for_rows(normalized.count(), settings.matching.small_max_rows)
+    fine_levels = 0 if plan.small else FINE_LEVELS
     folds = assign_region_folds(labelled, settings=model).localCheckpoint(eager=True)
     stats = count_name_stats(normalized, max_names=model.name_stats_max)
     points = _cross_fitted_stats(normalized, folds, settings=settings)
@@ -258,11 +268,16 @@ def training_set(tables: DataFrame | Sequence[DataFrame], *, settings: Settings)
             _sampled(points.where(F.col(_TABLE) == i), rate, model.seed),
             settings=settings.blocking,
             link_only=scope == "cross_source",
+            fine_levels=fine_levels,
         ).withColumn(_FULL, F.lit(rate >= 1.0))
         for i in range(len(frames))
         for rate in model.sample_rates
     ]
-    _log.info("training set: %d tables normalized, name statistics counted", len(frames))
+    _log.info(
+        "training set: %d tables normalized, name statistics counted (%s plan)",
+        len(frames),
+        plan.name,
+    )
     union = reduce(DataFrame.unionByName, passes)
     found = union.select(S.ID_L, S.ID_R, _FULL, F.explode(F.split(S.PASS, ",")).alias(S.PASS))
     pairs = (
@@ -476,9 +491,16 @@ def train_model(
     """
     started = time.perf_counter()
     experiment_id = configure_tracking(settings.tracking)
-    data = training_set(pois, settings=settings)
-    cand = candidate_report(data.candidates, data.rows)
-    fit = fit_matcher(data, settings=settings)
+    frames = [pois] if isinstance(pois, DataFrame) else list(pois)
+    spark = frames[0].sparkSession
+    labelled = sum(frame.where(F.col(S.POI).isNotNull()).count() for frame in frames)
+    plan = Plan.for_rows(labelled, settings.matching.small_max_rows)
+    # a small training set runs with the small plan's SQL settings, as a small match
+    # run does (3,000 rows: the training set in 8 s instead of 44 s)
+    with small_plan_conf(spark, enabled=plan.small):
+        data = training_set(frames, settings=settings, plan=plan)
+        cand = candidate_report(data.candidates, data.rows)
+        fit = fit_matcher(data, settings=settings)
     metrics = {
         "candidates": float(cand.candidates),
         "candidates_per_row": cand.per_row,
@@ -492,13 +514,13 @@ def train_model(
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.log_params(settings.flat())
         mlflow.log_params({f"data.{k}": v for k, v in data_versions.items()})
-        spark = (pois if isinstance(pois, DataFrame) else pois[0]).sparkSession
         for name, fingerprint in data_versions.items():
             dataset = delta_dataset(spark, name, fingerprint)
             if dataset is not None:
                 mlflow.log_input(dataset, context="training")
         mlflow.log_param("grouping.chosen_mode", fit.spec.grouping_mode)
         mlflow.log_param("model.chosen_label_scope", data.label_scope)
+        mlflow.log_param("training.plan", plan.name)
         mlflow.set_tags({"poimatch.env": settings.env, "poimatch.stage": "train"})
         _log_data_docs(settings)
         with tempfile.TemporaryDirectory() as tmp:

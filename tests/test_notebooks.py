@@ -25,6 +25,7 @@ from typing import Any
 import matplotlib.image
 import pandas as pd
 import pytest
+from conftest import TEST_JVM_OPTIONS
 from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 
@@ -42,7 +43,6 @@ SEPARATOR = re.compile(r"^# COMMAND ----------$", re.MULTILINE)
 ALLOWED_IMPORTS = {"poimatch", "pathlib", "os"}
 ROWS = 1500
 TIMEOUT_S = 900
-JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 
 def _source(name: str) -> str:
@@ -355,7 +355,7 @@ def _settings_overrides(tmp: Path, name: str) -> str:
             "spark.driver_memory=2g",
             # a short-lived JVM on small data: C1-only JIT and the serial GC cost far less
             # CPU (01: 30 s -> 18 s, 02: 176 s -> 138 s on the development box)
-            f"spark.extra={{spark.driver.extraJavaOptions: '{JVM_OPTIONS}'}}",
+            f"spark.extra={{spark.driver.extraJavaOptions: '{TEST_JVM_OPTIONS}'}}",
             f"storage.root={tmp / 'lake'}",
             f"generator.output={tmp / 'data' / name / 'pois.csv'}",
             f"tracking.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",

@@ -259,12 +259,16 @@ def test_research_run_leaves_production_untouched(
             f"lifecycle.production_storage_root={storage.root}",
             f"lifecycle.production_model_name={MODEL}",
             "model.n_estimators=40",
+            # what conf/ci.yaml trains with: two folds, one thinned copy (this test is
+            # about isolation, not the research configuration's training)
+            "model.folds=2",
+            "model.sample_rates=[1.0, 0.3]",
         ],
     )
     enforce(research)
     assert storage.root in protected_roots()
     train_csv = root / "research.csv"
-    write_pois_csv(generate_pois(2000, seed=64), train_csv)
+    write_pois_csv(generate_pois(1200, seed=64), train_csv)
     pois, _ = load_pois(
         spark,
         str(train_csv),

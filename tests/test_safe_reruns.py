@@ -27,7 +27,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
-from conftest import register_matcher
+from conftest import TEST_JVM_OPTIONS, register_matcher
 from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 
@@ -87,6 +87,8 @@ class Lake:
             "2g",
             "--conf",
             f"spark.local.dir={self.root / 'spark-local'}",
+            "--driver-java-options",
+            TEST_JVM_OPTIONS,
             "jobs/match.py",
             "--env",
             "ci",

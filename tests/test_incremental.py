@@ -27,7 +27,7 @@ from poimatch.namestats import NameStats
 from poimatch.pipeline import MatchingSpec
 from poimatch.workflows import FitOutcome
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("compiled")]
 
 
 def _table(spark: SparkSession, path: str) -> pd.DataFrame:

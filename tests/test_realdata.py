@@ -15,7 +15,7 @@ from poimatch.evaluation import candidate_report
 from poimatch.io import read_poi_input
 from poimatch.normalize import add_normalized_columns
 
-pytestmark = pytest.mark.realdata
+pytestmark = [pytest.mark.realdata, pytest.mark.usefixtures("compiled")]
 
 
 def test_pittsburgh_candidates_keep_the_ceiling(spark: SparkSession, shared_geoer: Path) -> None:

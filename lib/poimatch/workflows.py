@@ -492,6 +492,8 @@ def train_model(
     started = time.perf_counter()
     experiment_id = configure_tracking(settings.tracking)
     frames = [pois] if isinstance(pois, DataFrame) else list(pois)
+    if not frames:
+        raise ValueError("training needs at least one labelled table")
     spark = frames[0].sparkSession
     labelled = sum(frame.where(F.col(S.POI).isNotNull()).count() for frame in frames)
     plan = Plan.for_rows(labelled, settings.matching.small_max_rows)

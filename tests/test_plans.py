@@ -18,16 +18,18 @@ from pyspark.sql import DataFrame, SparkSession
 from poimatch import schema as S
 from poimatch.config import load_settings
 from poimatch.generator import generate_pois
-from poimatch.pipeline import BATCH, SMALL, Plan, small_plan_conf
+from poimatch.pipeline import BATCH, SMALL, Plan, session_conf, small_plan_conf
 from poimatch.service import SERVICE_SQL_CONF
 from poimatch.workflows import FitOutcome, match_with_model, training_set
 
 
-def _table(spark: SparkSession) -> DataFrame:
-    frame = generate_pois(900, seed=404)
-    # a dense block: 120 rows within ~60 m, so the batch plan's finer grids are used
-    rng = np.random.default_rng(5)
-    dense = frame.sample(120, random_state=3).copy()
+def _with_dense_block(
+    spark: SparkSession, frame: pd.DataFrame, dense: pd.DataFrame, seed: int
+) -> DataFrame:
+    """``frame`` plus ``dense`` (new ids ``dense_NNN``) moved within ~60 m of one point,
+    so the batch plan's finer grids are used there."""
+    rng = np.random.default_rng(seed)
+    dense = dense.copy()
     dense[S.ID] = [f"dense_{i:03d}" for i in range(len(dense))]
     dense[S.LATITUDE] = (40.7 + rng.uniform(0, 0.0005, len(dense))).astype(str)
     dense[S.LONGITUDE] = (-74.0 + rng.uniform(0, 0.0005, len(dense))).astype(str)
@@ -35,26 +37,23 @@ def _table(spark: SparkSession) -> DataFrame:
     frame[S.LATITUDE] = frame[S.LATITUDE].astype(float)
     frame[S.LONGITUDE] = frame[S.LONGITUDE].astype(float)
     frame[S.SOURCE] = None
-    frame[S.POI] = None
     columns = [f.name for f in S.poi_table_schema().fields]
     return spark.createDataFrame(frame[columns], schema=S.poi_table_schema())
+
+
+def _table(spark: SparkSession) -> DataFrame:
+    """Unlabelled generated rows and a dense block of 120 of them."""
+    frame = generate_pois(900, seed=404)
+    frame[S.POI] = None
+    return _with_dense_block(spark, frame, frame.sample(120, random_state=3), seed=5)
 
 
 def _labelled_table(spark: SparkSession) -> DataFrame:
-    """Generated labelled rows and a dense block within ~60 m, where the batch plan's
-    finer grids take over: three copies each of 30 rows (each keeps its row's place)."""
+    """Labelled generated rows and a dense block: three copies each of 30 rows (each
+    keeps its row's place)."""
     frame = generate_pois(400, seed=405)
-    rng = np.random.default_rng(6)
-    dense = frame.sample(30, random_state=4).loc[lambda f: f.index.repeat(3)].copy()
-    dense[S.ID] = [f"dense_{i:03d}" for i in range(len(dense))]
-    dense[S.LATITUDE] = (40.7 + rng.uniform(0, 0.0005, len(dense))).astype(str)
-    dense[S.LONGITUDE] = (-74.0 + rng.uniform(0, 0.0005, len(dense))).astype(str)
-    frame = pd.concat([frame, dense], ignore_index=True)
-    frame[S.LATITUDE] = frame[S.LATITUDE].astype(float)
-    frame[S.LONGITUDE] = frame[S.LONGITUDE].astype(float)
-    frame[S.SOURCE] = None
-    columns = [f.name for f in S.poi_table_schema().fields]
-    return spark.createDataFrame(frame[columns], schema=S.poi_table_schema())
+    dense = frame.sample(30, random_state=4).loc[lambda f: f.index.repeat(3)]
+    return _with_dense_block(spark, frame, dense, seed=6)
 
 
 def _jobs(spark: SparkSession, group: str) -> int:
@@ -75,15 +74,8 @@ def _descriptions(spark: SparkSession, group: str) -> set[str]:
 @pytest.fixture
 def service_conf(spark: SparkSession) -> Iterator[None]:
     """The SQL settings of the service's session (where the small plan runs), restored."""
-    before = {k: spark.conf.get(k, None) for k in SERVICE_SQL_CONF}
-    for key, value in SERVICE_SQL_CONF.items():
-        spark.conf.set(key, value)
-    yield
-    for key, old in before.items():
-        if old is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, old)
+    with session_conf(spark, SERVICE_SQL_CONF):
+        yield
 
 
 @pytest.mark.usefixtures("service_conf")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +45,7 @@ __all__ = [
     "SMALL",
     "SMALL_SQL_CONF",
     "small_plan_conf",
+    "session_conf",
     "KNOWN_FEATURES",
     "MatchingSpec",
     "check_features",
@@ -262,15 +263,11 @@ SMALL_SQL_CONF: dict[str, str] = {
 
 
 @contextmanager
-def small_plan_conf(spark: SparkSession, *, enabled: bool = True) -> Iterator[None]:
-    """:data:`SMALL_SQL_CONF` on ``spark`` for the block (``enabled``), then the
-    session's own values back. The settings are the session's, not the thread's: use it
-    where one run owns the session (a job), not around one request of a shared one."""
-    if not enabled:
-        yield
-        return
-    before = {key: spark.conf.get(key, None) for key in SMALL_SQL_CONF}
-    for key, value in SMALL_SQL_CONF.items():
+def session_conf(spark: SparkSession, conf: Mapping[str, str]) -> Iterator[None]:
+    """``conf`` set on ``spark`` for the block, then the session's own values back (unset
+    where it had none)."""
+    before = {key: spark.conf.get(key, None) for key in conf}
+    for key, value in conf.items():
         spark.conf.set(key, value)
     try:
         yield
@@ -280,6 +277,15 @@ def small_plan_conf(spark: SparkSession, *, enabled: bool = True) -> Iterator[No
                 spark.conf.unset(key)
             else:
                 spark.conf.set(key, old)
+
+
+@contextmanager
+def small_plan_conf(spark: SparkSession, *, enabled: bool = True) -> Iterator[None]:
+    """:data:`SMALL_SQL_CONF` on ``spark`` for the block (``enabled``), then the
+    session's own values back. The settings are the session's, not the thread's: use it
+    where one run owns the session (a job), not around one request of a shared one."""
+    with session_conf(spark, SMALL_SQL_CONF if enabled else {}):
+        yield
 
 
 def cached_points(pois: DataFrame, *, stats: NameStats, plan: Plan = BATCH) -> DataFrame:

@@ -27,7 +27,7 @@ from poimatch.namestats import NameStats
 from poimatch.pipeline import MatchingSpec
 from poimatch.workflows import FitOutcome
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("compiled")]
+pytestmark = pytest.mark.slow
 
 
 def _table(spark: SparkSession, path: str) -> pd.DataFrame:
@@ -113,6 +113,8 @@ def test_first_incremental_run_computes_everything(runs: dict[str, Any]) -> None
 def test_second_run_reuses_the_state_and_redoes_only_what_changed(runs: dict[str, Any]) -> None:
     lines = runs["inc_lines"]
     assert "incremental state=reused" in lines
+    # 3,090 rows: the small plan (the coarse grid alone, the same pairs as a full run)
+    assert "plan=small" in lines
     figures = next(line for line in lines if line.startswith("rows="))
     values = dict(part.split("=") for part in figures.split())
     assert int(values["rows"]) == 3090

@@ -238,13 +238,9 @@ def run_match(
     lines = data.lines()
     uri = model_uri or default_model_uri(settings.model.name)
     rows = data.counts.get(triage.MATCHED, 0)
-    # a small run (the small plan: not incremental, no pairs table) runs with the small
+    # a small run (no pairs table; an incremental one too) runs with the small
     # plan's SQL settings from here to its last write; then the session's come back
-    small = (
-        not incremental
-        and pairs_table is None
-        and Plan.for_rows(rows, settings.matching.small_max_rows).small
-    )
+    small = pairs_table is None and Plan.for_rows(rows, settings.matching.small_max_rows).small
     with small_plan_conf(spark, enabled=small):
         try:
             run = _match_rows(
@@ -388,6 +384,7 @@ def _match_rows(
             max_iterations=settings.grouping.max_iterations,
             local_max_edges=settings.grouping.local_max_edges,
             broadcast_max_rows=settings.matching.broadcast_max_rows,
+            plan=Plan.for_rows(rows, settings.matching.small_max_rows),
         )
         per_row = 2.0 * inc.candidates / max(inc.rows, 1)
         return _Matched(inc.matches, inc.candidates, inc.seconds, per_row, inc.lines(), inc.points)

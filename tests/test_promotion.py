@@ -163,6 +163,8 @@ def test_gate_keeps_the_champion_against_a_worse_challenger(
     run = mlflow.get_run(decision.run_id)
     assert run.data.tags["poimatch.decision"] == "keep"
     assert run.data.params["eval_version"] == str(version)
+    # 1,500 evaluation rows: the small plan, as a match run of that size
+    assert run.data.params["plan"] == "small"
     assert run.data.params["challenger_version"] == registry["worse"]
     assert run.data.metrics["champion_iou"] == pytest.approx(decision.champion.iou)
     assert run.data.metrics["challenger_iou"] == pytest.approx(decision.challenger.iou)

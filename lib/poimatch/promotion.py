@@ -28,6 +28,7 @@ from poimatch.config import Settings
 from poimatch.evaluation import candidate_report, iou, matches_to_pairs, pair_metrics, truth_pairs
 from poimatch.io import InputError, delta_version, is_delta_table
 from poimatch.isolation import IsolationError, check_alias
+from poimatch.pipeline import BATCH, Plan, small_plan_conf
 from poimatch.tracking import CHALLENGER, CHAMPION, configure_tracking, load_matcher
 from poimatch.workflows import match_with_model
 
@@ -144,8 +145,12 @@ def read_eval_table(spark: SparkSession, path: str, version: int | None) -> tupl
     return labelled.cache(), pinned
 
 
-def score_model(truth: DataFrame, model_uri: str, *, settings: Settings) -> ModelScore:
-    """Match ``truth`` with a registered model and measure it against the labels."""
+def score_model(
+    truth: DataFrame, model_uri: str, *, settings: Settings, plan: Plan = BATCH
+) -> ModelScore:
+    """Match ``truth`` with a registered model and measure it against the labels.
+    ``plan``: how the match runs (the same output either way, see
+    :class:`poimatch.pipeline.Plan`)."""
     model, spec, _ = load_matcher(model_uri)
     result = match_with_model(
         truth,
@@ -154,6 +159,7 @@ def score_model(truth: DataFrame, model_uri: str, *, settings: Settings) -> Mode
         max_iterations=settings.grouping.max_iterations,
         local_max_edges=settings.grouping.local_max_edges,
         link_only=settings.matching.link_only,
+        plan=plan,
     )
     report = iou(result.matches, truth)
     pairs = pair_metrics(matches_to_pairs(result.matches), truth_pairs(truth))
@@ -220,12 +226,18 @@ def run_gate(
     champion_v = _alias_version(client, name, CHAMPION)
     path = eval_table or settings.storage.table_path(life.eval_table)
     truth, pinned = read_eval_table(spark, path, eval_version)
-    challenger = score_model(truth, f"models:/{name}/{challenger_v}", settings=settings)
-    champion = (
-        score_model(truth, f"models:/{name}/{champion_v}", settings=settings)
-        if champion_v is not None
-        else None
-    )
+    # an evaluation table of at most matching.small_max_rows rows is matched with the
+    # small plan, as a match run or a training of that size (the same output)
+    plan = Plan.for_rows(truth.count(), settings.matching.small_max_rows)
+    with small_plan_conf(spark, enabled=plan.small):
+        challenger = score_model(
+            truth, f"models:/{name}/{challenger_v}", settings=settings, plan=plan
+        )
+        champion = (
+            score_model(truth, f"models:/{name}/{champion_v}", settings=settings, plan=plan)
+            if champion_v is not None
+            else None
+        )
     truth.unpersist()
     promote, reasons = decide(
         champion, challenger, margin=life.promotion_margin, tolerance=life.guard_tolerance
@@ -246,6 +258,7 @@ def run_gate(
                 "champion_version": champion_v or "none",
                 "eval_table": path,
                 "eval_version": pinned,
+                "plan": plan.name,
                 "promotion_margin": life.promotion_margin,
                 "guard_tolerance": life.guard_tolerance,
             }

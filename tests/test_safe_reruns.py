@@ -2,17 +2,19 @@
 
 A module fixture ingests a generated CSV into the Delta POI table of a temporary storage
 root and registers the suite's shared small model in a temporary MLflow store. Then the
-match job runs through ``./spark-submit.sh`` as the nightly schedule runs it (no
-``--input``: it reads the POI table), three times on the same POI table version:
+nightly match job (no ``--input``: it reads the POI table) runs three times on the
+same POI table version:
 
-* a normal run (version 0 of the ``matches`` table);
-* a run killed with SIGKILL (its whole process group) after it has started writing data
-  files into the ``matches`` folder but before the Delta commit: every table is still
-  readable at its previous version with its previous content, and the killed write's
-  files are left as orphans nobody references;
-* a normal run again (the job's ``main`` in the test's own session: one JVM start
-  fewer): it commits version 1 with the same rows as the first run, and the table's
-  history shows exactly the two writes (a re-run is idempotent, even after a kill).
+* a normal run (the job's ``main`` in the test's own session: a JVM start fewer), version
+  0 of the ``matches`` table;
+* a run through ``./spark-submit.sh``, as the nightly schedule runs it, killed with
+  SIGKILL (its whole process group) after it has started writing data files into the
+  ``matches`` folder but before the Delta commit: every table is still readable at its
+  previous version with its previous content, and the killed write's files are left as
+  orphans nobody references;
+* a normal run again (``main`` in this process): it commits version 1 with the same rows
+  as the first run, and the table's history shows exactly the two writes (a re-run is
+  idempotent, even after a kill).
 """
 
 from __future__ import annotations
@@ -104,23 +106,6 @@ def _job_env() -> dict[str, str]:
     }
     env["GX_ANALYTICS_ENABLED"] = "false"
     return env
-
-
-def _run_match(lake: Lake, log_name: str) -> subprocess.CompletedProcess[str]:
-    started = time.monotonic()
-    done = subprocess.run(
-        lake.match_command(),
-        capture_output=True,
-        text=True,
-        timeout=JOB_TIMEOUT_S,
-        check=False,
-        cwd=REPO,
-        env=_job_env(),
-    )
-    (lake.root / f"{log_name}.log").write_text(done.stdout + done.stderr, encoding="utf-8")
-    assert done.returncode == 0, f"{log_name} failed:\n{(done.stdout + done.stderr)[-3000:]}"
-    print(f"{log_name}: {time.monotonic() - started:.1f} s")
-    return done
 
 
 def _run_match_here(lake: Lake, log_name: str) -> None:
@@ -283,7 +268,7 @@ class Runs:
 def runs(lake: Lake, spark: SparkSession) -> Runs:
     """A normal run, a run killed mid-write (up to KILL_ATTEMPTS tries), a normal run."""
     pois_before = delta_version(spark, str(lake.pois))
-    _run_match(lake, "match_run1")
+    _run_match_here(lake, "match_run1")
     first = _matches_rows(spark, lake.matches)
 
     tables = [lake.matches, lake.pois]

@@ -508,10 +508,18 @@ def _project(spark: SparkSession, store: str | None) -> _Project:
 
 def _checkpoint(project: _Project, name: str, expectations: Sequence[Expectation]) -> Any:
     """The suite ``name`` as a Validation Definition (the suite on the whole-frame batch)
-    run by a Checkpoint of the same name, made once per project; a file project also
-    stores each result and updates its Data Docs."""
+    run by a Checkpoint of the same name; a file project also stores each result and
+    updates its Data Docs.
+
+    Made once per in-memory project. A file project's are saved again before every run:
+    another process (a spark-submit job on the same validations folder) may have saved
+    the suite since, and GX refuses to run a checkpoint whose suite object is older than
+    the stored one (``CheckpointRelatedResourcesFreshnessError: ExpectationSuite ... has
+    changed since it has last been saved``; found by tests/test_safe_reruns.py).
+    """
+    stored = _store_of(project) is not None
     known = project.checkpoints.get(name)
-    if known is not None:
+    if known is not None and not stored:
         return known
     context = project.context
     suite = gx.ExpectationSuite(name=name)
@@ -524,7 +532,6 @@ def _checkpoint(project: _Project, name: str, expectations: Sequence[Expectation
     definition = context.validation_definitions.add_or_update(
         gx.ValidationDefinition(name=name, data=project.definition, suite=suite)
     )
-    stored = _store_of(project) is not None
     actions: list[ValidationAction] = [UpdateDataDocsAction(name="data_docs")] if stored else []
     checkpoint = context.checkpoints.add_or_update(
         gx.Checkpoint(

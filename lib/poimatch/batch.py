@@ -371,6 +371,7 @@ def _match_rows(
     if pois.limit(1).count() == 0:  # every row rejected: nothing to match
         empty = spark.createDataFrame([], f"{S.ID} string, {S.GROUP_ID} string, {S.MATCHES} string")
         return _Matched(empty, 0, 0.0, 0.0, [])
+    by_size = Plan.for_rows(rows, settings.matching.small_max_rows)
     if incremental:
         assert table is not None  # nosec B101
         configure_tracking(settings.tracking)
@@ -384,12 +385,12 @@ def _match_rows(
             max_iterations=settings.grouping.max_iterations,
             local_max_edges=settings.grouping.local_max_edges,
             broadcast_max_rows=settings.matching.broadcast_max_rows,
-            plan=Plan.for_rows(rows, settings.matching.small_max_rows),
+            plan=by_size,
         )
         per_row = 2.0 * inc.candidates / max(inc.rows, 1)
         return _Matched(inc.matches, inc.candidates, inc.seconds, per_row, inc.lines(), inc.points)
     # the scored-pairs table keeps the features: the batch plan's checkpoint holds them
-    plan = BATCH if keep_pairs else Plan.for_rows(rows, settings.matching.small_max_rows)
+    plan = BATCH if keep_pairs else by_size
     result = match_pois(
         pois, model_uri=uri, settings=settings, plan=plan, keep_pair_features=keep_pairs
     )

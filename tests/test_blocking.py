@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,7 +61,7 @@ def test_fine_grids_give_exactly_the_coarse_k_nearest(spark: SparkSession) -> No
     # a dense centre (fine grids are used there) fading into sparse outskirts
     import random
 
-    from poimatch.blocking import _spatial_nearest
+    from poimatch.blocking import _LVL, _grid_levels, _spatial_nearest
 
     rng = random.Random(3)
     rows = []
@@ -79,6 +80,11 @@ def test_fine_grids_give_exactly_the_coarse_k_nearest(spark: SparkSession) -> No
     fine, coarse = nearest(4), nearest(0)
     assert len(coarse) == 4 * len(rows)
     assert fine == coarse
+    # ... and the fine grids were used: the centre on fine levels, the outskirts not
+    levels = Counter(r[_LVL] for r in _grid_levels(points, 300.0, 4, 4).collect())
+    assert sum(levels.values()) == len(rows)
+    assert levels[0] > 0
+    assert sum(n for level, n in levels.items() if level >= 2) > 100
 
 
 def test_fine_grid_row_with_no_neighbour_within_its_cell_is_redone(spark: SparkSession) -> None:

@@ -116,8 +116,9 @@ def _offsets() -> Column:
     )
 
 
-def _spread_counts(counts: DataFrame, keys: list[str], cell_m: float) -> DataFrame:
-    """Per cell (and key): rows in the 3x3 cells around it, from per-cell counts ``_c``."""
+def _spread_counts(counts: DataFrame, keys: list[str], cell_m: Column | float) -> DataFrame:
+    """Per cell (and key): rows in the 3x3 cells around it, from per-cell counts ``_c``
+    (``cell_m`` a column when each key row has its own cell size, as per grid level)."""
     return (
         counts.select(_CY, _CX, *keys, "_c", F.explode(_offsets()).alias("_o"))
         .withColumn(_CY, F.col(_CY) + F.col("_o.dy"))
@@ -247,26 +248,33 @@ def _grid_levels(points: DataFrame, cell_m: float, k: int, fine_levels: int) -> 
     Level ``j`` has cells of ``cell_m / 2**j``; a row gets the finest level whose 3x3
     cells around it hold at least ``_DENSE_FACTOR * k`` other rows (then its k
     nearest almost always lie within one cell size, which :func:`_ranked` checks).
+
+    All levels in one pass: each row is copied once per fine level (its cell at that
+    level), the copies are counted per level and cell, spread to the 3x3 cells and
+    flagged dense, and each row keeps its finest dense level; three shuffles and a plan
+    of fixed size, however many levels (level by level, it was three shuffles and a
+    join per level, and a plan Spark took seconds to analyse, on any table). Ids are
+    unique, as everywhere in blocking.
     """
-    rows = points.select(*_row_columns(points))
-    level = F.lit(0)
-    for j in range(1, fine_levels + 1):
-        size = cell_m / 2**j
-        cy, cx = f"_cy{j}", f"_cx{j}"
-        rows = rows.withColumn(cy, _cell_y(F.col(S.LATITUDE), size)).withColumn(
-            cx, _cell_x(F.col(S.LONGITUDE), F.col(cy), size)
-        )
-        counts = rows.groupBy(F.col(cy).alias(_CY), F.col(cx).alias(_CX)).agg(
-            F.count(F.lit(1)).alias("_c")
-        )
-        dense = (
-            _spread_counts(counts, [], size)
-            .where(F.col("_nn") - 1 >= _DENSE_FACTOR * k)
-            .select(F.col(_CY).alias(cy), F.col(_CX).alias(cx), F.lit(j).alias(f"_d{j}"))
-        )
-        rows = rows.join(dense, on=[cy, cx], how="left")
-        level = F.coalesce(F.col(f"_d{j}"), level)
-    return rows.select(*_row_columns(points), level.cast(T.IntegerType()).alias(_LVL))
+    cols = _row_columns(points)
+    rows = points.select(*cols)
+    size = _size(cell_m)
+    copies = rows.select(
+        *cols, F.explode(F.sequence(F.lit(1), F.lit(fine_levels))).alias(_LVL)
+    ).withColumn(_CY, _cell_y(F.col(S.LATITUDE), size))
+    copies = copies.withColumn(_CX, _cell_x(F.col(S.LONGITUDE), F.col(_CY), size))
+    counts = copies.groupBy(_LVL, _CY, _CX).agg(F.count(F.lit(1)).alias("_c"))
+    dense = (
+        _spread_counts(counts, [_LVL], size)
+        .where(F.col("_nn") - 1 >= _DENSE_FACTOR * k)
+        .select(_LVL, _CY, _CX, F.lit(True).alias("_dense"))
+    )
+    finest = F.max(F.when(F.col("_dense"), F.col(_LVL)).otherwise(F.lit(0)))
+    return (
+        copies.join(dense, on=[_LVL, _CY, _CX], how="left")
+        .groupBy(*cols)
+        .agg(finest.cast(T.IntegerType()).alias(_LVL))
+    )
 
 
 def _spatial_nearest(

@@ -149,3 +149,43 @@ def test_registered_pyfunc_scores_pairs_as_the_batch_does(
     )
     with pytest.raises(mlflow.exceptions.MlflowException, match=spec.features[0]):
         served.predict(frame.drop(columns=[spec.features[0]]))
+
+
+def test_a_registered_version_is_loaded_once_and_resolved_on_every_call(
+    small_matcher: FitOutcome, tmp_path: Path
+) -> None:
+    """load_matcher keeps a loaded registered version (its artifacts never change) but
+    asks the registry each time: an alias that moved loads the other version, and a
+    deleted version is not served from memory."""
+    import mlflow
+    from conftest import register_matcher
+    from mlflow.tracking import MlflowClient
+
+    from poimatch.tracking import load_matcher
+
+    settings = load_settings(
+        "ci",
+        [
+            f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"tracking.artifact_root={tmp_path / 'artifacts'}",
+            "model.name=poimatch-cache-test",
+        ],
+    )
+    _, first, _ = register_matcher(small_matcher, settings)
+    _, second, _ = register_matcher(small_matcher, settings)
+    client = MlflowClient()
+    client.set_registered_model_alias("poimatch-cache-test", "champion", first)
+    by_alias = "models:/poimatch-cache-test@champion"
+    model, spec, meta = load_matcher(by_alias)
+    again, spec_again, meta_again = load_matcher(f"models:/poimatch-cache-test/{first}")
+    assert again is model  # the same loaded pipeline, no second load
+    assert spec_again == spec == small_matcher.spec
+    assert meta_again == meta
+    meta_again["changed"] = True
+    assert "changed" not in load_matcher(by_alias)[2]  # callers get their own copy
+    client.set_registered_model_alias("poimatch-cache-test", "champion", second)
+    moved, _, _ = load_matcher(by_alias)
+    assert moved is not model
+    client.delete_model_version("poimatch-cache-test", first)
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        load_matcher(f"models:/poimatch-cache-test/{first}")

@@ -24,6 +24,7 @@ import pyspark
 import xgboost
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
+from pyspark import SparkContext
 from pyspark.ml import PipelineModel
 
 from poimatch import scorer
@@ -180,6 +181,36 @@ def assign_alias(name: str, version: str, *, research: bool = False) -> str:
     return alias
 
 
+#: registered versions loaded in this process, per Spark context (see :func:`load_matcher`)
+_LOADED: dict[tuple[str, ...], tuple[Any, PipelineModel, MatchingSpec, dict[str, Any]]] = {}
+_LOADED_MAX = 4
+
+
+def _version_key(model_uri: str) -> tuple[str, ...] | None:
+    """``(registry, name, version, run id, source)`` of the registered version
+    ``model_uri`` names, looked up now (an alias that moved is followed; a deleted version
+    raises, as loading it would); ``None`` for any other kind of URI."""
+    if not model_uri.startswith("models:/"):
+        return None
+    rest = model_uri.removeprefix("models:/")
+    client = MlflowClient()
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        found = client.get_model_version_by_alias(name, alias)
+    else:
+        name, _, version = rest.rpartition("/")
+        if not name or not version.isdigit():
+            return None
+        found = client.get_model_version(name, version)
+    return (
+        mlflow.get_registry_uri(),
+        str(found.name),
+        str(found.version),
+        str(found.run_id or ""),
+        str(found.source or ""),
+    )
+
+
 def load_matcher(model_uri: str) -> tuple[PipelineModel, MatchingSpec, dict[str, Any]]:
     """Load a registered model's Spark pipeline and the matching spec (with name
     statistics) it was trained with.
@@ -188,10 +219,33 @@ def load_matcher(model_uri: str) -> tuple[PipelineModel, MatchingSpec, dict[str,
     artifacts hold the Spark pipeline) and the earlier ones (an ``mlflow.spark`` model
     with the name statistics as a run artifact named in its metadata).
 
+    A registered version (``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``, resolved
+    against the registry on every call) is loaded once per process and Spark context:
+    a version's artifacts never change, and loading its pipeline costs six Spark jobs
+    (about 0.7 s on the suite's session), which a notebook or a test module matching
+    repeatedly with one model would pay per call. The last :data:`_LOADED_MAX` versions
+    are kept.
+
     Raises:
         ValueError: the model has no poimatch spec (not trained by poimatch) or no
             name statistics (trained by a poimatch before they were frozen).
     """
+    key = _version_key(model_uri)
+    context = SparkContext._active_spark_context  # the JVM the pipeline lives in
+    known = _LOADED.get(key) if key is not None else None
+    if known is not None and known[0] is context and context is not None:
+        _, model, spec, meta = known
+        return model, spec, dict(meta)
+    model, spec, meta = _load_matcher(model_uri)
+    if key is not None and context is not None:
+        _LOADED.pop(key, None)
+        _LOADED[key] = (context, model, spec, meta)
+        while len(_LOADED) > _LOADED_MAX:
+            del _LOADED[next(iter(_LOADED))]
+    return model, spec, dict(meta)
+
+
+def _load_matcher(model_uri: str) -> tuple[PipelineModel, MatchingSpec, dict[str, Any]]:
     info = mlflow.models.get_model_info(model_uri)
     meta = info.metadata or {}
     if _SPEC_KEY not in meta:

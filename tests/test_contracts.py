@@ -317,22 +317,35 @@ def _matches(spark: SparkSession, rows: list[tuple[str | None, ...]]) -> DataFra
     return spark.createDataFrame(rows, MATCH_SCHEMA)
 
 
+@pytest.fixture(params=["spark", "pandas"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """Which of GX's engines checks the output: Spark frames, or the pandas frames a
+    small run holds on the driver; every output test runs with both, same outcomes."""
+    return str(request.param)
+
+
+def _check_output(engine: str, out: DataFrame, input_ids: DataFrame) -> C.ContractResult:
+    if engine == "pandas":
+        return C.validate_output(out.toPandas(), input_ids=input_ids.toPandas())
+    return C.validate_output(out, input_ids=input_ids)
+
+
 def test_validate_output_accepts_a_correct_result(
-    spark: SparkSession, input_ids: DataFrame
+    spark: SparkSession, input_ids: DataFrame, engine: str
 ) -> None:
     out = _matches(
         spark, [("a", "a b", "g1"), ("b", "b a", "g1"), ("c", "c", "g2"), ("d", "d", "g3")]
     )
-    result = C.validate_output(out, input_ids=input_ids)
+    result = _check_output(engine, out, input_ids)
     assert result.suite == C.OUTPUT_SUITE
     assert result.success, result.describe()
     assert len(result.outcomes) == 7
     assert S.OUTPUT_FIRST_MATCH not in out.columns
 
 
-def test_validate_output_missing_id(spark: SparkSession, input_ids: DataFrame) -> None:
+def test_validate_output_missing_id(spark: SparkSession, input_ids: DataFrame, engine: str) -> None:
     out = _matches(spark, [("a", "a b", "g1"), ("b", "b a", "g1"), ("c", "c", "g2")])
-    result = C.validate_output(out, input_ids=input_ids)
+    result = _check_output(engine, out, input_ids)
     assert not result.success
     failed = {(o.name, o.column): o.unexpected_count for o in result.failures()}
     assert failed == {
@@ -345,7 +358,9 @@ def test_validate_output_missing_id(spark: SparkSession, input_ids: DataFrame) -
     assert "observed 3 rows, expected 4" in text
 
 
-def test_validate_output_duplicated_id(spark: SparkSession, input_ids: DataFrame) -> None:
+def test_validate_output_duplicated_id(
+    spark: SparkSession, input_ids: DataFrame, engine: str
+) -> None:
     out = _matches(
         spark,
         [
@@ -356,7 +371,7 @@ def test_validate_output_duplicated_id(spark: SparkSession, input_ids: DataFrame
             ("d", "d", "g3"),
         ],
     )
-    result = C.validate_output(out, input_ids=input_ids)
+    result = _check_output(engine, out, input_ids)
     assert not result.success
     failed = {(o.name, o.column): o.unexpected_count for o in result.failures()}
     assert failed == {
@@ -369,12 +384,12 @@ def test_validate_output_duplicated_id(spark: SparkSession, input_ids: DataFrame
 
 
 def test_validate_output_matches_must_start_with_the_id(
-    spark: SparkSession, input_ids: DataFrame
+    spark: SparkSession, input_ids: DataFrame, engine: str
 ) -> None:
     out = _matches(
         spark, [("a", "b a", "g1"), ("b", "b a", "g1"), ("c", " c", "g2"), ("d", None, None)]
     )
-    result = C.validate_output(out, input_ids=input_ids)
+    result = _check_output(engine, out, input_ids)
     assert not result.success
     failed = {(o.name, o.column): o.unexpected_count for o in result.failures()}
     assert failed == {
@@ -389,10 +404,10 @@ def test_validate_output_matches_must_start_with_the_id(
 
 
 def test_validate_output_without_matches_column_fails_cleanly(
-    spark: SparkSession, input_ids: DataFrame
+    spark: SparkSession, input_ids: DataFrame, engine: str
 ) -> None:
     out = spark.createDataFrame([("a",), ("b",), ("c",), ("d",)], f"{S.ID} string")
-    result = C.validate_output(out, input_ids=input_ids)
+    result = _check_output(engine, out, input_ids)
     assert not result.success
     columns = _outcome(result, "expect_table_columns_to_match_set")
     assert (columns.success, columns.unexpected_count) == (False, 1)

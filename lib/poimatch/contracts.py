@@ -18,14 +18,19 @@ Typical use in the ingest job::
     report = validate_input(checked)            # validator: runs Spark jobs
     require(validate_input(checked.where(F.col(REASON).isNull())))
 
-Validators run Spark actions (GX computes its metrics with Spark, never through
-pandas). A frame that is not cached already is persisted (memory and disk) for the
-time of the validation and released afterwards, so the metrics do not recompute its
-lineage; cache a frame yourself if it is written after being validated.
+Validators run Spark actions (GX computes its metrics with Spark). A frame that is
+not cached already is persisted (memory and disk) for the time of the validation and
+released afterwards, so the metrics do not recompute its lineage; cache a frame
+yourself if it is written after being validated. The one exception is a small match
+run's output, which the small plan holds on the driver anyway: :func:`validate_output`
+also takes pandas frames and runs the same suite through GX's pandas engine (two
+Spark jobs to collect instead of sixteen to compute the metrics; the outcomes are the
+same, tested).
 
-Each suite is a GX Expectation Suite, bound to the Spark data source's whole-frame
-batch by a Validation Definition and run by a Checkpoint of the same name (the output
-suite's row count is a suite parameter given per run). Where they live:
+Each suite is a GX Expectation Suite, bound to a data source's whole-frame batch (the
+Spark source's, or the pandas source's for pandas frames) by a Validation Definition
+and run by a Checkpoint (the output suite's row count is a suite parameter given per
+run). Where they live:
 
 * ``store=None`` (the default; ad-hoc runs, tests): an *ephemeral* context, in memory,
   no files, nothing kept;
@@ -57,6 +62,7 @@ if _GX_LOGGER.level == logging.NOTSET:
     _GX_LOGGER.setLevel(logging.WARNING)
 
 import great_expectations as gx  # noqa: E402
+import pandas as pd  # noqa: E402
 from great_expectations.checkpoint.actions import UpdateDataDocsAction, ValidationAction  # noqa: E402
 from great_expectations.core.batch_definition import BatchDefinition  # noqa: E402
 from great_expectations.core.run_identifier import RunIdentifier  # noqa: E402
@@ -458,12 +464,14 @@ _ROWS_PARAMETER = "expected_rows"  # the output suite's row count, given per run
 @dataclass
 class _Project:
     """One GX data context (ephemeral, or a file project keeping results and Data
-    Docs) with the Spark data source's batch definition and a Checkpoint per suite."""
+    Docs) with the whole-frame batch definitions of its Spark and pandas data sources
+    and a Checkpoint per suite and engine."""
 
     context: Any
     spark: SparkSession
     definition: BatchDefinition[Any]
-    checkpoints: dict[str, Any] = field(default_factory=dict)
+    pandas_definition: BatchDefinition[Any]
+    checkpoints: dict[tuple[str, bool], Any] = field(default_factory=dict)
 
 
 _PROJECTS: dict[str | None, _Project] = {}
@@ -500,16 +508,28 @@ def _project(spark: SparkSession, store: str | None) -> _Project:
             context.variables.save()
         source = context.data_sources.add_or_update_spark(name="poimatch_spark", persist=False)
         asset = source.add_dataframe_asset(name="frame")
-        known = _Project(context, spark, asset.add_batch_definition_whole_dataframe("whole"))
+        local = context.data_sources.add_or_update_pandas(name="poimatch_pandas")
+        local_asset = local.add_dataframe_asset(name="frame")
+        known = _Project(
+            context,
+            spark,
+            asset.add_batch_definition_whole_dataframe("whole"),
+            local_asset.add_batch_definition_whole_dataframe("whole"),
+        )
         _PROJECTS[store] = known
     project_manager.set_project(known.context)
     return known
 
 
-def _checkpoint(project: _Project, name: str, expectations: Sequence[Expectation]) -> Any:
-    """The suite ``name`` as a Validation Definition (the suite on the whole-frame batch)
-    run by a Checkpoint of the same name; a file project also stores each result and
-    updates its Data Docs.
+def _checkpoint(
+    project: _Project, name: str, expectations: Sequence[Expectation], *, local: bool = False
+) -> Any:
+    """The Checkpoint that runs suite ``name`` on a Spark frame, or on a pandas frame
+    (``local``): the suite bound to each data source's whole-frame batch by a Validation
+    Definition, run by a Checkpoint of the definition's name (``name``, or
+    ``name + ".pandas"``); a file project also stores each result and updates its Data
+    Docs. Both are made together from one suite object (GX refuses to run a checkpoint
+    whose suite was saved again since it was made).
 
     Made once per in-memory project. A file project's are saved again before every run:
     another process (a spark-submit job on the same validations folder) may have saved
@@ -518,7 +538,7 @@ def _checkpoint(project: _Project, name: str, expectations: Sequence[Expectation
     changed since it has last been saved``; found by tests/test_safe_reruns.py).
     """
     stored = _store_of(project) is not None
-    known = project.checkpoints.get(name)
+    known = project.checkpoints.get((name, local))
     if known is not None and not stored:
         return known
     context = project.context
@@ -529,20 +549,21 @@ def _checkpoint(project: _Project, name: str, expectations: Sequence[Expectation
         meta = {**(expectation.meta or {}), _POSITION: position}
         suite.add_expectation(expectation.copy(update={"meta": meta}, deep=True))
     suite = context.suites.add_or_update(suite)
-    definition = context.validation_definitions.add_or_update(
-        gx.ValidationDefinition(name=name, data=project.definition, suite=suite)
-    )
     actions: list[ValidationAction] = [UpdateDataDocsAction(name="data_docs")] if stored else []
-    checkpoint = context.checkpoints.add_or_update(
-        gx.Checkpoint(
-            name=name,
-            validation_definitions=[definition],
-            actions=actions,
-            result_format=_RESULT_FORMAT,
+    for on_pandas, batches in ((False, project.definition), (True, project.pandas_definition)):
+        runs = f"{name}.pandas" if on_pandas else name
+        definition = context.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name=runs, data=batches, suite=suite)
         )
-    )
-    project.checkpoints[name] = checkpoint
-    return checkpoint
+        project.checkpoints[(name, on_pandas)] = context.checkpoints.add_or_update(
+            gx.Checkpoint(
+                name=runs,
+                validation_definitions=[definition],
+                actions=actions,
+                result_format=_RESULT_FORMAT,
+            )
+        )
+    return project.checkpoints[(name, local)]
 
 
 def _store_of(project: _Project) -> str | None:
@@ -635,7 +656,7 @@ def _cached(frame: DataFrame) -> Iterator[DataFrame]:
 
 
 def _run_suite(
-    frame: DataFrame,
+    frame: DataFrame | pd.DataFrame,
     name: str,
     expectations: Sequence[Expectation],
     *,
@@ -643,12 +664,17 @@ def _run_suite(
     parameters: Mapping[str, Any] | None = None,
     run_name: str | None = None,
 ) -> tuple[tuple[ExpectationOutcome, ...], str | None]:
-    """Run the Checkpoint of suite ``name`` on ``frame``: its outcomes, in the order of
-    ``expectations`` (GX reorders its results), and the Data Docs page of the stored
-    result (``store`` given) or ``None``."""
+    """Run the Checkpoint of suite ``name`` on ``frame`` (Spark or pandas): its
+    outcomes, in the order of ``expectations`` (GX reorders its results), and the Data
+    Docs page of the stored result (``store`` given) or ``None``."""
+    local = isinstance(frame, pd.DataFrame)
     with _LOCK:
-        project = _project(frame.sparkSession, store)
-        checkpoint = _checkpoint(project, name, expectations)
+        spark = frame.sparkSession if isinstance(frame, DataFrame) else None
+        spark = spark or SparkSession.getActiveSession()
+        if spark is None:
+            raise RuntimeError("no active Spark session to check a frame with")
+        project = _project(spark, store)
+        checkpoint = _checkpoint(project, name, expectations, local=local)
         run = checkpoint.run(
             batch_parameters={"dataframe": frame},
             expectation_parameters=dict(parameters or {}),
@@ -724,29 +750,11 @@ def validate_input(
     return _result(INPUT_SUITE, outcomes, [page])
 
 
-def validate_output(
-    matches: DataFrame,
-    *,
-    input_ids: DataFrame,
-    store: str | None = None,
-    run_name: str | None = None,
-) -> ContractResult:
-    """Check a match result before it is written (runs Spark jobs).
-
-    Args:
-        matches: one row per POI with ``id`` and ``matches`` (space-separated ids,
-            starting with the row's own id); other columns (``group_id``) allowed.
-        input_ids: the POIs that were matched (an ``id`` column; other columns ignored).
-        store: a GX project folder: the results are stored there and its Data Docs
-            updated (``None``: checked in memory, nothing written).
-        run_name: the GX run name the stored results are filed under.
-
-    Returns:
-        :class:`ContractResult` of suite ``poimatch.output``: ``id`` not null and
-        unique; ``matches`` not null and its first token equal to ``id``; as many rows
-        as distinct input ids; and no input id missing from the output.
-    """
-    table: list[Expectation] = [
+def _output_expectations() -> list[Expectation]:
+    """The output suite: columns, ids, matches starting with the id, the row count (a
+    suite parameter: the suite is one stored definition, each run gives the number of
+    distinct input ids it must equal)."""
+    return [
         ExpectTableColumnsToMatchSet(column_set=[ID, MATCHES], exact_match=False),
         ExpectColumnValuesToNotBeNull(column=ID),
         ExpectColumnValuesToBeUnique(column=ID),
@@ -756,13 +764,53 @@ def validate_output(
             column_B=OUTPUT_FIRST_MATCH,
             meta={"note": f"first id in {MATCHES} must be the row's {ID}"},
         ),
-        # the count is a suite parameter: the suite is one stored definition, each run
-        # gives the number of distinct input ids it must equal
         ExpectTableRowCountToEqual(
             value={"$PARAMETER": _ROWS_PARAMETER},
             meta={"note": "one row per distinct input id"},
         ),
     ]
+
+
+def _coverage_expectations() -> list[Expectation]:
+    """Input ids left-joined to the output's: a null output id is a missing id."""
+    return [
+        ExpectColumnPairValuesToBeEqual(
+            column_A=ID,
+            column_B=OUTPUT_ID_FOUND,
+            meta={"note": "input ids missing from the output"},
+        )
+    ]
+
+
+def validate_output(
+    matches: DataFrame | pd.DataFrame,
+    *,
+    input_ids: DataFrame | pd.DataFrame,
+    store: str | None = None,
+    run_name: str | None = None,
+) -> ContractResult:
+    """Check a match result before it is written (runs Spark jobs for Spark frames).
+
+    Args:
+        matches: one row per POI with ``id`` and ``matches`` (space-separated ids,
+            starting with the row's own id); other columns (``group_id``) allowed.
+            A pandas frame (a small run's output, already on the driver) is checked
+            with GX's pandas engine: the same suite, no Spark job.
+        input_ids: the POIs that were matched (an ``id`` column; other columns
+            ignored); Spark or pandas, as ``matches``.
+        store: a GX project folder: the results are stored there and its Data Docs
+            updated (``None``: checked in memory, nothing written).
+        run_name: the GX run name the stored results are filed under.
+
+    Returns:
+        :class:`ContractResult` of suite ``poimatch.output``: ``id`` not null and
+        unique; ``matches`` not null and its first token equal to ``id``; as many rows
+        as distinct input ids; and no input id missing from the output.
+    """
+    if isinstance(matches, pd.DataFrame) or isinstance(input_ids, pd.DataFrame):
+        if not (isinstance(matches, pd.DataFrame) and isinstance(input_ids, pd.DataFrame)):
+            raise TypeError("validate_output: give matches and input_ids both as Spark or pandas")
+        return _validate_output_frame(matches, input_ids, store=store, run_name=run_name)
     distinct_ids = input_ids.select(ID).where(F.col(ID).isNotNull()).distinct()
     pages: list[str | None] = []
     with _cached(matches) as output, _cached(distinct_ids) as ids:
@@ -774,26 +822,61 @@ def validate_output(
         found, page = _run_suite(
             checked,
             OUTPUT_SUITE,
-            table,
+            _output_expectations(),
             store=store,
             parameters={_ROWS_PARAMETER: n_ids},
             run_name=run_name,
         )
         outcomes, pages = list(found), [page]
         if ID in output.columns:
-            # Input ids left-joined to the output's: a null output id is a missing id.
             present = output.select(ID).distinct().withColumn(OUTPUT_ID_FOUND, F.col(ID))
-            coverage = [
-                ExpectColumnPairValuesToBeEqual(
-                    column_A=ID,
-                    column_B=OUTPUT_ID_FOUND,
-                    meta={"note": "input ids missing from the output"},
-                )
-            ]
             with _cached(ids.join(present, on=ID, how="left")) as joined:
                 more, page = _run_suite(
-                    joined, f"{OUTPUT_SUITE}.coverage", coverage, store=store, run_name=run_name
+                    joined,
+                    f"{OUTPUT_SUITE}.coverage",
+                    _coverage_expectations(),
+                    store=store,
+                    run_name=run_name,
                 )
             outcomes += more
             pages.append(page)
+    return _result(OUTPUT_SUITE, outcomes, pages)
+
+
+def _validate_output_frame(
+    output: pd.DataFrame, input_ids: pd.DataFrame, *, store: str | None, run_name: str | None
+) -> ContractResult:
+    """:func:`validate_output` of pandas frames: the same two suites, GX's pandas engine."""
+    ids = input_ids[[ID]].dropna().drop_duplicates()
+    checked = output
+    if MATCHES in output.columns:
+        # as Spark's split(matches, ' ', 2)[0]: the text before the first space
+        first = output[MATCHES].map(lambda v: v.split(" ", 1)[0] if isinstance(v, str) else None)
+        checked = output.assign(**{OUTPUT_FIRST_MATCH: first})
+    found, page = _run_suite(
+        checked,
+        OUTPUT_SUITE,
+        _output_expectations(),
+        store=store,
+        parameters={_ROWS_PARAMETER: len(ids)},
+        run_name=run_name,
+    )
+    outcomes, pages = list(found), [page]
+    if ID in output.columns:
+        present = output[[ID]].dropna().drop_duplicates()
+        present = present.assign(**{OUTPUT_ID_FOUND: present[ID]})
+        joined = ids.merge(present, on=ID, how="left")
+        # a missing id as null (as Spark's join gives it), not pandas' NaN
+        joined[OUTPUT_ID_FOUND] = [
+            v if isinstance(v, str) else None for v in joined[OUTPUT_ID_FOUND]
+        ]
+        more, page = _run_suite(
+            joined,
+            f"{OUTPUT_SUITE}.coverage",
+            _coverage_expectations(),
+            store=store,
+            run_name=run_name,
+        )
+        outcomes += more
+        pages.append(page)
     return _result(OUTPUT_SUITE, outcomes, pages)

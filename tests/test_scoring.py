@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 
 from poimatch import schema as S
 from poimatch.batch import load_pois
-from poimatch.config import load_settings
+from poimatch.config import Settings, load_settings
 from poimatch.generator import generate_pois, write_pois_csv
 from poimatch.pipeline import booster_score, score_pairs
 from poimatch.workflows import FitOutcome, training_set
@@ -33,6 +33,18 @@ def featured(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> D
     return pairs.withColumn(
         S.F_NAME_JW, F.when(hole, F.lit(None)).otherwise(F.col(S.F_NAME_JW))
     ).withColumn(S.F_DIST_M, F.when(~hole, F.col(S.F_DIST_M)))
+
+
+def _store(tmp_path: Path, model_name: str) -> Settings:
+    """ci settings with an MLflow store of this test and ``model_name``."""
+    return load_settings(
+        "ci",
+        [
+            f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"tracking.artifact_root={tmp_path / 'artifacts'}",
+            f"model.name={model_name}",
+        ],
+    )
 
 
 def test_direct_scores_equal_the_pipeline_models_probabilities(
@@ -104,14 +116,7 @@ def test_registered_pyfunc_scores_pairs_as_the_batch_does(
 
     from poimatch.tracking import load_matcher
 
-    settings = load_settings(
-        "ci",
-        [
-            f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-            f"tracking.artifact_root={tmp_path / 'artifacts'}",
-            "model.name=poimatch-pyfunc-test",
-        ],
-    )
+    settings = _store(tmp_path, "poimatch-pyfunc-test")
     uri, version, _ = register_matcher(small_matcher, settings)
     spec = small_matcher.spec
     batch = score_pairs(small_matcher.model, featured, spec.calibration).toPandas()
@@ -163,14 +168,7 @@ def test_a_registered_version_is_loaded_once_and_resolved_on_every_call(
 
     from poimatch.tracking import load_matcher
 
-    settings = load_settings(
-        "ci",
-        [
-            f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-            f"tracking.artifact_root={tmp_path / 'artifacts'}",
-            "model.name=poimatch-cache-test",
-        ],
-    )
+    settings = _store(tmp_path, "poimatch-cache-test")
     _, first, _ = register_matcher(small_matcher, settings)
     _, second, _ = register_matcher(small_matcher, settings)
     client = MlflowClient()

@@ -782,6 +782,38 @@ def _coverage_expectations() -> list[Expectation]:
     ]
 
 
+def _run_output_suites(
+    checked: DataFrame | pd.DataFrame,
+    joined: DataFrame | pd.DataFrame | None,
+    *,
+    n_ids: int,
+    store: str | None,
+    run_name: str | None,
+) -> ContractResult:
+    """The output suite on ``checked`` (the output with its first match) and, when
+    given, the coverage suite on ``joined`` (input ids left-joined to the output's)."""
+    found, page = _run_suite(
+        checked,
+        OUTPUT_SUITE,
+        _output_expectations(),
+        store=store,
+        parameters={_ROWS_PARAMETER: n_ids},
+        run_name=run_name,
+    )
+    outcomes, pages = list(found), [page]
+    if joined is not None:
+        more, page = _run_suite(
+            joined,
+            f"{OUTPUT_SUITE}.coverage",
+            _coverage_expectations(),
+            store=store,
+            run_name=run_name,
+        )
+        outcomes += more
+        pages.append(page)
+    return _result(OUTPUT_SUITE, outcomes, pages)
+
+
 def validate_output(
     matches: DataFrame | pd.DataFrame,
     *,
@@ -812,35 +844,17 @@ def validate_output(
             raise TypeError("validate_output: give matches and input_ids both as Spark or pandas")
         return _validate_output_frame(matches, input_ids, store=store, run_name=run_name)
     distinct_ids = input_ids.select(ID).where(F.col(ID).isNotNull()).distinct()
-    pages: list[str | None] = []
     with _cached(matches) as output, _cached(distinct_ids) as ids:
         n_ids = ids.count()
         checked = output
         if MATCHES in output.columns:
             first = F.split(F.col(MATCHES), " ", 2).getItem(0)
             checked = output.withColumn(OUTPUT_FIRST_MATCH, first)
-        found, page = _run_suite(
-            checked,
-            OUTPUT_SUITE,
-            _output_expectations(),
-            store=store,
-            parameters={_ROWS_PARAMETER: n_ids},
-            run_name=run_name,
-        )
-        outcomes, pages = list(found), [page]
-        if ID in output.columns:
-            present = output.select(ID).distinct().withColumn(OUTPUT_ID_FOUND, F.col(ID))
-            with _cached(ids.join(present, on=ID, how="left")) as joined:
-                more, page = _run_suite(
-                    joined,
-                    f"{OUTPUT_SUITE}.coverage",
-                    _coverage_expectations(),
-                    store=store,
-                    run_name=run_name,
-                )
-            outcomes += more
-            pages.append(page)
-    return _result(OUTPUT_SUITE, outcomes, pages)
+        if ID not in output.columns:
+            return _run_output_suites(checked, None, n_ids=n_ids, store=store, run_name=run_name)
+        present = output.select(ID).distinct().withColumn(OUTPUT_ID_FOUND, F.col(ID))
+        with _cached(ids.join(present, on=ID, how="left")) as joined:
+            return _run_output_suites(checked, joined, n_ids=n_ids, store=store, run_name=run_name)
 
 
 def _validate_output_frame(
@@ -853,15 +867,7 @@ def _validate_output_frame(
         # as Spark's split(matches, ' ', 2)[0]: the text before the first space
         first = output[MATCHES].map(lambda v: v.split(" ", 1)[0] if isinstance(v, str) else None)
         checked = output.assign(**{OUTPUT_FIRST_MATCH: first})
-    found, page = _run_suite(
-        checked,
-        OUTPUT_SUITE,
-        _output_expectations(),
-        store=store,
-        parameters={_ROWS_PARAMETER: len(ids)},
-        run_name=run_name,
-    )
-    outcomes, pages = list(found), [page]
+    joined = None
     if ID in output.columns:
         present = output[[ID]].dropna().drop_duplicates()
         present = present.assign(**{OUTPUT_ID_FOUND: present[ID]})
@@ -870,13 +876,4 @@ def _validate_output_frame(
         joined[OUTPUT_ID_FOUND] = [
             v if isinstance(v, str) else None for v in joined[OUTPUT_ID_FOUND]
         ]
-        more, page = _run_suite(
-            joined,
-            f"{OUTPUT_SUITE}.coverage",
-            _coverage_expectations(),
-            store=store,
-            run_name=run_name,
-        )
-        outcomes += more
-        pages.append(page)
-    return _result(OUTPUT_SUITE, outcomes, pages)
+    return _run_output_suites(checked, joined, n_ids=len(ids), store=store, run_name=run_name)

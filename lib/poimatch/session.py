@@ -17,11 +17,19 @@ from pyspark.sql import SparkSession
 
 from poimatch.config import SparkSettings
 
-__all__ = ["build_session", "find_jars", "launched_by_spark_submit", "MissingJarsError"]
+__all__ = [
+    "WORKER_DAEMON",
+    "build_session",
+    "find_jars",
+    "launched_by_spark_submit",
+    "MissingJarsError",
+]
 
 _DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 _DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 _REQUIRED_JAR_PREFIXES = ("delta-spark_", "delta-storage-")
+#: the Python worker daemon of local masters (see :mod:`poimatch.worker_daemon`)
+WORKER_DAEMON = "poimatch.worker_daemon"
 
 
 class MissingJarsError(RuntimeError):
@@ -85,6 +93,8 @@ def build_session(settings: SparkSettings) -> SparkSession:
         # The submitter chose master, resources and jars: keep every key it set.
         SparkContext._ensure_initialized()
         submitted = SparkConf()
+        if submitted.get("spark.master", "").startswith("local"):
+            wanted.setdefault("spark.python.daemon.module", WORKER_DAEMON)
         wanted = {k: v for k, v in wanted.items() if not submitted.contains(k)}
     else:
         # Plain `python jobs/x.py`, pytest or the service: we own the JVM, so we size it.
@@ -96,6 +106,8 @@ def build_session(settings: SparkSettings) -> SparkSession:
         }
         # Python workers run the driver's interpreter, so they see the same packages.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        if settings.master.startswith("local"):
+            wanted.setdefault("spark.python.daemon.module", WORKER_DAEMON)
     for key, value in wanted.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

@@ -87,3 +87,15 @@ def test_local_sessions_run_udfs_in_workers_without_the_bundled_zips(spark: Spar
     assert not [e for e in state["path"] if worker_daemon.bundled_zip(e)], state["path"]
     assert not [e for e in state["cached"] if worker_daemon.bundled_zip(e)], state["cached"]
     assert ".zip" not in state["pyspark"], state["pyspark"]
+
+
+def test_sessions_skip_pyspark_s_call_site_capture(spark: SparkSession) -> None:
+    """build_session turns off PySpark's per-call DataFrame debugging (a stack walk and
+    JVM round trips per DataFrame call); an error still names what is wrong."""
+    assert spark.conf.get("spark.python.sql.dataFrameDebugging.enabled") == "false"
+    from pyspark.errors.utils import is_debugging_enabled
+
+    assert is_debugging_enabled() is False
+    frame = spark.createDataFrame([("abc",)], "v string")
+    with pytest.raises(Exception, match="no_such_column"):
+        frame.select("no_such_column").collect()

@@ -1,0 +1,145 @@
+"""Latency of the service's engine on small uploads, and of a trivial Python UDF query.
+
+    .venv/bin/python benchmarks/small_requests.py --sizes 7 --repeats 16
+    .venv/bin/python benchmarks/small_requests.py --sizes 7 --repeats 16 --set "spark.extra={
+        spark.python.daemon.module: pyspark.daemon,
+        spark.python.sql.dataFrameDebugging.enabled: 'true'}"
+
+One process, one local session built as the service builds it (env ``local``, the
+service's SQL settings, one shuffle partition), then ``SparkEngine.match`` (what
+``POST /invocations`` runs after parsing) on the service's example file (7 rows) and on
+generated files of the other ``--sizes``, ``--repeats`` times each; the first request is
+cold. Per request: seconds, Spark jobs and stages. Before them, ``--udf-queries`` runs of
+a one-row Python UDF query (the fixed cost of a Python UDF stage).
+
+The model is ``--model`` or, by default, the test suite's small model (3,000 generated
+rows, 60 trees) fitted and registered in a temporary MLflow store. ``--set`` takes any
+configuration override, e.g. ``spark.extra`` to compare Spark settings (the second line
+above: Spark's own worker daemon and PySpark's call-site capture, as before 7a9dbdf and
+8486a30).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from poimatch.batch import load_pois
+from poimatch.config import load_settings
+from poimatch.generator import generate_pois, write_pois_csv
+from poimatch.pipeline import small_plan_conf
+from poimatch.service import EXAMPLE_CSV, SERVICE_SQL_CONF, ModelStore, SparkEngine, parse_upload
+from poimatch.session import build_session
+from poimatch.tracking import assign_alias, configure_tracking, log_matcher
+from poimatch.workflows import fit_matcher, training_set
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="7,1000", help="rows per upload (7 = the example)")
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--udf-queries", type=int, default=6)
+    parser.add_argument("--model", default=None, help="model URI (default: fit a small one)")
+    parser.add_argument("--set", action="append", default=[], dest="overrides")
+    args = parser.parse_args()
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    work = Path(tempfile.mkdtemp(prefix="pm-small-requests-"))
+    settings = load_settings(
+        "local",
+        [
+            f"storage.root={work / 'lake'}",
+            f"tracking.tracking_uri=sqlite:///{work / 'mlflow.db'}",
+            f"tracking.artifact_root={work / 'artifacts'}",
+            "model.name=small-requests",
+            *args.overrides,
+        ],
+    )
+    spark = build_session(settings.spark)
+    conf = spark.sparkContext.getConf()
+    print(
+        f"python.daemon.module={conf.get('spark.python.daemon.module', 'pyspark.daemon')} "
+        f"dataFrameDebugging={conf.get('spark.python.sql.dataFrameDebugging.enabled', 'true')}"
+    )
+    for key, value in SERVICE_SQL_CONF.items():
+        spark.conf.set(key, value)
+    spark.conf.set("spark.sql.shuffle.partitions", str(settings.service.shuffle_partitions))
+
+    @F.udf(T.LongType())
+    def length(value: str) -> int:
+        return len(value)
+
+    one = spark.createDataFrame([("abc",)], "v string").coalesce(1)
+    udf_times = []
+    for _ in range(args.udf_queries):
+        started = time.perf_counter()
+        one.select(length("v")).collect()
+        udf_times.append(time.perf_counter() - started)
+    shown = " / ".join(f"{t:.3f}" for t in udf_times)
+    print(f"udf_query seconds={shown} warm_median={statistics.median(udf_times[1:]):.3f}")
+
+    configure_tracking(settings.tracking)
+    uri = args.model or _small_model(spark, work)
+    store = ModelStore(uri)
+    store.refresh()
+    engine = SparkEngine(spark, store, max_iterations=settings.grouping.max_iterations)
+    loaded = engine.model()
+    assert loaded is not None
+    tracker = spark.sparkContext.statusTracker()
+    for size in [int(s) for s in args.sizes.split(",")]:
+        table = _upload(size, work)
+        times = []
+        for i in range(args.repeats):
+            tag = f"bench-{size}-{i}"
+            started = time.perf_counter()
+            out = engine.match(table, loaded, tag)
+            times.append(time.perf_counter() - started)
+            jobs = tracker.getJobIdsForGroup(tag)
+            stages = sum(len(info.stageIds) for j in jobs if (info := tracker.getJobInfo(j)))
+            assert len(out) == len(table)
+            print(f"rows={size} run={i} seconds={times[-1]:.2f} jobs={len(jobs)} stages={stages}")
+        warm = statistics.median(times[1:]) if len(times) > 1 else times[0]
+        print(f"rows={size} warm_median={warm:.2f}", flush=True)
+    spark.stop()
+
+
+def _upload(size: int, work: Path) -> pd.DataFrame:
+    if size == 7:
+        body = EXAMPLE_CSV.encode()
+    else:
+        path = work / f"upload-{size}.csv"
+        pois = generate_pois(size, seed=5).drop(columns=["point_of_interest"])
+        write_pois_csv(pois, path)
+        body = path.read_bytes()
+    table, _ = parse_upload(body, max_rows=max(size, 100))
+    return table
+
+
+def _small_model(spark: SparkSession, work: Path) -> str:
+    fit_settings = load_settings("ci", ["model.n_estimators=60"])
+    csv = work / "train.csv"
+    write_pois_csv(generate_pois(3000, seed=61), csv)
+    pois, _ = load_pois(spark, str(csv), quarantine_path=str(work / "q"), require_labels=True)
+    with small_plan_conf(pois.sparkSession):
+        fit = fit_matcher(training_set(pois, settings=fit_settings), settings=fit_settings)
+    example = pd.DataFrame({f: [0.0] for f in fit.spec.features})
+    with mlflow.start_run():
+        uri, version = log_matcher(
+            fit.model, registered_name="small-requests", spec=fit.spec, input_example=example
+        )
+    assign_alias("small-requests", version)
+    return uri
+
+
+if __name__ == "__main__":
+    main()

@@ -139,13 +139,15 @@ def _thin_stacks(rows: DataFrame, per_point: int, keys: list[str]) -> DataFrame:
     one of them). Offering only those as candidates keeps the result exact and turns
     a stack of ``n`` rows from an ``n x n`` join into ``n x (k + 1)``.
     """
-    part = [S.LATITUDE, S.LONGITUDE, *keys, *([_SRC] if _SRC in rows.columns else [])]
+    part = (S.LATITUDE, S.LONGITUDE, *keys, *([_SRC] if _SRC in rows.columns else []))
+    position, kept = _stack_columns(part, per_point)
+    return rows.withColumn("_pos", position).where(kept).drop("_pos")
+
+
+@cached_column
+def _stack_columns(part: tuple[str, ...], per_point: int) -> tuple[Column, Column]:
     w = Window.partitionBy(*part).orderBy(F.col(S.ID))
-    return (
-        rows.withColumn("_pos", F.row_number().over(w))
-        .where(F.col("_pos") <= per_point)
-        .drop("_pos")
-    )
+    return F.row_number().over(w), F.col("_pos") <= per_point
 
 
 @cached_column
@@ -220,21 +222,31 @@ def _near_pairs(
 def _ranked(directed: DataFrame, k: int, key: bool) -> DataFrame:
     """Each row's ``k`` nearest (``_rank`` <= k), with ``_ok``: at least ``k`` others
     lie within the row's cell size (so its k nearest cannot lie outside the 3x3 cells)."""
+    kept, rank, ok, top, out = _rank_columns(k, key)
+    # A row on a finer grid is kept only when k others lie within its cell size, and
+    # then its k nearest all do: its pairs beyond that size (two thirds of its 3x3
+    # cells) are never ranked, so they are dropped before the sort.
+    return (
+        directed.where(kept).withColumn(_RANK, rank).withColumn("_ok", ok).where(top).select(*out)
+    )
+
+
+@cached_column
+def _rank_columns(k: int, key: bool) -> tuple[Column, Column, Column, Column, list[Column]]:
+    """:func:`_ranked`'s expressions: kept before the sort, rank, ``_ok``, top k, output."""
     part = [_LVL, _CY, _CX, *([_KEY] if key else []), S.ID]
     w = Window.partitionBy(*part).orderBy(F.col(_DIST), F.col(_OTHER))
     per_row = Window.partitionBy(*part)
     # 0.99: margin for the grid's metres per degree (111,320) against the haversine's
     within = F.col(_DIST) <= 0.99 * F.col("_size")
     near = F.sum(F.when(within, 1).otherwise(0)).over(per_row)
-    # A row on a finer grid is kept only when k others lie within its cell size, and
-    # then its k nearest all do: its pairs beyond that size (two thirds of its 3x3
-    # cells) are never ranked, so they are dropped before the sort.
+    out = [S.ID, _OTHER, _DIST, _RANK, _LVL, "_ok", *([_KEY] if key else [])]
     return (
-        directed.where((F.col(_LVL) == 0) | within)
-        .withColumn(_RANK, F.row_number().over(w))
-        .withColumn("_ok", near >= k)
-        .where(F.col(_RANK) <= k)
-        .select(S.ID, _OTHER, _DIST, _RANK, _LVL, "_ok", *([_KEY] if key else []))
+        (F.col(_LVL) == 0) | within,
+        F.row_number().over(w),
+        near >= k,
+        F.col(_RANK) <= k,
+        [F.col(c) for c in out],
     )
 
 
@@ -451,12 +463,17 @@ def candidate_pairs(
 
 def add_pair_sides(pairs: DataFrame, points: DataFrame) -> DataFrame:
     """Attach each side's columns (``<col>_l`` / ``<col>_r``) needed by the features."""
-    cols = [c for c in PAIR_SIDE_COLUMNS if c in points.columns]
-    extra = [c for c in (S.POI, S.SOURCE) if c in points.columns]
-    left = points.select(
-        F.col(S.ID).alias(S.ID_L), *[F.col(c).alias(pair_side_col(c, "l")) for c in cols + extra]
-    )
-    right = points.select(
-        F.col(S.ID).alias(S.ID_R), *[F.col(c).alias(pair_side_col(c, "r")) for c in cols + extra]
-    )
+    present = set(points.columns)
+    cols = tuple(c for c in (*PAIR_SIDE_COLUMNS, S.POI, S.SOURCE) if c in present)
+    left = points.select(*_side_columns(cols, "l"))
+    right = points.select(*_side_columns(cols, "r"))
     return pairs.join(left, on=S.ID_L, how="inner").join(right, on=S.ID_R, how="inner")
+
+
+@cached_column
+def _side_columns(cols: tuple[str, ...], side: str) -> list[Column]:
+    """``id`` as ``id_<side>`` and each of ``cols`` as ``<col>_<side>``."""
+    return [
+        F.col(S.ID).alias(S.ID_L if side == "l" else S.ID_R),
+        *[F.col(c).alias(pair_side_col(c, side)) for c in cols],
+    ]

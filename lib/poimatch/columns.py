@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from pyspark import SparkContext
 from pyspark.sql import Column
+from pyspark.sql import functions as F
 
-__all__ = ["cached_column"]
+__all__ = ["cached_column", "named_columns"]
 
 R = TypeVar("R")
 _MAX_ENTRIES = 4096
@@ -58,3 +59,17 @@ def cached_column(fn: Callable[..., R]) -> Callable[..., R]:
         return value
 
     return wrapper
+
+
+@cached_column
+def _named(names: tuple[str, ...]) -> list[Column]:
+    return [F.col(name) for name in names]
+
+
+def named_columns(names: Iterable[str]) -> list[Column]:
+    """``F.col(name)`` for each of ``names``, built once per Spark context.
+
+    ``df.select("a", "b", ...)`` builds a JVM column per name on every call; a stage that
+    selects the same few dozen names for every plan pays that per request.
+    """
+    return _named(tuple(names))

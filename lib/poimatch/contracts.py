@@ -107,6 +107,7 @@ from pyspark import StorageLevel  # noqa: E402
 from pyspark.sql import Column, DataFrame, SparkSession  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
+from poimatch.columns import cached_column  # noqa: E402
 from poimatch.schema import (  # noqa: E402
     ID,
     LATITUDE,
@@ -378,8 +379,13 @@ def add_rejection_reasons(typed: DataFrame) -> DataFrame:
         ``"missing_id,non_numeric_latitude"``. ``duplicate_id`` marks every copy of an
         id that occurs more than once in the frame (computed with a window: no action).
     """
+    return typed.withColumn(REASON, _reason_column())
+
+
+@cached_column
+def _reason_column() -> Column:
     reasons = F.concat_ws(",", *[F.when(r.violated, F.lit(r.reason)) for r in INPUT_RULES])
-    return typed.withColumn(REASON, F.when(reasons != "", reasons))
+    return F.when(reasons != "", reasons)
 
 
 # --- results -------------------------------------------------------------------------

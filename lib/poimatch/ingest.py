@@ -19,6 +19,7 @@ from pyspark.sql import types as T
 
 from poimatch import contracts
 from poimatch import schema as S
+from poimatch.columns import cached_column
 from poimatch.io import delta_version, read_poi_csv
 from poimatch.isolation import check_write
 
@@ -96,12 +97,19 @@ def check_rows(raw: DataFrame) -> DataFrame:
 
 def poi_layout(rows: DataFrame, *, extra: tuple[str, ...] = ()) -> DataFrame:
     """``rows`` in the POI table's typed layout (absent columns as nulls), plus ``extra``."""
+    present = frozenset(rows.columns)
+    names = tuple(f.name for f in S.poi_table_schema().fields if f.name in present)
+    return rows.select(*_layout_columns(names, extra))
+
+
+@cached_column
+def _layout_columns(present: tuple[str, ...], extra: tuple[str, ...]) -> list[Column]:
     fields = S.poi_table_schema().fields
-    return rows.select(
-        *[F.col(f.name).cast(f.dataType).alias(f.name) for f in fields if f.name in rows.columns],
-        *[F.lit(None).cast(f.dataType).alias(f.name) for f in fields if f.name not in rows.columns],
+    return [
+        *[F.col(f.name).cast(f.dataType).alias(f.name) for f in fields if f.name in present],
+        *[F.lit(None).cast(f.dataType).alias(f.name) for f in fields if f.name not in present],
         *[F.col(c) for c in extra],
-    )
+    ]
 
 
 def accepted_rows(checked: DataFrame) -> DataFrame:

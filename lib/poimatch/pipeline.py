@@ -30,6 +30,7 @@ from poimatch import schema as S
 from poimatch.blocking import add_pair_sides
 from poimatch.blocking import candidate_pairs as _candidate_pairs
 from poimatch.cancellation import check_cancelled
+from poimatch.columns import cached_column, named_columns
 from poimatch.comparisons import BUILTIN_NAMES, Comparison, definitions
 from poimatch.config import BlockingSettings
 from poimatch.features import DEFAULT_FEATURES, FEATURE_COLUMNS, add_pair_features
@@ -326,7 +327,7 @@ def featured_pairs(
     featured = add_pair_sides(pairs, points).transform(add_pair_features, added)
     kept = _KEPT | {c.name for c in added}
     keep = [c for c in featured.columns if c in kept or c.startswith((f"{S.POI}_", f"{S.SOURCE}_"))]
-    selected = featured.select(*keep)
+    selected = featured.select(*named_columns(keep))
     return selected if plan.small else plan.materialize(selected)
 
 
@@ -400,6 +401,16 @@ def booster_parts(model: PipelineModel) -> tuple[list[str], SparkXGBClassifierMo
 _driver_boosters: weakref.WeakKeyDictionary[PipelineModel, Booster] = weakref.WeakKeyDictionary()
 
 
+@cached_column
+def _score_inputs(columns: tuple[str, ...]) -> list[Column]:
+    """The pair ids and ``columns`` as doubles: what the driver-side booster reads."""
+    return [
+        F.col(S.ID_L),
+        F.col(S.ID_R),
+        *[F.col(c).cast(T.DoubleType()).alias(c) for c in columns],
+    ]
+
+
 def _score_on_driver(
     model: PipelineModel, pairs: DataFrame, calibration: Calibration | None
 ) -> DataFrame | None:
@@ -418,10 +429,7 @@ def _score_on_driver(
     if booster is None:
         booster = _load_booster(bytes(xgb.get_booster().save_raw("ubj")))
         _driver_boosters[model] = booster
-    selected = pairs.select(
-        S.ID_L, S.ID_R, *[F.col(c).cast(T.DoubleType()).alias(c) for c in columns]
-    )
-    frame = selected.toPandas()
+    frame = pairs.select(*_score_inputs(tuple(columns))).toPandas()
     out = pd.DataFrame(
         {
             S.ID_L: frame[S.ID_L],

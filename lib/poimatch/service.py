@@ -69,6 +69,7 @@ from poimatch.against import KNOWN_GROUPS, KNOWN_IDS, match_against
 from poimatch.batch import AGAINST_TABLES
 from poimatch.cancellation import cancel_scope, check_cancelled
 from poimatch.cli import job_parser, job_settings
+from poimatch.columns import named_columns
 from poimatch.config import ConfigError, Settings
 from poimatch.grouping import LOCAL_MAX_EDGES
 from poimatch.ingest import accepted_rows, check_rows
@@ -612,7 +613,9 @@ class SparkEngine:
                 [(int(r[_ROW]), r[S.ID], str(r[S.REASON])) for r in rejected]
             )
         check_cancelled("matching")
-        pois = accepted_rows(checked).select(*[f.name for f in S.poi_table_schema().fields])
+        pois = accepted_rows(checked).select(
+            *named_columns(f.name for f in S.poi_table_schema().fields)
+        )
         if known is not None:
             return match_against(
                 pois,

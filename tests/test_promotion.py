@@ -234,6 +234,8 @@ def test_gate_promotes_a_better_challenger_and_rollback_restores(
     assert proc.returncode == 0, proc.stderr[-3000:]
     expected = f"rollback: champion v{registry['good']} -> v{registry['worse']}"
     assert expected in proc.stdout
+    # registry calls only: the job started no Spark session (the gate runs above do)
+    assert "SparkContext: Running Spark version" not in proc.stderr, proc.stderr[-3000:]
     assert _aliases() == {CHAMPION: registry["worse"], PREVIOUS: registry["good"]}
     demoted, restored = rollback(settings)  # and back again
     assert (demoted, restored) == (registry["worse"], registry["good"])

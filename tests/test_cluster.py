@@ -2,11 +2,13 @@
 
 A Spark standalone master and one worker (1 core) are started on loopback from the
 installed pyspark. The suite's shared small model (``small_matcher``, fitted once per run)
-is registered in a store of this test; the match job then runs twice through
-./spark-submit.sh on the same test CSV with that model, in local mode and with
-``--master spark://...`` (where spark-submit.sh ships the package as a wheel and
-the Delta jars, and the executors run the venv's Python). The two outputs must be the
-same row for row.
+is registered in a store of this test; the match job then runs through ./spark-submit.sh
+with ``--master spark://...`` (where spark-submit.sh ships the package as a wheel and
+the Delta jars, and the executors run the venv's Python), and the same command's code
+(:func:`poimatch.batch.run_match`) runs in local mode on the suite's own session, on the
+same test CSV with that model. The two outputs must be the same row for row. (The local
+run was a second ./spark-submit.sh process, a JVM of its own; the wrapper's local mode is
+run by tests/test_chain.py, tests/test_safe_reruns.py and tests/test_jobs.py.)
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from typing import Any
 import pyspark
 import pytest
 from conftest import register_matcher
+from pyspark.sql import SparkSession
 
+from poimatch.batch import run_match
 from poimatch.config import load_settings
 from poimatch.generator import generate_pois, write_pois_csv
 from poimatch.workflows import FitOutcome
@@ -267,6 +271,7 @@ def jobs() -> Iterator[list[Job]]:
 
 
 def test_match_on_standalone_cluster_equals_local(
+    spark: SparkSession,
     cluster: Cluster,
     jobs: list[Job],
     small_matcher: FitOutcome,
@@ -291,36 +296,42 @@ def test_match_on_standalone_cluster_equals_local(
     assert model_uri.startswith(f"models:/{MODEL_NAME}/"), model_uri
     trained_at = time.monotonic()
 
-    # 2. Match the same CSV with that model, in local mode and on the cluster.
+    # 2. Match the same CSV with that model on the cluster (spark-submit) and, while it
+    # runs, in local mode on this process's session.
     cluster.wait_until_ready()
     assert cluster.state()["completedapps"] == []
     outputs = {"local": work / "local.csv", "cluster": work / "cluster.csv"}
-    submit_opts = {
-        "local": ["--driver-memory", "2g"],
-        "cluster": [
-            *("--master", cluster.master_url),
-            *("--driver-memory", "1g", "--executor-memory", "2g"),
-            *("--total-executor-cores", "1", "--conf", "spark.executor.cores=1"),
-        ],
-    }
-    # Both at once: on two cores their JVM starts and Python round trips overlap.
-    for mode in ("local", "cluster"):
-        jobs.append(
-            _launch(
-                logs,
-                cluster.env,
-                submit_opts[mode],
-                "jobs/match.py",
-                *("--input", str(test_csv), "--output", str(outputs[mode])),
-                *("--model", model_uri),
-                *("--set", f"storage.root={work / f'lake-{mode}'}"),
-                # the batch plan (what runs at scale), not the small plan 1,500 rows get
-                *("--set", "matching.small_max_rows=0"),
-                *tracking,
-            )
+    # the batch plan (what runs at scale), not the small plan 1,500 rows get
+    batch_plan = "matching.small_max_rows=0"
+    jobs.append(
+        _launch(
+            logs,
+            cluster.env,
+            [
+                *("--master", cluster.master_url),
+                *("--driver-memory", "1g", "--executor-memory", "2g"),
+                *("--total-executor-cores", "1", "--conf", "spark.executor.cores=1"),
+            ],
+            "jobs/match.py",
+            *("--input", str(test_csv), "--output", str(outputs["cluster"])),
+            *("--model", model_uri),
+            *("--set", f"storage.root={work / 'lake-cluster'}"),
+            *("--set", batch_plan),
+            *tracking,
         )
-    for job in jobs:
-        assert _value(_finish(job), "model") == model_uri
+    )
+    local_settings = load_settings(
+        "ci", [*store, f"storage.root={work / 'lake-local'}", batch_plan]
+    )
+    lines = run_match(
+        spark,
+        local_settings,
+        input_path=str(test_csv),
+        output_csv=str(outputs["local"]),
+        model_uri=model_uri,
+    )
+    assert _value("\n".join(lines), "model") == model_uri
+    assert _value(_finish(jobs[0]), "model") == model_uri
     matched_at = time.monotonic()
 
     # 3a. The cluster run really ran on the cluster: the master lists exactly one finished

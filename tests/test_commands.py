@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ast
 import csv
+import os
+import subprocess  # nosec B404: the suite's own interpreter, no shell
+import sys
 import tomllib
 from pathlib import Path
 
@@ -77,3 +80,33 @@ def test_generate_runs_through_the_console_entry(
     assert len(rows) == 40
     assert len({r["id"] for r in rows}) == 40
     assert 1 < len({r["point_of_interest"] for r in rows}) < len(rows)  # labelled duplicates
+
+
+def test_commands_that_validate_nothing_do_not_import_great_expectations() -> None:
+    """great_expectations (with SciPy and SQLAlchemy, ~5 CPU-seconds) is imported on the
+    first validation, not by importing the library: evaluate, explain, a rollback,
+    ``--help`` and a configuration error start without it. A fresh interpreter, as the
+    suite's own has imported it long since."""
+    probe = (
+        "import sys\n"
+        "import poimatch.batch, poimatch.contracts, poimatch.service\n"
+        "from poimatch.commands import COMMANDS\n"
+        "import importlib\n"
+        "for module, _ in COMMANDS.values(): importlib.import_module(module)\n"
+        "assert 'great_expectations' not in sys.modules, 'imported great_expectations'\n"
+        "from poimatch.contracts import INPUT_RULES\n"
+        "kinds = {type(rule.expectation).__name__ for rule in INPUT_RULES}\n"
+        "assert 'great_expectations' in sys.modules\n"
+        "print(sorted(kinds))\n"
+    )
+    done = subprocess.run(  # nosec B603: this interpreter, a fixed script
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO / "lib")},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ExpectTableRowCountToEqual" in done.stdout
+    assert "ExpectColumnValuesToBeUnique" in done.stdout

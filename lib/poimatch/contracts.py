@@ -48,11 +48,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 # Before great_expectations is imported: never send usage statistics, and keep its
 # import-time and info logging out of the jobs' logs (unless a level was chosen).
@@ -61,48 +62,7 @@ _GX_LOGGER = logging.getLogger("great_expectations")
 if _GX_LOGGER.level == logging.NOTSET:
     _GX_LOGGER.setLevel(logging.WARNING)
 
-import great_expectations as gx  # noqa: E402
 import pandas as pd  # noqa: E402
-from great_expectations.checkpoint.actions import UpdateDataDocsAction, ValidationAction  # noqa: E402
-from great_expectations.core.batch_definition import BatchDefinition  # noqa: E402
-from great_expectations.core.run_identifier import RunIdentifier  # noqa: E402
-from great_expectations.data_context.data_context.abstract_data_context import (  # noqa: E402
-    AbstractDataContext,
-)
-from great_expectations.data_context.data_context.context_factory import (  # noqa: E402
-    project_manager,
-)
-from great_expectations.data_context.types.base import (  # noqa: E402
-    DataContextConfig,
-    InMemoryStoreBackendDefaults,
-    ProgressBarsConfig,
-)
-from great_expectations.expectations.core.expect_column_pair_values_to_be_equal import (  # noqa: E402
-    ExpectColumnPairValuesToBeEqual,
-)
-from great_expectations.expectations.core.expect_column_value_lengths_to_be_between import (  # noqa: E402
-    ExpectColumnValueLengthsToBeBetween,
-)
-from great_expectations.expectations.core.expect_column_values_to_be_between import (  # noqa: E402
-    ExpectColumnValuesToBeBetween,
-)
-from great_expectations.expectations.core.expect_column_values_to_be_of_type import (  # noqa: E402
-    ExpectColumnValuesToBeOfType,
-)
-from great_expectations.expectations.core.expect_column_values_to_be_unique import (  # noqa: E402
-    ExpectColumnValuesToBeUnique,
-)
-from great_expectations.expectations.core.expect_column_values_to_not_be_null import (  # noqa: E402
-    ExpectColumnValuesToNotBeNull,
-)
-from great_expectations.expectations.core.expect_table_columns_to_match_set import (  # noqa: E402
-    ExpectTableColumnsToMatchSet,
-)
-from great_expectations.expectations.core.expect_table_row_count_to_equal import (  # noqa: E402
-    ExpectTableRowCountToEqual,
-)
-from great_expectations.expectations.expectation import Expectation  # noqa: E402
-from great_expectations.expectations.row_conditions import PassThroughCondition  # noqa: E402
 from pyspark import StorageLevel  # noqa: E402
 from pyspark.sql import Column, DataFrame, SparkSession  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
@@ -120,6 +80,24 @@ from poimatch.schema import (  # noqa: E402
     RAW_LONGITUDE,
     REASON,
 )
+
+if TYPE_CHECKING:
+    from poimatch.gx_api import (
+        AbstractDataContext,
+        BatchDefinition,
+        Expectation,
+        PassThroughCondition,
+        ValidationAction,
+    )
+
+
+def _gx() -> ModuleType:
+    """:mod:`poimatch.gx_api`: great_expectations, imported on the first validation, not
+    with this module (see there)."""
+    from poimatch import gx_api
+
+    return gx_api
+
 
 __all__ = [
     "INPUT_REQUIRED_COLUMNS",
@@ -195,7 +173,8 @@ class Rule:
 
     Attributes:
         reason: the rejection reason written in ``reason`` (e.g. ``"missing_id"``).
-        expectation: the GX expectation that checks the same thing on a typed frame.
+        make: builds the GX expectation that checks the same thing on a typed frame
+            (``expectation``, a property: GX is imported on first use).
         condition: Spark SQL boolean expression, true when a row violates the rule;
             the one definition both ``violated`` and (where it needs one) the
             expectation's row condition are built from.
@@ -205,8 +184,13 @@ class Rule:
     """
 
     reason: str
-    expectation: Expectation = field(compare=False)
+    make: Callable[[], Expectation] = field(compare=False, repr=False)
     condition: str = field(compare=False)
+
+    @property
+    def expectation(self) -> Expectation:
+        """A new GX expectation checking the rule (GX is imported on the first call)."""
+        return self.make()
 
     @property
     def violated(self) -> Column:
@@ -224,7 +208,7 @@ def _spark_filter(condition: str) -> PassThroughCondition:
     ``condition_parser="spark"`` is deprecated (it warns on every copy): this is the
     object that string form is converted to.
     """
-    return PassThroughCondition(pass_through_filter=condition)
+    return _gx().PassThroughCondition(pass_through_filter=condition)  # type: ignore[no-any-return]
 
 
 def _rule_meta(reason: str, column: str) -> dict[str, Any]:
@@ -237,7 +221,7 @@ def _missing_rule(reason: str, column: str) -> Rule:
         reason=reason,
         # Null *or* blank: no single column-map expectation counts both (they all skip
         # nulls or only count nulls), so the rows are selected by a row condition.
-        expectation=ExpectTableRowCountToEqual(
+        make=lambda: _gx().ExpectTableRowCountToEqual(
             value=0,
             row_condition=_spark_filter(condition),
             meta=_rule_meta(reason, column),
@@ -249,7 +233,9 @@ def _missing_rule(reason: str, column: str) -> Rule:
 def _non_numeric_rule(reason: str, column: str) -> Rule:
     return Rule(
         reason=reason,
-        expectation=ExpectColumnValuesToNotBeNull(column=column, meta=_rule_meta(reason, column)),
+        make=lambda: _gx().ExpectColumnValuesToNotBeNull(
+            column=column, meta=_rule_meta(reason, column)
+        ),
         condition=f"{_q(column)} IS NULL",
     )
 
@@ -257,7 +243,7 @@ def _non_numeric_rule(reason: str, column: str) -> Rule:
 def _range_rule(reason: str, column: str, low: float, high: float) -> Rule:
     return Rule(
         reason=reason,
-        expectation=ExpectColumnValuesToBeBetween(
+        make=lambda: _gx().ExpectColumnValuesToBeBetween(
             column=column, min_value=low, max_value=high, meta=_rule_meta(reason, column)
         ),
         condition=_out_of_range_sql(column, low, high),
@@ -270,7 +256,7 @@ def _whitespace_rule(reason: str, column: str) -> Rule:
     condition = f"(NOT {_missing_sql(column)} AND {_q(column)} RLIKE {_sql_string(_ANY_SPACE_RE)})"
     return Rule(
         reason=reason,
-        expectation=ExpectTableRowCountToEqual(
+        make=lambda: _gx().ExpectTableRowCountToEqual(
             value=0,
             row_condition=_spark_filter(condition),
             meta=_rule_meta(reason, column),
@@ -282,7 +268,7 @@ def _whitespace_rule(reason: str, column: str) -> Rule:
 def _too_long_rule(reason: str, column: str, most: int) -> Rule:
     return Rule(
         reason=reason,
-        expectation=ExpectColumnValueLengthsToBeBetween(
+        make=lambda: _gx().ExpectColumnValueLengthsToBeBetween(
             column=column, max_value=most, meta=_rule_meta(reason, column)
         ),
         condition=f"char_length({_q(column)}) > {most}",
@@ -294,7 +280,7 @@ def _zero_point_rule(reason: str, lat: str, lon: str) -> Rule:
     condition = f"({_q(lat)} = 0 AND {_q(lon)} = 0)"
     return Rule(
         reason=reason,
-        expectation=ExpectTableRowCountToEqual(
+        make=lambda: _gx().ExpectTableRowCountToEqual(
             value=0,
             row_condition=_spark_filter(condition),
             meta=_rule_meta(reason, f"{lat},{lon}"),
@@ -309,7 +295,7 @@ def _duplicate_rule(reason: str, column: str) -> Rule:
     present = f"NOT {_missing_sql(column)}"
     return Rule(
         reason=reason,
-        expectation=ExpectColumnValuesToBeUnique(
+        make=lambda: _gx().ExpectColumnValuesToBeUnique(
             column=column,
             row_condition=_spark_filter(present),
             meta=_rule_meta(reason, column),
@@ -495,20 +481,22 @@ def _project(spark: SparkSession, store: str | None) -> _Project:
             f"storage.validations: {store} is not a local or mounted folder; great_expectations "
             "keeps its project in files (on Databricks: a /Volumes path)"
         )
+    from poimatch import gx_api as g
+
     known = _PROJECTS.get(store)
     if known is None or known.spark is not spark:
         context: AbstractDataContext
         if store is None:
-            config = DataContextConfig(
+            config = g.DataContextConfig(
                 # In-memory stores and no data docs site (the default makes a temp dir path).
-                store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+                store_backend_defaults=g.InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
                 analytics_enabled=False,
-                progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
+                progress_bars=g.ProgressBarsConfig(globally=False, metric_calculations=False),
             )
-            context = gx.get_context(mode="ephemeral", project_config=config)
+            context = g.gx.get_context(mode="ephemeral", project_config=config)
         else:
-            context = gx.get_context(mode="file", project_root_dir=store)
-            context.variables.progress_bars = ProgressBarsConfig(
+            context = g.gx.get_context(mode="file", project_root_dir=store)
+            context.variables.progress_bars = g.ProgressBarsConfig(
                 globally=False, metric_calculations=False
             )
             context.variables.save()
@@ -523,7 +511,7 @@ def _project(spark: SparkSession, store: str | None) -> _Project:
             local_asset.add_batch_definition_whole_dataframe("whole"),
         )
         _PROJECTS[store] = known
-    project_manager.set_project(known.context)
+    g.project_manager.set_project(known.context)
     return known
 
 
@@ -547,22 +535,24 @@ def _checkpoint(
     known = project.checkpoints.get((name, local))
     if known is not None and not stored:
         return known
+    from poimatch import gx_api as g
+
     context = project.context
-    suite = gx.ExpectationSuite(name=name)
+    suite = g.gx.ExpectationSuite(name=name)
     for position, expectation in enumerate(expectations):
         # A copy, as a suite binds its expectations and the rules' are shared. The
         # position goes in meta: results come back in GX's order, not the suite's.
         meta = {**(expectation.meta or {}), _POSITION: position}
         suite.add_expectation(expectation.copy(update={"meta": meta}, deep=True))
     suite = context.suites.add_or_update(suite)
-    actions: list[ValidationAction] = [UpdateDataDocsAction(name="data_docs")] if stored else []
+    actions: list[ValidationAction] = [g.UpdateDataDocsAction(name="data_docs")] if stored else []
     for on_pandas, batches in ((False, project.definition), (True, project.pandas_definition)):
         runs = f"{name}.pandas" if on_pandas else name
         definition = context.validation_definitions.add_or_update(
-            gx.ValidationDefinition(name=runs, data=batches, suite=suite)
+            g.gx.ValidationDefinition(name=runs, data=batches, suite=suite)
         )
         project.checkpoints[(name, on_pandas)] = context.checkpoints.add_or_update(
-            gx.Checkpoint(
+            g.gx.Checkpoint(
                 name=runs,
                 validation_definitions=[definition],
                 actions=actions,
@@ -685,7 +675,9 @@ def _run_suite(
             batch_parameters={"dataframe": frame},
             expectation_parameters=dict(parameters or {}),
             # GX files results by run name: no path separators in it
-            run_id=RunIdentifier(run_name=(run_name or name).replace("/", "_").replace("\\", "_")),
+            run_id=_gx().RunIdentifier(
+                run_name=(run_name or name).replace("/", "_").replace("\\", "_")
+            ),
         )
         (identifier, validation), *_ = run.run_results.items()
         page = None
@@ -724,10 +716,12 @@ def _result(
 
 def _input_expectations() -> list[Expectation]:
     """The input suite: required columns, double coordinates, then every rule."""
+    from poimatch import gx_api as g
+
     structure: list[Expectation] = [
-        ExpectTableColumnsToMatchSet(column_set=list(INPUT_REQUIRED_COLUMNS), exact_match=False),
-        ExpectColumnValuesToBeOfType(column=LATITUDE, type_="DoubleType"),
-        ExpectColumnValuesToBeOfType(column=LONGITUDE, type_="DoubleType"),
+        g.ExpectTableColumnsToMatchSet(column_set=list(INPUT_REQUIRED_COLUMNS), exact_match=False),
+        g.ExpectColumnValuesToBeOfType(column=LATITUDE, type_="DoubleType"),
+        g.ExpectColumnValuesToBeOfType(column=LONGITUDE, type_="DoubleType"),
     ]
     return structure + [rule.expectation for rule in INPUT_RULES]
 
@@ -760,17 +754,19 @@ def _output_expectations() -> list[Expectation]:
     """The output suite: columns, ids, matches starting with the id, the row count (a
     suite parameter: the suite is one stored definition, each run gives the number of
     distinct input ids it must equal)."""
+    from poimatch import gx_api as g
+
     return [
-        ExpectTableColumnsToMatchSet(column_set=[ID, MATCHES], exact_match=False),
-        ExpectColumnValuesToNotBeNull(column=ID),
-        ExpectColumnValuesToBeUnique(column=ID),
-        ExpectColumnValuesToNotBeNull(column=MATCHES),
-        ExpectColumnPairValuesToBeEqual(
+        g.ExpectTableColumnsToMatchSet(column_set=[ID, MATCHES], exact_match=False),
+        g.ExpectColumnValuesToNotBeNull(column=ID),
+        g.ExpectColumnValuesToBeUnique(column=ID),
+        g.ExpectColumnValuesToNotBeNull(column=MATCHES),
+        g.ExpectColumnPairValuesToBeEqual(
             column_A=ID,
             column_B=OUTPUT_FIRST_MATCH,
             meta={"note": f"first id in {MATCHES} must be the row's {ID}"},
         ),
-        ExpectTableRowCountToEqual(
+        g.ExpectTableRowCountToEqual(
             value={"$PARAMETER": _ROWS_PARAMETER},
             meta={"note": "one row per distinct input id"},
         ),
@@ -779,8 +775,10 @@ def _output_expectations() -> list[Expectation]:
 
 def _coverage_expectations() -> list[Expectation]:
     """Input ids left-joined to the output's: a null output id is a missing id."""
+    from poimatch import gx_api as g
+
     return [
-        ExpectColumnPairValuesToBeEqual(
+        g.ExpectColumnPairValuesToBeEqual(
             column_A=ID,
             column_B=OUTPUT_ID_FOUND,
             meta={"note": "input ids missing from the output"},

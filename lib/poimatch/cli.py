@@ -13,7 +13,7 @@ from poimatch.config import ConfigError, Settings, load_settings
 from poimatch.isolation import enforce
 from poimatch.session import build_session
 
-__all__ = ["fail", "job_parser", "job_settings", "start_job"]
+__all__ = ["fail", "guarded_settings", "job_parser", "job_settings", "start_job"]
 
 
 def job_parser(description: str, prog: str | None = None) -> argparse.ArgumentParser:
@@ -56,8 +56,15 @@ def job_settings(args: argparse.Namespace) -> Settings:
         raise  # unreachable: fail() exits
 
 
-def start_job(args: argparse.Namespace) -> tuple[Settings, SparkSession]:
-    """Load the configuration once and build the session for a job."""
+def guarded_settings(args: argparse.Namespace) -> Settings:
+    """:func:`job_settings`, with the production guard armed for research settings
+    (:func:`poimatch.isolation.enforce`): for a command that needs no Spark session."""
     settings = job_settings(args)
     enforce(settings)
+    return settings
+
+
+def start_job(args: argparse.Namespace) -> tuple[Settings, SparkSession]:
+    """Load the configuration once and build the session for a job."""
+    settings = guarded_settings(args)
     return settings, build_session(settings.spark)

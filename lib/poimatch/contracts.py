@@ -92,8 +92,9 @@ if TYPE_CHECKING:
 
 
 def _gx() -> ModuleType:
-    """:mod:`poimatch.gx_api`: great_expectations, imported on the first validation, not
-    with this module (see there)."""
+    """:mod:`poimatch.gx_api`, for the rules' expectation factories (a lambda cannot hold
+    an import). GX is imported on the first validation, not with this module (see
+    there); functions import ``gx_api`` themselves, typed."""
     from poimatch import gx_api
 
     return gx_api
@@ -208,7 +209,9 @@ def _spark_filter(condition: str) -> PassThroughCondition:
     ``condition_parser="spark"`` is deprecated (it warns on every copy): this is the
     object that string form is converted to.
     """
-    return _gx().PassThroughCondition(pass_through_filter=condition)  # type: ignore[no-any-return]
+    from poimatch import gx_api as g
+
+    return g.PassThroughCondition(pass_through_filter=condition)
 
 
 def _rule_meta(reason: str, column: str) -> dict[str, Any]:
@@ -540,8 +543,8 @@ def _checkpoint(
     context = project.context
     suite = g.gx.ExpectationSuite(name=name)
     for position, expectation in enumerate(expectations):
-        # A copy, as a suite binds its expectations and the rules' are shared. The
-        # position goes in meta: results come back in GX's order, not the suite's.
+        # A copy, as a suite binds its expectations and the callers' lists may be kept.
+        # The position goes in meta: results come back in GX's order, not the suite's.
         meta = {**(expectation.meta or {}), _POSITION: position}
         suite.add_expectation(expectation.copy(update={"meta": meta}, deep=True))
     suite = context.suites.add_or_update(suite)
@@ -663,6 +666,8 @@ def _run_suite(
     """Run the Checkpoint of suite ``name`` on ``frame`` (Spark or pandas): its
     outcomes, in the order of ``expectations`` (GX reorders its results), and the Data
     Docs page of the stored result (``store`` given) or ``None``."""
+    from poimatch import gx_api as g
+
     local = isinstance(frame, pd.DataFrame)
     with _LOCK:
         spark = frame.sparkSession if isinstance(frame, DataFrame) else None
@@ -675,7 +680,7 @@ def _run_suite(
             batch_parameters={"dataframe": frame},
             expectation_parameters=dict(parameters or {}),
             # GX files results by run name: no path separators in it
-            run_id=_gx().RunIdentifier(
+            run_id=g.RunIdentifier(
                 run_name=(run_name or name).replace("/", "_").replace("\\", "_")
             ),
         )

@@ -68,12 +68,11 @@ from poimatch import schema as S
 from poimatch.against import KNOWN_GROUPS, KNOWN_IDS, match_against
 from poimatch.batch import AGAINST_TABLES
 from poimatch.cancellation import cancel_scope, check_cancelled
-from poimatch.cli import job_parser, job_settings
+from poimatch.cli import guarded_settings, job_parser
 from poimatch.columns import named_columns
 from poimatch.config import ConfigError, Settings
 from poimatch.grouping import LOCAL_MAX_EDGES
 from poimatch.ingest import accepted_rows, check_rows
-from poimatch.isolation import enforce
 from poimatch.lookup import KnownTable, pin_lookup
 from poimatch.pipeline import SMALL_SQL_CONF, MatchingSpec, Plan
 from poimatch.session import build_session
@@ -1116,8 +1115,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=None, help="bind address (default service.host)")
     parser.add_argument("--port", type=int, default=None, help="port (default service.port)")
     args = parser.parse_args(argv)
-    settings = job_settings(args)  # logging set up once, config errors exit with status 2
-    enforce(settings)
+    settings = guarded_settings(args)  # logging set up once, config errors exit with status 2
     app = create_app(settings)
     uvicorn.run(
         app,

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 from mlflow.exceptions import MlflowException
 
-from poimatch.cli import fail, job_parser, job_settings, start_job
+from poimatch.cli import fail, guarded_settings, job_parser, start_job
 from poimatch.io import InputError
-from poimatch.isolation import IsolationError, enforce
+from poimatch.isolation import IsolationError
 from poimatch.promotion import rollback, run_gate
 
 
@@ -36,8 +36,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> None:
         # two registry calls and a tracking run: no Spark session (through spark-submit.sh
         # 17-20 s wall and 23-27 CPU-s with one, 11 s and 13 CPU-s without; `poimatch
         # promote --rollback` 6 s)
-        settings = job_settings(args)
-        enforce(settings)
+        settings = guarded_settings(args)
         try:
             demoted, restored = rollback(settings)
         except (IsolationError, ValueError, MlflowException) as exc:

@@ -53,13 +53,18 @@ if [[ "$master" != local* ]] && ! has --py-files; then
 sys.exit(int(setuptools.__version__.split(".")[0]) < 68)' 2>/dev/null; then
     isolation=(--no-build-isolation)
   fi
+  # Built from a fresh copy of what the wheel holds: an in-tree build reuses build/lib,
+  # which keeps modules the package no longer has (a moved or deleted module would ship).
   build_log=$(mktemp)
+  source_copy=$(mktemp -d)
+  (cd "$HERE" && tar cf - --exclude='*.egg-info' --exclude=__pycache__ pyproject.toml \
+    README.md lib) | tar xf - -C "$source_copy"
   if ! "$VENV/bin/pip" wheel --quiet --no-deps "${isolation[@]+"${isolation[@]}"}" \
-      -w "$HERE/dist" "$HERE" >"$build_log" 2>&1; then
-    cat "$build_log" >&2; rm -f "$build_log"
+      -w "$HERE/dist" "$source_copy" >"$build_log" 2>&1; then
+    cat "$build_log" >&2; rm -rf "$build_log" "$source_copy"
     echo "could not build the poimatch wheel for --py-files" >&2; exit 1
   fi
-  rm -f "$build_log"
+  rm -rf "$build_log" "$source_copy"
   wheel=$(ls -t "$HERE"/dist/poimatch-*.whl | head -1)
   extra+=(--py-files "$wheel")
 fi

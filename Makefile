@@ -23,7 +23,7 @@ run: $(STAMP)
 	./spark-submit.sh jobs/main.py --env $(ENV)
 
 serve: $(STAMP)
-	GX_ANALYTICS_ENABLED=false $(PY) -m poimatch.service --env $(ENV)
+	GX_ANALYTICS_ENABLED=false $(PY) -m poimatch.apps.service --env $(ENV)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25

@@ -9,7 +9,7 @@ lookup table is written under ``--workdir`` (no production table is touched). Th
 
 * **copies**: ``--rows`` rows of the table, trivially edited (name case, address
   spelling, phone punctuation, 10 m jitter: ``transfer._edit``) under new ids, are
-  matched against it (``poimatch.against.match_against``): the share whose answer holds
+  matched against it (``poimatch.runs.against.match_against``): the share whose answer holds
   the original id (recall) and whose known groups hold the original's group.
 * **removed**: ``--rows`` rows with a labelled partner are left out of the table before it
   is matched and laid out, then uploaded (edited) against it: the share of their labelled
@@ -36,12 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transfer import _DEFAULT_GEOER, _edit, _read_geoer, _spark
 
 from poimatch import schema as S
-from poimatch.against import KNOWN_GROUPS, KNOWN_IDS, match_against
-from poimatch.cli import job_parser, start_job
-from poimatch.lookup import pin_lookup, write_lookup
-from poimatch.pipeline import BATCH
-from poimatch.tracking import configure_tracking, default_model_uri, load_matcher
-from poimatch.workflows import match_with_model
+from poimatch.apps.cli import job_parser, start_job
+from poimatch.io.lookup import pin_lookup, write_lookup
+from poimatch.lifecycle.tracking import configure_tracking, default_model_uri, load_matcher
+from poimatch.runs.against import KNOWN_GROUPS, KNOWN_IDS, match_against
+from poimatch.runs.workflows import match_with_model
+from poimatch.stages.plan import BATCH
 
 
 def _edited(rows: pd.DataFrame, seed: int) -> pd.DataFrame:

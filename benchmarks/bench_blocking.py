@@ -11,11 +11,11 @@ import time
 from pyspark.sql import functions as F
 
 from poimatch import schema as S
-from poimatch.blocking import candidate_pairs
-from poimatch.cli import job_parser, start_job
-from poimatch.evaluation import candidate_report
-from poimatch.io import read_poi_input
-from poimatch.normalize import add_normalized_columns
+from poimatch.apps.cli import job_parser, start_job
+from poimatch.io.tables import read_poi_input
+from poimatch.lifecycle.evaluation import candidate_report
+from poimatch.stages.blocking import candidate_pairs
+from poimatch.stages.normalize import add_normalized_columns
 
 
 def main() -> None:

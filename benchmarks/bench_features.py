@@ -20,8 +20,13 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from poimatch import schema as S
-from poimatch.features import FEATURE_COLUMNS, PAIR_SIDE_COLUMNS, add_pair_features, pair_side_col
-from poimatch.normalize import add_normalized_columns
+from poimatch.stages.features import (
+    FEATURE_COLUMNS,
+    PAIR_SIDE_COLUMNS,
+    add_pair_features,
+    pair_side_col,
+)
+from poimatch.stages.normalize import add_normalized_columns
 
 _WORDS: tuple[str, ...] = (
     "starbucks",

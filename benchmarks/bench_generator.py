@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from poimatch.generator import GeneratorProfile, generate_pois, write_pois_csv
+from poimatch.sample.generator import GeneratorProfile, generate_pois, write_pois_csv
 from poimatch.schema import COUNTRY, LATITUDE, LONGITUDE, POI
 
 

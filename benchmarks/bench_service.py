@@ -4,7 +4,7 @@
         --sizes 10,1000,10000 --clients 4 --duration 60 --mix 1000 \\
         --out benchmarks/results/service.json
 
-By default (``--start``) it starts ``python -m poimatch.service --env <env> --port <free
+By default (``--start``) it starts ``python -m poimatch.apps.service --env <env> --port <free
 port> [--set ...]`` itself (every ``--set section.key=value`` is passed through), measures
 the seconds from process start to the first ``GET /ready`` answering 200, and stops the
 service at the end (SIGTERM, then SIGKILL of its process group after 30 s). With
@@ -12,7 +12,7 @@ service at the end (SIGTERM, then SIGKILL of its process group after 30 s). With
 (``--pid`` names its process for the memory figures; by default the process listening on
 the URL's port is looked up in /proc).
 
-Request files are made with :func:`poimatch.generator.generate_pois` (``point_of_interest``
+Request files are made with :func:`poimatch.sample.generator.generate_pois` (``point_of_interest``
 dropped; the generator's ids, checked unique per file), ``--variants`` different files per
 size, all generated before any timing. Note the service refuses files over
 ``service.max_rows`` (20,000 by default) with 413, and answers 504 past
@@ -78,7 +78,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from poimatch import schema as S
-from poimatch.generator import generate_pois
+from poimatch.sample.generator import generate_pois
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MAX_ROWS = 20_000  # service.max_rows in conf/base.yaml
@@ -452,7 +452,7 @@ def start_service(env_name: str, overrides: Sequence[str], log_path: Path) -> tu
     command = [
         sys.executable,
         "-m",
-        "poimatch.service",
+        "poimatch.apps.service",
         "--env",
         env_name,
         "--port",
@@ -816,7 +816,7 @@ def stage_times(log_path: Path | None) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, list[float]]] = {"warm_up": {}, "requests": {}}
     part = "warm_up"
     for line in log_path.read_text(errors="replace").splitlines():
-        if "poimatch.service: ready in" in line or "__main__: ready in" in line:
+        if "poimatch.apps.service: ready in" in line or "__main__: ready in" in line:
             part = "requests"
         elif match := _STAGE.search(line):
             found[part].setdefault(match[1], []).append(float(match[2]))

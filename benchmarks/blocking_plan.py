@@ -18,15 +18,15 @@ os.environ["GX_ANALYTICS_ENABLED"] = "false"
 
 from pyspark.sql import functions as F
 
-import poimatch.blocking as B
+import poimatch.stages.blocking as B
 from poimatch import schema as S
-from poimatch.blocking import candidate_pairs
 from poimatch.config import load_settings
-from poimatch.ingest import check_rows, poi_layout
-from poimatch.io import read_poi_csv
-from poimatch.normalize import add_normalized_columns
-from poimatch.pipeline import BATCH
+from poimatch.io.ingest import check_rows, poi_layout
+from poimatch.io.tables import read_poi_csv
 from poimatch.session import build_session
+from poimatch.stages.blocking import candidate_pairs
+from poimatch.stages.normalize import add_normalized_columns
+from poimatch.stages.plan import BATCH
 
 
 def main() -> None:

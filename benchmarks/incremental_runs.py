@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from poimatch.batch import run_match
 from poimatch.config import load_settings
-from poimatch.generator import generate_pois, write_pois_csv
-from poimatch.ingest import ingest_file
+from poimatch.io.ingest import ingest_file
+from poimatch.runs.batch import run_match
+from poimatch.sample.generator import generate_pois, write_pois_csv
 from poimatch.session import build_session
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def main() -> None:
             ("full", False),
         ):
             started = time.perf_counter()
-            lines = run_match(
+            report = run_match(
                 spark,
                 settings,
                 input_path=None,
@@ -83,7 +83,9 @@ def main() -> None:
                 incremental=incremental,
             )
             shown = [
-                line for line in lines if line.startswith(("plan=", "candidates=", "incremental"))
+                line
+                for line in report.lines()
+                if line.startswith(("plan=", "candidates=", "incremental"))
             ]
             print(f"{what}: {time.perf_counter() - started:.1f} s  {' | '.join(shown)}")
     finally:

@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/scale.py --sizes 10000,100000,1000000 \\
         --out benchmarks/results/scale.json
 
-For each size it generates POIs with :mod:`poimatch.generator` (cached in the work
+For each size it generates POIs with :mod:`poimatch.sample.generator` (cached in the work
 folder), ingests them with ``jobs/ingest.py`` into a fresh Delta POI table, then runs
-the match the way ``jobs/match.py`` does (``poimatch.batch.run_match`` under
+the match the way ``jobs/match.py`` does (``poimatch.runs.batch.run_match`` under
 ``./spark-submit.sh``, reading the POI table) and evaluates the output against the
 generated truth. A model is trained first on ``--train-rows`` rows of another seed with
 ``jobs/train.py`` unless ``--model URI`` names one in the work folder's MLflow store.
@@ -234,10 +234,10 @@ def _summarize_event_log(path: Path, windows: dict[str, tuple[float, float]]) ->
 def worker_match(args: argparse.Namespace) -> None:
     """Under spark-submit: run_match on the POI table with stage marks, then evaluate."""
     session_start = time.time()
-    from poimatch import batch
-    from poimatch.batch import run_evaluate, run_match
-    from poimatch.cli import start_job
-    from poimatch.pipeline import record_stages
+    from poimatch.apps.cli import start_job
+    from poimatch.runs import batch
+    from poimatch.runs.batch import run_evaluate, run_match
+    from poimatch.stages.plan import record_stages
 
     settings, spark = start_job(args)
     session_ready = time.time()
@@ -268,8 +268,8 @@ def worker_match(args: argparse.Namespace) -> None:
         "session_ready": session_ready,
         "match_end": match_end,
         "marks": marks,
-        "lines": lines,
-        "eval_lines": eval_lines,
+        "lines": lines.lines(),
+        "eval_lines": eval_lines.lines(),
         "rows": n_rows,
         "conf": {
             k: v
@@ -342,7 +342,7 @@ def _machine() -> dict[str, Any]:
 
 
 def _data(workdir: Path, rows: int, seed: int) -> Path:
-    from poimatch.generator import generate_pois, write_pois_csv
+    from poimatch.sample.generator import generate_pois, write_pois_csv
 
     path = workdir / "data" / f"gen-{rows}-s{seed}.csv"
     if not path.is_file():

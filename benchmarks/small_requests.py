@@ -34,14 +34,21 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from poimatch.batch import load_pois
+from poimatch.apps.service import (
+    EXAMPLE_CSV,
+    SERVICE_SQL_CONF,
+    ModelStore,
+    SparkEngine,
+    parse_upload,
+)
 from poimatch.config import load_settings
-from poimatch.generator import generate_pois, write_pois_csv
-from poimatch.pipeline import small_plan_conf
-from poimatch.service import EXAMPLE_CSV, SERVICE_SQL_CONF, ModelStore, SparkEngine, parse_upload
+from poimatch.lifecycle.tracking import assign_alias, configure_tracking, log_matcher
+from poimatch.matcher import Matcher
+from poimatch.runs.batch import load_pois
+from poimatch.runs.workflows import fit_matcher, training_set
+from poimatch.sample.generator import generate_pois, write_pois_csv
 from poimatch.session import build_session
-from poimatch.tracking import assign_alias, configure_tracking, log_matcher
-from poimatch.workflows import fit_matcher, training_set
+from poimatch.stages.plan import small_plan_conf
 
 
 def main() -> None:
@@ -92,7 +99,7 @@ def main() -> None:
     uri = args.model or _small_model(spark, work)
     store = ModelStore(uri)
     store.refresh()
-    engine = SparkEngine(spark, store, max_iterations=settings.grouping.max_iterations)
+    engine = SparkEngine(Matcher(settings, spark), store)
     loaded = engine.model()
     assert loaded is not None
     tracker = spark.sparkContext.statusTracker()
@@ -129,7 +136,7 @@ def _small_model(spark: SparkSession, work: Path) -> str:
     fit_settings = load_settings("ci", ["model.n_estimators=60"])
     csv = work / "train.csv"
     write_pois_csv(generate_pois(3000, seed=61), csv)
-    pois, _ = load_pois(spark, str(csv), quarantine_path=str(work / "q"), require_labels=True)
+    pois = load_pois(spark, str(csv), quarantine_path=str(work / "q"), require_labels=True).pois
     with small_plan_conf(pois.sparkSession):
         fit = fit_matcher(training_set(pois, settings=fit_settings), settings=fit_settings)
     example = pd.DataFrame({f: [0.0] for f in fit.spec.features})

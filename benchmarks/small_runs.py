@@ -3,10 +3,10 @@
     .venv/bin/python benchmarks/small_runs.py --rows 30 --repeats 4
     .venv/bin/python benchmarks/small_runs.py --rows 20000 --repeats 2
 
-Runs ``poimatch.batch.run_match`` in-process on one warm session (env ``ci``) over a
+Runs ``poimatch.runs.batch.run_match`` in-process on one warm session (env ``ci``) over a
 generated file without labels, ``--repeats`` times per mode (the first run of the first
 mode is cold), and prints each run's wall time. ``with`` is what a match job does for a
-small run (:func:`poimatch.pipeline.small_plan_conf`); ``without`` replaces that with a
+small run (:func:`poimatch.stages.plan.small_plan_conf`); ``without`` replaces that with a
 no-op, i.e. the small plan on the session's own SQL settings. The model is
 ``--model`` (default: the champion of ``make run``'s registry in ``mlflow.db``).
 """
@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from poimatch import batch
 from poimatch.config import load_settings
-from poimatch.generator import generate_pois, write_pois_csv
+from poimatch.runs import batch
+from poimatch.sample.generator import generate_pois, write_pois_csv
 from poimatch.session import build_session
 
 

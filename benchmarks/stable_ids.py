@@ -4,7 +4,7 @@
         --out benchmarks/results/stable_ids.json
 
 Generates ``--rows`` POIs, ingests them into a fresh Delta POI table under ``--workdir``
-and runs the nightly match (:func:`poimatch.batch.run_match`, the POI table's run) with
+and runs the nightly match (:func:`poimatch.runs.batch.run_match`, the POI table's run) with
 the champion of the project's MLflow store (``make run`` registers one; ``--model URI``
 names another). Then it changes the table as a night would: ``--new`` (1 %) new rows,
 half of them copies of existing rows under new ids that sort first, half new places, and
@@ -30,12 +30,12 @@ import pandas as pd
 from pyspark.sql import SparkSession
 
 from poimatch import schema as S
-from poimatch.batch import run_match
 from poimatch.config import load_settings
-from poimatch.generator import generate_pois, write_pois_csv
-from poimatch.ingest import ingest_file
+from poimatch.io.ingest import ingest_file
+from poimatch.lifecycle.tracking import default_model_uri
+from poimatch.runs.batch import run_match
+from poimatch.sample.generator import generate_pois, write_pois_csv
 from poimatch.session import build_session
-from poimatch.tracking import default_model_uri
 
 
 def _groups(spark: SparkSession, path: str) -> pd.DataFrame:
@@ -100,7 +100,7 @@ def main() -> None:
         before.loc[unchanged, S.MATCHES].str.split(" ").map(frozenset)
         == after.loc[unchanged, S.MATCHES].str.split(" ").map(frozenset)
     ).mean()
-    changed_line = next((x for x in second_lines if x.startswith("group_ids_changed=")), "")
+    changed_line = next((x for x in second_lines.lines() if x.startswith("group_ids_changed=")), "")
     result = {
         "command": " ".join(sys.argv),
         "machine": {
@@ -119,8 +119,8 @@ def main() -> None:
         "unchanged_keep_group_id": round(float(kept), 5),
         "unchanged_keep_group_id_without_carry_over": round(float(kept_without), 5),
         "job_line": changed_line,
-        "first_lines": first_lines,
-        "second_lines": second_lines,
+        "first_lines": first_lines.lines(),
+        "second_lines": second_lines.lines(),
         "groups_moved_to_made_up_ids": int(after[S.GROUP_ID].str.contains("~", regex=False).sum()),
     }
     print(f"rows={args.rows} new={n_new} renamed={len(renamed)} (model {uri})")

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/training_plan.py --rows 3000 --modes batch small-blocking small
 
-Builds :func:`poimatch.workflows.training_set` of a generated labelled table
+Builds :func:`poimatch.runs.workflows.training_set` of a generated labelled table
 (``--rows`` rows) in-process on one session (env ``ci``, what the test suite's small
 model trains on), once per mode in the order given (the first is cold: the JVM is new),
 and prints each one's wall time and pair count:
@@ -11,7 +11,7 @@ and prints each one's wall time and pair count:
 * ``small-blocking``: the small plan's blocking (the coarse grid alone), the session's
   SQL settings;
 * ``small``: what ``train_model`` runs for a table this small: the small plan's
-  blocking and its SQL settings (:func:`poimatch.pipeline.small_plan_conf`).
+  blocking and its SQL settings (:func:`poimatch.stages.plan.small_plan_conf`).
 
 Every mode must give the same pairs; the script stops if they differ.
 """
@@ -25,12 +25,12 @@ import time
 from pathlib import Path
 
 from poimatch import schema as S
-from poimatch.batch import load_pois
 from poimatch.config import load_settings
-from poimatch.generator import generate_pois, write_pois_csv
-from poimatch.pipeline import BATCH, SMALL, small_plan_conf
+from poimatch.runs.batch import load_pois
+from poimatch.runs.workflows import training_set
+from poimatch.sample.generator import generate_pois, write_pois_csv
 from poimatch.session import build_session
-from poimatch.workflows import training_set
+from poimatch.stages.plan import BATCH, SMALL, small_plan_conf
 
 MODES = ("batch", "small-blocking", "small")
 
@@ -48,9 +48,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(tmp) / "train.csv"
         write_pois_csv(generate_pois(args.rows, seed=args.seed), csv)
-        pois, _ = load_pois(
+        pois = load_pois(
             spark, str(csv), quarantine_path=str(Path(tmp) / "q"), require_labels=True
-        )
+        ).pois
         for mode in args.modes:
             plan = BATCH if mode == "batch" else SMALL
             started = time.perf_counter()

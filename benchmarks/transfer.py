@@ -6,10 +6,10 @@ For each Geo-ER city (``../shared/data/geoer_osm_fsq``), the matcher is trained 
 other three cities (plus, with ``--generated-rows``, the project's generated data,
 less any generated row within 150 km of the held-out city; by default Geo-ER alone,
 which transferred better: see the README) exactly as
-``jobs/train.py`` trains: :func:`poimatch.workflows.training_set` and
-:func:`~poimatch.workflows.fit_matcher` (thinned copies of each table, region folds,
+``jobs/train.py`` trains: :func:`poimatch.runs.workflows.training_set` and
+:func:`~poimatch.runs.workflows.fit_matcher` (thinned copies of each table, region folds,
 calibration, threshold chosen out of fold). The held-out city is then matched as
-``jobs/match.py`` matches (:func:`~poimatch.workflows.match_with_model`):
+``jobs/match.py`` matches (:func:`~poimatch.runs.workflows.match_with_model`):
 
 * whole, and thinned to ``--thin`` shares of its places (all rows of a kept place);
 * each with ``--copies`` of its rows copied with only the id changed, and as many
@@ -42,11 +42,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from poimatch import schema as S
-from poimatch.cli import job_parser, start_job
+from poimatch.apps.cli import job_parser, start_job
 from poimatch.config import Settings
-from poimatch.evaluation import iou, matches_to_pairs, pair_metrics, truth_pairs
-from poimatch.generator import generate_pois
-from poimatch.workflows import FitOutcome, fit_matcher, match_with_model, training_set
+from poimatch.lifecycle.evaluation import iou, matches_to_pairs, pair_metrics, truth_pairs
+from poimatch.runs.workflows import FitOutcome, fit_matcher, match_with_model, training_set
+from poimatch.sample.generator import generate_pois
 
 _DEFAULT_GEOER = Path(__file__).resolve().parents[1].parent / "shared/data/geoer_osm_fsq"
 _COLUMNS = [f.name for f in S.poi_table_schema().fields]

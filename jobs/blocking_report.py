@@ -3,10 +3,10 @@
     ./spark-submit.sh jobs/blocking_report.py --help   (or: poimatch blocking-report --help)
 
 The spark-submit entry point of ``poimatch blocking-report``: the command, its options and
-what it reads are in :mod:`poimatch.commands.blocking_report`.
+what it reads are in :mod:`poimatch.apps.commands.blocking_report`.
 """
 
-from poimatch.commands.blocking_report import main
+from poimatch.apps.commands.blocking_report import main
 
 if __name__ == "__main__":
     main()

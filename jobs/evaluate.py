@@ -3,10 +3,10 @@
     ./spark-submit.sh jobs/evaluate.py --help       (or: poimatch evaluate --help)
 
 The spark-submit entry point of ``poimatch evaluate``: the command, its options and what it
-writes are in :mod:`poimatch.commands.evaluate`.
+writes are in :mod:`poimatch.apps.commands.evaluate`.
 """
 
-from poimatch.commands.evaluate import main
+from poimatch.apps.commands.evaluate import main
 
 if __name__ == "__main__":
     main()

@@ -3,10 +3,10 @@
     ./spark-submit.sh jobs/generate.py --help       (or: poimatch generate --help)
 
 The spark-submit entry point of ``poimatch generate``: the command, its options and what it
-writes are in :mod:`poimatch.commands.generate`.
+writes are in :mod:`poimatch.apps.commands.generate`.
 """
 
-from poimatch.commands.generate import main
+from poimatch.apps.commands.generate import main
 
 if __name__ == "__main__":
     main()

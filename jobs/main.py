@@ -3,10 +3,10 @@
     ./spark-submit.sh jobs/main.py --help       (or: poimatch demo --help)
 
 The spark-submit entry point of ``poimatch demo``: the command, its options and what it
-writes are in :mod:`poimatch.commands.demo`.
+writes are in :mod:`poimatch.apps.commands.demo`.
 """
 
-from poimatch.commands.demo import main
+from poimatch.apps.commands.demo import main
 
 if __name__ == "__main__":
     main()

@@ -3,10 +3,10 @@
     ./spark-submit.sh jobs/match.py --help       (or: poimatch match --help)
 
 The spark-submit entry point of ``poimatch match``: the command, its options and what it
-writes are in :mod:`poimatch.commands.match`.
+writes are in :mod:`poimatch.apps.commands.match`.
 """
 
-from poimatch.commands.match import main
+from poimatch.apps.commands.match import main
 
 if __name__ == "__main__":
     main()

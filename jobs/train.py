@@ -3,10 +3,10 @@
     ./spark-submit.sh jobs/train.py --help       (or: poimatch train --help)
 
 The spark-submit entry point of ``poimatch train``: the command, its options and what it
-writes are in :mod:`poimatch.commands.train`.
+writes are in :mod:`poimatch.apps.commands.train`.
 """
 
-from poimatch.commands.train import main
+from poimatch.apps.commands.train import main
 
 if __name__ == "__main__":
     main()

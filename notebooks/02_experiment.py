@@ -4,8 +4,9 @@
 # MAGIC
 # MAGIC Trains the baseline (the research configuration as it is) and a variant (the same plus
 # MAGIC a few overrides, e.g. a smaller `blocking.k_nearest` or `model.max_depth`) on the same
-# MAGIC labelled data, each with the production training code (`poimatch.workflows.train_model`:
-# MAGIC same folds, threshold choice and MLflow logging). Both runs land in the **research**
+# MAGIC labelled data, each with the production training code
+# MAGIC (`poimatch.runs.workflows.train_model`: same folds, threshold choice and MLflow
+# MAGIC logging). Both runs land in the **research**
 # MAGIC experiment and register versions of the **research** model only; then they are read
 # MAGIC back with `mlflow.search_runs` and compared. All logic is in `poimatch.research`.
 # MAGIC

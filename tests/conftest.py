@@ -5,6 +5,8 @@ from __future__ import annotations
 import fcntl
 import os
 import pickle  # nosec B403: a fitted test model shared between this run's workers
+import subprocess  # nosec B404: the suite runs this interpreter on fixed probe scripts
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,13 +17,31 @@ import pytest
 from pyspark.ml import PipelineModel
 from pyspark.sql import SparkSession
 
-from poimatch.batch import load_pois
 from poimatch.config import Settings, load_settings
-from poimatch.generator import generate_pois, write_pois_csv
-from poimatch.pipeline import MatchingSpec, session_conf, small_plan_conf
+from poimatch.lifecycle.tracking import assign_alias, configure_tracking, log_matcher
+from poimatch.runs.batch import load_pois
+from poimatch.runs.workflows import FitOutcome, fit_matcher, training_set
+from poimatch.sample.generator import generate_pois, write_pois_csv
 from poimatch.session import build_session
-from poimatch.tracking import assign_alias, configure_tracking, log_matcher
-from poimatch.workflows import FitOutcome, fit_matcher, training_set
+from poimatch.stages.plan import session_conf, small_plan_conf
+from poimatch.stages.spec import MatchingSpec
+
+
+def run_probe(script: str, *, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``script`` run by a fresh interpreter on this checkout's ``lib`` (what a command
+    imports, as the suite's own interpreter has imported everything long since); the
+    exit status is checked (stderr's tail on failure)."""
+    done = subprocess.run(  # nosec B603: this interpreter, a fixed script
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "lib")},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
 
 REPO = Path(__file__).resolve().parents[1]
 # a short-lived JVM on small data: C1-only JIT and the serial GC cost far less CPU
@@ -94,7 +114,7 @@ def _fit_small_matcher(spark: SparkSession, root: Path) -> FitOutcome:
     root.mkdir(parents=True, exist_ok=True)
     csv = root / "train.csv"
     write_pois_csv(generate_pois(3000, seed=61), csv)
-    pois, _ = load_pois(spark, str(csv), quarantine_path=str(root / "q"), require_labels=True)
+    pois = load_pois(spark, str(csv), quarantine_path=str(root / "q"), require_labels=True).pois
     with small_plan_conf(spark):  # as train_model runs a training set this small
         return fit_matcher(training_set(pois, settings=settings), settings=settings)
 

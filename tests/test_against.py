@@ -16,12 +16,12 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 
 from poimatch import schema as S
-from poimatch.against import KNOWN_GROUPS, KNOWN_IDS, match_against
 from poimatch.config import BlockingSettings
-from poimatch.generator import generate_pois
-from poimatch.lookup import known_rows, pin_lookup, write_lookup
-from poimatch.pipeline import BATCH
-from poimatch.workflows import FitOutcome, match_with_model
+from poimatch.io.lookup import known_rows, pin_lookup, write_lookup
+from poimatch.runs.against import KNOWN_GROUPS, KNOWN_IDS, match_against
+from poimatch.runs.workflows import FitOutcome, match_with_model
+from poimatch.sample.generator import generate_pois
+from poimatch.stages.plan import BATCH
 
 COLUMNS = [f.name for f in S.poi_table_schema().fields]
 

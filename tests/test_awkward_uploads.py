@@ -1,7 +1,7 @@
 """Awkward uploads (tests/awkward.py) through the real service engine and the match job.
 
 One Spark session for all of it: the service runs in-process (FastAPI's test client)
-around a real :class:`poimatch.service.SparkEngine` and a registered model, and
+around a real :class:`poimatch.apps.service.SparkEngine` and a registered model, and
 ``jobs/match.py``'s ``main`` runs in-process too, as ``spark-submit`` would run it
 (tests/test_jobs.py covers the wrapper itself). The checks: the service never answers
 5xx and every 200 holds every input id once, in input order; the job fails with a named
@@ -28,9 +28,10 @@ from fastapi.testclient import TestClient
 from pyspark.sql import SparkSession
 
 from poimatch import schema as S
+from poimatch.apps.service import EXAMPLE_CSV, ModelStore, SparkEngine, create_app
 from poimatch.config import Settings, load_settings
-from poimatch.service import EXAMPLE_CSV, ModelStore, SparkEngine, create_app
-from poimatch.workflows import FitOutcome
+from poimatch.matcher import Matcher
+from poimatch.runs.workflows import FitOutcome
 
 pytestmark = pytest.mark.slow
 
@@ -65,12 +66,7 @@ def engine(spark: SparkSession, lab: dict[str, Any]) -> SparkEngine:
     settings: Settings = lab["settings"]
     store = ModelStore(lab["uri"])
     store.refresh()
-    return SparkEngine(
-        spark,
-        store,
-        max_iterations=settings.grouping.max_iterations,
-        local_max_edges=settings.grouping.local_max_edges,
-    )
+    return SparkEngine(Matcher(settings, spark), store)
 
 
 @pytest.fixture(scope="module")
@@ -252,8 +248,8 @@ def test_a_timed_out_request_stops_and_the_next_is_served(
 
 
 def test_a_cancelled_request_stops_at_the_first_stage_boundary(engine: SparkEngine) -> None:
+    from poimatch.apps.service import parse_upload
     from poimatch.cancellation import CancelledError
-    from poimatch.service import parse_upload
 
     table, _ = parse_upload(EXAMPLE_CSV.encode(), max_rows=100)
     loaded = engine.model()

@@ -12,8 +12,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from poimatch import schema as S
-from poimatch.blocking import candidate_pairs, haversine_m
 from poimatch.config import BlockingSettings
+from poimatch.stages.blocking import candidate_pairs, haversine_m
 
 _COLS = (
     f"{S.ID} string, {S.LATITUDE} double, {S.LONGITUDE} double, {S.N_NAME} string, "
@@ -61,7 +61,7 @@ def test_fine_grids_give_exactly_the_coarse_k_nearest(spark: SparkSession) -> No
     # a dense centre (fine grids are used there) fading into sparse outskirts
     import random
 
-    from poimatch.blocking import _LVL, _grid_levels, _spatial_nearest
+    from poimatch.stages.blocking import _LVL, _grid_levels, _spatial_nearest
 
     rng = random.Random(3)
     rows = []
@@ -92,7 +92,7 @@ def test_fine_grid_row_with_no_neighbour_within_its_cell_is_redone(spark: SparkS
     # that have nobody within 18.75 m: they must be redone on the coarse grid, not lost
     import random
 
-    from poimatch.blocking import _spatial_nearest
+    from poimatch.stages.blocking import _spatial_nearest
 
     rng = random.Random(7)
     scale = math.cos(math.radians(48.0))
@@ -257,7 +257,7 @@ def test_dense_cluster_on_the_antimeridian_gives_the_exact_k_nearest(spark: Spar
     # nearest by brute force are what the 3x3 cells must give, across the meridian
     import random
 
-    from poimatch.blocking import _spatial_nearest
+    from poimatch.stages.blocking import _spatial_nearest
 
     rng = random.Random(11)
     rows = []
@@ -275,7 +275,7 @@ def test_dense_cluster_on_the_antimeridian_gives_the_exact_k_nearest(spark: Spar
 def test_rows_at_one_coordinate_are_not_joined_quadratically(
     spark: SparkSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import poimatch.blocking as B
+    import poimatch.stages.blocking as B
 
     # 400 rows at one point (a geocoder's default), a row 5 m away and one with a
     # shared phone 2 km away

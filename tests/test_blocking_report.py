@@ -9,15 +9,15 @@ import pandas as pd
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 
-from poimatch import commands
 from poimatch import schema as S
-from poimatch.batch import load_match_input
-from poimatch.blocking import candidate_pairs
-from poimatch.blocking_report import BlockingReport, PassCount, RowSpread, blocking_report
+from poimatch.apps import commands
 from poimatch.config import BlockingSettings
-from poimatch.generator import generate_pois, write_pois_csv
-from poimatch.ingest import poi_layout
-from poimatch.normalize import add_normalized_columns
+from poimatch.io.ingest import poi_layout
+from poimatch.runs.batch import load_match_input
+from poimatch.runs.blocking_report import BlockingReport, PassCount, RowSpread, blocking_report
+from poimatch.sample.generator import generate_pois, write_pois_csv
+from poimatch.stages.blocking import candidate_pairs
+from poimatch.stages.normalize import add_normalized_columns
 
 SETTINGS = BlockingSettings(cell_m=300, k_nearest=5, key_passes=("name", "phone"))
 

@@ -15,15 +15,15 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from poimatch import schema as S
-from poimatch.batch import load_pois, run_evaluate, run_match
 from poimatch.config import Settings, load_settings
-from poimatch.contracts import data_docs_index
-from poimatch.evaluation import iou
-from poimatch.generator import generate_pois, write_pois_csv
-from poimatch.ingest import ingest_file
-from poimatch.io import input_fingerprint, read_matches
-from poimatch.tracking import CHALLENGER, CHAMPION, load_matcher
-from poimatch.workflows import train_model
+from poimatch.io.contracts import data_docs_index
+from poimatch.io.ingest import ingest_file
+from poimatch.io.tables import input_fingerprint, read_matches
+from poimatch.lifecycle.evaluation import iou
+from poimatch.lifecycle.tracking import CHALLENGER, CHAMPION, load_matcher
+from poimatch.runs.batch import load_pois, run_evaluate, run_match
+from poimatch.runs.workflows import train_model
+from poimatch.sample.generator import generate_pois, write_pois_csv
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def chain(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict
         quarantine_path=quarantine,
         validations=storage.validations_path(),
     )
-    pois, _ = load_pois(spark, pois_table, quarantine_path=quarantine, require_labels=True)
+    pois = load_pois(spark, pois_table, quarantine_path=quarantine, require_labels=True).pois
     fingerprint = input_fingerprint(spark, pois_table)  # delta:<path>@v<N>
     first = train_model(pois, settings=settings, data_versions={"pois": fingerprint})
     out_csv = root / "out.csv"
@@ -83,8 +83,9 @@ def test_trained_model_beats_identity_by_far(chain: dict[str, object], spark: Sp
     assert identity < 0.85
     assert score >= 0.90
     assert score - identity >= 0.1
-    lines = run_evaluate(spark, str(out_csv), str(test_csv))
-    assert lines[-1] == f"iou={score:.4f}"
+    evaluation = run_evaluate(spark, str(out_csv), str(test_csv))
+    assert evaluation.iou.iou == pytest.approx(score)
+    assert evaluation.lines()[-1] == f"iou={score:.4f}"
 
 
 def test_output_has_every_id_once_with_itself_first(

@@ -5,7 +5,7 @@ installed pyspark. The suite's shared small model (``small_matcher``, fitted onc
 is registered in a store of this test; the match job then runs through ./spark-submit.sh
 with ``--master spark://...`` (where spark-submit.sh ships the package as a wheel and
 the Delta jars, and the executors run the venv's Python), and the same command's code
-(:func:`poimatch.batch.run_match`) runs in local mode on the suite's own session, on the
+(:func:`poimatch.runs.batch.run_match`) runs in local mode on the suite's own session, on the
 same test CSV with that model. The two outputs must be the same row for row. (The local
 run was a second ./spark-submit.sh process, a JVM of its own; the wrapper's local mode is
 run by tests/test_chain.py, tests/test_safe_reruns.py and tests/test_jobs.py.)
@@ -31,10 +31,10 @@ import pytest
 from conftest import register_matcher
 from pyspark.sql import SparkSession
 
-from poimatch.batch import run_match
 from poimatch.config import load_settings
-from poimatch.generator import generate_pois, write_pois_csv
-from poimatch.workflows import FitOutcome
+from poimatch.runs.batch import run_match
+from poimatch.runs.workflows import FitOutcome
+from poimatch.sample.generator import generate_pois, write_pois_csv
 
 pytestmark = pytest.mark.slow
 
@@ -330,7 +330,8 @@ def test_match_on_standalone_cluster_equals_local(
         output_csv=str(outputs["local"]),
         model_uri=model_uri,
     )
-    assert _value("\n".join(lines), "model") == model_uri
+    assert lines.model_uri == model_uri
+    assert _value("\n".join(lines.lines()), "model") == model_uri
     assert _value(_finish(jobs[0]), "model") == model_uri
     matched_at = time.monotonic()
 

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import ast
 import csv
-import os
-import subprocess  # nosec B404: the suite's own interpreter, no shell
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import run_probe
 
-from poimatch import commands
+from poimatch.apps import commands
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_console_script_is_declared() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
-    assert project["project"]["scripts"]["poimatch"] == "poimatch.commands:main"
+    assert project["project"]["scripts"]["poimatch"] == "poimatch.apps.commands:main"
 
 
 @pytest.mark.parametrize("argv", [[], ["nope"]])
@@ -89,24 +87,16 @@ def test_commands_that_validate_nothing_do_not_import_great_expectations() -> No
     suite's own has imported it long since."""
     probe = (
         "import sys\n"
-        "import poimatch.batch, poimatch.contracts, poimatch.service\n"
-        "from poimatch.commands import COMMANDS\n"
+        "import poimatch.runs.batch, poimatch.io.contracts, poimatch.apps.service\n"
+        "from poimatch.apps.commands import COMMANDS\n"
         "import importlib\n"
         "for module, _ in COMMANDS.values(): importlib.import_module(module)\n"
         "assert 'great_expectations' not in sys.modules, 'imported great_expectations'\n"
-        "from poimatch.contracts import INPUT_RULES\n"
+        "from poimatch.io.contracts import INPUT_RULES\n"
         "kinds = {type(rule.expectation).__name__ for rule in INPUT_RULES}\n"
         "assert 'great_expectations' in sys.modules\n"
         "print(sorted(kinds))\n"
     )
-    done = subprocess.run(  # nosec B603: this interpreter, a fixed script
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(REPO / "lib")},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_probe(probe)
     assert "ExpectTableRowCountToEqual" in done.stdout
     assert "ExpectColumnValuesToBeUnique" in done.stdout

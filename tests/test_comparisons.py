@@ -1,7 +1,7 @@
 """Declarative comparisons: each feature is a definition; adding one is configuration.
 
-The built-in features are :class:`poimatch.comparisons.Comparison` records built by
-the kind registry of :mod:`poimatch.features`; ``model.comparisons`` adds more. A
+The built-in features are :class:`poimatch.stages.comparisons.Comparison` records built by
+the kind registry of :mod:`poimatch.stages.features`; ``model.comparisons`` adds more. A
 comparison added by configuration is computed beside the built-ins, constrained in
 its own direction, recorded in full in the trained model's spec, and computed again
 wherever that model is loaded: in a match run's scored pairs, from the spec alone.
@@ -18,22 +18,22 @@ from pyspark.sql import SparkSession
 from rapidfuzz import fuzz
 from rapidfuzz.distance import JaroWinkler
 
-from poimatch import comparisons as C
 from poimatch import schema as S
-from poimatch.batch import load_pois, run_match
 from poimatch.config import load_settings
-from poimatch.features import (
+from poimatch.lifecycle.tracking import load_matcher
+from poimatch.lifecycle.training import monotone_constraints
+from poimatch.runs.batch import load_pois, run_match
+from poimatch.runs.workflows import FitOutcome, fit_matcher, training_set
+from poimatch.sample.generator import generate_pois, write_pois_csv
+from poimatch.stages import comparisons as C
+from poimatch.stages.features import (
     FEATURE_COLUMNS,
     MONOTONE,
     PAIR_SIDE_COLUMNS,
     add_pair_features,
     pair_side_col,
 )
-from poimatch.generator import generate_pois, write_pois_csv
-from poimatch.pipeline import MatchingSpec
-from poimatch.tracking import load_matcher
-from poimatch.training import monotone_constraints
-from poimatch.workflows import FitOutcome, fit_matcher, training_set
+from poimatch.stages.spec import MatchingSpec
 
 ADDR_JW = {
     "name": "f_addr_jw",
@@ -162,7 +162,7 @@ def test_a_comparison_added_by_config_reaches_the_model_spec_and_output(
     settings = load_settings("ci", overrides)
     csv = tmp_path / "train.csv"
     write_pois_csv(generate_pois(1500, seed=71), csv)
-    pois, _ = load_pois(spark, str(csv), quarantine_path=str(tmp_path / "q"), require_labels=True)
+    pois = load_pois(spark, str(csv), quarantine_path=str(tmp_path / "q"), require_labels=True).pois
     fit: FitOutcome = fit_matcher(training_set(pois, settings=settings), settings=settings)
     assert fit.spec.features[-1] == "f_addr_jw"
     assert fit.spec.added == (C.Comparison.model_validate(ADDR_JW),)
@@ -182,7 +182,7 @@ def test_a_comparison_added_by_config_reaches_the_model_spec_and_output(
         model_uri=uri,
         pairs_table=str(pairs),
     )
-    assert f"pairs_table={pairs}" in lines
+    assert lines.written["pairs_table"] == str(pairs)
     scored = spark.read.format("delta").load(str(pairs))
     assert "f_addr_jw" in scored.columns
     values = [r["f_addr_jw"] for r in scored.select("f_addr_jw").collect()]

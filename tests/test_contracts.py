@@ -1,4 +1,4 @@
-"""Tests of poimatch.contracts: typed coordinates, rejection reasons, GX validation."""
+"""Tests of poimatch.io.contracts: typed coordinates, rejection reasons, GX validation."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from poimatch import contracts as C
 from poimatch import schema as S
+from poimatch.io import contracts as C
 
 RAW_SCHEMA = T.StructType(
     [T.StructField(c, T.StringType(), True) for c in (S.ID, S.NAME, S.LATITUDE, S.LONGITUDE)]

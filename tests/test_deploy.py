@@ -47,7 +47,7 @@ SERVICE_PATHS = DEPLOY / "ci" / "service_paths.py"
 CHAMPION_CHECK = DEPLOY / "ci" / "champion_check.py"
 DOCKERIGNORE = REPO / ".dockerignore"
 LOCK = REPO / "requirements.lock"
-SERVICE_MODULE = "poimatch.service"
+SERVICE_MODULE = "poimatch.apps.service"
 SERVICE_PORT = 8004
 
 
@@ -71,15 +71,18 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def _module_path(module: str) -> Path:
-    """``poimatch.service`` -> lib/poimatch/service.py (the package lives in lib/)."""
-    return REPO / "lib" / Path(*module.split(".")).with_suffix(".py")
+    """``poimatch.apps.service`` -> lib/poimatch/apps/service/__init__.py for a package, else
+    lib/poimatch/apps/service.py (the package lives in lib/)."""
+    base = REPO / "lib" / Path(*module.split("."))
+    package = base / "__init__.py"
+    return package if package.is_file() else base.with_suffix(".py")
 
 
 def _job_options(path: Path) -> tuple[set[str], set[str]]:
     """(accepted, required) ``--options`` of a job, read from its argparse calls.
 
-    A job built on ``poimatch.cli.job_parser`` also accepts that parser's options; a
-    ``jobs/*.py`` entry point that imports its ``main`` from ``poimatch.commands.<name>``
+    A job built on ``poimatch.apps.cli.job_parser`` also accepts that parser's options; a
+    ``jobs/*.py`` entry point that imports its ``main`` from ``poimatch.apps.commands.<name>``
     is read there.
     """
     assert path.is_file(), f"{path.relative_to(REPO)} does not exist"
@@ -87,11 +90,11 @@ def _job_options(path: Path) -> tuple[set[str], set[str]]:
     for node in tree.body:
         if (
             isinstance(node, ast.ImportFrom)
-            and (node.module or "").startswith("poimatch.commands.")
+            and (node.module or "").startswith("poimatch.apps.commands.")
             and [a.name for a in node.names] == ["main"]
         ):
             module = str(node.module).split(".")[-1]
-            return _job_options(REPO / "lib" / "poimatch" / "commands" / f"{module}.py")
+            return _job_options(_module_path(f"poimatch.apps.commands.{module}"))
     accepted: set[str] = set()
     required: set[str] = set()
     uses_job_parser = False
@@ -114,7 +117,7 @@ def _job_options(path: Path) -> tuple[set[str], set[str]]:
         elif isinstance(node.func, ast.Name) and node.func.id == "job_parser":
             uses_job_parser = True
     if uses_job_parser:
-        accepted |= _job_options(REPO / "lib" / "poimatch" / "cli.py")[0]
+        accepted |= _job_options(_module_path("poimatch.apps.cli"))[0]
     return accepted, required
 
 
@@ -249,7 +252,7 @@ def test_the_schema_check_catches_a_misspelt_field(bundle: dict[str, Any]) -> No
 
 def test_bundle_tasks_run_the_wheels_console_script(bundle: dict[str, Any]) -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    from poimatch.commands import COMMANDS
+    from poimatch.apps.commands import COMMANDS
 
     commands = {}
     for job_key, task in _tasks(bundle):
@@ -257,7 +260,7 @@ def test_bundle_tasks_run_the_wheels_console_script(bundle: dict[str, Any]) -> N
         wheel_task = task["python_wheel_task"]
         assert wheel_task["package_name"] == project["name"]
         entry = wheel_task["entry_point"]
-        assert project["scripts"][entry] == "poimatch.commands:main", entry
+        assert project["scripts"][entry] == "poimatch.apps.commands:main", entry
         command = wheel_task["parameters"][0]
         assert command in COMMANDS, f"{job_key}: no command {command!r}"
         commands[job_key, task["task_key"]] = command
@@ -279,8 +282,8 @@ def test_bundle_parameters_parse_and_configure_per_target(
 ) -> None:
     """Each task's argv goes through its command's real parser and the real configuration
     (``--env databricks`` plus the task's ``--set``), with the target's variables."""
-    from poimatch.cli import job_settings
-    from poimatch.commands import COMMANDS
+    from poimatch.apps.cli import job_settings
+    from poimatch.apps.commands import COMMANDS
 
     resolved = _resolved(bundle, target)
     catalog, schema = (_variables(bundle, target)[k] for k in ("catalog", "schema"))
@@ -673,7 +676,7 @@ def test_service_port_is_the_configured_default() -> None:
 
 
 def test_service_module_accepts_the_image_options(docker_stages: list[Stage]) -> None:
-    # `python -m poimatch.service [--env ENV] [--host H] [--port 8004]`: the options the
+    # `python -m poimatch.apps.service [--env ENV] [--host H] [--port 8004]`: the options the
     # image and compose pass are ones the module's argparse accepts.
     path = _module_path(SERVICE_MODULE)
     assert path.is_file(), f"{path.relative_to(REPO)} is missing"
@@ -683,9 +686,16 @@ def test_service_module_accepts_the_image_options(docker_stages: list[Stage]) ->
     compose_command = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))["services"]["service"]
     _check_job_call(relative, _argv(compose_command["command"]))
     assert {"--env", "--host", "--port"} <= _job_options(path)[0]
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    # python -m runs a package's __main__.py, a module's __main__ guard
+    runner = path.with_name("__main__.py") if path.name == "__init__.py" else path
+    assert runner.is_file(), f"{SERVICE_MODULE} cannot be run with python -m (no __main__.py)"
+    tree = ast.parse(runner.read_text(encoding="utf-8"))
     main_guard = [
-        n for n in ast.walk(tree) if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.If)
+        and "__main__" in ast.unparse(n.test)
+        and "main()" in ast.unparse(n)
     ]
     assert main_guard, f"{SERVICE_MODULE} cannot be run with python -m (no __main__ guard)"
 
@@ -1073,7 +1083,7 @@ def test_compose_secrets_come_from_the_env_file(
 
 def test_compose_entry_points_exist(compose: dict[str, Any], docker_stages: list[Stage]) -> None:
     services = compose["services"]
-    # The service runs the image's entry point: python -m poimatch.service.
+    # The service runs the image's entry point: python -m poimatch.apps.service.
     assert "entrypoint" not in services["service"]
     entrypoint = json.loads(_last(_effective(docker_stages, "service"), "ENTRYPOINT") or "[]")
     assert entrypoint[-1] == SERVICE_MODULE
@@ -1306,23 +1316,25 @@ def test_service_paths_follow_imports(service_paths: ModuleType, tmp_path: Path)
         tmp_path,
         {
             "lib/poimatch/__init__.py": "",
-            "lib/poimatch/service.py": (
+            "lib/poimatch/apps/__init__.py": "",
+            "lib/poimatch/apps/service.py": (
                 "import json\n"
                 "from poimatch.config import load\n"
-                "from poimatch import tracking\n"
-                "from . import schema\n"
+                "from poimatch.stages import tracking\n"
+                "from .. import schema\n"
                 "import poimatch.sub.deep\n"
             ),
             "lib/poimatch/config.py": "from poimatch.io import read\n",
             "lib/poimatch/io.py": "",
-            "lib/poimatch/tracking.py": "from .pipeline import Spec\n",
-            "lib/poimatch/pipeline.py": "",
+            "lib/poimatch/stages/__init__.py": "",
+            "lib/poimatch/stages/tracking.py": "from .pipeline import Spec\n",
+            "lib/poimatch/stages/pipeline.py": "",
             "lib/poimatch/schema.py": "",
             "lib/poimatch/sub/__init__.py": "",
             "lib/poimatch/sub/deep.py": "from .. import helpers\n",
             "lib/poimatch/helpers.py": "",
-            "lib/poimatch/generator.py": "from importlib import resources\nresources.files\n",
-            "lib/poimatch/data/gazetteer.json": "{}",
+            "lib/poimatch/gen/generator.py": "from importlib import resources\nresources.files\n",
+            "lib/poimatch/gen/gazetteer.json": "{}",
         },
     )
     modules = service_paths.service_modules(tmp_path)
@@ -1330,21 +1342,23 @@ def test_service_paths_follow_imports(service_paths: ModuleType, tmp_path: Path)
         f"lib/poimatch/{name}"
         for name in (
             "__init__.py",
+            "apps/__init__.py",
+            "apps/service.py",
             "config.py",
             "helpers.py",
             "io.py",
-            "pipeline.py",
             "schema.py",
-            "service.py",
+            "stages/__init__.py",
+            "stages/pipeline.py",
+            "stages/tracking.py",
             "sub/__init__.py",
             "sub/deep.py",
-            "tracking.py",
         )
     )
     watched = service_paths.watched_paths(tmp_path)
     changed = [
-        "lib/poimatch/generator.py",  # not imported by the service
-        "lib/poimatch/data/gazetteer.json",  # read by generator only
+        "lib/poimatch/gen/generator.py",  # not imported by the service
+        "lib/poimatch/gen/gazetteer.json",  # read by generator only
         "README.md",
         "jobs/train.py",
         "conf/prod.yaml",
@@ -1358,15 +1372,17 @@ def test_service_paths_follow_imports(service_paths: ModuleType, tmp_path: Path)
         "deploy/compose.yaml",
         "requirements.lock",
     ]
-    assert service_paths.touched(["lib/poimatch/generator.py", "notebooks/x.py"], watched) == []
+    assert service_paths.touched(["lib/poimatch/gen/generator.py", "notebooks/x.py"], watched) == []
     # Package data follows a module that reads it through importlib.resources.
-    (tmp_path / "lib/poimatch/helpers.py").write_text("import poimatch.generator\n")
-    assert "lib/poimatch/data/" in service_paths.watched_paths(tmp_path)
+    (tmp_path / "lib/poimatch/helpers.py").write_text("import poimatch.gen.generator\n")
+    assert "lib/poimatch/gen/gazetteer.json" in service_paths.watched_paths(tmp_path)
 
 
 def test_service_paths_of_the_repository(service_paths: ModuleType) -> None:
     modules = service_paths.service_modules(REPO)
-    assert "lib/poimatch/service.py" in modules
+    assert "lib/poimatch/apps/service/__init__.py" in modules
+    assert "lib/poimatch/apps/service/__main__.py" in modules
+    assert "lib/poimatch/apps/service/engine.py" in modules
     assert "lib/poimatch/__init__.py" in modules
     for path in modules:
         assert (REPO / path).exists(), path

@@ -6,7 +6,7 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 
 from poimatch import schema as S
-from poimatch.evaluation import (
+from poimatch.lifecycle.evaluation import (
     candidate_report,
     iou,
     label_pairs,

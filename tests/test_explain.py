@@ -10,14 +10,14 @@ import pytest
 from conftest import register_matcher
 from pyspark.sql import SparkSession
 
-from poimatch import commands
 from poimatch import schema as S
-from poimatch.batch import load_match_input
+from poimatch.apps import commands
 from poimatch.config import load_settings
-from poimatch.explain import explain_pair
-from poimatch.generator import generate_pois, write_pois_csv
-from poimatch.pipeline import SMALL
-from poimatch.workflows import FitOutcome, match_with_model
+from poimatch.runs.batch import load_match_input
+from poimatch.runs.explain import explain_pair
+from poimatch.runs.workflows import FitOutcome, match_with_model
+from poimatch.sample.generator import generate_pois, write_pois_csv
+from poimatch.stages.plan import SMALL
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Tests of poimatch.features: pair layout helpers and every pair feature."""
+"""Tests of poimatch.stages.features: pair layout helpers and every pair feature."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from poimatch import schema as S
-from poimatch.features import (
+from poimatch.stages.features import (
     DEFAULT_FEATURES,
     FEATURE_COLUMNS,
     MONOTONE,
@@ -21,8 +21,8 @@ from poimatch.features import (
     add_pair_features,
     pair_side_col,
 )
-from poimatch.namestats import NameStats, add_name_stats
-from poimatch.normalize import add_normalized_columns
+from poimatch.stages.namestats import NameStats, add_name_stats
+from poimatch.stages.normalize import add_normalized_columns
 
 _ARRAY_COLUMNS = (S.N_NAME_TOKENS, S.N_CATEGORIES)
 _DOUBLE_COLUMNS = (S.LATITUDE, S.LONGITUDE)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from poimatch.generator import GeneratorProfile, generate_pois, write_pois_csv
+from poimatch.sample.generator import GeneratorProfile, generate_pois, write_pois_csv
 from poimatch.schema import (
     ADDRESS,
     CATEGORIES,

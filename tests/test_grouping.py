@@ -10,7 +10,7 @@ from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 
 from poimatch import schema as S
-from poimatch.grouping import (
+from poimatch.stages.grouping import (
     LOCAL_MAX_EDGES,
     connected_components,
     group_id_changes,
@@ -105,7 +105,7 @@ def test_unsplittable_component_falls_back_to_pairwise(spark: SparkSession, limi
 
 
 def test_split_bars_reach_one_exactly() -> None:
-    from poimatch.grouping import _split_bars
+    from poimatch.stages.grouping import _split_bars
 
     # adding 0.05 ten times to 0.5 gives 1.0000000000000004: the bar 1.0 was skipped
     bar = 0.5

@@ -15,17 +15,17 @@ import pytest
 from conftest import register_matcher
 from pyspark.sql import SparkSession
 
-from poimatch import incremental
 from poimatch import schema as S
-from poimatch.batch import run_match
 from poimatch.config import Settings, load_settings
-from poimatch.generator import generate_pois, write_pois_csv
-from poimatch.incremental import state_key, state_paths
-from poimatch.ingest import ingest_file
-from poimatch.io import delta_version
-from poimatch.namestats import NameStats
-from poimatch.pipeline import MatchingSpec
-from poimatch.workflows import FitOutcome
+from poimatch.io.ingest import ingest_file
+from poimatch.io.tables import delta_version
+from poimatch.runs import incremental
+from poimatch.runs.batch import MatchReport, run_match
+from poimatch.runs.incremental import state_key, state_paths
+from poimatch.runs.workflows import FitOutcome
+from poimatch.sample.generator import generate_pois, write_pois_csv
+from poimatch.stages.namestats import NameStats
+from poimatch.stages.spec import MatchingSpec
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,7 @@ def runs(
     ingest_file(spark, str(first_csv), pois_path=pois_path, quarantine_path=quarantine)
     model_uri, _, _ = register_matcher(small_matcher, settings)
 
-    def match(incremental: bool) -> list[str]:
+    def match(incremental: bool) -> MatchReport:
         return run_match(
             spark,
             settings,
@@ -106,20 +106,25 @@ def runs(
 
 
 def test_first_incremental_run_computes_everything(runs: dict[str, Any]) -> None:
-    assert "incremental state=none (full run)" in runs["first_lines"]
-    assert any(line.startswith("rows=3000 changed_rows=3000") for line in runs["first_lines"])
+    inc = runs["first_lines"].incremental
+    assert inc is not None
+    assert not inc.used_state
+    assert (inc.rows, inc.changed_rows) == (3000, 3000)
+    assert "incremental state=none (full run)" in runs["first_lines"].lines()
 
 
 def test_second_run_reuses_the_state_and_redoes_only_what_changed(runs: dict[str, Any]) -> None:
-    lines = runs["inc_lines"]
-    assert "incremental state=reused" in lines
+    report = runs["inc_lines"]
+    inc = report.incremental
+    assert inc is not None
+    assert inc.used_state
+    assert "incremental state=reused" in report.lines()
     # 3,090 rows: the small plan (the coarse grid alone, the same pairs as a full run)
-    assert "plan=small" in lines
-    figures = next(line for line in lines if line.startswith("rows="))
-    values = dict(part.split("=") for part in figures.split())
-    assert int(values["rows"]) == 3090
-    assert int(values["changed_rows"]) == 110  # 60 new + 30 copies + 20 renamed
-    assert 0 < int(values["new_pairs"]) < 0.2 * int(values["candidates"])
+    assert report.plan == inc.plan == "small"
+    assert inc.rows == 3090
+    assert inc.changed_rows == 110  # 60 new + 30 copies + 20 renamed
+    assert 0 < inc.new_pairs < 0.2 * inc.candidates
+    assert report.candidates == inc.candidates
 
 
 def test_incremental_equals_a_full_run(runs: dict[str, Any]) -> None:
@@ -157,8 +162,8 @@ def test_state_tables_sit_beside_the_matches_table(
     points, pairs = state_paths(runs["matches_path"])
     ids = {r[0] for r in spark.read.format("delta").load(points).select(S.ID).collect()}
     assert ids == set(runs["full"][S.ID])
-    figures = next(line for line in runs["full_lines"] if line.startswith("candidates="))
-    candidates = int(figures.split()[0].split("=")[1])
+    candidates = runs["full_lines"].candidates
+    assert candidates > 0
     assert spark.read.format("delta").load(pairs).count() == candidates
 
 
@@ -205,14 +210,15 @@ def test_state_key_follows_libraries_spec_and_name_stats(monkeypatch: pytest.Mon
 def test_changed_normalization_code_forces_a_full_run(
     spark: SparkSession, runs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # the state of the last incremental run is there, but normalize.py "changed"
+    # the state of the last incremental run is there, but stages/normalize.py "changed"
     original = incremental._source_bytes
     monkeypatch.setattr(
         incremental,
         "_source_bytes",
-        lambda name: original(name) + (b"\n# changed\n" if name == "normalize.py" else b""),
+        lambda name: original(name) + (b"\n# changed\n" if name == "stages/normalize.py" else b""),
     )
-    lines = runs["match"](True)
-    assert "incremental state=none (full run)" in lines
-    assert any(line.startswith("rows=3090 changed_rows=3090") for line in lines)
+    inc = runs["match"](True).incremental
+    assert inc is not None
+    assert not inc.used_state
+    assert (inc.rows, inc.changed_rows) == (3090, 3090)
     pd.testing.assert_frame_equal(_table(spark, runs["matches_path"]), runs["full"])

@@ -10,8 +10,8 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from poimatch import schema as S
-from poimatch.ingest import MALFORMED_ROW, ingest_file
-from poimatch.io import InputError
+from poimatch.io.ingest import MALFORMED_ROW, ingest_file
+from poimatch.io.tables import InputError
 
 HEADER = ",".join((*S.INPUT_COLUMNS, S.POI))
 

@@ -21,14 +21,11 @@ from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from poimatch import batch
 from poimatch import schema as S
-from poimatch.batch import ABOVE_THRESHOLD, rejected_table_path, run_match
 from poimatch.config import Settings, load_settings
-from poimatch.contracts import data_docs_index
-from poimatch.generator import generate_pois, write_pois_csv
-from poimatch.ingest import ingest_file
-from poimatch.io import (
+from poimatch.io.contracts import data_docs_index
+from poimatch.io.ingest import ingest_file
+from poimatch.io.tables import (
     InputError,
     delta_version,
     is_delta_table,
@@ -36,9 +33,14 @@ from poimatch.io import (
     read_delta,
     write_delta,
 )
-from poimatch.pipeline import SMALL_SQL_CONF, booster_parts, predict_scores
-from poimatch.tracking import load_matcher
-from poimatch.workflows import FitOutcome
+from poimatch.lifecycle.tracking import load_matcher
+from poimatch.runs import batch
+from poimatch.runs.batch import ABOVE_THRESHOLD, MatchReport, rejected_table_path, run_match
+from poimatch.runs.workflows import FitOutcome
+from poimatch.sample.generator import generate_pois, write_pois_csv
+from poimatch.scorer import predict_scores
+from poimatch.stages.plan import SMALL_SQL_CONF
+from poimatch.stages.scoring import booster_parts
 
 pytestmark = pytest.mark.slow
 
@@ -111,6 +113,12 @@ def _docs(lines: list[str]) -> list[str]:
     return [line.removeprefix("data_docs=") for line in lines if line.startswith("data_docs=")]
 
 
+def _pages(report: MatchReport) -> list[str]:
+    pages = list(report.data_docs)
+    assert _docs(report.lines()) == pages  # and the command prints each
+    return pages
+
+
 def _page(url: str) -> Path:
     assert url.startswith("file://"), url
     return Path(unquote(url[len("file://") :]))
@@ -128,8 +136,10 @@ def test_matching_the_poi_table_updates_matches_and_nothing_else(
         assert after[table] == version, table
     lookup = storage.table_path(storage.lookup_table)
     assert set(after) - set(before) == {matches, rejected_table_path(matches), lookup}
-    assert f"matches_table={matches}" in lake["production_lines"]
-    assert f"lookup_table={lookup}" in lake["production_lines"]
+    written = lake["production_lines"].written
+    assert written["matches_table"] == matches
+    assert written["lookup_table"] == lookup
+    assert f"lookup_table={lookup}" in lake["production_lines"].lines()
     # the lookup table holds every matched row with its group, laid out by cell
     known = spark.read.format("delta").load(lookup)
     assert known.columns[:2] == ["lookup_cell", "fine_cell"]
@@ -153,7 +163,7 @@ def test_ingest_and_nightly_run_keep_their_contract_results_and_data_docs(
     index = data_docs_index(project)
     assert index.is_file()
     # the run prints the Data Docs page of each stored result, and each page exists
-    pages = _docs(lake["production_lines"])
+    pages = _pages(lake["production_lines"])
     ingest_pages = _docs(lake["ingest"].lines())
     assert len(pages) == 2  # the output suite and its coverage suite
     assert len(ingest_pages) == 1  # the whole file's report
@@ -227,11 +237,11 @@ def test_adhoc_run_leaves_every_production_table_unchanged(
     assert after == adhoc["production"]  # same tables (none new), same versions
     names = {Path(t).name for t in after}
     assert names == {"pois", "pois_quarantine", "matches", "matches_rejected", "pois_lookup"}
-    assert f"matches_table={adhoc['table']}" in adhoc["lines"]
+    assert adhoc["lines"].written["matches_table"] == str(adhoc["table"])
     # nor are its contract results kept: an ad-hoc run writes only what it names
     project = lake["settings"].storage.validations_path()
     assert _stored_results(project).keys() == lake["results_after_production_run"].keys()
-    assert _docs(adhoc["lines"]) == []
+    assert _pages(adhoc["lines"]) == []
 
 
 def test_adhoc_output_has_every_usable_id_once(adhoc: dict[str, Any]) -> None:
@@ -248,7 +258,9 @@ def test_adhoc_output_has_every_usable_id_once(adhoc: dict[str, Any]) -> None:
 
 
 def test_adhoc_report_names_every_row_not_matched(adhoc: dict[str, Any]) -> None:
-    assert f"rejected_output={adhoc['out'].with_name('adhoc.rejected.csv')}" in adhoc["lines"]
+    rejected = str(adhoc["out"].with_name("adhoc.rejected.csv"))
+    assert adhoc["lines"].written["rejected_output"] == rejected
+    assert f"rejected_output={rejected}" in adhoc["lines"].lines()
     report = _read_csv(adhoc["out"].with_name("adhoc.rejected.csv"))
     got = [(r[S.ID], r[S.STATUS], r[S.REASON], r[S.NAME]) for r in report]
     assert got == [
@@ -263,8 +275,11 @@ def test_adhoc_report_names_every_row_not_matched(adhoc: dict[str, Any]) -> None
     ]
     # values are kept as read
     assert report[2][S.LATITUDE] == "0"
-    assert any(line.startswith("input=csv:") and "rows=11" in line for line in adhoc["lines"])
-    assert any("matched=3 rejected=4 dropped=4" in line for line in adhoc["lines"])
+    report = adhoc["lines"]
+    assert report.source.startswith("csv:")
+    assert report.rows == 11
+    assert dict(report.counts) == {"matched": 3, "rejected": 4, "dropped": 4}
+    assert any("matched=3 rejected=4 dropped=4" in line for line in report.lines())
 
 
 def test_adhoc_delta_table_holds_status_and_reason(
@@ -328,7 +343,8 @@ def test_a_rerun_keeps_group_ids_when_the_row_an_id_came_from_is_deleted(
     for row in spark.read.format("delta").load(matches).collect():
         lists.setdefault(row[S.GROUP_ID], set()).add(" ".join(sorted(row[S.MATCHES].split())))
     assert all(len(v) == 1 for v in lists.values())
-    changed = [line for line in lines if line.startswith("group_ids_changed=")]
+    assert lines.group_ids_changed is not None
+    changed = [line for line in lines.lines() if line.startswith("group_ids_changed=")]
     assert len(changed) == 1, lines
     moved = sum(after[i] != before[i] for i in after)
     assert changed[0].startswith(f"group_ids_changed={moved} of {len(after)} rows in both runs")
@@ -351,8 +367,8 @@ def test_a_named_pairs_table_holds_every_scored_candidate(
         model_uri=lake["model_uri"],
         pairs_table=str(pairs_path),
     )
-    assert f"pairs_table={pairs_path}" in lines
-    assert "plan=batch" in lines  # the features are kept by the batch plan
+    assert lines.written["pairs_table"] == str(pairs_path)
+    assert lines.plan == "batch"  # the features are kept by the batch plan
     assert _lake_versions(spark, root / "lake") == production  # nothing else written
     # without a pairs table 200 rows run the small plan: the same output file
     small_out = root / "pairs_out_small.csv"
@@ -363,7 +379,7 @@ def test_a_named_pairs_table_holds_every_scored_candidate(
         output_csv=str(small_out),
         model_uri=lake["model_uri"],
     )
-    assert "plan=small" in small_lines
+    assert small_lines.plan == "small"
     assert small_out.read_text(encoding="utf-8") == out.read_text(encoding="utf-8")
     _, spec, _ = load_matcher(lake["model_uri"])
     pairs = spark.read.format("delta").load(str(pairs_path))
@@ -376,8 +392,7 @@ def test_a_named_pairs_table_holds_every_scored_candidate(
         *spec.features,
     ]
     frame = pairs.toPandas()
-    candidates = next(x for x in lines if x.startswith("candidates="))
-    assert candidates.startswith(f"candidates={len(frame)} ")
+    assert lines.candidates == len(frame)
     assert (frame[S.ID_L] < frame[S.ID_R]).all()
     assert not frame.duplicated([S.ID_L, S.ID_R]).any()
     assert frame[S.PASS].str.len().gt(0).all()
@@ -449,7 +464,7 @@ def test_a_small_run_uses_the_small_plans_settings_and_gives_them_back(
         output_csv=str(out / "out.csv"),
         model_uri=lake["model_uri"],
     )
-    assert "plan=small" in lines
+    assert lines.plan == "small"
     # the batch plan (a pairs table is asked for) runs with the session's settings
     lines = run_match(
         spark,
@@ -459,7 +474,7 @@ def test_a_small_run_uses_the_small_plans_settings_and_gives_them_back(
         model_uri=lake["model_uri"],
         pairs_table=str(out / "pairs"),
     )
-    assert "plan=batch" in lines
+    assert lines.plan == "batch"
     assert seen == [SMALL_SQL_CONF, session]
     assert {key: spark.conf.get(key, None) for key in SMALL_SQL_CONF} == session
     # and both give the same output
@@ -494,17 +509,22 @@ def test_table_arguments_accept_catalog_names(
             )
             for _ in range(2)
         ]
-        assert f"matches_table={target}" in runs[0]
-        assert f"rejected_table={target}_rejected" in runs[0]
-        assert f"input=delta:{source} rows={len(ids)} matched={len(ids)}" in runs[0][0]
+        assert runs[0].written["matches_table"] == target
+        assert runs[0].written["rejected_table"] == f"{target}_rejected"
+        assert (runs[0].source, runs[0].counts["matched"]) == (f"delta:{source}", len(ids))
+        assert f"input=delta:{source} rows={len(ids)} matched={len(ids)}" in runs[0].lines()[0]
         written = spark.table(target)
         assert {r[S.ID] for r in written.collect()} == ids
         assert spark.table(f"{target}_rejected").count() == 0
         # the second run read the first one's groups through the catalog, at its version
         assert delta_version(spark, target) == 1
+        assert runs[0].group_ids_changed is None
+        changes = runs[1].group_ids_changed
+        assert changes is not None
+        assert (changes.changed, changes.both, changes.previous_version) == (0, len(ids), 0)
         unchanged = f"group_ids_changed=0 of {len(ids)} rows"
         assert any(
-            line.startswith(unchanged) and "previous version 0" in line for line in runs[1]
+            line.startswith(unchanged) and "previous version 0" in line for line in runs[1].lines()
         ), runs[1]
         assert read_delta(spark, target, version=0).count() == len(ids)
         with pytest.raises(InputError, match="no such Delta table in the catalog"):

@@ -10,7 +10,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from poimatch import schema as S
-from poimatch.namestats import NameStats, add_name_stats, count_name_stats
+from poimatch.stages.namestats import NameStats, add_name_stats, count_name_stats
 
 _SCHEMA = f"{S.ID} string, {S.POI} string, {S.N_NAME} string, {S.N_NAME_TOKENS} array<string>"
 
@@ -71,7 +71,7 @@ def test_training_rows_read_the_other_folds_statistics(spark: SparkSession) -> N
     statistics over the training rows themselves, a name counting twice would tell
     two rows of it apart as two places)."""
     from poimatch.config import load_settings
-    from poimatch.workflows import training_set
+    from poimatch.runs.workflows import training_set
 
     def row(i: str, poi: str, name: str, lat: float, lon: float) -> tuple[object, ...]:
         return (i, name, lat, lon, poi)

@@ -1,4 +1,4 @@
-"""Tests of poimatch.normalize: folding of names/addresses, zip, phone, url, categories."""
+"""Tests of poimatch.stages.normalize: folding of names/addresses, zip, phone, url, categories."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from poimatch import schema as S
-from poimatch.normalize import add_normalized_columns, fold_text
+from poimatch.stages.normalize import add_normalized_columns, fold_text
 
 _RAW_SCHEMA = T.StructType(
     [

@@ -248,7 +248,7 @@ def test_start_refuses_a_production_environment(monkeypatch: pytest.MonkeyPatch)
     def no_session(*_: object) -> None:
         raise AssertionError("no session may be built for production settings")
 
-    monkeypatch.setattr(research, "build_session", no_session)
+    monkeypatch.setattr("poimatch.research.notebook.build_session", no_session)
     with pytest.raises(IsolationError, match="research environment"):
         research.start("local")
     with pytest.raises(IsolationError, match="research environment"):

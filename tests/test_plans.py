@@ -16,11 +16,11 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 
 from poimatch import schema as S
+from poimatch.apps.service import SERVICE_SQL_CONF
 from poimatch.config import load_settings
-from poimatch.generator import generate_pois
-from poimatch.pipeline import BATCH, SMALL, Plan, session_conf, small_plan_conf
-from poimatch.service import SERVICE_SQL_CONF
-from poimatch.workflows import FitOutcome, match_with_model, training_set
+from poimatch.runs.workflows import FitOutcome, match_with_model, training_set
+from poimatch.sample.generator import generate_pois
+from poimatch.stages.plan import BATCH, SMALL, Plan, session_conf, small_plan_conf
 
 
 def _with_dense_block(

@@ -16,10 +16,11 @@ from pyspark.sql import functions as F
 
 from poimatch import schema as S
 from poimatch.config import BlockingSettings, load_settings
-from poimatch.features import MONOTONE
-from poimatch.generator import generate_pois
-from poimatch.pipeline import cached_candidates, cached_points, score_pairs
-from poimatch.workflows import FitOutcome, match_with_model, training_set
+from poimatch.runs.workflows import FitOutcome, match_with_model, training_set
+from poimatch.sample.generator import generate_pois
+from poimatch.stages.candidates import cached_candidates, cached_points
+from poimatch.stages.features import MONOTONE
+from poimatch.stages.scoring import score_pairs
 
 _COLUMNS = [f.name for f in S.poi_table_schema().fields]
 

@@ -9,11 +9,11 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from poimatch import schema as S
-from poimatch.blocking import candidate_pairs
 from poimatch.config import BlockingSettings
-from poimatch.evaluation import candidate_report
-from poimatch.io import read_poi_input
-from poimatch.normalize import add_normalized_columns
+from poimatch.io.tables import read_poi_input
+from poimatch.lifecycle.evaluation import candidate_report
+from poimatch.stages.blocking import candidate_pairs
+from poimatch.stages.normalize import add_normalized_columns
 
 pytestmark = [pytest.mark.realdata, pytest.mark.usefixtures("compiled")]
 

@@ -34,12 +34,12 @@ from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 
 from poimatch import schema as S
-from poimatch.commands.match import main as match_main
+from poimatch.apps.commands.match import main as match_main
 from poimatch.config import Settings, load_settings
-from poimatch.generator import generate_pois, write_pois_csv
-from poimatch.ingest import ingest_file
-from poimatch.io import delta_version
-from poimatch.workflows import FitOutcome
+from poimatch.io.ingest import ingest_file
+from poimatch.io.tables import delta_version
+from poimatch.runs.workflows import FitOutcome
+from poimatch.sample.generator import generate_pois, write_pois_csv
 
 pytestmark = pytest.mark.slow
 

@@ -13,11 +13,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from poimatch import schema as S
-from poimatch.batch import load_pois
 from poimatch.config import Settings, load_settings
-from poimatch.generator import generate_pois, write_pois_csv
-from poimatch.pipeline import booster_score, score_pairs
-from poimatch.workflows import FitOutcome, training_set
+from poimatch.runs.batch import load_pois
+from poimatch.runs.workflows import FitOutcome, training_set
+from poimatch.sample.generator import generate_pois, write_pois_csv
+from poimatch.stages.scoring import booster_score, score_pairs
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def featured(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> D
     root: Path = tmp_path_factory.mktemp("scoring")
     csv = root / "pois.csv"
     write_pois_csv(generate_pois(800, seed=83), csv)
-    pois, _ = load_pois(spark, str(csv), quarantine_path=str(root / "q"), require_labels=True)
+    pois = load_pois(spark, str(csv), quarantine_path=str(root / "q"), require_labels=True).pois
     pairs = training_set(pois, settings=load_settings("ci", ["model.sample_rates=[1.0]"])).pairs
     # missing values must reach the booster as missing, exactly as through the assembler
     hole = F.xxhash64(S.ID_L) % 3 == 0
@@ -114,7 +114,7 @@ def test_registered_pyfunc_scores_pairs_as_the_batch_does(
     import mlflow.pyfunc
     from conftest import register_matcher
 
-    from poimatch.tracking import load_matcher
+    from poimatch.lifecycle.tracking import load_matcher
 
     settings = _store(tmp_path, "poimatch-pyfunc-test")
     uri, version, _ = register_matcher(small_matcher, settings)
@@ -166,7 +166,7 @@ def test_a_registered_version_is_loaded_once_and_resolved_on_every_call(
     from conftest import register_matcher
     from mlflow.tracking import MlflowClient
 
-    from poimatch.tracking import load_matcher
+    from poimatch.lifecycle.tracking import load_matcher
 
     settings = _store(tmp_path, "poimatch-cache-test")
     _, first, _ = register_matcher(small_matcher, settings)

@@ -19,9 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from poimatch import schema as S
-from poimatch.config import load_settings
-from poimatch.pipeline import MatchingSpec
-from poimatch.service import (
+from poimatch.apps.service import (
     EXAMPLE_CSV,
     LoadedModel,
     ModelStore,
@@ -30,6 +28,8 @@ from poimatch.service import (
     create_app,
     parse_upload,
 )
+from poimatch.config import load_settings
+from poimatch.stages.spec import MatchingSpec
 
 HEADER = "id,name,latitude,longitude,address,city,state,zip,country,url,phone,categories"
 
@@ -173,7 +173,7 @@ def test_parse_stops_reading_at_the_row_limit() -> None:
 def test_header_text_is_safe_for_any_column_name() -> None:
     from urllib.parse import unquote
 
-    from poimatch.service import header_text
+    from poimatch.apps.service import header_text
 
     note = "ignored columns: ['категория', '名前', 'a\nb', '100%']"
     encoded = header_text(note)
@@ -406,17 +406,17 @@ def test_a_500_body_is_generic_with_the_request_id(caplog: pytest.LogCaptureFixt
 def test_parsing_runs_off_the_event_loop(
     engine: GatedEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from poimatch import service
+    from poimatch.apps.service import app
 
     parsing, release = threading.Event(), threading.Event()
-    real = service.parse_upload
+    real = app.parse_upload
 
     def slow_parse(data: bytes, *, max_rows: int) -> Any:
         parsing.set()
         assert release.wait(20), "never released"
         return real(data, max_rows=max_rows)
 
-    monkeypatch.setattr(service, "parse_upload", slow_parse)
+    monkeypatch.setattr(app, "parse_upload", slow_parse)
     with _client(engine) as client:
         results: list[int] = []
         worker = threading.Thread(

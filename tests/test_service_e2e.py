@@ -1,6 +1,6 @@
 """REST service end to end: the real server process, Spark, and a registered model.
 
-A small model is trained into a throw-away MLflow store; ``python -m poimatch.service``
+A small model is trained into a throw-away MLflow store; ``python -m poimatch.apps.service``
 is started on a free loopback port against it, and real files are posted: the
 issue's 7-row example, each bad-input case, 8 concurrent different files, and a
 champion alias move picked up without a restart.
@@ -28,12 +28,12 @@ from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 
 from poimatch import schema as S
+from poimatch.apps.service import EXAMPLE_CSV
 from poimatch.config import load_settings
-from poimatch.generator import generate_pois
-from poimatch.lookup import write_lookup
-from poimatch.service import EXAMPLE_CSV
-from poimatch.tracking import CHAMPION, configure_tracking, load_matcher, log_matcher
-from poimatch.workflows import FitOutcome, match_with_model
+from poimatch.io.lookup import write_lookup
+from poimatch.lifecycle.tracking import CHAMPION, configure_tracking, load_matcher, log_matcher
+from poimatch.runs.workflows import FitOutcome, match_with_model
+from poimatch.sample.generator import generate_pois
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +70,7 @@ def server(
         [
             sys.executable,
             "-m",
-            "poimatch.service",
+            "poimatch.apps.service",
             "--env",
             "ci",
             "--port",

@@ -9,8 +9,7 @@ from pyspark.sql import SparkSession
 
 from poimatch import schema as S
 from poimatch.config import ModelSettings
-from poimatch.features import MONOTONE
-from poimatch.training import (
+from poimatch.lifecycle.training import (
     FOLD,
     Calibration,
     assign_region_folds,
@@ -18,6 +17,7 @@ from poimatch.training import (
     monotone_constraints,
     sweep_thresholds,
 )
+from poimatch.stages.features import MONOTONE
 
 
 def _rows() -> pd.DataFrame:

@@ -3,7 +3,8 @@
     python3 deploy/ci/service_paths.py                   # the watched paths, one a line
     python3 deploy/ci/service_paths.py --since BEFORE    # service=true|false (GitHub output)
 
-The watched paths are ``lib/poimatch/service.py`` and every ``poimatch`` module it imports,
+The watched paths are the service package (``lib/poimatch/apps/service/``, every module of
+it, ``__main__`` included) and every ``poimatch`` module it imports,
 directly or not (read from the source with ``ast``, so the list follows the code), plus
 what else goes into the service's image and configuration: ``conf/``, ``deploy/``,
 ``pyproject.toml``, ``requirements.lock`` and ``.dockerignore``. ``--since`` compares
@@ -24,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = "poimatch"
-SERVICE = f"lib/{PACKAGE}/service.py"
+SERVICE = f"{PACKAGE}.apps.service"  # a module or a package (with __main__.py)
 # Besides the service's own modules: what builds its image or configures it.
 STATIC = ("conf/", "deploy/", "pyproject.toml", "requirements.lock", ".dockerignore")
 NO_COMMIT = "0" * 40
@@ -72,11 +73,20 @@ def _imported_modules(path: Path, module: str) -> set[str]:
 
 def service_modules(root: Path = REPO) -> list[str]:
     """Repository paths of the service module and every poimatch module it imports."""
-    start = root / SERVICE
-    if not start.is_file():
-        raise FileNotFoundError(f"{SERVICE} does not exist under {root}")
+    start = _module_file(root, SERVICE)
+    if start is None:
+        raise FileNotFoundError(f"the module {SERVICE} does not exist under {root / 'lib'}")
     seen: dict[str, Path] = {}
-    todo = [(f"{PACKAGE}.service", start)]
+    todo = [(SERVICE, start)]
+    # `python -m` imports the packages above the module first
+    parts = SERVICE.split(".")
+    for i in range(1, len(parts)):
+        package = _module_file(root, ".".join(parts[:i]))
+        if package is not None:
+            todo.append((".".join(parts[:i]), package))
+    main = start.with_name("__main__.py")
+    if start.name == "__init__.py" and main.is_file():  # what `python -m` runs
+        todo.append((f"{SERVICE}.__main__", main))
     while todo:
         module, path = todo.pop()
         if module in seen:
@@ -87,9 +97,15 @@ def service_modules(root: Path = REPO) -> list[str]:
             if target is not None and name not in seen:
                 todo.append((name, target))
     paths = {p.relative_to(root).as_posix() for p in seen.values()}
-    # Package data read through importlib.resources travels with the modules that read it.
-    if any("resources.files" in p.read_text(encoding="utf-8") for p in seen.values()):
-        paths.add(f"lib/{PACKAGE}/data/")
+    # Package data read through importlib.resources travels with the modules that read it:
+    # the files beside such a module that are not Python.
+    for p in seen.values():
+        if "resources.files" in p.read_text(encoding="utf-8"):
+            paths.update(
+                f.relative_to(root).as_posix()
+                for f in p.parent.iterdir()
+                if f.is_file() and f.suffix != ".py"
+            )
     return sorted(paths)
 
 

@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from poimatch.comparisons import Comparison
+from poimatch.stages.comparisons import Comparison
 
 __all__ = [
     "ConfigError",
@@ -87,7 +87,7 @@ class StorageSettings(_Frozen):
     pois_table: str = Field(default="pois", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     quarantine_table: str = Field(default="pois_quarantine", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     matches_table: str = Field(default="matches", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    # the matched POI table laid out by cell (poimatch.lookup), written by the nightly
+    # the matched POI table laid out by cell (poimatch.io.lookup), written by the nightly
     # match of the POI table; read by `?against=pois` and `jobs/match.py --against pois`
     lookup_table: str = Field(default="pois_lookup", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     lookup_rows_per_file: int = Field(default=50_000, ge=1000)
@@ -141,11 +141,11 @@ class ModelSettings(_Frozen):
     learning_rate: float = Field(default=0.08, gt=0, le=1)
     subsample: float = Field(default=0.9, gt=0, le=1)
     colsample_bytree: float = Field(default=0.9, gt=0, le=1)
-    # None: poimatch.features.DEFAULT_FEATURES plus every added comparison; else names of
+    # None: poimatch.stages.features.DEFAULT_FEATURES plus every added comparison; else names of
     # built-in features (features.FEATURE_COLUMNS) and added comparisons
     features: tuple[str, ...] | None = None
     # comparisons added to the built-in ones, each {name, kind, column, scorer, monotone}
-    # (poimatch.comparisons; the trained model's spec records their definitions)
+    # (poimatch.stages.comparisons; the trained model's spec records their definitions)
     comparisons: tuple[Comparison, ...] = ()
     monotone: bool = True  # XGBoost monotone constraints on the similarity features
     # training tables: the places of each input kept at each of these rates, blocked alone
@@ -182,7 +182,7 @@ class MatchingSettings(_Frozen):
     # tables of at most this many rows; a larger table cuts them with a shuffled join
     broadcast_max_rows: int = Field(default=5_000_000, ge=0)
     # a full match run of at most this many rows runs the small plan (the stages chained
-    # into a handful of Spark jobs, no checkpoints: poimatch.pipeline.Plan); 0: always batch
+    # into a handful of Spark jobs, no checkpoints: poimatch.stages.plan.Plan); 0: always batch
     small_max_rows: int = Field(default=20_000, ge=0)
 
 
@@ -226,7 +226,7 @@ class LifecycleSettings(_Frozen):
 
 
 class ServiceSettings(_Frozen):
-    """The REST service for ad-hoc CSVs (``python -m poimatch.service``)."""
+    """The REST service for ad-hoc CSVs (``python -m poimatch.apps.service``)."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8004, ge=1, le=65535)
@@ -237,7 +237,7 @@ class ServiceSettings(_Frozen):
     timeout_seconds: float = Field(default=60.0, gt=0)
     reload_seconds: float = Field(default=10.0, gt=0)  # how often the champion alias is polled
     shuffle_partitions: int = Field(default=1, ge=1)  # small files: one partition per stage
-    # uploads of at most this many rows run the small plan (poimatch.pipeline.Plan):
+    # uploads of at most this many rows run the small plan (poimatch.stages.plan.Plan):
     # a handful of Spark jobs, no checkpoints; larger ones the batch plan
     small_max_rows: int = Field(default=20_000, ge=0)
     # bearer token for /invocations and /admin/*; None: no authentication (never logged)

@@ -70,7 +70,7 @@ MATCHES = "matches"
 GROUP_ID = "group_id"
 MATCH_COLUMNS: tuple[str, ...] = (ID, MATCHES)
 STATUS = "status"
-"""What became of an input row in a match run (see :mod:`poimatch.triage`)."""
+"""What became of an input row in a match run (see :mod:`poimatch.io.triage`)."""
 
 # --- normalized columns (prefix n_) -------------------------------------------
 N_NAME = "n_name"

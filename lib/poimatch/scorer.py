@@ -2,7 +2,7 @@
 
 One prediction step serves every path: the batch's pandas UDF, the small plan on the
 driver and :class:`PairScorer`, the ``python_function`` model that
-:func:`poimatch.tracking.log_matcher` registers (so ``mlflow.pyfunc.load_model`` of a
+:func:`poimatch.lifecycle.tracking.log_matcher` registers (so ``mlflow.pyfunc.load_model`` of a
 registered version, ``mlflow models serve`` or Databricks Model Serving score a pandas
 frame of pair features to the batch's probabilities). This module imports no Spark and
 no other poimatch module: the registered model carries it (``code_paths``) and it must

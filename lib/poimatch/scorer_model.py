@@ -1,5 +1,5 @@
 """The registered model's code (MLflow models from code): ``python_model`` of
-:func:`poimatch.tracking.log_matcher` is this file, not a pickle. MLflow runs it when it
+:func:`poimatch.lifecycle.tracking.log_matcher` is this file, not a pickle. MLflow runs it when it
 loads the model, with the ``poimatch`` package the model carries on ``sys.path``."""
 
 from mlflow.models import set_model

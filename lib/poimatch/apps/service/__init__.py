@@ -1,0 +1,77 @@
+"""REST service for ad-hoc CSVs: the batch pipeline behind one warm local Spark session.
+
+    make serve                                   (same as the next line, env local)
+    .venv/bin/python -m poimatch.apps.service --env local [--port 8004] [--set section.key=v]
+
+``POST /invocations`` takes a CSV in the input layout (multipart field ``file`` or a
+raw ``text/csv`` body) and answers ``text/csv`` ``id,matches``: every input id once,
+its own id first. Rows are validated by the same contract rules as the batch
+(:func:`poimatch.io.ingest.check_rows`) and matched by the same stages
+(:func:`poimatch.runs.workflows.match_with_model`) with ``models:/<model.name>@champion``.
+
+Bad input gets a 4xx JSON body ``{"error": <code>, "message": <text>, ...}`` naming the
+problem, never a 500. Spark work runs one request at a time from a bounded queue: a
+full queue answers 503 with ``Retry-After``; a request over ``service.timeout_seconds``
+(waiting plus running) answers 504 and its Spark jobs are cancelled.
+
+The champion alias is polled every ``service.reload_seconds`` (or on
+``POST /admin/reload``); a new version is loaded beside the old one and swapped in, so
+requests in flight finish on the model they started with.
+
+One module per concern: ``uploads`` (the request body and its 4xx errors), ``models``
+(the warm model and its reloads), ``engine`` (the Spark work, through
+:class:`poimatch.matcher.Matcher`), ``spark_queue`` (one request at a time) and ``app``
+(the FastAPI application and ``main``).
+"""
+
+from __future__ import annotations
+
+from poimatch.apps.cli import guarded_settings, job_parser
+from poimatch.apps.service.app import create_app
+from poimatch.apps.service.engine import SERVICE_SQL_CONF, Engine, SparkEngine
+from poimatch.apps.service.models import LoadedModel, ModelStore
+from poimatch.apps.service.spark_queue import SparkQueue
+from poimatch.apps.service.uploads import (
+    EXAMPLE_CSV,
+    RequestError,
+    SparkLostError,
+    header_text,
+    parse_upload,
+    read_body,
+)
+
+__all__ = [
+    "EXAMPLE_CSV",
+    "SERVICE_SQL_CONF",
+    "Engine",
+    "LoadedModel",
+    "ModelStore",
+    "RequestError",
+    "SparkEngine",
+    "SparkLostError",
+    "SparkQueue",
+    "create_app",
+    "header_text",
+    "main",
+    "parse_upload",
+    "read_body",
+]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m poimatch.apps.service``: load the configuration and serve with uvicorn."""
+    import uvicorn
+
+    parser = job_parser(__doc__ or "")
+    parser.add_argument("--host", default=None, help="bind address (default service.host)")
+    parser.add_argument("--port", type=int, default=None, help="port (default service.port)")
+    args = parser.parse_args(argv)
+    settings = guarded_settings(args)  # logging set up once, config errors exit with status 2
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=args.host or settings.service.host,
+        port=args.port or settings.service.port,
+        log_level="info",
+        access_log=False,
+    )

@@ -1,0 +1,206 @@
+"""The Spark engine: one warm local session; a request's rows checked by the input
+rules and matched through the facade, with cooperative cancellation."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Protocol
+
+import pandas as pd
+from py4j.protocol import Py4JNetworkError
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from poimatch import schema as S
+from poimatch.apps.service.models import LoadedModel, ModelStore
+from poimatch.apps.service.uploads import ROW, SparkLostError, problem_for_rejections
+from poimatch.cancellation import cancel_scope, check_cancelled
+from poimatch.columns import named_columns
+from poimatch.io.ingest import accepted_rows, check_rows
+from poimatch.io.lookup import KnownTable, pin_lookup
+from poimatch.matcher import Matcher
+from poimatch.stages.plan import SMALL_SQL_CONF, Plan
+
+log = logging.getLogger("poimatch.apps.service")  # one logger name for the whole service
+
+
+#: SQL settings of the service's own session: the small plan's
+#: (:data:`poimatch.stages.plan.SMALL_SQL_CONF`; the shuffle partitions are
+#: ``service.shuffle_partitions``)
+SERVICE_SQL_CONF: dict[str, str] = {
+    k: v for k, v in SMALL_SQL_CONF.items() if k != "spark.sql.shuffle.partitions"
+}
+
+# ---------------------------------------------------------------------------- engine
+
+
+class Engine(Protocol):
+    """What the HTTP layer needs from the matcher (the real one is :class:`SparkEngine`)."""
+
+    def model(self) -> LoadedModel | None: ...
+
+    def match(self, table: pd.DataFrame, model: LoadedModel, tag: str) -> pd.DataFrame: ...
+
+    def cancel(self, tag: str) -> None: ...
+
+
+class _Run:
+    """One request's work on the Spark thread: its cancellation flag and its end."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self.started = False
+        self.done = threading.Event()
+        self.created = time.monotonic()
+
+
+_FORGET_UNSTARTED_S = 3600.0  # a cancelled request that never started (skipped in the queue)
+
+
+class SparkEngine:
+    """Runs requests through the library's pipeline on one warm local Spark session.
+
+    Cancelling a request (after its timeout) sets its flag, checked at every stage
+    boundary of the pipeline (:mod:`poimatch.cancellation`), and cancels its Spark job
+    group, again for every job it still starts, until the request's thread gives up:
+    the Spark thread is free for the next request within one stage.
+    """
+
+    #: How long a cancel keeps cancelling the jobs of a request that does not stop.
+    CANCEL_PATIENCE_S = 300.0
+
+    def __init__(
+        self,
+        matcher: Matcher,
+        store: ModelStore,
+        *,
+        small_max_rows: int = 20_000,
+        lookup_path: str | None = None,
+    ) -> None:
+        self.matcher = matcher
+        self.spark = matcher.spark
+        self.small_max_rows = small_max_rows
+        self.lookup_path = lookup_path
+        self._known: KnownTable | None = None
+        self.store = store
+        self._runs: dict[str, _Run] = {}
+        self._lock = threading.Lock()
+
+    def model(self) -> LoadedModel | None:
+        """The model a new request should use."""
+        return self.store.current
+
+    def refresh_lookup(self) -> KnownTable | None:
+        """Pin the lookup table's current version (at start-up and with every model poll)."""
+        if self.lookup_path is not None:
+            self._known = pin_lookup(self.spark, self.lookup_path)
+        return self._known
+
+    def known(self) -> KnownTable | None:
+        """The pinned lookup table a new ``?against=pois`` request reads."""
+        return self._known
+
+    def match_against(
+        self, table: pd.DataFrame, model: LoadedModel, known: KnownTable, tag: str
+    ) -> pd.DataFrame:
+        """:meth:`match` against the pinned lookup table as well: ``id``, ``matches``,
+        ``known_ids``, ``known_groups`` (see :func:`poimatch.runs.against.match_against`)."""
+        return self.match(table, model, tag, known=known)
+
+    def _run(self, tag: str) -> _Run:
+        with self._lock:
+            now = time.monotonic()
+            for old in [
+                t
+                for t, r in self._runs.items()
+                if not r.started and now - r.created > _FORGET_UNSTARTED_S
+            ]:
+                del self._runs[old]
+            return self._runs.setdefault(tag, _Run())
+
+    def cancel(self, tag: str) -> None:
+        """Stop one request (after its timeout): flag it, cancel its Spark jobs.
+
+        Blocks until the request's thread has stopped (or :attr:`CANCEL_PATIENCE_S`);
+        call it off the event loop. A request that has not started yet finds its flag
+        set at its first stage boundary.
+        """
+        run = self._run(tag)
+        run.cancelled.set()
+        if not run.started:
+            return
+        sc = self.spark.sparkContext
+        deadline = time.monotonic() + self.CANCEL_PATIENCE_S
+        while True:
+            sc.cancelJobGroup(tag)  # the job running now, then any it starts before a boundary
+            if run.done.wait(0.5) or time.monotonic() > deadline:
+                break
+        log.info("request %s stopped after its timeout", tag)
+
+    def match(
+        self,
+        table: pd.DataFrame,
+        model: LoadedModel,
+        tag: str,
+        known: KnownTable | None = None,
+    ) -> pd.DataFrame:
+        """Validate the rows like the batch, then match them: ``id``, ``matches`` (and
+        ``known_ids``, ``known_groups`` when matched against ``known`` too).
+
+        Raises:
+            RequestError: 422 naming the rows the contract rules reject.
+            poimatch.cancellation.CancelledError: the request was cancelled.
+        """
+        run = self._run(tag)
+        run.started = True
+        try:
+            sc = self.spark.sparkContext
+            sc.setJobGroup(tag, f"poimatch request {tag}", interruptOnCancel=True)
+            try:
+                with cancel_scope(run.cancelled):
+                    return self._match(table, model, known)
+            finally:
+                sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+        except (Py4JNetworkError, ConnectionError) as exc:
+            raise SparkLostError(f"the Spark driver JVM is gone: {exc}") from exc
+        finally:
+            run.done.set()
+            with self._lock:
+                self._runs.pop(tag, None)
+
+    def _match(
+        self, table: pd.DataFrame, model: LoadedModel, known: KnownTable | None
+    ) -> pd.DataFrame:
+        check_cancelled("validation")
+        fields = [T.StructField(c, T.StringType(), True) for c in S.INPUT_COLUMNS]
+        schema = T.StructType([*fields, T.StructField(ROW, T.LongType(), False)])
+        raw = self.spark.createDataFrame(table, schema=schema).withColumn(
+            S.SOURCE_FILE, F.lit("request")
+        )
+        plan = Plan.for_rows(len(table), self.small_max_rows)
+        # the rules run once; their verdicts are read twice (rejected, accepted)
+        checked = plan.materialize(check_rows(raw))
+        rejected = (
+            checked.where(F.col(S.REASON).isNotNull())
+            .select(ROW, S.ID, S.REASON)
+            .orderBy(ROW)
+            .collect()
+        )
+        if rejected:
+            raise problem_for_rejections(
+                [(int(r[ROW]), r[S.ID], str(r[S.REASON])) for r in rejected]
+            )
+        check_cancelled("matching")
+        pois = accepted_rows(checked).select(
+            *named_columns(f.name for f in S.poi_table_schema().fields)
+        )
+        if known is not None:
+            return self.matcher.match_frame_against(pois, known, model=model)
+        result = self.matcher.match_frame(pois, model=model, plan=plan)
+        try:
+            check_cancelled("output")
+            return result.matches.select(S.ID, S.MATCHES).toPandas()
+        finally:
+            result.matches.unpersist()

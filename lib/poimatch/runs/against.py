@@ -1,0 +1,144 @@
+"""Match uploaded rows against the POI table as well as against each other.
+
+"Which of these places do we already have, and under which ids?": each uploaded row is
+matched with the other uploaded rows and with the rows of the lookup table
+(:mod:`poimatch.io.lookup`, the matched POI table laid out by cell) that the blocking could
+pair with it, read at one pinned version. The stages are the batch's own, run as the
+small plan (:class:`poimatch.stages.plan.Plan`): the uploaded rows are normalized, the
+lookup rows near them are read (a few files, by cell), both get the model's name
+statistics, and blocking, features, scoring and grouping run over the two together.
+Only the uploaded rows look for candidates, in every blocking pass (their k nearest,
+their nearest rows sharing a key), so no pair of two table rows is ever formed: the table's
+own matches are the nightly run's business, and an uploaded row's answer must not
+depend on them.
+
+Ids are kept apart inside the run (an uploaded row may carry an id the table also
+has): uploaded ids become ``u:<id>`` and table ids ``k:<id>``, and ``k`` sorting before
+``u`` puts the table side first in every mixed pair.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+from pyspark.ml import PipelineModel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from poimatch import schema as S
+from poimatch.config import BlockingSettings
+from poimatch.io.lookup import KnownTable, known_rows
+from poimatch.stages.candidates import cached_candidates, cached_points
+from poimatch.stages.grouping import LOCAL_MAX_EDGES
+from poimatch.stages.namestats import add_name_stats
+from poimatch.stages.plan import SMALL
+from poimatch.stages.scoring import score_and_group
+from poimatch.stages.spec import MatchingSpec
+
+__all__ = ["KNOWN_GROUPS", "KNOWN_IDS", "AgainstResult", "match_against"]
+
+KNOWN_IDS = "known_ids"
+KNOWN_GROUPS = "known_groups"
+_UP, _KNOWN = "u:", "k:"
+
+
+@dataclass(frozen=True)
+class AgainstResult:
+    """Per uploaded row: ``id``, ``matches`` (uploaded ids, its own first), ``known_ids``
+    and ``known_groups`` (table ids and their ``group_id``, space-separated), and the
+    figures of the run."""
+
+    matches: pd.DataFrame
+    table: KnownTable
+    known_read: int  # lookup rows read (near an uploaded row)
+    candidates: int
+    seconds: float
+
+
+def _split(tokens: list[str], group_of: dict[str, str]) -> tuple[str, str, str]:
+    uploaded = [t[len(_UP) :] for t in tokens if t.startswith(_UP)]
+    known = sorted(t[len(_KNOWN) :] for t in tokens if t.startswith(_KNOWN))
+    groups = sorted({group_of[k] for k in known if k in group_of})
+    return " ".join(uploaded), " ".join(known), " ".join(groups)
+
+
+def match_against(
+    pois: DataFrame,
+    known: KnownTable,
+    *,
+    model: PipelineModel,
+    spec: MatchingSpec,
+    max_iterations: int = 40,
+    local_max_edges: int = LOCAL_MAX_EDGES,
+    link_only: bool = False,
+) -> AgainstResult:
+    """Match the uploaded ``pois`` with each other and with the pinned lookup table.
+
+    Args:
+        pois: uploaded rows in the POI table's layout (a small input: they are held on
+            the driver, as in the small plan).
+        known: the lookup table at the version to read.
+        model, spec: the matcher (its blocking settings and name statistics are used).
+        max_iterations, local_max_edges: grouping settings.
+        link_only: as in :func:`poimatch.runs.workflows.match_with_model`.
+
+    Returns:
+        :class:`AgainstResult`, one row per uploaded id.
+    """
+    started = time.perf_counter()
+    plan = SMALL
+    blocking = BlockingSettings.model_validate(spec.blocking)
+    stats = spec.stats()
+    uploaded = pois.withColumn(S.ID, F.concat(F.lit(_UP), F.col(S.ID)))
+    up_points = cached_points(uploaded, stats=stats, plan=plan).withColumn(
+        S.GROUP_ID, F.lit(None).cast("string")
+    )
+    near = up_points.select(S.LATITUDE, S.LONGITUDE, S.N_NAME, S.N_PHONE, S.N_URL).toPandas()
+    table = known_rows(pois.sparkSession, known, near, blocking).withColumn(
+        S.ID, F.concat(F.lit(_KNOWN), F.col(S.ID))
+    )
+    table_points = plan.materialize(add_name_stats(table, stats))
+    group_of = {
+        str(r[S.ID])[len(_KNOWN) :]: str(r[S.GROUP_ID])
+        for r in table_points.select(S.ID, S.GROUP_ID).collect()
+    }
+    points = up_points.unionByName(table_points, allowMissingColumns=True)
+    pairs = cached_candidates(
+        points,
+        settings=blocking,
+        link_only=link_only,
+        plan=plan,
+        # only the uploaded rows look for candidates (a table row's own nearest are the
+        # nightly run's business); every pair then holds one
+        query=F.col(S.ID).startswith(_UP),
+        added=spec.added,
+    )
+    scored, grouped = score_and_group(
+        points.select(S.ID),
+        pairs,
+        model=model,
+        spec=spec,
+        max_iterations=max_iterations,
+        local_max_edges=local_max_edges,
+        plan=plan,
+    )
+    frame = grouped.select(S.ID, S.MATCHES).toPandas()
+    frame = frame[frame[S.ID].str.startswith(_UP)]
+    split = [_split(str(m).split(" "), group_of) for m in frame[S.MATCHES]]
+    out = pd.DataFrame(
+        {
+            S.ID: [i[len(_UP) :] for i in frame[S.ID]],
+            S.MATCHES: [s[0] for s in split],
+            KNOWN_IDS: [s[1] for s in split],
+            KNOWN_GROUPS: [s[2] for s in split],
+        }
+    )
+    return AgainstResult(
+        matches=out.reset_index(drop=True),
+        table=known,
+        known_read=len(group_of),
+        candidates=scored.count(),
+        seconds=time.perf_counter() - started,
+    )

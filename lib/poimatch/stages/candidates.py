@@ -1,0 +1,99 @@
+"""Stages: typed POIs → normalized points with name statistics; points → candidate
+pairs (blocking) with every pair feature. Pure transforms, materialized by the plan.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame
+
+from poimatch import schema as S
+from poimatch.columns import named_columns
+from poimatch.config import BlockingSettings
+from poimatch.stages.blocking import add_pair_sides
+from poimatch.stages.blocking import candidate_pairs as _candidate_pairs
+from poimatch.stages.comparisons import Comparison
+from poimatch.stages.features import FEATURE_COLUMNS, add_pair_features
+from poimatch.stages.namestats import NameStats, add_name_stats
+from poimatch.stages.normalize import add_normalized_columns
+from poimatch.stages.plan import BATCH, Plan, mark_stage
+
+__all__ = [
+    "cached_candidates",
+    "cached_points",
+    "featured_pairs",
+]
+
+_KEPT: frozenset[str] = frozenset((S.ID_L, S.ID_R, S.PASS, *FEATURE_COLUMNS))
+
+
+def cached_points(pois: DataFrame, *, stats: NameStats, plan: Plan = BATCH) -> DataFrame:
+    """Typed POIs → normalized points with the model's name statistics, materialized.
+
+    Normalization runs a Python UDF; without materializing it would run again for
+    every consumer of the points (each blocking pass, each pair side). A local
+    checkpoint rather than a cache keeps later plans small: the plans that read
+    these points are joined many times over, and Spark prints a cached plan's whole
+    tree into the cache's name. The small plan materializes once, after both steps.
+    """
+    mark_stage("points:start")
+    normalized = pois.transform(add_normalized_columns)
+    if not plan.small:
+        normalized = plan.materialize(normalized)
+    points = plan.materialize(add_name_stats(normalized, stats))
+    mark_stage("points:end")
+    return points
+
+
+def featured_pairs(
+    pairs: DataFrame,
+    points: DataFrame,
+    *,
+    plan: Plan = BATCH,
+    added: tuple[Comparison, ...] = (),
+) -> DataFrame:
+    """Candidate pairs → every pair feature, materialized.
+
+    Returns ``id_l``, ``id_r``, ``block_pass``, the pair features and, for labelled
+    points, ``point_of_interest_l`` / ``_r`` (and ``source_l`` / ``_r``). Only what the
+    callers read is kept: the side columns of the pair features (names, addresses,
+    token arrays...) would be shuffled by every later join and stored in every
+    checkpoint. Materialized by the batch plan only: the small plan scores them in the
+    same Spark job. ``added``: comparisons computed besides the built-in features (a
+    model's :attr:`MatchingSpec.added`, or ``model.comparisons`` in training).
+    """
+    featured = add_pair_sides(pairs, points).transform(add_pair_features, added)
+    kept = _KEPT | {c.name for c in added}
+    keep = [c for c in featured.columns if c in kept or c.startswith((f"{S.POI}_", f"{S.SOURCE}_"))]
+    selected = featured.select(*named_columns(keep))
+    return selected if plan.small else plan.materialize(selected)
+
+
+def cached_candidates(
+    points: DataFrame,
+    *,
+    settings: BlockingSettings,
+    link_only: bool = False,
+    plan: Plan = BATCH,
+    query: Column | None = None,
+    broadcast_cells: bool = True,
+    added: tuple[Comparison, ...] = (),
+) -> DataFrame:
+    """Blocking, then the pair features (:func:`featured_pairs`, with the ``added``
+    comparisons), materialized (batch).
+
+    ``query``: only the rows it selects look for candidates; ``broadcast_cells``: see
+    :func:`poimatch.stages.blocking.candidate_pairs` (and :mod:`poimatch.runs.against`).
+    """
+    mark_stage("pair_features:start")
+    pairs = _candidate_pairs(
+        points,
+        settings=settings,
+        materialize=None if plan.small else plan.materialize,
+        link_only=link_only,
+        query=query,
+        broadcast_cells=broadcast_cells,
+        **({"fine_levels": 0} if plan.small else {}),
+    )
+    featured = featured_pairs(pairs, points, plan=plan, added=added)
+    mark_stage("pair_features:end")
+    return featured

@@ -1,0 +1,191 @@
+"""Name statistics learned once from the training corpus and frozen with the model.
+
+How common a name or a name token is says how much a shared name is worth: two rows
+called "Starbucks" 200 m apart are likely two outlets, two rows called "Casa Pepe"
+likely one place. Counted over whatever table is being matched, these figures would
+describe the table rather than the pair: a 10-row upload, a 5 % sample or a new city
+would give values training never saw, and one pair's score would depend on the other
+rows of the file. So they are counted once, over the places of the training corpus,
+stored with the model (an MLflow artifact beside the matching spec) and looked up at
+match time:
+
+* ``n_name_freq``: how many corpus places carry the row's normalized name (a place
+  counts once, however many rows it has); 0 for a name the corpus never saw.
+* ``n_name_idf``: per name token, ``ln((P + 1) / (df + 1))`` with ``P`` the corpus's
+  places and ``df`` the places whose name holds the token; an unseen token has
+  ``df = 0`` and so the largest weight, ``ln(P + 1)``.
+
+Training rows must not read statistics that count themselves: a name would count
+its own place, and two rows of one name would be two places exactly when the name
+counts twice, a leak of the label. Training therefore counts each region fold's
+statistics over the other folds (:func:`poimatch.runs.workflows.training_set`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from poimatch import schema as S
+
+__all__ = ["NameStats", "add_name_stats", "count_name_stats"]
+
+_TOK, _COUNT, _OWN = "_tok", "_count", "_own"
+_FORMAT = "poimatch-name-stats/1"
+
+
+@dataclass(frozen=True)
+class NameStats:
+    """Place counts per normalized name and per name token, over a training corpus."""
+
+    places: int
+    names: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
+    # the lookup tables as Spark frames, per Spark context: built once per model
+    _frames: dict[tuple[int, str], DataFrame] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def idf(self, token: str) -> float:
+        """The weight of ``token``: ``ln((places + 1) / (df + 1))``; unseen: ``ln(places + 1)``."""
+        return math.log((self.places + 1) / (self.tokens.get(token, 0) + 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for the MLflow artifact."""
+        return {
+            "format": _FORMAT,
+            "places": self.places,
+            "names": self.names,
+            "tokens": self.tokens,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NameStats:
+        """Inverse of :meth:`to_dict`; raises ``ValueError`` on another format."""
+        if data.get("format") != _FORMAT:
+            raise ValueError(f"not a poimatch name-statistics file: format {data.get('format')!r}")
+        return cls(
+            places=int(data["places"]),
+            names={str(k): int(v) for k, v in data["names"].items()},
+            tokens={str(k): int(v) for k, v in data["tokens"].items()},
+        )
+
+    def save(self, path: Path) -> None:
+        """Write the statistics as JSON."""
+        path.write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> NameStats:
+        """Read statistics written by :meth:`save`."""
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def count_name_stats(points: DataFrame, *, max_names: int = 1_000_000) -> NameStats:
+    """Count the name statistics of labelled, normalized training points (an action).
+
+    Args:
+        points: rows with ``point_of_interest``, ``n_name`` and ``n_name_tokens``
+            (:func:`poimatch.stages.normalize.add_normalized_columns`).
+        max_names: keep at most this many names and tokens each, the most common
+            first (a rarer one then reads as unseen: count 0, the largest weight).
+
+    Returns:
+        :class:`NameStats` over the corpus's places.
+    """
+    places_row = points.agg(F.countDistinct(S.POI).alias("p")).first()
+    places = int(places_row["p"]) if places_row is not None else 0
+    names = (
+        points.where(F.col(S.N_NAME).isNotNull())
+        .select(S.POI, S.N_NAME)
+        .distinct()
+        .groupBy(S.N_NAME)
+        .agg(F.count(F.lit(1)).alias(_COUNT))
+        .orderBy(F.desc(_COUNT), F.col(S.N_NAME))
+        .limit(max_names)
+        .collect()
+    )
+    tokens = (
+        points.select(S.POI, F.explode(F.array_distinct(S.N_NAME_TOKENS)).alias(_TOK))
+        .where(F.col(_TOK) != "")
+        .distinct()
+        .groupBy(_TOK)
+        .agg(F.count(F.lit(1)).alias(_COUNT))
+        .orderBy(F.desc(_COUNT), F.col(_TOK))
+        .limit(max_names)
+        .collect()
+    )
+    return NameStats(
+        places=places,
+        names={r[S.N_NAME]: int(r[_COUNT]) for r in names},
+        tokens={r[_TOK]: int(r[_COUNT]) for r in tokens},
+    )
+
+
+def _lookup(points: DataFrame, key: str, stats: NameStats) -> DataFrame:
+    """The ``key`` (name or token) -> count table of ``stats``, a local relation built
+    once per Spark context (a model's statistics are read by every request)."""
+    spark = points.sparkSession
+    cache_key = (id(spark.sparkContext), key)
+    cached = stats._frames.get(cache_key)
+    if cached is None:
+        counts = stats.names if key == S.N_NAME else stats.tokens
+        cached = _lookup_frame(points, key, counts)
+        stats._frames[cache_key] = cached
+    return cached
+
+
+def _lookup_frame(points: DataFrame, key: str, counts: dict[str, int]) -> DataFrame:
+    schema = T.StructType(
+        [T.StructField(key, T.StringType(), False), T.StructField(_COUNT, T.LongType(), False)]
+    )
+    frame = pd.DataFrame(
+        {
+            key: pd.Series(list(counts), dtype=object),
+            _COUNT: pd.Series(counts.values(), dtype="int64"),
+        }
+    )
+    return points.sparkSession.createDataFrame(frame, schema=schema)  # Arrow: fast for big maps
+
+
+def add_name_stats(points: DataFrame, stats: NameStats) -> DataFrame:
+    """Add ``n_name_freq`` (double) and ``n_name_idf`` (map token -> weight) from ``stats``.
+
+    Args:
+        points: normalized points (``id``, ``n_name``, ``n_name_tokens``).
+        stats: the model's frozen statistics.
+
+    Returns:
+        ``points`` with the two columns; a row without a name gets null for both.
+        Both lookups are broadcast joins, so a row's values never depend on the other
+        rows of ``points``.
+    """
+    names = F.broadcast(_lookup(points, S.N_NAME, stats))
+    with_freq = (
+        points.join(names, on=S.N_NAME, how="left")
+        .withColumn(
+            S.N_NAME_FREQ,
+            F.when(F.col(S.N_NAME).isNotNull(), F.coalesce(F.col(_COUNT), F.lit(0))).cast(
+                T.DoubleType()
+            ),
+        )
+        .drop(_COUNT)
+    )
+    tokens = F.broadcast(_lookup(points, _TOK, stats))
+    df = F.coalesce(F.col(_COUNT), F.lit(0))
+    weight = F.log(F.lit(float(stats.places + 1)) / (df + F.lit(1.0)))
+    per_row = (
+        points.select(S.ID, F.explode(F.array_distinct(S.N_NAME_TOKENS)).alias(_TOK))
+        .where(F.col(_TOK) != "")
+        .join(tokens, on=_TOK, how="left")
+        .groupBy(S.ID)
+        .agg(F.map_from_entries(F.collect_list(F.struct(F.col(_TOK), weight))).alias(S.N_NAME_IDF))
+    )
+    return with_freq.join(per_row, on=S.ID, how="left")

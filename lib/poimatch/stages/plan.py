@@ -1,0 +1,162 @@
+"""How the stages run: the batch and small plans, their SQL settings, and the stage
+marks (Spark job descriptions, per-stage timings, cancellation checks).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from pyspark import SparkContext
+from pyspark.sql import DataFrame, SparkSession
+
+from poimatch.cancellation import check_cancelled
+
+__all__ = [
+    "BATCH",
+    "SMALL",
+    "SMALL_SQL_CONF",
+    "Plan",
+    "mark_stage",
+    "record_stages",
+    "session_conf",
+    "small_plan_conf",
+]
+
+_log = logging.getLogger(__name__)
+# stack of (event, epoch seconds) mark lists, one per active record_stages() block
+_recorders: list[list[tuple[str, float]]] = []
+_started: dict[str, float] = {}
+
+
+@contextmanager
+def record_stages() -> Iterator[list[tuple[str, float]]]:
+    """Collect ``(event, time.time())`` marks of the stages run inside the block.
+
+    Events are ``<stage>:start`` / ``<stage>:end`` for the eager stages (``points``,
+    ``pair_features``, ``grouping``) and ``scoring:call`` when
+    the (lazy) scoring plan is built. Benchmarks use them for per-stage wall times;
+    outside the block nothing is recorded (stage durations are logged at INFO).
+    """
+    marks: list[tuple[str, float]] = []
+    _recorders.append(marks)
+    try:
+        yield marks
+    finally:
+        _recorders.remove(marks)
+
+
+def _describe_jobs(stage: str | None) -> None:
+    """Name the Spark jobs this thread starts from now on (the UI's and the event log's
+    job description): ``poimatch <stage>``, with the job group when one is set (a
+    service request's tag); ``None`` clears it."""
+    sc = SparkContext._active_spark_context
+    if sc is None:
+        return
+    if stage is None:
+        sc.setLocalProperty("spark.job.description", None)  # type: ignore[arg-type]
+        return
+    group = sc.getLocalProperty("spark.jobGroup.id")
+    sc.setJobDescription(f"poimatch {stage}" + (f" [{group}]" if group else ""))
+
+
+def mark_stage(event: str) -> None:
+    # every mark is a stage boundary: abandoned work (see poimatch.cancellation) stops here
+    check_cancelled(event)
+    now = time.time()
+    stage, _, edge = event.partition(":")
+    if edge in ("start", "call"):
+        _describe_jobs(stage)
+    if edge == "start":
+        _started[stage] = now
+    elif edge == "end" and stage in _started:
+        _log.info("stage %s: %.1f s", stage, now - _started.pop(stage))
+    if edge == "end" and stage == "grouping":
+        _describe_jobs(None)
+    if _recorders:
+        _recorders[-1].append((event, now))
+
+
+def _checkpoint(df: DataFrame) -> DataFrame:
+    return df.localCheckpoint(eager=True)
+
+
+def _to_driver(df: DataFrame) -> DataFrame:
+    """``df`` computed once and held as a driver-side local relation (one Spark job)."""
+    frame = df.toPandas()
+    return df.sparkSession.createDataFrame(frame, schema=df.schema)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the stages are executed: the same library functions, two ways of running them.
+
+    ``batch`` (tables of any size): every stage's output is locally checkpointed
+    (computed once, kept on the executors, its lineage cut), counts are taken, and
+    each stage is its own Spark jobs. ``small`` (an upload of a few thousand rows):
+    the stages are chained into a handful of Spark jobs, with no checkpoint and no
+    count; the two results a later stage reads more than once (the normalized points
+    and the scored pairs) are collected to the driver and read back as local relations,
+    so each later plan starts from data already in the driver. A small plan on a large
+    table would gather the table on the driver, so :meth:`for_rows` chooses by size.
+    """
+
+    name: str
+    small: bool
+
+    def materialize(self, df: DataFrame) -> DataFrame:
+        """``df`` computed once: a local checkpoint (batch) or a driver-side relation (small)."""
+        return _to_driver(df) if self.small else _checkpoint(df)
+
+    @staticmethod
+    def for_rows(rows: int, small_max_rows: int) -> Plan:
+        """The small plan for at most ``small_max_rows`` input rows, else the batch plan."""
+        return SMALL if 0 <= rows <= small_max_rows else BATCH
+
+
+BATCH = Plan("batch", small=False)
+SMALL = Plan("small", small=True)
+
+#: SQL settings for the small plan, measured on uploads of 10 to 10,000 rows
+#: (docs/service.md) and on match runs of 30 and 20,000 rows (README, *Speed*):
+#: compiling generated code costs more than it saves on a few thousand rows, broadcast
+#: joins cost a Spark job each (the explicit broadcast hints of the pipeline still
+#: broadcast the small lookup tables), adaptive execution re-plans between stages, and
+#: one shuffle partition is one task per stage. The service's session runs with them;
+#: a match job sets them for a small run (:func:`small_plan_conf`).
+SMALL_SQL_CONF: dict[str, str] = {
+    "spark.sql.adaptive.enabled": "false",
+    "spark.sql.codegen.wholeStage": "false",
+    "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+    "spark.sql.autoBroadcastJoinThreshold": "-1",
+    "spark.sql.shuffle.partitions": "1",
+}
+
+
+@contextmanager
+def session_conf(spark: SparkSession, conf: Mapping[str, str]) -> Iterator[None]:
+    """``conf`` set on ``spark`` for the block, then the session's own values back (unset
+    where it had none)."""
+    before = {key: spark.conf.get(key, None) for key in conf}
+    for key, value in conf.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, old in before.items():
+            if old is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, old)
+
+
+@contextmanager
+def small_plan_conf(spark: SparkSession, *, enabled: bool = True) -> Iterator[None]:
+    """:data:`SMALL_SQL_CONF` on ``spark`` for the block (``enabled``), then the
+    session's own values back. The settings are the session's, not the thread's: use it
+    where one run owns the session (a job), not around one request of a shared one."""
+    with session_conf(spark, SMALL_SQL_CONF if enabled else {}):
+        yield

@@ -27,7 +27,7 @@ One module per concern: ``uploads`` (the request body and its 4xx errors), ``mod
 from __future__ import annotations
 
 from poimatch.apps.cli import guarded_settings, job_parser
-from poimatch.apps.service.app import create_app
+from poimatch.apps.service.app import Runtime, create_app
 from poimatch.apps.service.engine import SERVICE_SQL_CONF, Engine, SparkEngine
 from poimatch.apps.service.models import LoadedModel, ModelStore
 from poimatch.apps.service.spark_queue import SparkQueue
@@ -47,6 +47,7 @@ __all__ = [
     "LoadedModel",
     "ModelStore",
     "RequestError",
+    "Runtime",
     "SparkEngine",
     "SparkLostError",
     "SparkQueue",

@@ -139,37 +139,37 @@ def _package_version() -> str:
 _ENDPOINTS = {"/invocations", "/health", "/ready", "/version", "/metrics", "/admin/reload"}
 
 
-def create_app(
-    settings: Settings,
-    *,
-    engine: Engine | None = None,
-    spark: SparkSession | None = None,
-    warm_up: bool = True,
-) -> FastAPI:
-    """The FastAPI application.
+class Runtime:
+    """The service's life outside its routes: Spark and the model started in the
+    background, the model alias polled and reloaded, the session stopped at shutdown;
+    with the readiness state, the metrics and the Spark queue the routes read."""
 
-    Args:
-        settings: configuration (``service`` section for limits, ``model.name``...).
-        engine: a ready engine (tests); by default a :class:`SparkEngine` is built at
-            start-up in the background, on ``spark`` or a new session.
-        spark: the session to use instead of building one.
-        warm_up: run :data:`EXAMPLE_CSV` through the pipeline before reporting ready.
-    """
-    svc = settings.service
-    metrics = _Metrics()
-    state = _State()
-    queue = SparkQueue(svc.queue_size, on_depth=metrics.queue.set)
-    holder: dict[str, Engine] = {}
-    if engine is not None:
-        holder["engine"] = engine
-    ids = itertools.count(1)
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: Engine | None = None,
+        spark: SparkSession | None = None,
+        warm_up: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.svc = settings.service
+        self.metrics = _Metrics()
+        self.state = _State()
+        self.queue = SparkQueue(self.svc.queue_size, on_depth=self.metrics.queue.set)
+        self.engine = engine
+        self._spark = spark
+        self._warm_up = warm_up
 
-    def start_engine() -> None:
+    def start_engine(self) -> None:
+        """Build the engine (session, model) unless one was given, warm it up, and mark
+        the service ready; a failure is reported by ``/ready``, not raised."""
+        settings, svc, state = self.settings, self.svc, self.state
         try:
-            if "engine" not in holder:
+            if self.engine is None:
                 state.reason = "starting Spark"
-                session = spark or build_session(settings.spark)
-                state.owns_session = spark is None
+                session = self._spark or build_session(settings.spark)
+                state.owns_session = self._spark is None
                 for key, value in SERVICE_SQL_CONF.items():
                     session.conf.set(key, value)
                 session.conf.set("spark.sql.shuffle.partitions", str(svc.shuffle_partitions))
@@ -178,20 +178,20 @@ def create_app(
                 store = ModelStore(uri)
                 state.reason = f"loading {uri}"
                 store.refresh()
-                holder["engine"] = SparkEngine(
+                self.engine = SparkEngine(
                     Matcher(settings, session),
                     store,
                     small_max_rows=svc.small_max_rows,
                     lookup_path=settings.storage.table_path(settings.storage.lookup_table),
                 )
-            eng = holder["engine"]
+            eng = self.engine
             if isinstance(eng, SparkEngine):
                 eng.refresh_lookup()
             loaded = eng.model()
             if loaded is None:
                 raise RuntimeError("no model loaded")
-            metrics.model_loaded(loaded)
-            if warm_up:
+            self.metrics.model_loaded(loaded)
+            if self._warm_up:
                 state.reason = "warming up"
                 table, _ = parse_upload(EXAMPLE_CSV.encode(), max_rows=svc.max_rows)
                 # one real match: the JVM, the Python workers and the cached column
@@ -204,47 +204,73 @@ def create_app(
             log.exception("start-up failed")
             state.reason = f"start-up failed: {type(exc).__name__}: {exc}"
 
-    def reload_model() -> bool:
-        eng = holder.get("engine")
+    def reload_model(self) -> bool:
+        """Load the alias's version if it moved (and re-pin the lookup table); True when
+        the model changed."""
+        eng = self.engine
         if not isinstance(eng, SparkEngine):
             return False
         changed = eng.store.refresh()
         eng.refresh_lookup()
         if changed:
             loaded = eng.store.current
-            metrics.reloads.inc()
+            self.metrics.reloads.inc()
             if loaded is not None:
-                metrics.model_loaded(loaded)
+                self.metrics.model_loaded(loaded)
         return changed
 
-    async def poll_champion() -> None:
+    async def poll_champion(self) -> None:
+        """Every ``service.reload_seconds``, once ready: :meth:`reload_model`."""
         while True:
-            await asyncio.sleep(svc.reload_seconds)
-            if not state.ready:
+            await asyncio.sleep(self.svc.reload_seconds)
+            if not self.state.ready:
                 continue
             try:
-                await asyncio.to_thread(reload_model)
+                await asyncio.to_thread(self.reload_model)
             except Exception:  # keep serving the loaded model; log and retry
                 log.exception("checking the model alias failed")
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        starter = threading.Thread(target=start_engine, name="poimatch-start", daemon=True)
+    async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        """FastAPI's lifespan: start in the background, poll, and shut down."""
+        starter = threading.Thread(target=self.start_engine, name="poimatch-start", daemon=True)
         starter.start()
-        poller = asyncio.create_task(poll_champion())
+        poller = asyncio.create_task(self.poll_champion())
         yield
         poller.cancel()
-        queue.shutdown()
-        eng = holder.get("engine")
-        if state.owns_session and isinstance(eng, SparkEngine) and not state.lost:
+        self.queue.shutdown()
+        eng = self.engine
+        if self.state.owns_session and isinstance(eng, SparkEngine) and not self.state.lost:
             eng.spark.stop()  # our own session: take the JVM down with us
+
+
+def create_app(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    spark: SparkSession | None = None,
+    warm_up: bool = True,
+) -> FastAPI:
+    """The FastAPI application: the routes over a :class:`Runtime`.
+
+    Args:
+        settings: configuration (``service`` section for limits, ``model.name``...).
+        engine: a ready engine (tests); by default a :class:`SparkEngine` is built at
+            start-up in the background, on ``spark`` or a new session.
+        spark: the session to use instead of building one.
+        warm_up: run :data:`EXAMPLE_CSV` through the pipeline before reporting ready.
+    """
+    rt = Runtime(settings, engine=engine, spark=spark, warm_up=warm_up)
+    svc, metrics, state, queue = rt.svc, rt.metrics, rt.state, rt.queue
+    ids = itertools.count(1)
 
     app = FastAPI(
         title="poimatch",
         version=_package_version(),
         summary="Match points of interest in a CSV: which rows are the same place.",
-        lifespan=lifespan,
+        lifespan=rt.lifespan,
     )
+    app.state.runtime = rt
 
     token = svc.token.get_secret_value().encode() if svc.token is not None else None
 
@@ -315,7 +341,7 @@ def create_app(
 
     @app.get("/version", summary="Model and package versions")
     async def version() -> JSONResponse:
-        eng = holder.get("engine")
+        eng = rt.engine
         loaded = eng.model() if eng is not None else None
         body: dict[str, Any] = {"package_version": _package_version()}
         if loaded is not None:
@@ -330,9 +356,8 @@ def create_app(
     async def admin_reload() -> JSONResponse:
         if not state.ready:
             raise RequestError(503, "not_ready", f"not ready: {state.reason}")
-        changed = await asyncio.to_thread(reload_model)
-        eng = holder["engine"]
-        loaded = eng.model()
+        changed = await asyncio.to_thread(rt.reload_model)
+        loaded = rt.engine.model() if rt.engine is not None else None
         return JSONResponse(
             {"changed": changed, **(loaded.describe() if loaded is not None else {})}
         )
@@ -380,8 +405,7 @@ def create_app(
                     "unknown_table",
                     f"against={against!r}: only {list(AGAINST_TABLES)} can be matched against",
                 )
-            eng0 = holder.get("engine")
-            known = eng0.known() if isinstance(eng0, SparkEngine) else None
+            known = rt.engine.known() if isinstance(rt.engine, SparkEngine) else None
             if known is None:
                 raise RequestError(
                     409,
@@ -393,9 +417,9 @@ def create_app(
         # CPU work on a worker thread: /health and /metrics keep answering meanwhile
         table, notes = await asyncio.to_thread(parse_upload, data, max_rows=svc.max_rows)
         del data
-        eng = holder["engine"]
-        loaded = eng.model()
-        if loaded is None:
+        eng = rt.engine
+        loaded = eng.model() if eng is not None else None
+        if eng is None or loaded is None:
             raise RequestError(503, "not_ready", "no model loaded")
         tag = str(request.state.request_id)
         try:

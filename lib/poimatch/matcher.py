@@ -230,7 +230,7 @@ class Matcher:
         self,
         input_path: str,
         *,
-        output_csv: str,
+        output_csv: str | None,
         against: str = "pois",
         model_uri: str | None = None,
     ) -> AgainstReport:

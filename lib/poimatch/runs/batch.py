@@ -277,12 +277,12 @@ class MatchReport:
             f"model={self.model_uri}",
             f"candidates={self.candidates} candidates_per_row={self.candidates_per_row:.2f}",
         ]
-        written = dict(self.written)
-        lines += [
-            f"{k}={written.pop(k)}" for k in ("matches_table", "rejected_table") if k in written
-        ]
+        written = self.written
+        tables = ("matches_table", "rejected_table")
+        files = ("lookup_table", "output", "rejected_output")
+        lines += [f"{k}={written[k]}" for k in tables if k in written]
         lines += [f"data_docs={page}" for page in self.data_docs]
-        lines += [f"{k}={v}" for k, v in written.items() if k != "pairs_table"]
+        lines += [f"{k}={written[k]}" for k in files if k in written]
         lines.append(f"groups={self.groups} largest_group={self.largest_group}")
         if (ch := self.group_ids_changed) is not None:
             lines.append(

@@ -88,8 +88,6 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> None:
                     "--against needs --input and --output "
                     "(no --table, --pairs-table or --incremental)"
                 )
-            if not args.output:
-                raise ValueError("--against writes only what you name: give --output OUT.csv")
             report = matcher.match_against(
                 args.input, against=args.against, output_csv=args.output, model_uri=args.model
             )

@@ -38,6 +38,29 @@ has --master || extra+=(--master "$master")
 if [[ "$master" == local* ]] && ! has --driver-memory; then
   extra+=(--driver-memory "${POIMATCH_DRIVER_MEMORY:-6g}")
 fi
+# A local driver maps Spark's classes from the archive make setup builds
+# (poimatch.runs.class_archive), in front of any --driver-java-options given, unless those
+# choose class-data sharing themselves.
+archive="$HERE/.jars/spark-classes.jsa"
+if [[ "$master" == local* ]] && [ -f "$archive" ]; then
+  cds="-XX:SharedArchiveFile=$archive -Xshare:auto -Xlog:cds=off,cds+dynamic=off"
+  if has --driver-java-options; then
+    for ((i = 0; i < ${#submit_args[@]}; i++)); do
+      arg="${submit_args[$i]}"
+      if [[ "$arg" == --driver-java-options ]]; then
+        given="${submit_args[$((i + 1))]}"
+        [[ "$given" == *SharedArchiveFile* || "$given" == *ArchiveClassesAtExit* || "$given" == *-Xshare* ]] ||
+          submit_args[$((i + 1))]="$cds $given"
+      elif [[ "$arg" == --driver-java-options=* ]]; then
+        given="${arg#--driver-java-options=}"
+        [[ "$given" == *SharedArchiveFile* || "$given" == *ArchiveClassesAtExit* || "$given" == *-Xshare* ]] ||
+          submit_args[$i]="--driver-java-options=$cds $given"
+      fi
+    done
+  else
+    extra+=(--driver-java-options "$cds")
+  fi
+fi
 if ! has --jars; then
   jars=$(ls "$HERE"/.jars/*.jar 2>/dev/null | paste -sd, -)
   [ -n "$jars" ] || { echo "no jars in $HERE/.jars: run make setup" >&2; exit 1; }

@@ -21,7 +21,9 @@ PY
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
+installed=0
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ requirements.lock -nt "$STAMP" ]; then
+  installed=1
   "$VENV/bin/pip" install --quiet --upgrade pip
   # the wheel build of cluster submits (spark-submit.sh) runs offline with these
   "$VENV/bin/pip" install --quiet setuptools==84.2.1 wheel==0.48.0
@@ -33,6 +35,12 @@ if ! ls .jars/delta-spark_*.jar >/dev/null 2>&1 || ! ls .jars/delta-storage-*.ja
   mkdir -p .jars
   mvn --batch-mode --quiet -f deploy/jvm/pom.xml dependency:copy-dependencies \
       -DoutputDirectory="$PWD/.jars" -DexcludeTransitive=true
+fi
+# The Spark driver's class archive (poimatch.runs.class_archive): local JVMs start without
+# parsing Spark's classes again. Rebuilt with the packages or the jars (~1 minute).
+ARCHIVE=.jars/spark-classes.jsa
+if [ ! -f "$ARCHIVE" ] || [ "$installed" = 1 ] || [ -n "$(find .jars -name '*.jar' -newer "$ARCHIVE")" ]; then
+  "$VENV/bin/python" -m poimatch.runs.class_archive .jars
 fi
 touch "$STAMP"
 echo "setup: ok ($("$VENV/bin/python" --version), jars: $(ls .jars | tr '\n' ' '))"

@@ -1,10 +1,15 @@
-"""The session builder's Python worker daemon (poimatch.worker_daemon) for local masters."""
+"""The session builder for local masters: its Python worker daemon (poimatch.worker_daemon)
+and the driver's class archive (poimatch.runs.class_archive)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import shutil
+import subprocess  # nosec B404: jcmd, a fixed command
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +18,10 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from poimatch import worker_daemon
-from poimatch.session import WORKER_DAEMON
+from poimatch.runs import class_archive
+from poimatch.session import CLASS_ARCHIVE, WORKER_DAEMON, with_class_archive
+
+REPO = Path(__file__).resolve().parents[1]
 
 BUNDLED = (
     "/opt/spark/python/lib/pyspark.zip",
@@ -99,3 +107,98 @@ def test_sessions_skip_pyspark_s_call_site_capture(spark: SparkSession) -> None:
     frame = spark.createDataFrame([("abc",)], "v string")
     with pytest.raises(Exception, match="no_such_column"):
         frame.select("no_such_column").collect()
+
+
+def test_the_class_archive_goes_first_only_when_there_is_one_and_none_is_chosen(
+    tmp_path: Path,
+) -> None:
+    given = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+    assert with_class_archive(given, tmp_path) == given  # no archive in the folder
+    archive = tmp_path / CLASS_ARCHIVE
+    archive.write_bytes(b"x")
+    options = with_class_archive(given, tmp_path)
+    assert options.startswith(f"-XX:SharedArchiveFile={archive.resolve()} -Xshare:auto ")
+    assert options.endswith(given)  # the caller's options come last: theirs win
+    assert "-Xlog:cds=off,cds+dynamic=off" in options  # a misfit's warnings stay off stdout
+    assert with_class_archive("", tmp_path).startswith("-XX:SharedArchiveFile=")
+    for own in ("-Xshare:off", "-XX:SharedArchiveFile=/x.jsa", "-XX:ArchiveClassesAtExit=/y"):
+        assert with_class_archive(own, tmp_path) == own
+
+
+def test_a_failed_archive_build_names_the_jvm_s_error_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failed(*_: Any, **__: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess([], 1, "", "Error occurred during initialization of VM")
+
+    monkeypatch.setattr(class_archive.subprocess, "run", failed)
+    with pytest.raises(RuntimeError, match=r"(?s)exited with 1.*initialization of VM"):
+        class_archive.build_archive(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_suite_s_driver_maps_spark_s_classes_from_the_archive(spark: SparkSession) -> None:
+    """The archive `make setup` built is the one the suite's driver JVM (built by
+    build_session) has mapped: the JVM's own report (``jcmd VM.info``) puts the mapped
+    class-data size above the archive's (the JDK's base archive comes on top)."""
+    archive = REPO / ".jars" / CLASS_ARCHIVE
+    assert archive.is_file(), f"no {archive}: run `make setup`"
+    jcmd = shutil.which("jcmd")
+    assert jcmd is not None, "jcmd (the JDK's) is needed to ask the JVM"
+    pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()  # type: ignore[union-attr]
+    info = subprocess.run(  # nosec B603: the JDK's jcmd on the suite's own JVM
+        [jcmd, str(pid), "VM.info"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    mapped = re.search(r"CDS archive\(s\) mapped at: .*?, size (\d+)", info)
+    assert mapped is not None, info[:2000]
+    assert int(mapped.group(1)) > archive.stat().st_size
+
+
+def _wrapper_args(tmp_path: Path, *given: str, archive: bool = True) -> list[str]:
+    """What ./spark-submit.sh hands spark-submit for ``given`` (a copy of the wrapper over
+    a spark-submit that prints its arguments, one a line)."""
+    root = tmp_path / "checkout"
+    (root / ".venv" / "bin").mkdir(parents=True)
+    (root / ".jars").mkdir()
+    shutil.copy(REPO / "spark-submit.sh", root)
+    fake = root / ".venv" / "bin" / "spark-submit"
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
+    fake.chmod(0o755)
+    (root / ".jars" / "delta-spark_2.13-4.4.0.jar").write_bytes(b"")
+    if archive:
+        (root / ".jars" / CLASS_ARCHIVE).write_bytes(b"")
+    done = subprocess.run(  # nosec B603: the wrapper's copy, fixed arguments
+        [str(root / "spark-submit.sh"), *given, "job.py", "--env", "ci"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return done.stdout.splitlines()
+
+
+def test_spark_submit_sh_puts_the_class_archive_in_front_of_a_local_driver_s_options(
+    tmp_path: Path,
+) -> None:
+    def cds(case: str) -> str:
+        archive = tmp_path / case / "checkout" / ".jars" / CLASS_ARCHIVE
+        return f"-XX:SharedArchiveFile={archive} -Xshare:auto -Xlog:cds=off,cds+dynamic=off"
+
+    def option(args: list[str]) -> str:
+        assert args.count("--driver-java-options") == 1, args
+        return args[args.index("--driver-java-options") + 1]
+
+    assert option(_wrapper_args(tmp_path / "a")) == cds("a")
+    given = _wrapper_args(tmp_path / "b", "--driver-java-options", "-Xmx1g")
+    assert option(given) == f"{cds('b')} -Xmx1g"
+    given = _wrapper_args(tmp_path / "c", "--driver-java-options=-Xmx1g")
+    assert f"--driver-java-options={cds('c')} -Xmx1g" in given
+    # the caller's own class-data sharing, a cluster's driver, no archive: left alone
+    assert option(_wrapper_args(tmp_path / "d", "--driver-java-options", "-Xshare:off")) == (
+        "-Xshare:off"
+    )
+    args = _wrapper_args(tmp_path / "e", "--master", "spark://h:7077", "--py-files", "p.zip")
+    assert "--driver-java-options" not in args
+    args = _wrapper_args(tmp_path / "f", archive=False)
+    assert "--driver-java-options" not in args
+    assert args[-3:] == ["job.py", "--env", "ci"]

@@ -68,12 +68,12 @@ if ! has --jars; then
 fi
 if [[ "$master" != local* ]] && ! has --py-files; then
   # Ship the library to the executors; their Python environment must hold the pinned
-  # dependencies (requirements.lock, e.g. the deploy/ image). A venv with setuptools>=68
+  # dependencies (requirements.lock, e.g. the deploy/ image). A venv with setuptools>=77
   # and wheel (the image's) builds offline; otherwise pip fetches them into an isolated
   # build environment. The build's chatter is shown only when it fails.
   isolation=()
   if "$VENV/bin/python" -c 'import sys, setuptools, wheel
-sys.exit(int(setuptools.__version__.split(".")[0]) < 68)' 2>/dev/null; then
+sys.exit(int(setuptools.__version__.split(".")[0]) < 77)' 2>/dev/null; then
     isolation=(--no-build-isolation)
   fi
   # Built from a fresh copy of what the wheel holds: an in-tree build reuses build/lib,

@@ -44,17 +44,20 @@ fi
 archive="$HERE/.jars/spark-classes.jsa"
 if [[ "$master" == local* ]] && [ -f "$archive" ]; then
   cds="-XX:SharedArchiveFile=$archive -Xshare:auto -Xlog:cds=off,cds+dynamic=off"
+  with_cds() {  # the given options with the archive in front, unless they choose CDS
+    if [[ "$1" == *SharedArchiveFile* || "$1" == *ArchiveClassesAtExit* || "$1" == *-Xshare* ]]; then
+      printf '%s' "$1"
+    else
+      printf '%s' "$cds $1"
+    fi
+  }
   if has --driver-java-options; then
     for ((i = 0; i < ${#submit_args[@]}; i++)); do
       arg="${submit_args[$i]}"
       if [[ "$arg" == --driver-java-options ]]; then
-        given="${submit_args[$((i + 1))]}"
-        [[ "$given" == *SharedArchiveFile* || "$given" == *ArchiveClassesAtExit* || "$given" == *-Xshare* ]] ||
-          submit_args[$((i + 1))]="$cds $given"
+        submit_args[$((i + 1))]="$(with_cds "${submit_args[$((i + 1))]}")"
       elif [[ "$arg" == --driver-java-options=* ]]; then
-        given="${arg#--driver-java-options=}"
-        [[ "$given" == *SharedArchiveFile* || "$given" == *ArchiveClassesAtExit* || "$given" == *-Xshare* ]] ||
-          submit_args[$i]="--driver-java-options=$cds $given"
+        submit_args[$i]="--driver-java-options=$(with_cds "${arg#--driver-java-options=}")"
       fi
     done
   else

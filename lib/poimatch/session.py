@@ -18,6 +18,7 @@ from pyspark.sql import SparkSession
 from poimatch.config import SparkSettings
 
 __all__ = [
+    "CDS_QUIET",
     "CLASS_ARCHIVE",
     "WORKER_DAEMON",
     "build_session",
@@ -37,6 +38,8 @@ WORKER_DAEMON = "poimatch.worker_daemon"
 #: the driver's class archive in the jars folder (:mod:`poimatch.runs.class_archive`)
 CLASS_ARCHIVE = "spark-classes.jsa"
 _CDS_OPTIONS = ("SharedArchiveFile", "ArchiveClassesAtExit", "-Xshare")
+#: the JVM's class-data-sharing messages off: it writes them to stdout, where jobs print
+CDS_QUIET = "-Xlog:cds=off,cds+dynamic=off"
 
 
 def with_class_archive(options: str, jars_dir: str | Path) -> str:
@@ -44,13 +47,12 @@ def with_class_archive(options: str, jars_dir: str | Path) -> str:
     folder holds one and ``options`` choose no class-data sharing of their own.
 
     ``-Xshare:auto``: a JVM the archive does not fit (another Java build, another class
-    path) starts without it; its warnings about that are silenced (a JVM writes them to
-    stdout, where jobs print their results).
+    path) starts without it; its warnings about that are silenced (:data:`CDS_QUIET`).
     """
     archive = Path(jars_dir) / CLASS_ARCHIVE
     if not archive.is_file() or any(o in options for o in _CDS_OPTIONS):
         return options
-    ours = f"-XX:SharedArchiveFile={archive.resolve()} -Xshare:auto -Xlog:cds=off,cds+dynamic=off"
+    ours = f"-XX:SharedArchiveFile={archive.resolve()} -Xshare:auto {CDS_QUIET}"
     return f"{ours} {options}".strip()
 
 

@@ -31,17 +31,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from pyspark import SparkContext
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from poimatch import schema as S
 from poimatch.config import BlockingSettings, SparkSettings
-from poimatch.session import CLASS_ARCHIVE, build_session
+from poimatch.session import CDS_QUIET, CLASS_ARCHIVE, build_session
 
 __all__ = ["build_archive", "main"]
 
-_DUMP = "-XX:ArchiveClassesAtExit={path} -Xlog:cds=off,cds+dynamic=off"
+_DUMP = "-XX:ArchiveClassesAtExit={path} " + CDS_QUIET
 
 
 def _rows(n: int = 120, seed: int = 7) -> pd.DataFrame:
@@ -90,7 +90,7 @@ def _exercise(spark: SparkSession, workdir: Path) -> None:
     # the small plan only: the batch plan's extra classes (checkpoints) are few, and
     # running it too cost 15 s more here
     points = cached_points(pois, stats=stats, plan=SMALL)
-    pairs: DataFrame = cached_candidates(points, settings=BlockingSettings(), plan=SMALL)
+    pairs = cached_candidates(points, settings=BlockingSettings(), plan=SMALL)
     pairs.groupBy(S.PASS).count().toPandas()
     table = str(workdir / "pois")
     write_delta(pois, table)

@@ -16,7 +16,9 @@ The model is ``--model`` or, by default, the test suite's small model (3,000 gen
 rows, 60 trees) fitted and registered in a temporary MLflow store. ``--set`` takes any
 configuration override, e.g. ``spark.extra`` to compare Spark settings (the second line
 above: Spark's own worker daemon and PySpark's call-site capture, as before 7a9dbdf and
-8486a30).
+8486a30). ``--gap`` waits before each request: Spark stops Python workers idle for a
+minute, so with ``--gap 70`` every request starts its Python workers afresh, as a service
+called now and then does.
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ def main() -> None:
     parser.add_argument("--udf-queries", type=int, default=6)
     parser.add_argument("--model", default=None, help="model URI (default: fit a small one)")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument(
+        "--gap",
+        type=float,
+        default=0.0,
+        help="seconds idle before each request (over 60 s, Spark has stopped its idle workers)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -76,7 +84,8 @@ def main() -> None:
     conf = spark.sparkContext.getConf()
     print(
         f"python.daemon.module={conf.get('spark.python.daemon.module', 'pyspark.daemon')} "
-        f"dataFrameDebugging={conf.get('spark.python.sql.dataFrameDebugging.enabled', 'true')}"
+        f"dataFrameDebugging={conf.get('spark.python.sql.dataFrameDebugging.enabled', 'true')} "
+        f"reuse_plan={settings.service.reuse_plan}"
     )
     for key, value in SERVICE_SQL_CONF.items():
         spark.conf.set(key, value)
@@ -99,7 +108,7 @@ def main() -> None:
     uri = args.model or _small_model(spark, work)
     store = ModelStore(uri)
     store.refresh()
-    engine = SparkEngine(Matcher(settings, spark), store)
+    engine = SparkEngine(Matcher(settings, spark), store, reuse_plan=settings.service.reuse_plan)
     loaded = engine.model()
     assert loaded is not None
     tracker = spark.sparkContext.statusTracker()
@@ -108,6 +117,8 @@ def main() -> None:
         times = []
         for i in range(args.repeats):
             tag = f"bench-{size}-{i}"
+            if args.gap:
+                time.sleep(args.gap)
             started = time.perf_counter()
             out = engine.match(table, loaded, tag)
             times.append(time.perf_counter() - started)

@@ -240,6 +240,9 @@ class ServiceSettings(_Frozen):
     # uploads of at most this many rows run the small plan (poimatch.stages.plan.Plan):
     # a handful of Spark jobs, no checkpoints; larger ones the batch plan
     small_max_rows: int = Field(default=20_000, ge=0)
+    # small plan: the blocking and pair-feature query planned once per model and re-run on
+    # each request's rows (poimatch.stages.prepared), instead of planned per request
+    reuse_plan: bool = True
     # bearer token for /invocations and /admin/*; None: no authentication (never logged)
     token: SecretStr | None = Field(default=None, min_length=16)
 

@@ -254,10 +254,13 @@ class Matcher:
         model: ScoringModel | None = None,
         plan: Plan | None = None,
         keep_pair_features: bool = False,
+        reuse_plan: bool = False,
     ) -> MatchResult:
         """Match typed POIs in memory (nothing read or written): the service's and the
         notebooks' verb. ``model``: a loaded version (default: the champion); ``plan``:
-        how the stages run (default: the batch plan), the output is the same."""
+        how the stages run (default: the batch plan), the output is the same;
+        ``reuse_plan`` (small plan): the pair query planned once per model and re-run
+        (what a warm service does)."""
         from poimatch.runs.workflows import match_with_model
         from poimatch.stages.plan import BATCH
 
@@ -273,6 +276,7 @@ class Matcher:
             broadcast_max_rows=matching.broadcast_max_rows,
             keep_pair_features=keep_pair_features,
             plan=plan or BATCH,
+            reuse_plan=reuse_plan,
         )
 
     def match_frame_against(

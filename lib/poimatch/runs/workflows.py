@@ -44,7 +44,12 @@ from poimatch.lifecycle.training import (
     sweep_thresholds,
 )
 from poimatch.stages.blocking import FINE_LEVELS, candidate_pairs
-from poimatch.stages.candidates import cached_candidates, cached_points, featured_pairs
+from poimatch.stages.candidates import (
+    cached_candidates,
+    cached_points,
+    featured_pairs,
+    prepared_candidates,
+)
 from poimatch.stages.comparisons import definitions
 from poimatch.stages.grouping import LOCAL_MAX_EDGES
 from poimatch.stages.namestats import NameStats, add_name_stats, count_name_stats
@@ -590,6 +595,7 @@ def match_with_model(
     plan: Plan = BATCH,
     broadcast_max_rows: int = 5_000_000,
     keep_pair_features: bool = False,
+    reuse_plan: bool = False,
 ) -> MatchResult:
     """:func:`match_pois` with a model already loaded (the REST service keeps one warm).
 
@@ -599,7 +605,10 @@ def match_with_model(
     (:class:`poimatch.stages.plan.Plan`); the output is the same either way.
     ``broadcast_max_rows``: above this many rows, blocking gathers nothing table-sized
     on the driver (``matching.broadcast_max_rows``). ``keep_pair_features`` (batch plan):
-    ``scored`` also holds ``block_pass`` and the model's features.
+    ``scored`` also holds ``block_pass`` and the model's features. ``reuse_plan`` (small
+    plan): the blocking and pair-feature query is planned once per model and session
+    and re-run on each call's points (:func:`poimatch.stages.candidates.
+    prepared_candidates`; the service's warm requests), the output the same.
     """
     started = time.perf_counter()
     blocking = BlockingSettings.model_validate(spec.blocking)
@@ -607,14 +616,24 @@ def match_with_model(
     # batch: counted from the checkpoint; small: a local relation
     n_rows = points.count()
     _log.info("match: %d rows normalized (%s plan)", n_rows, plan.name)
-    pairs = cached_candidates(
-        points,
-        settings=blocking,
-        link_only=link_only,
-        plan=plan,
-        broadcast_cells=n_rows <= broadcast_max_rows,
-        added=spec.added,
-    )
+    if reuse_plan and plan.small:
+        pairs = prepared_candidates(
+            points,
+            owner=model,
+            settings=blocking,
+            link_only=link_only,
+            broadcast_cells=n_rows <= broadcast_max_rows,
+            added=spec.added,
+        )
+    else:
+        pairs = cached_candidates(
+            points,
+            settings=blocking,
+            link_only=link_only,
+            plan=plan,
+            broadcast_cells=n_rows <= broadcast_max_rows,
+            added=spec.added,
+        )
     # small: the input's ids (a local relation: no normalization to redo)
     ids = pois.select(S.ID) if plan.small else points.select(S.ID)
     scored, grouped = score_and_group(

@@ -4,6 +4,9 @@ pairs (blocking) with every pair feature. Pure transforms, materialized by the p
 
 from __future__ import annotations
 
+import weakref
+from functools import partial
+
 from pyspark.sql import Column, DataFrame
 
 from poimatch import schema as S
@@ -15,12 +18,14 @@ from poimatch.stages.comparisons import Comparison
 from poimatch.stages.features import FEATURE_COLUMNS, add_pair_features
 from poimatch.stages.namestats import NameStats, add_name_stats
 from poimatch.stages.normalize import add_normalized_columns
-from poimatch.stages.plan import BATCH, Plan, mark_stage
+from poimatch.stages.plan import BATCH, SMALL, Plan, mark_stage
+from poimatch.stages.prepared import PreparedQuery
 
 __all__ = [
     "cached_candidates",
     "cached_points",
     "featured_pairs",
+    "prepared_candidates",
 ]
 
 _KEPT: frozenset[str] = frozenset((S.ID_L, S.ID_R, S.PASS, *FEATURE_COLUMNS))
@@ -97,3 +102,45 @@ def cached_candidates(
     featured = featured_pairs(pairs, points, plan=plan, added=added)
     mark_stage("pair_features:end")
     return featured
+
+
+#: prepared candidate queries per owner (a loaded model) and arguments
+_prepared: weakref.WeakKeyDictionary[object, dict[tuple[bool, bool], PreparedQuery]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def prepared_candidates(
+    points: DataFrame,
+    *,
+    owner: object,
+    settings: BlockingSettings,
+    link_only: bool = False,
+    broadcast_cells: bool = True,
+    added: tuple[Comparison, ...] = (),
+) -> DataFrame:
+    """:func:`cached_candidates` under the small plan, its physical plan built once per
+    ``owner`` (the model whose spec gave ``settings`` and ``added``), Spark session and
+    arguments, and re-run on each call's ``points`` (:class:`poimatch.stages.prepared.
+    PreparedQuery`): the same query, planned once instead of per call."""
+    by_args = _prepared.setdefault(owner, {})
+    key = (link_only, broadcast_cells)
+    query = by_args.get(key)
+    if (
+        query is None
+        or query.spark is not points.sparkSession
+        or query.input_schema != points.schema
+    ):
+        build = partial(
+            cached_candidates,
+            settings=settings,
+            link_only=link_only,
+            plan=SMALL,
+            broadcast_cells=broadcast_cells,
+            added=added,
+        )
+        query = by_args[key] = PreparedQuery.prepare(points, build)
+    mark_stage("pair_features:start")
+    pairs = query.run(points)
+    mark_stage("pair_features:end")
+    return pairs

@@ -183,6 +183,7 @@ class Runtime:
                     store,
                     small_max_rows=svc.small_max_rows,
                     lookup_path=settings.storage.table_path(settings.storage.lookup_table),
+                    reuse_plan=svc.reuse_plan,
                 )
             eng = self.engine
             if isinstance(eng, SparkEngine):

@@ -78,10 +78,12 @@ class SparkEngine:
         *,
         small_max_rows: int = 20_000,
         lookup_path: str | None = None,
+        reuse_plan: bool = True,
     ) -> None:
         self.matcher = matcher
         self.spark = matcher.spark
         self.small_max_rows = small_max_rows
+        self.reuse_plan = reuse_plan
         self.lookup_path = lookup_path
         self._known: KnownTable | None = None
         self.store = store
@@ -198,7 +200,7 @@ class SparkEngine:
         )
         if known is not None:
             return self.matcher.match_frame_against(pois, known, model=model)
-        result = self.matcher.match_frame(pois, model=model, plan=plan)
+        result = self.matcher.match_frame(pois, model=model, plan=plan, reuse_plan=self.reuse_plan)
         try:
             check_cancelled("output")
             return result.matches.select(S.ID, S.MATCHES).toPandas()

@@ -1,0 +1,194 @@
+"""A query planned once and re-run on new rows: Spark's physical plan reused across requests.
+
+Spark analyzes, optimizes and plans every DataFrame it is given, and a small match's
+blocking and pair-feature query is a few hundred operators (four blocking passes, the
+pair sides, 27 features): building it from Python and planning it cost ~2 s of a warm
+10-row request, whatever the rows. The plan does not depend on the rows (the small plan
+builds it without any Spark job: no count, no collect feeds it), only its input does.
+
+:meth:`PreparedQuery.prepare` builds the query once over a stand-in for its input (a
+scan of an existing RDD, which the optimizer cannot fold into constants or size up the
+way it does a local relation) and keeps the physical plan. :meth:`PreparedQuery.run`
+copies that plan with the stand-in's scans (every copy of them: a self-join scans its
+input twice) replaced by scans of the new rows, and runs the copy. Every operator
+above a replaced scan is a new copy (``withNewChildren``), so no shuffle or broadcast
+of an earlier run is read again; what does not depend on the input (a constant lookup)
+is shared. A reused exchange (one shuffle read by two joins) stays shared within the
+copy. Plans with subqueries (held in expressions, out of the children's reach) are
+refused at preparation.
+
+This reaches into Spark's physical plan through py4j (Spark has no prepared statement
+for DataFrames; Spark Connect caches analyzed plans only). ``tests/test_prepared.py``
+checks a prepared query's output against the same query planned afresh on several
+inputs, so a Spark upgrade that changes these classes fails there, not in the service.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+__all__ = ["PreparedQuery", "PreparationError"]
+
+_SCAN = "RDDScanExec"
+_REUSED = "ReusedExchangeExec"
+_JOB_PROPERTIES = ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel")
+
+
+class PreparationError(ValueError):
+    """The query cannot be prepared: its plan depends on its input's rows, or it holds
+    what a copy would not reach (a subquery)."""
+
+
+@dataclass(frozen=True)
+class _Node:
+    """One operator of the prepared plan: the JVM node, its kind and its children (as
+    indices into the plan's node list), and whether it reads the input (a scan of the
+    stand-in beneath it)."""
+
+    node: Any
+    kind: str  # "scan" (of the stand-in), "reused" (a reused exchange), "other"
+    children: tuple[int, ...]
+    reads_input: bool
+
+
+@dataclass(frozen=True)
+class PreparedQuery:
+    """A physical plan built once by ``build`` over a stand-in input, re-run on new rows.
+
+    ``input_schema``: what :meth:`run` accepts (the stand-in's schema).
+    """
+
+    spark: SparkSession
+    input_schema: T.StructType
+    output_schema: Any  # the JVM StructType of the output
+    columns: tuple[str, ...]
+    nodes: tuple[_Node, ...]  # the plan's operators, children before parents; the root last
+
+    @classmethod
+    def prepare(cls, rows: DataFrame, build: Callable[[DataFrame], DataFrame]) -> PreparedQuery:
+        """``build`` applied to a stand-in with ``rows``' schema, planned, its plan kept.
+
+        ``rows`` is not read (no Spark job runs). ``build`` must not run Spark jobs
+        either: a plan shaped by its input's data (a count, a collect) would be wrong for
+        other rows.
+
+        Raises:
+            PreparationError: ``build`` ran a Spark job, or its plan holds a subquery.
+        """
+        spark = rows.sparkSession
+        jss = _session(spark)
+        rdd = rows._jdf.queryExecution().toRdd()
+        stand_in = DataFrame(jss.internalCreateDataFrame(rdd, rows._jdf.schema(), False), spark)
+        sc = spark.sparkContext
+        saved = {key: sc.getLocalProperty(key) for key in _JOB_PROPERTIES}
+        group = f"poimatch-prepare-{uuid.uuid4().hex}"
+        sc.setJobGroup(group, "poimatch: preparing a query (runs no job)")
+        try:
+            query = build(stand_in)
+            plan = query._jdf.queryExecution().executedPlan()
+        finally:
+            for key, value in saved.items():
+                sc.setLocalProperty(key, value)  # type: ignore[arg-type]
+        ran = sc.statusTracker().getJobIdsForGroup(group)
+        if ran:
+            raise PreparationError(
+                f"building the query ran {len(ran)} Spark job(s) on its input: a plan shaped "
+                "by the input's rows cannot be reused for other rows"
+            )
+        if not plan.subqueriesAll().isEmpty():
+            raise PreparationError(
+                "the query's plan holds subqueries, which a copy would not reach"
+            )
+        nodes: list[_Node] = []
+        _index(plan, rdd.id(), _jvm(spark).java.util.IdentityHashMap(), nodes)
+        if not nodes[-1].reads_input:
+            raise PreparationError("the query does not read its input")
+        return cls(
+            spark=spark,
+            input_schema=rows.schema,
+            output_schema=query._jdf.schema(),
+            columns=tuple(query.columns),
+            nodes=tuple(nodes),
+        )
+
+    def run(self, rows: DataFrame) -> DataFrame:
+        """The prepared query over ``rows`` (read by the returned frame's action; a
+        broadcast of the input is built here).
+
+        Raises:
+            ValueError: ``rows`` is of another session or another schema than the stand-in.
+        """
+        if rows.sparkSession is not self.spark:
+            raise ValueError("the rows belong to another Spark session than the prepared query")
+        if rows.schema != self.input_schema:
+            raise ValueError(
+                "the rows' schema differs from the prepared query's input: "
+                f"{rows.schema.simpleString()} against {self.input_schema.simpleString()}"
+            )
+        rdd = rows._jdf.queryExecution().toRdd()
+        jvm = _jvm(self.spark)
+        copies: list[Any] = []
+        for entry in self.nodes:  # children first: each copy's children are made already
+            node = entry.node
+            if not entry.reads_input:
+                copy = node
+            elif entry.kind == "scan":
+                copy = node.copy(
+                    node.output(),
+                    rdd,
+                    node.name(),
+                    node.outputPartitioning(),
+                    node.outputOrdering(),
+                    node.stream(),
+                )
+            elif entry.kind == "reused":  # the same exchange copy as where it is first used
+                reused = jvm.org.apache.spark.sql.execution.exchange.ReusedExchangeExec
+                copy = reused(node.output(), copies[entry.children[0]])
+            else:
+                items = jvm.java.util.ArrayList()
+                for child in entry.children:
+                    items.add(copies[child])
+                seq = jvm.scala.jdk.javaapi.CollectionConverters.asScala(items).toList()
+                copy = node.withNewChildren(seq)
+            copies.append(copy)
+        jss = _session(self.spark)
+        out = jss.internalCreateDataFrame(copies[-1].execute(), self.output_schema, False)
+        return DataFrame(out, self.spark)
+
+
+def _jvm(spark: SparkSession) -> Any:
+    jvm = spark._jvm
+    if jvm is None:
+        raise RuntimeError("no JVM: the Spark session is not a classic (py4j) session")
+    return jvm
+
+
+def _session(spark: SparkSession) -> Any:
+    return spark._jsparkSession
+
+
+def _index(node: Any, scan_rdd: int, seen: Any, nodes: list[_Node]) -> int:
+    """Append ``node`` and the operators beneath it to ``nodes`` (children first, each
+    JVM node once: ``seen`` maps it to its index by identity); its index."""
+    known = seen.get(node)
+    if known is not None:
+        return int(known)
+    kind = node.getClass().getSimpleName()
+    if kind == _SCAN and node.rdd().id() == scan_rdd:
+        entry = _Node(node, "scan", (), reads_input=True)
+    elif kind == _REUSED:  # its exchange is a field, not a child
+        child = _index(node.child(), scan_rdd, seen, nodes)
+        entry = _Node(node, "reused", (child,), nodes[child].reads_input)
+    else:
+        kids = node.children()
+        children = tuple(_index(kids.apply(i), scan_rdd, seen, nodes) for i in range(kids.length()))
+        entry = _Node(node, "other", children, any(nodes[c].reads_input for c in children))
+    nodes.append(entry)
+    seen.put(node, len(nodes) - 1)
+    return len(nodes) - 1

@@ -1,0 +1,126 @@
+"""A prepared query (planned once, re-run on new rows) gives what a fresh plan gives.
+
+The service's warm requests re-run the blocking and pair-feature query planned for its
+first request (:mod:`poimatch.stages.prepared`). Each run must read its own rows, not a
+shuffle or broadcast left by an earlier run, and find the same pairs with the same
+features as the query planned afresh: on inputs of other sizes, with exact copies, a
+dense block and a single row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from poimatch import schema as S
+from poimatch.apps.service import SERVICE_SQL_CONF
+from poimatch.config import BlockingSettings
+from poimatch.runs.workflows import FitOutcome, match_with_model
+from poimatch.sample.generator import generate_pois
+from poimatch.stages.candidates import cached_candidates, cached_points, prepared_candidates
+from poimatch.stages.plan import SMALL, session_conf
+from poimatch.stages.prepared import PreparationError, PreparedQuery
+
+
+@pytest.fixture(scope="module", autouse=True)
+def service_conf(spark: SparkSession) -> Iterator[None]:
+    """The service's SQL settings (where prepared queries run), restored after."""
+    with session_conf(spark, SERVICE_SQL_CONF):
+        yield
+
+
+def _pois(spark: SparkSession, rows: int, seed: int, *, copies: int = 0) -> DataFrame:
+    """``rows`` generated places, unlabelled, plus ``copies`` exact copies under new ids,
+    and (for ``rows`` >= 40) a dense block of ten of them moved within ~30 m."""
+    frame = generate_pois(rows, seed=seed)
+    extra = frame.head(copies).assign(**{S.ID: lambda f: f[S.ID] + "_copy"})
+    frame = pd.concat([frame, extra], ignore_index=True)
+    frame[S.LATITUDE] = frame[S.LATITUDE].astype(float)
+    frame[S.LONGITUDE] = frame[S.LONGITUDE].astype(float)
+    if rows >= 40:
+        rng = np.random.default_rng(seed)
+        frame.loc[:9, S.LATITUDE] = 48.85 + rng.uniform(0, 0.0003, 10)
+        frame.loc[:9, S.LONGITUDE] = 2.35 + rng.uniform(0, 0.0003, 10)
+    frame[S.POI] = None
+    frame[S.SOURCE] = None
+    columns = [f.name for f in S.poi_table_schema().fields]
+    return spark.createDataFrame(frame[columns], schema=S.poi_table_schema())
+
+
+class _Owner:
+    """What a prepared query is kept for (a model, in the service)."""
+
+
+def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values([S.ID_L, S.ID_R]).reset_index(drop=True)
+
+
+def test_a_prepared_pair_query_equals_a_fresh_plan_on_other_rows(
+    spark: SparkSession, small_matcher: FitOutcome
+) -> None:
+    spec = small_matcher.spec
+    blocking = BlockingSettings.model_validate(spec.blocking)
+    owner = _Owner()  # a prepared query of its own (not another test's)
+
+    def points(pois: DataFrame) -> DataFrame:
+        return cached_points(pois, stats=spec.stats(), plan=SMALL)
+
+    inputs = [
+        _pois(spark, 60, seed=71),  # prepared on these
+        _pois(spark, 300, seed=72, copies=20),
+        _pois(spark, 1, seed=73),
+        _pois(spark, 60, seed=71),  # the first input again, after others
+        _pois(spark, 45, seed=74, copies=5),
+    ]
+    counts = []
+    for pois in inputs:
+        pts = points(pois)
+        fresh = cached_candidates(pts, settings=blocking, plan=SMALL, added=spec.added)
+        reused = prepared_candidates(pts, owner=owner, settings=blocking, added=spec.added)
+        want, got = _sorted(fresh.toPandas()), _sorted(reused.toPandas())
+        assert list(got.columns) == list(want.columns)
+        pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-12)
+        counts.append(len(got))
+    # the inputs differ, so do their pairs (a run reading an earlier run's shuffle would not)
+    assert counts[1] > counts[0] > counts[2] == 0
+    assert counts[3] == counts[0]
+    # copies were paired with their originals
+    copies = got[got[S.ID_R].str.endswith("_copy") | got[S.ID_L].str.endswith("_copy")]
+    assert len(copies) >= 5
+
+
+def test_matching_with_a_reused_plan_gives_the_same_groups(
+    spark: SparkSession, small_matcher: FitOutcome
+) -> None:
+    for seed, rows in ((81, 120), (82, 40), (81, 120)):
+        pois = _pois(spark, rows, seed=seed, copies=8)
+        out = {}
+        for reuse in (False, True):
+            result = match_with_model(
+                pois,
+                model=small_matcher.model,
+                spec=small_matcher.spec,
+                plan=SMALL,
+                reuse_plan=reuse,
+            )
+            out[reuse] = result.matches.toPandas().sort_values(S.ID).reset_index(drop=True)
+            scored = result.scored.toPandas()
+        pd.testing.assert_frame_equal(out[True], out[False])
+        assert len(out[True]) == rows + 8
+        assert (out[True][S.MATCHES].str.contains(" ")).sum() >= 16  # the copies and originals
+        assert len(scored) > 0
+
+
+def test_a_query_shaped_by_its_rows_is_refused(spark: SparkSession) -> None:
+    rows = spark.createDataFrame([(1,), (2,)], "v int")
+    with pytest.raises(PreparationError, match=r"ran \d+ Spark job"):
+        PreparedQuery.prepare(rows, lambda df: df.where(F.col("v") < df.count()))
+    prepared = PreparedQuery.prepare(rows, lambda df: df.where(F.col("v") > 1))
+    assert prepared.run(spark.createDataFrame([(5,), (0,)], "v int")).collect() == [(5,)]
+    with pytest.raises(ValueError, match="schema differs"):
+        prepared.run(spark.createDataFrame([("5",)], "v string"))

@@ -22,7 +22,12 @@ from poimatch.apps.service import SERVICE_SQL_CONF
 from poimatch.config import BlockingSettings
 from poimatch.runs.workflows import FitOutcome, match_with_model
 from poimatch.sample.generator import generate_pois
-from poimatch.stages.candidates import cached_candidates, cached_points, prepared_candidates
+from poimatch.stages.candidates import (
+    cached_candidates,
+    cached_points,
+    prepared_candidates,
+    prepared_points,
+)
 from poimatch.stages.plan import SMALL, session_conf
 from poimatch.stages.prepared import PreparationError, PreparedQuery
 
@@ -60,7 +65,7 @@ def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values([S.ID_L, S.ID_R]).reset_index(drop=True)
 
 
-def test_a_prepared_pair_query_equals_a_fresh_plan_on_other_rows(
+def test_prepared_points_and_pair_queries_equal_fresh_plans_on_other_rows(
     spark: SparkSession, small_matcher: FitOutcome
 ) -> None:
     spec = small_matcher.spec
@@ -80,6 +85,11 @@ def test_a_prepared_pair_query_equals_a_fresh_plan_on_other_rows(
     counts = []
     for pois in inputs:
         pts = points(pois)
+        # normalization and name statistics: the same rows and values
+        again = prepared_points(pois, owner=owner, stats=spec.stats())
+        assert sorted(again.collect(), key=lambda r: r[S.ID]) == sorted(
+            pts.collect(), key=lambda r: r[S.ID]
+        )
         fresh = cached_candidates(pts, settings=blocking, plan=SMALL, added=spec.added)
         reused = prepared_candidates(pts, owner=owner, settings=blocking, added=spec.added)
         want, got = _sorted(fresh.toPandas()), _sorted(reused.toPandas())

@@ -49,6 +49,7 @@ from poimatch.stages.candidates import (
     cached_points,
     featured_pairs,
     prepared_candidates,
+    prepared_points,
 )
 from poimatch.stages.comparisons import definitions
 from poimatch.stages.grouping import LOCAL_MAX_EDGES
@@ -606,17 +607,22 @@ def match_with_model(
     ``broadcast_max_rows``: above this many rows, blocking gathers nothing table-sized
     on the driver (``matching.broadcast_max_rows``). ``keep_pair_features`` (batch plan):
     ``scored`` also holds ``block_pass`` and the model's features. ``reuse_plan`` (small
-    plan): the blocking and pair-feature query is planned once per model and session
-    and re-run on each call's points (:func:`poimatch.stages.candidates.
-    prepared_candidates`; the service's warm requests), the output the same.
+    plan): the normalization and the blocking and pair-feature queries are planned once
+    per model and session and re-run on each call's rows (:func:`poimatch.stages.
+    candidates.prepared_points`, ``prepared_candidates``; the service's warm requests),
+    the output the same.
     """
     started = time.perf_counter()
     blocking = BlockingSettings.model_validate(spec.blocking)
-    points = cached_points(pois, stats=spec.stats(), plan=plan)
+    reuse = reuse_plan and plan.small
+    if reuse:
+        points = prepared_points(pois, owner=model, stats=spec.stats())
+    else:
+        points = cached_points(pois, stats=spec.stats(), plan=plan)
     # batch: counted from the checkpoint; small: a local relation
     n_rows = points.count()
     _log.info("match: %d rows normalized (%s plan)", n_rows, plan.name)
-    if reuse_plan and plan.small:
+    if reuse:
         pairs = prepared_candidates(
             points,
             owner=model,

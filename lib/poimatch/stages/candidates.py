@@ -5,6 +5,7 @@ pairs (blocking) with every pair feature. Pure transforms, materialized by the p
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from functools import partial
 
 from pyspark.sql import Column, DataFrame
@@ -26,6 +27,7 @@ __all__ = [
     "cached_points",
     "featured_pairs",
     "prepared_candidates",
+    "prepared_points",
 ]
 
 _KEPT: frozenset[str] = frozenset((S.ID_L, S.ID_R, S.PASS, *FEATURE_COLUMNS))
@@ -104,10 +106,40 @@ def cached_candidates(
     return featured
 
 
-#: prepared candidate queries per owner (a loaded model) and arguments
-_prepared: weakref.WeakKeyDictionary[object, dict[tuple[bool, bool], PreparedQuery]] = (
+#: prepared queries per owner (a loaded model) and what they build with which arguments
+_prepared: weakref.WeakKeyDictionary[object, dict[tuple[str, bool, bool], PreparedQuery]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def _prepared_query(
+    owner: object,
+    key: tuple[str, bool, bool],
+    rows: DataFrame,
+    build: Callable[[DataFrame], DataFrame],
+) -> PreparedQuery:
+    """``owner``'s prepared query ``key``, prepared from ``build`` over ``rows``' schema
+    when it has none for this session and schema."""
+    by_key = _prepared.setdefault(owner, {})
+    query = by_key.get(key)
+    if query is None or query.spark is not rows.sparkSession or query.input_schema != rows.schema:
+        query = by_key[key] = PreparedQuery.prepare(rows, build)
+    return query
+
+
+def prepared_points(pois: DataFrame, *, owner: object, stats: NameStats) -> DataFrame:
+    """:func:`cached_points` under the small plan, its query (normalization and the name
+    statistics' lookups) planned once per ``owner`` (the model ``stats`` belong to) and
+    session: the statistics' broadcasts are built once, not per call."""
+    mark_stage("points:start")
+
+    def build(rows: DataFrame) -> DataFrame:
+        return add_name_stats(rows.transform(add_normalized_columns), stats)
+
+    query = _prepared_query(owner, ("points", False, False), pois, build)
+    points = SMALL.materialize(query.run(pois))
+    mark_stage("points:end")
+    return points
 
 
 def prepared_candidates(
@@ -123,23 +155,15 @@ def prepared_candidates(
     ``owner`` (the model whose spec gave ``settings`` and ``added``), Spark session and
     arguments, and re-run on each call's ``points`` (:class:`poimatch.stages.prepared.
     PreparedQuery`): the same query, planned once instead of per call."""
-    by_args = _prepared.setdefault(owner, {})
-    key = (link_only, broadcast_cells)
-    query = by_args.get(key)
-    if (
-        query is None
-        or query.spark is not points.sparkSession
-        or query.input_schema != points.schema
-    ):
-        build = partial(
-            cached_candidates,
-            settings=settings,
-            link_only=link_only,
-            plan=SMALL,
-            broadcast_cells=broadcast_cells,
-            added=added,
-        )
-        query = by_args[key] = PreparedQuery.prepare(points, build)
+    build = partial(
+        cached_candidates,
+        settings=settings,
+        link_only=link_only,
+        plan=SMALL,
+        broadcast_cells=broadcast_cells,
+        added=added,
+    )
+    query = _prepared_query(owner, ("candidates", link_only, broadcast_cells), points, build)
     mark_stage("pair_features:start")
     pairs = query.run(points)
     mark_stage("pair_features:end")

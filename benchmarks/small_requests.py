@@ -9,8 +9,10 @@ One process, one local session built as the service builds it (env ``local``, th
 service's SQL settings, one shuffle partition), then ``SparkEngine.match`` (what
 ``POST /invocations`` runs after parsing) on the service's example file (7 rows) and on
 generated files of the other ``--sizes``, ``--repeats`` times each; the first request is
-cold. Per request: seconds, Spark jobs and stages. Before them, ``--udf-queries`` runs of
-a one-row Python UDF query (the fixed cost of a Python UDF stage).
+cold. Per request: seconds, CPU seconds (this process, its JVM and Python workers: less
+moved by other load on the box than the wall time), Spark jobs and stages. Before them,
+``--udf-queries`` runs of a one-row Python UDF query (the fixed cost of a Python UDF
+stage).
 
 The model is ``--model`` or, by default, the test suite's small model (3,000 generated
 rows, 60 trees) fitted and registered in a temporary MLflow store. ``--set`` takes any
@@ -114,21 +116,52 @@ def main() -> None:
     tracker = spark.sparkContext.statusTracker()
     for size in [int(s) for s in args.sizes.split(",")]:
         table = _upload(size, work)
-        times = []
+        times, cpus = [], []
         for i in range(args.repeats):
             tag = f"bench-{size}-{i}"
             if args.gap:
                 time.sleep(args.gap)
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), _tree_cpu_seconds(os.getpid())
             out = engine.match(table, loaded, tag)
             times.append(time.perf_counter() - started)
+            cpus.append(_tree_cpu_seconds(os.getpid()) - cpu)
             jobs = tracker.getJobIdsForGroup(tag)
             stages = sum(len(info.stageIds) for j in jobs if (info := tracker.getJobInfo(j)))
             assert len(out) == len(table)
-            print(f"rows={size} run={i} seconds={times[-1]:.2f} jobs={len(jobs)} stages={stages}")
+            print(
+                f"rows={size} run={i} seconds={times[-1]:.2f} cpu_seconds={cpus[-1]:.2f} "
+                f"jobs={len(jobs)} stages={stages}"
+            )
         warm = statistics.median(times[1:]) if len(times) > 1 else times[0]
-        print(f"rows={size} warm_median={warm:.2f}", flush=True)
+        warm_cpu = statistics.median(cpus[1:]) if len(cpus) > 1 else cpus[0]
+        print(f"rows={size} warm_median={warm:.2f} warm_cpu_median={warm_cpu:.2f}", flush=True)
     spark.stop()
+
+
+def _tree_cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system, with reaped children's) of ``root`` and every process
+    beneath it: this interpreter, Spark's JVM and its Python workers (Linux ``/proc``)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = sum(int(v) for v in fields[11:15]) / tick
+    tree = {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return sum(times.get(pid, 0.0) for pid in tree)
 
 
 def _upload(size: int, work: Path) -> pd.DataFrame:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_probe
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -64,6 +65,33 @@ def test_the_path_stays_when_pyspark_is_only_in_the_zips(monkeypatch: pytest.Mon
     monkeypatch.setattr(importlib.util, "find_spec", only_in_zip)
     assert worker_daemon.strip_bundled_zips() is False
     assert sys.path == before
+
+
+_PRELOAD_PROBE = """
+import json, sys
+import poimatch.worker_daemon as w
+before = set(sys.modules)
+failed = w.preload()
+new = [m for m in (*w.PRELOAD, "tabnanny") if m not in before and m in sys.modules]
+print(json.dumps({"failed": failed, "new": new}))
+"""
+
+
+def test_the_worker_daemon_imports_the_workers_modules_before_forking(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fresh interpreter (as Spark starts the daemon): preload() imports every module of
+    PRELOAD, which a new worker then inherits; POIMATCH_WORKER_PRELOAD replaces the list,
+    and a module that cannot be imported is named, not fatal."""
+    monkeypatch.delenv("POIMATCH_WORKER_PRELOAD", raising=False)
+    done = json.loads(run_probe(_PRELOAD_PROBE).stdout)
+    assert done == {"failed": [], "new": list(worker_daemon.PRELOAD)}
+    monkeypatch.setenv("POIMATCH_WORKER_PRELOAD", "tabnanny,no_such_module_here")
+    probe = run_probe(_PRELOAD_PROBE)
+    done = json.loads(probe.stdout)
+    assert done["failed"] == ["no_such_module_here"]
+    assert done["new"] == ["tabnanny"]  # the list replaced, not extended
+    assert "not preloaded no_such_module_here" in probe.stderr
 
 
 @pytest.mark.filterwarnings("ignore:Cannot infer the eval type")  # a plain Python UDF

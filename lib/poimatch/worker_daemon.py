@@ -20,6 +20,14 @@ job ships (``--py-files``) are added by the worker per task, after this, as befo
 imports poimatch; a cluster's executors may not have poimatch installed before the job's
 files arrive, so they keep Spark's own daemon.
 
+Before forking workers, the daemon imports what every worker of a match needs
+(:data:`PRELOAD`: pandas, pyarrow and the stage modules whose pandas UDFs the workers
+unpickle): a forked worker inherits them instead of importing them again. Spark stops a
+worker idle for a minute, so a service called now and then starts new ones; and a
+cold start forks one per core at once. ``POIMATCH_WORKER_PRELOAD`` (comma-separated
+module names, empty for none) replaces the list. A module that fails to import is named
+on stderr and left to the worker (which then fails with the real error, if it needs it).
+
 This module must stay importable without pyspark (it runs before pyspark is imported).
 """
 
@@ -29,7 +37,16 @@ import importlib.util
 import os
 import sys
 
-__all__ = ["bundled_zip", "strip_bundled_zips"]
+__all__ = ["PRELOAD", "bundled_zip", "preload", "strip_bundled_zips"]
+
+#: imported by the daemon before it forks workers (not the scoring stage: XGBoost takes
+#: seconds to import, and the small plan scores on the driver)
+PRELOAD: tuple[str, ...] = (
+    "pandas",
+    "pyarrow",
+    "poimatch.stages.normalize",
+    "poimatch.stages.features",
+)
 
 
 def bundled_zip(entry: str) -> bool:
@@ -59,8 +76,25 @@ def strip_bundled_zips() -> bool:
     return True
 
 
+def preload(modules: tuple[str, ...] | None = None) -> list[str]:
+    """Import ``modules`` (default: ``POIMATCH_WORKER_PRELOAD`` or :data:`PRELOAD`); the
+    ones that failed, each named on stderr."""
+    if modules is None:
+        listed = os.environ.get("POIMATCH_WORKER_PRELOAD")
+        modules = PRELOAD if listed is None else tuple(m for m in listed.split(",") if m.strip())
+    failed = []
+    for name in modules:
+        try:
+            importlib.import_module(name.strip())
+        except Exception as exc:  # a worker that needs it fails with the real error
+            print(f"poimatch.worker_daemon: not preloaded {name}: {exc!r}", file=sys.stderr)
+            failed.append(name)
+    return failed
+
+
 if __name__ == "__main__":  # pragma: no cover - runs as Spark's worker daemon
     strip_bundled_zips()
+    preload()
     from pyspark.daemon import manager
 
     manager()  # type: ignore[no-untyped-call]

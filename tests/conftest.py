@@ -195,6 +195,7 @@ _MODULE_ORDER = (
     "test_against.py",
     "test_scoring.py",
     "test_plans.py",
+    "test_prepared.py",
     "test_normalize.py",
     "test_ingest.py",
     "test_explain.py",

@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from functools import reduce
+from functools import partial, reduce
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -622,24 +622,18 @@ def match_with_model(
     # batch: counted from the checkpoint; small: a local relation
     n_rows = points.count()
     _log.info("match: %d rows normalized (%s plan)", n_rows, plan.name)
-    if reuse:
-        pairs = prepared_candidates(
-            points,
-            owner=model,
-            settings=blocking,
-            link_only=link_only,
-            broadcast_cells=n_rows <= broadcast_max_rows,
-            added=spec.added,
-        )
-    else:
-        pairs = cached_candidates(
-            points,
-            settings=blocking,
-            link_only=link_only,
-            plan=plan,
-            broadcast_cells=n_rows <= broadcast_max_rows,
-            added=spec.added,
-        )
+    candidates = (
+        partial(prepared_candidates, owner=model)
+        if reuse
+        else partial(cached_candidates, plan=plan)
+    )
+    pairs = candidates(
+        points,
+        settings=blocking,
+        link_only=link_only,
+        broadcast_cells=n_rows <= broadcast_max_rows,
+        added=spec.added,
+    )
     # small: the input's ids (a local relation: no normalization to redo)
     ids = pois.select(S.ID) if plan.small else points.select(S.ID)
     scored, grouped = score_and_group(

@@ -67,7 +67,6 @@ class PreparedQuery:
     spark: SparkSession
     input_schema: T.StructType
     output_schema: Any  # the JVM StructType of the output
-    columns: tuple[str, ...]
     nodes: tuple[_Node, ...]  # the plan's operators, children before parents; the root last
 
     @classmethod
@@ -113,7 +112,6 @@ class PreparedQuery:
             spark=spark,
             input_schema=rows.schema,
             output_schema=query._jdf.schema(),
-            columns=tuple(query.columns),
             nodes=tuple(nodes),
         )
 

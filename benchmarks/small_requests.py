@@ -20,13 +20,17 @@ configuration override, e.g. ``spark.extra`` to compare Spark settings (the seco
 above: Spark's own worker daemon and PySpark's call-site capture, as before 7a9dbdf and
 8486a30). ``--gap`` waits before each request: Spark stops Python workers idle for a
 minute, so with ``--gap 70`` every request starts its Python workers afresh, as a service
-called now and then does.
+called now and then does. ``--against LOOKUP`` matches each upload against a nightly
+run's lookup table as well (``?against=pois``). ``--profile N`` prints the driver's
+cProfile of the last N requests of each size (and saves it beside the work files).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import statistics
 import tempfile
 import time
@@ -37,6 +41,7 @@ import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from service_start import _jobs as print_jobs
 
 from poimatch.apps.service import (
     EXAMPLE_CSV,
@@ -46,6 +51,7 @@ from poimatch.apps.service import (
     parse_upload,
 )
 from poimatch.config import load_settings
+from poimatch.io.lookup import pin_lookup
 from poimatch.lifecycle.tracking import assign_alias, configure_tracking, log_matcher
 from poimatch.matcher import Matcher
 from poimatch.runs.batch import load_pois
@@ -67,6 +73,23 @@ def main() -> None:
         type=float,
         default=0.0,
         help="seconds idle before each request (over 60 s, Spark has stopped its idle workers)",
+    )
+    parser.add_argument(
+        "--against",
+        default=None,
+        metavar="LOOKUP",
+        help="match against this lookup table as well (a nightly run's storage.lookup_table)",
+    )
+    parser.add_argument(
+        "--jobs",
+        action="store_true",
+        help="print the Spark jobs of the last request of each size (gaps, times, stages)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        help="print the driver's cProfile (cumulative) of the last N requests of each size",
     )
     args = parser.parse_args()
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -113,16 +136,28 @@ def main() -> None:
     engine = SparkEngine(Matcher(settings, spark), store, reuse_plan=settings.service.reuse_plan)
     loaded = engine.model()
     assert loaded is not None
+    known = pin_lookup(spark, args.against) if args.against else None
+    if args.against:
+        assert known is not None, f"no lookup table at {args.against}"
+        print(f"against={known.label()}")
     tracker = spark.sparkContext.statusTracker()
     for size in [int(s) for s in args.sizes.split(",")]:
         table = _upload(size, work)
         times, cpus = [], []
+        profiles: list[cProfile.Profile] = []
         for i in range(args.repeats):
             tag = f"bench-{size}-{i}"
             if args.gap:
                 time.sleep(args.gap)
+            profiler = cProfile.Profile() if i >= args.repeats - args.profile else None
+            last_started = time.time()
             started, cpu = time.perf_counter(), _tree_cpu_seconds(os.getpid())
-            out = engine.match(table, loaded, tag)
+            if profiler is not None:
+                profiler.enable()
+            out = engine.match(table, loaded, tag, known=known)
+            if profiler is not None:
+                profiler.disable()
+                profiles.append(profiler)
             times.append(time.perf_counter() - started)
             cpus.append(_tree_cpu_seconds(os.getpid()) - cpu)
             jobs = tracker.getJobIdsForGroup(tag)
@@ -132,9 +167,19 @@ def main() -> None:
                 f"rows={size} run={i} seconds={times[-1]:.2f} cpu_seconds={cpus[-1]:.2f} "
                 f"jobs={len(jobs)} stages={stages}"
             )
+        if args.jobs:
+            print_jobs(spark, tag, last_started)
         warm = statistics.median(times[1:]) if len(times) > 1 else times[0]
         warm_cpu = statistics.median(cpus[1:]) if len(cpus) > 1 else cpus[0]
         print(f"rows={size} warm_median={warm:.2f} warm_cpu_median={warm_cpu:.2f}", flush=True)
+        if profiles:
+            stats = pstats.Stats(profiles[0])
+            for extra in profiles[1:]:
+                stats.add(extra)
+            dump = work / f"profile-{size}.pstats"
+            stats.dump_stats(dump)
+            print(f"rows={size} profile={dump}")
+            stats.sort_stats("cumulative").print_stats(60)
     spark.stop()
 
 

@@ -14,14 +14,18 @@ from typing import Any
 import pandas as pd
 import pytest
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from poimatch import schema as S
 from poimatch.config import BlockingSettings
-from poimatch.io.lookup import known_rows, pin_lookup, write_lookup
+from poimatch.io.lookup import STORED, known_rows, pin_lookup, write_lookup
 from poimatch.runs.against import KNOWN_GROUPS, KNOWN_IDS, match_against
 from poimatch.runs.workflows import FitOutcome, match_with_model
 from poimatch.sample.generator import generate_pois
-from poimatch.stages.plan import BATCH
+from poimatch.stages import candidates
+from poimatch.stages.candidates import cached_candidates, cached_points
+from poimatch.stages.namestats import add_name_stats
+from poimatch.stages.plan import BATCH, SMALL
 
 COLUMNS = [f.name for f in S.poi_table_schema().fields]
 
@@ -121,6 +125,45 @@ def test_an_uploaded_id_the_table_also_has_is_kept_apart(
     assert same_id in str(out[KNOWN_IDS].iloc[0]).split(" ")
 
 
+def test_prepared_queries_give_the_same_answers_on_other_uploads(
+    spark: SparkSession, small_matcher: FitOutcome, lookup: dict[str, Any]
+) -> None:
+    """The service's warm path (``reuse_plan``): its queries are prepared on one upload
+    and re-run on another (other rows, other cells, exact copies); the answers must be
+    those of the queries planned afresh."""
+    table = lookup["table"]
+    first = _upload(table)
+    second = table.sample(40, random_state=21).copy()
+    second[S.ID] = "cp_" + second[S.ID]  # exact copies under new ids
+    edited = table.sample(25, random_state=22).copy()
+    edited[S.ID] = "ed_" + edited[S.ID]
+    edited[S.NAME] = edited[S.NAME].str.lower()
+    second = pd.concat([second, edited, second.head(5).assign(**{S.ID: lambda f: f[S.ID] + "~2"})])
+
+    def run(upload: pd.DataFrame, reuse: bool) -> pd.DataFrame:
+        frame = _frame(spark, upload.assign(**{S.POI: None}))
+        out = match_against(
+            frame,
+            lookup["known"],
+            model=small_matcher.model,
+            spec=small_matcher.spec,
+            reuse_plan=reuse,
+        ).matches
+        return out.sort_values(S.ID).reset_index(drop=True)
+
+    run(first, True)  # prepares the three queries
+    prepared = dict(candidates._prepared[small_matcher.model])
+    assert {key[0] for key in prepared} >= {"points", "name_stats", "candidates"}
+    reused = run(second, True)
+    assert dict(candidates._prepared[small_matcher.model]) == prepared  # none prepared again
+    fresh = run(second, False)
+    pd.testing.assert_frame_equal(reused, fresh)
+    # the copies found their originals (the reused plan read the second upload's cells)
+    known = dict(zip(reused[S.ID], reused[KNOWN_IDS], strict=True))
+    copies = [i for i in known if i.startswith("cp_")]
+    assert all(i[3:].removesuffix("~2") in known[i].split(" ") for i in copies), known
+
+
 def _files_read(df: DataFrame) -> int:
     """Files the scans of ``df``'s executed plan read (their ``numFiles`` metric)."""
     df.collect()
@@ -155,3 +198,68 @@ def test_a_lookup_reads_only_the_files_of_its_cells(
     assert 1 <= read < files
     ids = {r[S.ID] for r in rows.collect()}
     assert str(one[S.ID].iloc[0]) in ids
+
+
+def test_a_lookup_for_a_thousand_uploads_reads_every_row_within_reach(
+    spark: SparkSession, small_matcher: FitOutcome, lookup: dict[str, Any]
+) -> None:
+    """A lookup for 1,000 uploads plans and runs (its filter once held a box per upload,
+    and overflowed the JVM's stack) and finds each table row from its own coordinates."""
+    table = lookup["table"]
+    blocking = BlockingSettings.model_validate(small_matcher.spec.blocking)
+    near = pd.DataFrame(
+        {
+            S.LATITUDE: table[S.LATITUDE].astype(float),
+            S.LONGITUDE: table[S.LONGITUDE].astype(float),
+            S.N_NAME: None,
+            S.N_PHONE: None,
+            S.N_URL: None,
+        }
+    )
+    assert len(near.drop_duplicates()) >= 1000
+    ids = {r[S.ID] for r in known_rows(spark, lookup["known"], near, blocking).collect()}
+    assert ids == set(table[S.ID])  # each row is among the nearest to its own coordinates
+
+
+def test_reading_the_nearest_rows_gives_the_candidates_of_the_whole_table(
+    spark: SparkSession, small_matcher: FitOutcome, lookup: dict[str, Any]
+) -> None:
+    """The rows a lookup reads (each upload's k nearest in its 3x3 cells, and the rows
+    sharing its keys) give the uploads every candidate pair, of every pass, that they
+    get with the whole table present (here no key is common enough for the lookup to
+    drop it); and the read is under half the table."""
+    spec = small_matcher.spec
+    blocking = BlockingSettings.model_validate(spec.blocking)
+    upload = _upload(lookup["table"]).assign(**{S.POI: None})
+    uploaded = _frame(spark, upload).withColumn(S.ID, F.concat(F.lit("u:"), F.col(S.ID)))
+    up_points = cached_points(uploaded, stats=spec.stats(), plan=SMALL)
+    near = up_points.select(
+        S.LATITUDE, S.LONGITUDE, S.N_NAME, S.N_PHONE, S.N_URL, S.SOURCE
+    ).toPandas()
+    read = known_rows(spark, lookup["known"], near, blocking)
+    whole = spark.read.format("delta").load(lookup["path"]).select(*STORED)
+
+    def pairs(rows: DataFrame) -> set[tuple[str, str, str]]:
+        table = add_name_stats(
+            rows.withColumn(S.ID, F.concat(F.lit("k:"), F.col(S.ID))), spec.stats()
+        )
+        points = up_points.unionByName(SMALL.materialize(table), allowMissingColumns=True)
+        found = cached_candidates(
+            points,
+            settings=blocking,
+            plan=SMALL,
+            query=F.col(S.ID).startswith("u:"),
+            added=spec.added,
+        )
+        return {
+            (r[S.ID_L], r[S.ID_R], r[S.PASS])
+            for r in found.select(S.ID_L, S.ID_R, S.PASS).collect()
+        }
+
+    most = whole.groupBy(S.N_NAME).count().agg(F.max("count")).first()
+    assert most is not None
+    assert most[0] < blocking.max_key_group
+    from_read, from_whole = pairs(read), pairs(whole)
+    assert len(from_whole) > len(upload)
+    assert from_read == from_whole
+    assert read.count() < 0.5 * len(lookup["table"])

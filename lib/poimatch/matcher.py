@@ -280,10 +280,16 @@ class Matcher:
         )
 
     def match_frame_against(
-        self, pois: DataFrame, known: KnownTable, *, model: ScoringModel | None = None
+        self,
+        pois: DataFrame,
+        known: KnownTable,
+        *,
+        model: ScoringModel | None = None,
+        reuse_plan: bool = False,
     ) -> pd.DataFrame:
         """Typed POIs matched with each other and with a pinned lookup table (small plan):
-        ``id``, ``matches``, ``known_ids``, ``known_groups`` per row."""
+        ``id``, ``matches``, ``known_ids``, ``known_groups`` per row. ``reuse_plan``: as
+        in :meth:`match_frame` (the service's warm requests)."""
         from poimatch.runs.against import match_against
 
         loaded = model or self.load_model()
@@ -295,6 +301,7 @@ class Matcher:
             max_iterations=self.settings.grouping.max_iterations,
             local_max_edges=self.settings.grouping.local_max_edges,
             link_only=self.settings.matching.link_only,
+            reuse_plan=reuse_plan,
         ).matches
 
     def evaluate(self, submission: str, truth: str) -> Evaluation:

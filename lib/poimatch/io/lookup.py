@@ -14,9 +14,10 @@ looked up with the serving model) and its ``group_id``, with two cell columns:
 
 A request reads, at one pinned table version, the rows of the coarse cells within the
 key passes' reach of its rows (3x3 cells of ``blocking.key_cell_m``: at most twice that
-far) that either lie in a fine cell within the spatial pass's reach (3x3 cells of
-``blocking.cell_m``) or share a normalized name, phone or url with an uploaded row:
-exactly the rows the blocking could pair with an uploaded row.
+far) that either are among an uploaded row's ``k_nearest`` nearest in its 3x3 cells of
+``blocking.cell_m`` (found among the rows of the fine cells within that reach) or share
+a normalized name, phone or url with an uploaded row: the rows the blocking could pair
+with an uploaded row.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ from pyspark.sql import types as T
 from poimatch import schema as S
 from poimatch.config import BlockingSettings
 from poimatch.io.tables import write_delta
+from poimatch.stages.blocking import nearest_rows, pass_key
 
 __all__ = [
+    "READ_SQL_CONF",
     "COARSE_DEG",
     "FINE_DEG",
     "FINE_CELL",
@@ -74,7 +77,16 @@ STORED: tuple[str, ...] = (
     S.N_CATEGORIES,
 )
 """What the lookup table keeps of a row (after the two cell columns)."""
-_KEYS = (S.N_NAME, S.N_PHONE, S.N_URL)
+
+#: SQL settings to plan a lookup read under: whole-stage code generation on, which the
+#: small plan's settings turn off (its compile costs more than it saves on a few thousand
+#: rows). A read scans the rows of every fine cell near an upload (600,000 for 1,000
+#: uploads in the dense centres of a generated 1M-row table) and ranks them by distance:
+#: 18 s interpreted, 5 s compiled (``benchmarks/small_requests.py --against``).
+READ_SQL_CONF: dict[str, str] = {
+    "spark.sql.codegen.wholeStage": "true",
+    "spark.sql.codegen.factoryMode": "FALLBACK",
+}
 
 
 def _cell(lat: Column, lon: Column, deg: float) -> Column:
@@ -179,7 +191,12 @@ def _cells_within(lat: np.ndarray, lon: np.ndarray, reach_m: float, deg: float) 
 
 
 def known_rows(
-    spark: SparkSession, known: KnownTable, uploads: pd.DataFrame, blocking: BlockingSettings
+    spark: SparkSession,
+    known: KnownTable,
+    uploads: pd.DataFrame,
+    blocking: BlockingSettings,
+    *,
+    link_only: bool = False,
 ) -> DataFrame:
     """The rows of ``known`` the blocking could pair with one of ``uploads``.
 
@@ -187,13 +204,20 @@ def known_rows(
         spark: the session.
         known: the pinned lookup table.
         uploads: the uploaded rows' ``latitude``, ``longitude``, ``n_name``, ``n_phone``,
-            ``n_url`` (normalized, on the driver).
+            ``n_url`` (normalized, on the driver), and ``source`` with ``link_only``.
         blocking: the model's blocking settings (the reach of its passes).
+        link_only: the match links sources (a row's k nearest of other sources).
 
     Returns:
-        The lookup rows (``STORED`` columns), lazily: a filter on the cell columns
-        that Delta's data skipping turns into a read of only the files holding them
-        (one small read, an action, counts how common the uploads' keys are there).
+        The lookup rows (``STORED`` columns, each once), lazily: a filter on the cell
+        columns that Delta's data skipping turns into a read of only the files holding
+        them. For the spatial pass, each upload's ``k_nearest`` nearest rows in its 3x3
+        cells (:func:`poimatch.stages.blocking.nearest_rows`): in a dense centre the
+        reach of ten uploads held 14,000 rows and that of 1,000 uploads 400,000 (a
+        generated 1M-row table), of which the spatial pass pairs at most k with each.
+        For the key passes, the rows sharing a key with an upload (a normalized name,
+        phone, url or name prefix, as the model's passes block on), unless the key is
+        too common to block on.
     """
     lat = uploads[S.LATITUDE].to_numpy(dtype=float)
     lon = uploads[S.LONGITUDE].to_numpy(dtype=float)
@@ -201,40 +225,71 @@ def known_rows(
     fine = _cells_within(lat, lon, 2 * blocking.cell_m, FINE_DEG)
     table = spark.read.format("delta").option("versionAsOf", known.version).load(known.path)
     area = table.where(F.col(LOOKUP_CELL).isin(coarse))
-    wanted = {key: sorted({str(v) for v in uploads[key].dropna()}) for key in _KEYS}
-    near = F.col(FINE_CELL).isin(fine) & _within_boxes(lat, lon, 2 * blocking.cell_m)
-    keyed = [F.col(key).isin(values) for key, values in wanted.items() if values]
-    if keyed:
-        # a key shared by max_key_group or more rows around a row is too generic for the
-        # blocking's key passes ("kfc", a chain's url): reading its rows would only feed
-        # the spatial pass rows it never pairs. One small read counts the wanted keys in
-        # the area (its 0.5 degree cells are a little wider than the 3x3 key cells, so a
-        # key is dropped here a little sooner than the blocking would; within the
-        # spatial pass's reach every row is read whatever its keys).
-        found = area.where(_any(keyed)).select(*_KEYS).toPandas()
-        for key in _KEYS:
-            counts = found[key].value_counts()
-            common = set(counts[counts >= blocking.max_key_group].index)
-            kept = [v for v in wanted[key] if v not in common]
-            if kept:
-                near = near | F.col(key).isin(kept)
-    return area.where(near).select(*STORED)
+    # the uploads as query rows, under ids no table row has
+    queries = pd.DataFrame(
+        {
+            S.ID: [f"\u0001{i}" for i in range(len(uploads))],
+            S.LATITUDE: lat,
+            S.LONGITUDE: lon,
+            S.SOURCE: uploads[S.SOURCE].astype(object).to_numpy() if link_only else None,
+        }
+    )
+    rows = nearest_rows(
+        spark.createDataFrame(queries, schema=_QUERY_SCHEMA),
+        area.where(F.col(FINE_CELL).isin(fine)),
+        settings=blocking,
+        link_only=link_only,
+    ).select(*STORED)
+    keys = [(key, values) for key, values in _pass_keys(uploads, blocking.key_passes) if values]
+    if not keys:
+        return rows
+    # a key shared by max_key_group or more rows around a row is too generic for the
+    # key passes ("kfc", a chain's url): its rows are not read (they would feed the
+    # passes thousands of rows that a chain's uploads never pair with). One small read
+    # counts the wanted keys in the area: its 0.5 degree cells are a little wider than
+    # the passes' 3x3 key cells, so a key is dropped here a little sooner than the
+    # blocking would, and the rows of a dropped key that the spatial reads bring may
+    # still count below the cap in the run and be key-paired (the README, *Against*).
+    found = (
+        area.where(_any([key.isin(values) for key, values in keys]))
+        .select(*[key.alias(f"_k{i}") for i, (key, _) in enumerate(keys)])
+        .toPandas()
+    )
+    shared = []
+    for i, (key, values) in enumerate(keys):
+        counts = found[f"_k{i}"].value_counts()
+        common = set(counts[counts >= blocking.max_key_group].index)
+        kept = [v for v in values if v not in common]
+        if kept:
+            shared.append(key.isin(kept))
+    if not shared:
+        return rows
+    return rows.unionByName(area.where(_any(shared)).select(*STORED)).dropDuplicates([S.ID])
 
 
-def _within_boxes(lat: np.ndarray, lon: np.ndarray, reach_m: float) -> Column:
-    """True for a row within ``reach_m`` (a box, with the margin) of any coordinate.
+def _pass_keys(uploads: pd.DataFrame, passes: tuple[str, ...]) -> list[tuple[Column, list[str]]]:
+    """Per key pass, the column it blocks on (:func:`poimatch.stages.blocking.pass_key`)
+    and the uploads' values of it."""
+    out: list[tuple[Column, list[str]]] = []
+    for name in passes:
+        if name == "name_prefix":  # the first six characters of names of four or more
+            values = {str(v)[:6] for v in uploads[S.N_NAME].dropna() if len(str(v)) >= 4}
+        else:
+            values = {str(v) for v in uploads[_PASS_COLUMNS[name]].dropna()}
+        out.append((pass_key(name), sorted(values)))
+    return out
 
-    The fine cells bound the read; this cuts the rows of a dense centre to the spatial
-    pass's reach (3x3 cells of ``cell_m``: at most twice that far)."""
-    dlat = reach_m * _MARGIN / _M_PER_DEG
-    boxes = []
-    for a, b in sorted(set(zip(np.round(lat, 6), np.round(lon, 6), strict=True))):
-        dlon = min(dlat / max(math.cos(math.radians(min(abs(a) + dlat, 90.0))), 1e-3), 180.0)
-        box = F.col(S.LATITUDE).between(a - dlat, a + dlat)
-        # the meridian: compare longitudes on the side of the box
-        gap = F.abs(F.pmod(F.col(S.LONGITUDE) - F.lit(b) + F.lit(180.0), F.lit(360.0)) - 180.0)
-        boxes.append(box & (gap <= dlon))
-    return _any(boxes)
+
+_PASS_COLUMNS = {"name": S.N_NAME, "phone": S.N_PHONE, "url": S.N_URL}
+
+_QUERY_SCHEMA = T.StructType(
+    [
+        T.StructField(S.ID, T.StringType(), False),
+        T.StructField(S.LATITUDE, T.DoubleType(), False),
+        T.StructField(S.LONGITUDE, T.DoubleType(), False),
+        T.StructField(S.SOURCE, T.StringType(), True),
+    ]
+)
 
 
 def _any(conditions: list[Column]) -> Column:

@@ -29,11 +29,17 @@ from pyspark.sql import functions as F
 
 from poimatch import schema as S
 from poimatch.config import BlockingSettings
-from poimatch.io.lookup import KnownTable, known_rows
-from poimatch.stages.candidates import cached_candidates, cached_points
+from poimatch.io.lookup import READ_SQL_CONF, KnownTable, known_rows
+from poimatch.stages.candidates import (
+    cached_candidates,
+    cached_points,
+    prepared_candidates,
+    prepared_name_stats,
+    prepared_points,
+)
 from poimatch.stages.grouping import LOCAL_MAX_EDGES
 from poimatch.stages.namestats import add_name_stats
-from poimatch.stages.plan import SMALL
+from poimatch.stages.plan import SMALL, session_conf
 from poimatch.stages.scoring import score_and_group
 from poimatch.stages.spec import MatchingSpec
 
@@ -73,6 +79,7 @@ def match_against(
     max_iterations: int = 40,
     local_max_edges: int = LOCAL_MAX_EDGES,
     link_only: bool = False,
+    reuse_plan: bool = False,
 ) -> AgainstResult:
     """Match the uploaded ``pois`` with each other and with the pinned lookup table.
 
@@ -82,7 +89,10 @@ def match_against(
         known: the lookup table at the version to read.
         model, spec: the matcher (its blocking settings and name statistics are used).
         max_iterations, local_max_edges: grouping settings.
-        link_only: as in :func:`poimatch.runs.workflows.match_with_model`.
+        link_only, reuse_plan: as in :func:`poimatch.runs.workflows.match_with_model`
+            (``reuse_plan``: the uploads' normalization, the table rows' name statistics
+            and the blocking and pair-feature query are planned once per model and
+            session; the service's warm requests).
 
     Returns:
         :class:`AgainstResult`, one row per uploaded id.
@@ -92,29 +102,48 @@ def match_against(
     blocking = BlockingSettings.model_validate(spec.blocking)
     stats = spec.stats()
     uploaded = pois.withColumn(S.ID, F.concat(F.lit(_UP), F.col(S.ID)))
-    up_points = cached_points(uploaded, stats=stats, plan=plan).withColumn(
-        S.GROUP_ID, F.lit(None).cast("string")
-    )
-    near = up_points.select(S.LATITUDE, S.LONGITUDE, S.N_NAME, S.N_PHONE, S.N_URL).toPandas()
-    table = known_rows(pois.sparkSession, known, near, blocking).withColumn(
+    if reuse_plan:
+        up_points = prepared_points(uploaded, owner=model, stats=stats)
+    else:
+        up_points = cached_points(uploaded, stats=stats, plan=plan)
+    up_points = up_points.withColumn(S.GROUP_ID, F.lit(None).cast("string"))
+    near = up_points.select(
+        S.LATITUDE, S.LONGITUDE, S.N_NAME, S.N_PHONE, S.N_URL, S.SOURCE
+    ).toPandas()
+    table = known_rows(pois.sparkSession, known, near, blocking, link_only=link_only).withColumn(
         S.ID, F.concat(F.lit(_KNOWN), F.col(S.ID))
     )
-    table_points = plan.materialize(add_name_stats(table, stats))
+    with session_conf(pois.sparkSession, READ_SQL_CONF):  # the read is planned here
+        if reuse_plan:
+            table_points = prepared_name_stats(table, owner=model, stats=stats)
+        else:
+            table_points = plan.materialize(add_name_stats(table, stats))
     group_of = {
         str(r[S.ID])[len(_KNOWN) :]: str(r[S.GROUP_ID])
         for r in table_points.select(S.ID, S.GROUP_ID).collect()
     }
     points = up_points.unionByName(table_points, allowMissingColumns=True)
-    pairs = cached_candidates(
-        points,
-        settings=blocking,
-        link_only=link_only,
-        plan=plan,
-        # only the uploaded rows look for candidates (a table row's own nearest are the
-        # nightly run's business); every pair then holds one
-        query=F.col(S.ID).startswith(_UP),
-        added=spec.added,
-    )
+    # only the uploaded rows look for candidates (a table row's own nearest are the
+    # nightly run's business); every pair then holds one
+    query = F.col(S.ID).startswith(_UP)
+    if reuse_plan:
+        pairs = prepared_candidates(
+            points,
+            owner=model,
+            settings=blocking,
+            link_only=link_only,
+            query=query,
+            added=spec.added,
+        )
+    else:
+        pairs = cached_candidates(
+            points,
+            settings=blocking,
+            link_only=link_only,
+            plan=plan,
+            query=query,
+            added=spec.added,
+        )
     scored, grouped = score_and_group(
         points.select(S.ID),
         pairs,

@@ -40,6 +40,8 @@ __all__ = [
     "candidate_pairs",
     "add_pair_sides",
     "haversine_m",
+    "nearest_rows",
+    "pass_key",
 ]
 
 _M_PER_DEG = 111_320.0
@@ -355,7 +357,7 @@ def _key_nearest(
     quadratic join.
     """
     cell_m = settings.key_cell_m
-    keyed = F.array(*[F.concat(F.lit(name + _KEY_SEP), _pass_key(name)) for name in passes])
+    keyed = F.array(*[F.concat(F.lit(name + _KEY_SEP), pass_key(name)) for name in passes])
     rows = (
         points.select(*_row_columns(points), F.explode(keyed).alias(_KEY))
         .where(F.col(_KEY).isNotNull())
@@ -385,7 +387,8 @@ def _canonical(directed: DataFrame, label: Column) -> DataFrame:
     )
 
 
-def _pass_key(name: str) -> Column:
+def pass_key(name: str) -> Column:
+    """The column key pass ``name`` blocks on (of the normalized columns)."""
     if name == "name":
         return F.col(S.N_NAME)
     if name == "name_prefix":
@@ -477,3 +480,32 @@ def _side_columns(cols: tuple[str, ...], side: str) -> list[Column]:
         F.col(S.ID).alias(S.ID_L if side == "l" else S.ID_R),
         *[F.col(c).alias(pair_side_col(c, side)) for c in cols],
     ]
+
+
+def nearest_rows(
+    queries: DataFrame,
+    rows: DataFrame,
+    *,
+    settings: BlockingSettings,
+    link_only: bool = False,
+) -> DataFrame:
+    """The rows of ``rows`` the spatial pass could offer a query row as a candidate: for
+    each row of ``queries`` (``id``, ``latitude``, ``longitude``, with ``source`` to link
+    sources), its ``k_nearest`` nearest rows of ``rows`` in its 3x3 cells of ``cell_m``
+    (ties to the smallest ids), the spatial pass's own join and ranking at the small
+    plan's single grid level.
+
+    Whatever else a blocking run holds, a query row's spatial candidates among ``rows``
+    are among these: a row of ``rows`` that is one of its k nearest in the run has fewer
+    than k rows before it there, so fewer than k of ``rows`` before it (a stack's rows
+    beyond its k + 1 smallest ids, which the run never offers, come after those in the
+    same order). Query ids must differ from the ids of ``rows`` (a pair of equal ids is
+    no pair). Returns ``rows``' columns, each row once.
+    """
+    src = [F.col(S.SOURCE).alias(_SRC)] if link_only else []  # k nearest of other sources
+    left = queries.select(S.ID, S.LATITUDE, S.LONGITUDE, F.lit(0).alias(_LVL), *src)
+    right = rows.select(S.ID, S.LATITUDE, S.LONGITUDE, *src)
+    near = _near_pairs(left, right, settings.cell_m, key=False, levels=0)
+    ranked = _ranked(near, settings.k_nearest, key=False)
+    ids = ranked.select(F.col(_OTHER).alias(S.ID))
+    return rows.join(ids, on=S.ID, how="left_semi")

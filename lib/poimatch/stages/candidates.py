@@ -27,6 +27,7 @@ __all__ = [
     "cached_points",
     "featured_pairs",
     "prepared_candidates",
+    "prepared_name_stats",
     "prepared_points",
 ]
 
@@ -107,23 +108,25 @@ def cached_candidates(
 
 
 #: prepared queries per owner (a loaded model) and what they build with which arguments
-_prepared: weakref.WeakKeyDictionary[object, dict[tuple[str, bool, bool], PreparedQuery]] = (
+_prepared: weakref.WeakKeyDictionary[object, dict[tuple[object, ...], PreparedQuery]] = (
     weakref.WeakKeyDictionary()
 )
 
 
 def _prepared_query(
     owner: object,
-    key: tuple[str, bool, bool],
+    key: tuple[object, ...],
     rows: DataFrame,
     build: Callable[[DataFrame], DataFrame],
 ) -> PreparedQuery:
-    """``owner``'s prepared query ``key``, prepared from ``build`` over ``rows``' schema
-    when it has none for this session and schema."""
+    """``owner``'s prepared query ``key`` for ``rows``' schema, prepared from ``build``
+    over that schema when it has none for this session and schema (one per schema:
+    callers that pass rows of two schemas do not prepare again at every alternation)."""
     by_key = _prepared.setdefault(owner, {})
-    query = by_key.get(key)
-    if query is None or query.spark is not rows.sparkSession or query.input_schema != rows.schema:
-        query = by_key[key] = PreparedQuery.prepare(rows, build)
+    full = (*key, rows.schema.json())
+    query = by_key.get(full)
+    if query is None or query.spark is not rows.sparkSession:
+        query = by_key[full] = PreparedQuery.prepare(rows, build)
     return query
 
 
@@ -136,10 +139,23 @@ def prepared_points(pois: DataFrame, *, owner: object, stats: NameStats) -> Data
     def build(rows: DataFrame) -> DataFrame:
         return add_name_stats(rows.transform(add_normalized_columns), stats)
 
-    query = _prepared_query(owner, ("points", False, False), pois, build)
+    query = _prepared_query(owner, ("points",), pois, build)
     points = SMALL.materialize(query.run(pois))
     mark_stage("points:end")
     return points
+
+
+def prepared_name_stats(points: DataFrame, *, owner: object, stats: NameStats) -> DataFrame:
+    """Normalized ``points`` (the lookup table's rows) with the model's name statistics,
+    materialized: :func:`poimatch.stages.namestats.add_name_stats` under the small plan,
+    planned once per ``owner`` (the model ``stats`` belong to), session and input
+    schema, so the statistics' broadcasts are built once, not per call."""
+
+    def build(rows: DataFrame) -> DataFrame:
+        return add_name_stats(rows, stats)
+
+    query = _prepared_query(owner, ("name_stats",), points, build)
+    return SMALL.materialize(query.run(points))
 
 
 def prepared_candidates(
@@ -150,21 +166,25 @@ def prepared_candidates(
     link_only: bool = False,
     broadcast_cells: bool = True,
     added: tuple[Comparison, ...] = (),
+    query: Column | None = None,
 ) -> DataFrame:
     """:func:`cached_candidates` under the small plan, its physical plan built once per
     ``owner`` (the model whose spec gave ``settings`` and ``added``), Spark session and
-    arguments, and re-run on each call's ``points`` (:class:`poimatch.stages.prepared.
-    PreparedQuery`): the same query, planned once instead of per call."""
+    arguments (``query`` by its expression), and re-run on each call's ``points``
+    (:class:`poimatch.stages.prepared.PreparedQuery`): the same query, planned once
+    instead of per call."""
     build = partial(
         cached_candidates,
         settings=settings,
         link_only=link_only,
         plan=SMALL,
+        query=query,
         broadcast_cells=broadcast_cells,
         added=added,
     )
-    query = _prepared_query(owner, ("candidates", link_only, broadcast_cells), points, build)
+    key = ("candidates", link_only, broadcast_cells, None if query is None else str(query))
+    prepared = _prepared_query(owner, key, points, build)
     mark_stage("pair_features:start")
-    pairs = query.run(points)
+    pairs = prepared.run(points)
     mark_stage("pair_features:end")
     return pairs

@@ -199,7 +199,9 @@ class SparkEngine:
             *named_columns(f.name for f in S.poi_table_schema().fields)
         )
         if known is not None:
-            return self.matcher.match_frame_against(pois, known, model=model)
+            return self.matcher.match_frame_against(
+                pois, known, model=model, reuse_plan=self.reuse_plan
+            )
         result = self.matcher.match_frame(pois, model=model, plan=plan, reuse_plan=self.reuse_plan)
         try:
             check_cancelled("output")

@@ -224,7 +224,7 @@ def known_rows(
     coarse = _cells_within(lat, lon, 2 * blocking.key_cell_m, COARSE_DEG)
     fine = _cells_within(lat, lon, 2 * blocking.cell_m, FINE_DEG)
     table = spark.read.format("delta").option("versionAsOf", known.version).load(known.path)
-    area = table.where(F.col(LOOKUP_CELL).isin(coarse))
+    area = table.where(_cells_in(LOOKUP_CELL, coarse))
     # the uploads as query rows, under ids no table row has
     queries = pd.DataFrame(
         {
@@ -236,7 +236,7 @@ def known_rows(
     )
     rows = nearest_rows(
         spark.createDataFrame(queries, schema=_QUERY_SCHEMA),
-        area.where(F.col(FINE_CELL).isin(fine)),
+        area.where(_cells_in(FINE_CELL, fine)),
         settings=blocking,
         link_only=link_only,
     ).select(*STORED)
@@ -251,7 +251,7 @@ def known_rows(
     # blocking would, and the rows of a dropped key that the spatial reads bring may
     # still count below the cap in the run and be key-paired (the README, *Against*).
     found = (
-        area.where(_any([key.isin(values) for key, values in keys]))
+        area.where(_any([_strings_in(spark, key, values) for key, values in keys]))
         .select(*[key.alias(f"_k{i}") for i, (key, _) in enumerate(keys)])
         .toPandas()
     )
@@ -261,7 +261,7 @@ def known_rows(
         common = set(counts[counts >= blocking.max_key_group].index)
         kept = [v for v in values if v not in common]
         if kept:
-            shared.append(key.isin(kept))
+            shared.append(_strings_in(spark, key, kept))
     if not shared:
         return rows
     return rows.unionByName(area.where(_any(shared)).select(*STORED)).dropDuplicates([S.ID])
@@ -290,6 +290,29 @@ _QUERY_SCHEMA = T.StructType(
         T.StructField(S.SOURCE, T.StringType(), True),
     ]
 )
+
+
+# PySpark's ``isin`` makes a JVM call per value: 1 s for the 3,000 names or the 4,000
+# cells of a 1,000-row upload. These build the same ``In`` in one or a few calls.
+_SEP = "\u0001"
+
+
+def _cells_in(column: str, cells: list[int]) -> Column:
+    """``column IN (cells)``, parsed from SQL text (integers only) in one call."""
+    return F.expr(f"`{column}` IN ({','.join(str(int(c)) for c in cells)})")
+
+
+def _strings_in(spark: SparkSession, column: Column, values: list[str]) -> Column:
+    """``column IN (values)``, the values sent to the JVM as one string and split there
+    (PySpark's ``isin`` when a value is empty or holds the separator)."""
+    jvm = spark._jvm
+    if jvm is None or any(not v or _SEP in v for v in values):
+        return column.isin(values)
+    pattern = jvm.java.util.regex.Pattern.compile(_SEP)
+    listed = pattern.splitAsStream(_SEP.join(values)).collect(
+        jvm.java.util.stream.Collectors.toList()
+    )
+    return Column(column._jc.isInCollection(listed))  # type: ignore[operator]
 
 
 def _any(conditions: list[Column]) -> Column:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import pandas as pd
 from pyspark.ml import PipelineModel
@@ -126,24 +127,14 @@ def match_against(
     # only the uploaded rows look for candidates (a table row's own nearest are the
     # nightly run's business); every pair then holds one
     query = F.col(S.ID).startswith(_UP)
-    if reuse_plan:
-        pairs = prepared_candidates(
-            points,
-            owner=model,
-            settings=blocking,
-            link_only=link_only,
-            query=query,
-            added=spec.added,
-        )
-    else:
-        pairs = cached_candidates(
-            points,
-            settings=blocking,
-            link_only=link_only,
-            plan=plan,
-            query=query,
-            added=spec.added,
-        )
+    candidates = (
+        partial(prepared_candidates, owner=model)
+        if reuse_plan
+        else partial(cached_candidates, plan=plan)
+    )
+    pairs = candidates(
+        points, settings=blocking, link_only=link_only, query=query, added=spec.added
+    )
     scored, grouped = score_and_group(
         points.select(S.ID),
         pairs,

@@ -13,7 +13,13 @@ from pyspark.sql import functions as F
 
 from poimatch import schema as S
 from poimatch.config import BlockingSettings
-from poimatch.stages.blocking import candidate_pairs, haversine_m
+from poimatch.stages.blocking import (
+    PASS_COLUMNS,
+    candidate_pairs,
+    haversine_m,
+    pass_key,
+    pass_key_value,
+)
 
 _COLS = (
     f"{S.ID} string, {S.LATITUDE} double, {S.LONGITUDE} double, {S.N_NAME} string, "
@@ -343,3 +349,17 @@ def test_cells_are_cut_without_a_broadcast_when_the_table_is_too_large(
         assert len(got) > len(rows)  # enough pairs for the comparison to mean something
     finally:
         spark.conf.set("spark.sql.autoBroadcastJoinThreshold", before)
+
+
+def test_a_pass_key_in_python_equals_its_spark_column(spark: SparkSession) -> None:
+    """The lookup computes the uploads' keys on the driver (``pass_key_value``); they must
+    be the keys the passes block on (``pass_key``), for every pass."""
+    values = ["ab", "abc", "abcd", "abcdef", "starbucks café", "東京タワー展望台", "ü"]
+    rows = spark.createDataFrame(
+        [(v, v, v) for v in values], f"{S.N_NAME} string, {S.N_PHONE} string, {S.N_URL} string"
+    )
+    for name in PASS_COLUMNS:
+        spark_keys = [r[0] for r in rows.select(pass_key(name)).collect()]
+        assert spark_keys == [pass_key_value(name, v) for v in values], name
+    assert pass_key_value("name_prefix", "abc") is None
+    assert pass_key_value("name_prefix", "starbucks café") == "starbu"

@@ -35,7 +35,7 @@ from pyspark.sql import types as T
 from poimatch import schema as S
 from poimatch.config import BlockingSettings
 from poimatch.io.tables import write_delta
-from poimatch.stages.blocking import nearest_rows, pass_key
+from poimatch.stages.blocking import PASS_COLUMNS, nearest_rows, pass_key, pass_key_value
 
 __all__ = [
     "READ_SQL_CONF",
@@ -272,15 +272,10 @@ def _pass_keys(uploads: pd.DataFrame, passes: tuple[str, ...]) -> list[tuple[Col
     and the uploads' values of it."""
     out: list[tuple[Column, list[str]]] = []
     for name in passes:
-        if name == "name_prefix":  # the first six characters of names of four or more
-            values = {str(v)[:6] for v in uploads[S.N_NAME].dropna() if len(str(v)) >= 4}
-        else:
-            values = {str(v) for v in uploads[_PASS_COLUMNS[name]].dropna()}
-        out.append((pass_key(name), sorted(values)))
+        keys = (pass_key_value(name, str(v)) for v in uploads[PASS_COLUMNS[name]].dropna())
+        out.append((pass_key(name), sorted({k for k in keys if k is not None})))
     return out
 
-
-_PASS_COLUMNS = {"name": S.N_NAME, "phone": S.N_PHONE, "url": S.N_URL}
 
 _QUERY_SCHEMA = T.StructType(
     [

@@ -40,8 +40,10 @@ __all__ = [
     "candidate_pairs",
     "add_pair_sides",
     "haversine_m",
+    "PASS_COLUMNS",
     "nearest_rows",
     "pass_key",
+    "pass_key_value",
 ]
 
 _M_PER_DEG = 111_320.0
@@ -387,17 +389,32 @@ def _canonical(directed: DataFrame, label: Column) -> DataFrame:
     )
 
 
+#: the normalized column each key pass reads; a name prefix is the first _PREFIX_LEN
+#: characters of a name of at least _PREFIX_MIN
+PASS_COLUMNS: dict[str, str] = {
+    "name": S.N_NAME,
+    "name_prefix": S.N_NAME,
+    "phone": S.N_PHONE,
+    "url": S.N_URL,
+}
+_PREFIX_MIN, _PREFIX_LEN = 4, 6
+
+
 def pass_key(name: str) -> Column:
     """The column key pass ``name`` blocks on (of the normalized columns)."""
-    if name == "name":
-        return F.col(S.N_NAME)
+    if name not in PASS_COLUMNS:
+        raise ValueError(f"unknown blocking pass {name!r}")
+    column = F.col(PASS_COLUMNS[name])
     if name == "name_prefix":
-        return F.when(F.length(S.N_NAME) >= 4, F.substring(F.col(S.N_NAME), 1, 6))
-    if name == "phone":
-        return F.col(S.N_PHONE)
-    if name == "url":
-        return F.col(S.N_URL)
-    raise ValueError(f"unknown blocking pass {name!r}")
+        return F.when(F.length(column) >= _PREFIX_MIN, F.substring(column, 1, _PREFIX_LEN))
+    return column
+
+
+def pass_key_value(name: str, value: str) -> str | None:
+    """:func:`pass_key` of one value of its column, in Python (None: no key)."""
+    if name == "name_prefix":
+        return value[:_PREFIX_LEN] if len(value) >= _PREFIX_MIN else None
+    return value
 
 
 def candidate_pairs(

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 import pytest
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from poimatch import schema as S
@@ -28,8 +28,8 @@ from poimatch.stages.candidates import (
     prepared_candidates,
     prepared_points,
 )
-from poimatch.stages.plan import SMALL, session_conf
-from poimatch.stages.prepared import PreparationError, PreparedQuery
+from poimatch.stages.plan import SMALL, driver_frame, row_count, selected_frame, session_conf
+from poimatch.stages.prepared import PreparationError, PreparedQuery, one_partition_scan
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -134,3 +134,61 @@ def test_a_query_shaped_by_its_rows_is_refused(spark: SparkSession) -> None:
     assert prepared.run(spark.createDataFrame([(5,), (0,)], "v int")).collect() == [(5,)]
     with pytest.raises(ValueError, match="schema differs"):
         prepared.run(spark.createDataFrame([("5",)], "v string"))
+
+
+def _shuffles(df: DataFrame) -> int:
+    plan = df._jdf.queryExecution().executedPlan()
+    return int(plan.toString().count("Exchange hashpartitioning"))
+
+
+def test_a_one_partition_scan_runs_joins_windows_and_aggregates_without_shuffles(
+    spark: SparkSession,
+) -> None:
+    # what the small plan holds on the driver and reads back (stages.plan._to_driver)
+    left = spark.createDataFrame(
+        pd.DataFrame({"k": [1, 1, 2, 3, 3, 3], "v": [5.0, 1.0, 2.0, 7.0, 7.0, 0.5]})
+    )
+    right = spark.createDataFrame(pd.DataFrame({"k": [1, 2, 2, 4], "w": ["a", "b", "c", "d"]}))
+
+    def query(a: DataFrame, b: DataFrame) -> DataFrame:
+        ranked = a.withColumn(
+            "r", F.row_number().over(Window.partitionBy("k").orderBy(F.desc("v"), "v"))
+        )
+        joined = ranked.join(b, on="k", how="left")
+        return joined.groupBy("k").agg(F.count(F.lit(1)).alias("n"), F.max("v").alias("top"))
+
+    plain = query(left, right)
+    single = query(one_partition_scan(left), one_partition_scan(right))
+    assert sorted(single.collect()) == sorted(plain.collect())
+    assert sorted(single.collect())[0] == (1, 2, 5.0)  # k=1: two left rows, one right
+    # the planner shuffles the plain scans (unknown partitioning, unknown size) ...
+    assert _shuffles(plain) >= 2
+    # ... and not the scans declared as one partition of a small size
+    assert _shuffles(single) == 0
+    assert single.rdd.getNumPartitions() == 1
+
+
+def test_the_small_plan_holds_its_frames_and_counts_them_without_a_job(
+    spark: SparkSession,
+) -> None:
+    rows = spark.createDataFrame(pd.DataFrame({"id": ["a", "b", "c"], "x": [1.5, None, 3.0]}))
+    held = SMALL.materialize(rows.where(F.col("id") != "b"))
+    frame = driver_frame(held)
+    assert frame is not None
+    pd.testing.assert_frame_equal(frame, held.toPandas())
+    sc = spark.sparkContext
+    sc.setJobGroup("held-count", "counting a held frame")
+    try:
+        assert row_count(held) == 2
+        got = selected_frame(held, ["x"])
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+    assert sc.statusTracker().getJobIdsForGroup("held-count") == []
+    assert got["x"].tolist() == [1.5, 3.0]
+    got.loc[:, "x"] = 0.0  # a copy: the held frame is not changed
+    assert driver_frame(held)["x"].tolist() == [1.5, 3.0]  # type: ignore[index]
+    # a frame the plan does not hold is counted and collected by Spark
+    derived = held.where(F.col("x") > 2)
+    assert driver_frame(derived) is None
+    assert row_count(derived) == 1
+    assert selected_frame(derived, ["id"])["id"].tolist() == ["c"]

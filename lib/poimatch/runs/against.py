@@ -40,7 +40,7 @@ from poimatch.stages.candidates import (
 )
 from poimatch.stages.grouping import LOCAL_MAX_EDGES
 from poimatch.stages.namestats import add_name_stats
-from poimatch.stages.plan import SMALL, session_conf
+from poimatch.stages.plan import SMALL, row_count, selected_frame, session_conf
 from poimatch.stages.scoring import score_and_group
 from poimatch.stages.spec import MatchingSpec
 
@@ -107,10 +107,10 @@ def match_against(
         up_points = prepared_points(uploaded, owner=model, stats=stats)
     else:
         up_points = cached_points(uploaded, stats=stats, plan=plan)
+    near = selected_frame(
+        up_points, [S.LATITUDE, S.LONGITUDE, S.N_NAME, S.N_PHONE, S.N_URL, S.SOURCE]
+    )
     up_points = up_points.withColumn(S.GROUP_ID, F.lit(None).cast("string"))
-    near = up_points.select(
-        S.LATITUDE, S.LONGITUDE, S.N_NAME, S.N_PHONE, S.N_URL, S.SOURCE
-    ).toPandas()
     table = known_rows(pois.sparkSession, known, near, blocking, link_only=link_only).withColumn(
         S.ID, F.concat(F.lit(_KNOWN), F.col(S.ID))
     )
@@ -119,9 +119,9 @@ def match_against(
             table_points = prepared_name_stats(table, owner=model, stats=stats)
         else:
             table_points = plan.materialize(add_name_stats(table, stats))
+    read = selected_frame(table_points, [S.ID, S.GROUP_ID])
     group_of = {
-        str(r[S.ID])[len(_KNOWN) :]: str(r[S.GROUP_ID])
-        for r in table_points.select(S.ID, S.GROUP_ID).collect()
+        str(i)[len(_KNOWN) :]: str(g) for i, g in zip(read[S.ID], read[S.GROUP_ID], strict=True)
     }
     points = up_points.unionByName(table_points, allowMissingColumns=True)
     # only the uploaded rows look for candidates (a table row's own nearest are the
@@ -144,7 +144,7 @@ def match_against(
         local_max_edges=local_max_edges,
         plan=plan,
     )
-    frame = grouped.select(S.ID, S.MATCHES).toPandas()
+    frame = selected_frame(grouped, [S.ID, S.MATCHES])
     frame = frame[frame[S.ID].str.startswith(_UP)]
     split = [_split(str(m).split(" "), group_of) for m in frame[S.MATCHES]]
     out = pd.DataFrame(
@@ -159,6 +159,6 @@ def match_against(
         matches=out.reset_index(drop=True),
         table=known,
         known_read=len(group_of),
-        candidates=scored.count(),
+        candidates=row_count(scored),
         seconds=time.perf_counter() - started,
     )

@@ -55,7 +55,7 @@ from poimatch.stages.comparisons import definitions
 from poimatch.stages.grouping import LOCAL_MAX_EDGES
 from poimatch.stages.namestats import NameStats, add_name_stats, count_name_stats
 from poimatch.stages.normalize import add_normalized_columns
-from poimatch.stages.plan import BATCH, Plan, small_plan_conf
+from poimatch.stages.plan import BATCH, Plan, row_count, small_plan_conf
 from poimatch.stages.scoring import calibrate_scores, group_scored, score_and_group, score_pairs
 from poimatch.stages.spec import ALL_FEATURES, MatchingSpec, check_features
 
@@ -620,7 +620,7 @@ def match_with_model(
     else:
         points = cached_points(pois, stats=spec.stats(), plan=plan)
     # batch: counted from the checkpoint; small: a local relation
-    n_rows = points.count()
+    n_rows = row_count(points)
     _log.info("match: %d rows normalized (%s plan)", n_rows, plan.name)
     candidates = (
         partial(prepared_candidates, owner=model)
@@ -647,7 +647,7 @@ def match_with_model(
         keep=(S.PASS, *spec.features) if keep_pair_features else (),
     )
     # batch: counted from the checkpoint; small: the scored pairs are a local relation
-    n_pairs = scored.count()
+    n_pairs = row_count(scored)
     _log.info(
         "match: %d candidate pairs scored and grouped in %.1f s",
         n_pairs,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,6 +38,8 @@ from scipy.sparse.csgraph import connected_components as _scipy_components
 
 from poimatch import schema as S
 from poimatch.cancellation import check_cancelled
+from poimatch.stages.plan import driver_frame
+from poimatch.stages.prepared import one_partition_scan
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -107,6 +110,7 @@ def _same_edges(left: DataFrame, right: DataFrame) -> bool:
 _LABELS_SCHEMA = T.StructType(
     [T.StructField(S.ID, T.StringType(), False), T.StructField(S.GROUP_ID, T.StringType())]
 )
+_EDGES = [S.ID_L, S.ID_R, S.SCORE]
 
 
 def _components(codes_l: NDArray[np.int64], codes_r: NDArray[np.int64], n: int) -> NDArray[Any]:
@@ -232,17 +236,23 @@ def group_matches(
     Returns:
         ``id``, ``group_id``, ``matches`` for every id in ``ids``.
     """
-    edges = scored.where(F.col(S.SCORE) >= threshold).select(S.ID_L, S.ID_R, S.SCORE)
+    edges = scored.where(F.col(S.SCORE) >= threshold).select(*_EDGES)
     bars = _split_bars(threshold, split_step)
+    on_driver = partial(
+        _group_on_driver,
+        ids,
+        threshold=threshold,
+        max_group_size=max_group_size,
+        bars=bars,
+        materialize=materialize,
+    )
+    held = driver_frame(scored)
+    if local_max_edges > 0 and held is not None:  # the small plan holds the scored pairs
+        matched = held.loc[held[S.SCORE] >= threshold, _EDGES].reset_index(drop=True)
+        if len(matched) <= local_max_edges:
+            return on_driver(matched, schema=edges.schema, small=True)
     if local_max_edges > 0 and edges.count() <= local_max_edges:
-        return _group_on_driver(
-            ids,
-            edges,
-            threshold=threshold,
-            max_group_size=max_group_size,
-            bars=bars,
-            materialize=materialize,
-        )
+        return on_driver(edges.toPandas(), schema=edges.schema, small=False)
     edges = edges.persist(StorageLevel.MEMORY_AND_DISK)
     groups = connected_components(
         ids,
@@ -312,20 +322,27 @@ def _chain_guard_arrays(
 
 def _group_on_driver(
     ids: DataFrame,
-    edges: DataFrame,
+    frame: pd.DataFrame,
     *,
+    schema: T.StructType,
+    small: bool,
     threshold: float,
     max_group_size: int,
     bars: list[float],
     materialize: Materialize,
 ) -> DataFrame:
-    """:func:`group_matches` for a graph that fits on the driver: one collect of the
-    matched edges, the chain guard in SciPy (:func:`_chain_guard_arrays`), and one
-    local relation of labels back, instead of a collect and a relation per bar."""
-    frame = edges.toPandas()
+    """:func:`group_matches` for a graph that fits on the driver: the matched edges
+    (``frame``, ``id_l``, ``id_r``, ``score`` of ``schema``) collected once, the chain
+    guard in SciPy (:func:`_chain_guard_arrays`), and one relation of labels back,
+    instead of a collect and a relation per bar. ``small`` (the small plan's pairs):
+    the labels are read back as one partition, so their join with the small plan's ids
+    needs no shuffle (:func:`poimatch.stages.prepared.one_partition_scan`); a batch
+    run's labels (up to ``local_max_edges`` edges) are not declared so."""
     labels, keep, big = _chain_guard_arrays(frame, max_group_size=max_group_size, bars=bars)
     spark = ids.sparkSession
     local = spark.createDataFrame(labels, schema=_LABELS_SCHEMA)
+    if small:
+        local = one_partition_scan(local)
     groups = (
         ids.select(S.ID)
         .join(local, on=S.ID, how="left")
@@ -333,9 +350,7 @@ def _group_on_driver(
     )
     if not big:
         return _with_matches(groups)
-    kept = spark.createDataFrame(
-        frame.loc[keep, [S.ID_L, S.ID_R, S.SCORE]].reset_index(drop=True), schema=edges.schema
-    )
+    kept = spark.createDataFrame(frame.loc[keep, _EDGES].reset_index(drop=True), schema=schema)
     big_groups = spark.createDataFrame([(g,) for g in big], f"{S.GROUP_ID} string")
     return _pairwise_fallback(materialize(groups), kept, big_groups, threshold)
 

@@ -6,21 +6,27 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import pandas as pd
 from pyspark import SparkContext
 from pyspark.sql import DataFrame, SparkSession
 
 from poimatch.cancellation import check_cancelled
+from poimatch.stages.prepared import one_partition_scan
 
 __all__ = [
     "BATCH",
     "SMALL",
     "SMALL_SQL_CONF",
     "Plan",
+    "driver_frame",
     "mark_stage",
+    "row_count",
+    "selected_frame",
     "record_stages",
     "session_conf",
     "small_plan_conf",
@@ -84,10 +90,40 @@ def _checkpoint(df: DataFrame) -> DataFrame:
     return df.localCheckpoint(eager=True)
 
 
+#: the pandas frame each small-plan frame was made from (while the frame lives)
+_held: weakref.WeakKeyDictionary[DataFrame, pd.DataFrame] = weakref.WeakKeyDictionary()
+
+
 def _to_driver(df: DataFrame) -> DataFrame:
-    """``df`` computed once and held as a driver-side local relation (one Spark job)."""
+    """``df`` computed once (one Spark job) and held on the driver, read back as a scan
+    of one partition (:func:`poimatch.stages.prepared.one_partition_scan`: later joins
+    and aggregates of held frames need no shuffle). The pandas frame is kept with it
+    (:func:`driver_frame`)."""
     frame = df.toPandas()
-    return df.sparkSession.createDataFrame(frame, schema=df.schema)
+    out = one_partition_scan(df.sparkSession.createDataFrame(frame, schema=df.schema))
+    _held[out] = frame
+    return out
+
+
+def driver_frame(df: DataFrame) -> pd.DataFrame | None:
+    """The driver's pandas copy of ``df`` when the small plan materialized it (the same
+    rows and columns ``df.toPandas()`` gives; do not modify it), else ``None``."""
+    return _held.get(df)
+
+
+def selected_frame(df: DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``df.select(*columns).toPandas()``, without a Spark job for a frame the small
+    plan holds (a copy of those columns of the driver's frame)."""
+    frame = driver_frame(df)
+    if frame is None:
+        return df.select(*columns).toPandas()
+    return frame[columns].copy()
+
+
+def row_count(df: DataFrame) -> int:
+    """``df.count()``, without a Spark job for a frame the small plan holds."""
+    frame = driver_frame(df)
+    return len(frame) if frame is not None else df.count()
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-__all__ = ["PreparedQuery", "PreparationError"]
+__all__ = ["PreparedQuery", "PreparationError", "one_partition_scan"]
 
 _SCAN = "RDDScanExec"
 _REUSED = "ReusedExchangeExec"
@@ -81,9 +81,8 @@ class PreparedQuery:
             PreparationError: ``build`` ran a Spark job, or its plan holds a subquery.
         """
         spark = rows.sparkSession
-        jss = _session(spark)
-        rdd = rows._jdf.queryExecution().toRdd()
-        stand_in = DataFrame(jss.internalCreateDataFrame(rdd, rows._jdf.schema(), False), spark)
+        stand_in = one_partition_scan(rows)
+        rdd = _scan_rdd(stand_in)
         sc = spark.sparkContext
         saved = {key: sc.getLocalProperty(key) for key in _JOB_PROPERTIES}
         group = f"poimatch-prepare-{uuid.uuid4().hex}"
@@ -129,7 +128,7 @@ class PreparedQuery:
                 "the rows' schema differs from the prepared query's input: "
                 f"{rows.schema.simpleString()} against {self.input_schema.simpleString()}"
             )
-        rdd = rows._jdf.queryExecution().toRdd()
+        rdd = _one_partition(rows)._jdf.queryExecution().toRdd()
         jvm = _jvm(self.spark)
         copies: list[Any] = []
         for entry in self.nodes:  # children first: each copy's children are made already
@@ -158,6 +157,67 @@ class PreparedQuery:
         jss = _session(self.spark)
         out = jss.internalCreateDataFrame(copies[-1].execute(), self.output_schema, False)
         return DataFrame(out, self.spark)
+
+
+def _one_partition(rows: DataFrame) -> DataFrame:
+    """``rows`` in one partition (a coalesce: no shuffle), as the stand-in's scan declares."""
+    return rows.coalesce(1)
+
+
+def one_partition_scan(rows: DataFrame) -> DataFrame:
+    """``rows`` (a small frame) as a scan of one partition that tells the planner so.
+
+    Its output is one partition (``SinglePartition``), which satisfies every
+    distribution a join, window or aggregate asks of it, and its size is estimated as
+    empty: the planner keeps a join of one-partition sides in one partition only when
+    each side's estimate is at most ``spark.sql.maxSinglePartitionBytes``, and a scan of
+    an RDD has no size (Spark assumes the largest, ``spark.sql.defaultSizeInBytes``). So
+    a query over such scans runs its joins, windows and aggregates in one task, without
+    a shuffle (a stage, a write and a read) per key. Planned over a scan Spark made
+    itself (``createDataFrame`` of a pandas frame), a small match's pair query had 18
+    shuffles; over this one it has 6 (a union of passes and the joins above it still
+    shuffle). The rows are read once per action, like any scan; only for small frames
+    (the small plan's), whose estimate of 0 bytes would otherwise mislead the planner.
+    """
+    spark = rows.sparkSession
+    jvm = _jvm(spark)
+    rdd = _one_partition(rows)._jdf.queryExecution().toRdd()
+    attributes = jvm.org.apache.spark.sql.catalyst.types.DataTypeUtils.toAttributes(
+        rows._jdf.schema()
+    )
+    none = _module(getattr(jvm.scala, "None$"))
+    scan = jvm.org.apache.spark.sql.execution.LogicalRDD(
+        attributes,
+        rdd,
+        _module(getattr(jvm.org.apache.spark.sql.catalyst.plans.physical, "SinglePartition$")),
+        _module(getattr(jvm.scala.collection.immutable, "Nil$")),  # no ordering
+        False,  # not streaming
+        none,  # no stream
+        _session(spark),
+        jvm.scala.Some(_empty_statistics(jvm, attributes)),
+        none,  # no constraints
+    )
+    return DataFrame(jvm.org.apache.spark.sql.classic.Dataset.ofRows(_session(spark), scan), spark)
+
+
+def _scan_rdd(scan: DataFrame) -> Any:
+    """The RDD a :func:`one_partition_scan` reads (its logical plan's)."""
+    return scan._jdf.queryExecution().analyzed().rdd()
+
+
+def _empty_statistics(jvm: Any, attributes: Any) -> Any:
+    """Statistics of an empty relation of ``attributes`` (0 bytes; Spark's estimates
+    count an operator above it as 1 byte, and a join's as the product of its sides').
+    Made in the JVM: py4j turns a Scala ``BigInt`` into a Python int."""
+    logical = jvm.org.apache.spark.sql.catalyst.plans.logical
+    nil = _module(getattr(jvm.scala.collection.immutable, "Nil$"))
+    none = _module(getattr(jvm.scala, "None$"))
+    return logical.LocalRelation(attributes, nil, False, none).computeStats()
+
+
+def _module(scala_object_class: Any) -> Any:
+    """The instance of a Scala ``object`` (its class's static ``MODULE$`` field)."""
+    return getattr(scala_object_class, "MODULE$")
 
 
 def _jvm(spark: SparkSession) -> Any:

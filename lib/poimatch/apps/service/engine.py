@@ -21,7 +21,7 @@ from poimatch.columns import named_columns
 from poimatch.io.ingest import accepted_rows, check_rows
 from poimatch.io.lookup import KnownTable, pin_lookup
 from poimatch.matcher import Matcher
-from poimatch.stages.plan import SMALL_SQL_CONF, Plan
+from poimatch.stages.plan import SMALL_SQL_CONF, Plan, selected_frame
 
 log = logging.getLogger("poimatch.apps.service")  # one logger name for the whole service
 
@@ -205,6 +205,6 @@ class SparkEngine:
         result = self.matcher.match_frame(pois, model=model, plan=plan, reuse_plan=self.reuse_plan)
         try:
             check_cancelled("output")
-            return result.matches.select(S.ID, S.MATCHES).toPandas()
+            return selected_frame(result.matches, [S.ID, S.MATCHES])
         finally:
             result.matches.unpersist()

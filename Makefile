@@ -14,7 +14,8 @@ SRC   := lib/poimatch jobs tests benchmarks deploy/ci notebooks
 
 .PHONY: setup run serve test lint format typecheck security check ci clean
 
-$(STAMP): pyproject.toml requirements.lock deploy/jvm/pom.xml scripts/setup.sh
+$(STAMP): pyproject.toml requirements.lock deploy/jvm/pom.xml scripts/setup.sh \
+		scripts/build_jvm.sh $(wildcard deploy/jvm/src/io/poimatch/jvm/*.java)
 	./scripts/setup.sh
 
 setup: $(STAMP)

@@ -12,6 +12,7 @@ STAMP="$VENV/.poimatch-setup"
 need() { command -v "$1" >/dev/null 2>&1 || { echo "setup: '$1' is required but not installed ($2)" >&2; exit 1; }; }
 need java "Java 17: apt-get install openjdk-17-jre-headless"
 need mvn "Maven: apt-get install maven"
+need javac "a JDK 17 (for poimatch's JVM helper): apt-get install openjdk-17-jdk-headless"
 
 "$PYTHON" - <<'PY' || { echo "setup: Python 3.11 is required (found $("$PYTHON" --version 2>&1))" >&2; exit 1; }
 import sys
@@ -35,6 +36,12 @@ if ! ls .jars/delta-spark_*.jar >/dev/null 2>&1 || ! ls .jars/delta-storage-*.ja
   mkdir -p .jars
   mvn --batch-mode --quiet -f deploy/jvm/pom.xml dependency:copy-dependencies \
       -DoutputDirectory="$PWD/.jars" -DexcludeTransitive=true
+fi
+# poimatch's JVM helper (deploy/jvm/src): one class that copies a prepared query's plan in one
+# call, compiled against the virtualenv's Spark jars into .jars/poimatch-jvm.jar (seconds).
+HELPER=.jars/poimatch-jvm.jar
+if [ ! -f "$HELPER" ] || [ "$installed" = 1 ] || [ -n "$(find deploy/jvm/src -name '*.java' -newer "$HELPER")" ]; then
+  scripts/build_jvm.sh "$VENV" .jars
 fi
 # The Spark driver's class archive (poimatch.runs.class_archive): local JVMs start without
 # parsing Spark's classes again. Rebuilt with the packages or the jars (~1 minute).

@@ -605,8 +605,19 @@ def test_dockerfile_java_17_in_runtime(docker_stages: list[Stage]) -> None:
 
     for target in ("service", "jobs"):
         assert jdk_packages(_effective(docker_stages, target)) == {"openjdk-17-jre-headless"}
+    # the build stage may hold a JDK (javac, for the JVM helper); the images run on the JRE
     for stage in docker_stages:
-        assert jdk_packages(stage) <= {"openjdk-17-jre-headless"}
+        assert jdk_packages(stage) <= {"openjdk-17-jre-headless", "openjdk-17-jdk-headless"}
+
+
+def test_dockerfile_builds_the_jvm_helper_like_setup(docker_stages: list[Stage]) -> None:
+    setup = (REPO / "scripts" / "setup.sh").read_text(encoding="utf-8")
+    docker = DOCKERFILE.read_text(encoding="utf-8")
+    assert "scripts/build_jvm.sh" in setup
+    assert "scripts/build_jvm.sh /opt/poimatch/.venv /opt/poimatch/.jars" in docker
+    build = [args for keyword, args in docker_stages[0] if keyword == "RUN"]
+    assert any("openjdk-17-jdk-headless" in args for args in build)
+    assert any("build_jvm.sh" in args for args in build)
 
 
 def test_dockerfile_resolves_jars_like_setup(docker_stages: list[Stage]) -> None:

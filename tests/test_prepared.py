@@ -9,7 +9,9 @@ dense block and a single row.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,13 +25,20 @@ from poimatch.config import BlockingSettings
 from poimatch.runs.workflows import FitOutcome, match_with_model
 from poimatch.sample.generator import generate_pois
 from poimatch.stages.candidates import (
+    _prepared,
     cached_candidates,
     cached_points,
     prepared_candidates,
     prepared_points,
 )
 from poimatch.stages.plan import SMALL, driver_frame, row_count, selected_frame, session_conf
-from poimatch.stages.prepared import PreparationError, PreparedQuery, one_partition_scan
+from poimatch.stages.prepared import (
+    PreparationError,
+    PreparedQuery,
+    jvm_helper,
+    one_partition_scan,
+    use_jvm_helper,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -136,6 +145,11 @@ def test_a_query_shaped_by_its_rows_is_refused(spark: SparkSession) -> None:
         prepared.run(spark.createDataFrame([("5",)], "v string"))
 
 
+def _tree(plan: Any) -> str:
+    """A physical plan's tree without the ids each exchange's copy is given."""
+    return re.sub(r"plan_id=\d+", "plan_id=_", str(plan.treeString()))
+
+
 def _shuffles(df: DataFrame) -> int:
     plan = df._jdf.queryExecution().executedPlan()
     return int(plan.toString().count("Exchange hashpartitioning"))
@@ -192,3 +206,51 @@ def test_the_small_plan_holds_its_frames_and_counts_them_without_a_job(
     assert driver_frame(derived) is None
     assert row_count(derived) == 1
     assert selected_frame(derived, ["id"])["id"].tolist() == ["c"]
+
+
+def test_the_jvm_helper_copies_plans_as_the_python_loop_does(
+    spark: SparkSession, small_matcher: FitOutcome
+) -> None:
+    # the suite's driver has the project's jars, so the helper (scripts/build_jvm.sh)
+    helper = jvm_helper(spark)
+    assert helper is not None
+    spec = small_matcher.spec
+    blocking = BlockingSettings.model_validate(spec.blocking)
+    owner = _Owner()
+
+    def points(rows: int, seed: int) -> DataFrame:
+        pois = _pois(spark, rows, seed=seed, copies=min(rows, 10))
+        return cached_points(pois, stats=spec.stats(), plan=SMALL)
+
+    def pairs(pts: DataFrame) -> pd.DataFrame:
+        query = prepared_candidates(pts, owner=owner, settings=blocking, added=spec.added)
+        return _sorted(query.toPandas())
+
+    pairs(points(60, seed=75))  # prepared on these
+    counts = []
+    for rows, seed in ((200, 76), (1, 77)):
+        pts = points(rows, seed)
+        got = {}
+        for wanted in (True, False):
+            use_jvm_helper(wanted)
+            try:
+                got[wanted] = pairs(pts)
+            finally:
+                use_jvm_helper(True)
+        pd.testing.assert_frame_equal(got[True], got[False])
+        fresh = cached_candidates(pts, settings=blocking, plan=SMALL, added=spec.added)
+        pd.testing.assert_frame_equal(got[True], _sorted(fresh.toPandas()), rtol=1e-12)
+        counts.append(len(got[True]))
+    assert counts[0] > 10  # 200 rows and 10 copies
+    assert counts[1] == 1  # one row and its copy
+    # the two copies are the same operators, over the new rows' scans
+    (query,) = [q for key, q in _prepared[owner].items() if key[0] == "candidates"]
+    rdd = one_partition_scan(pts)._jdf.queryExecution().toRdd()
+    by_jvm = helper.withInput(query.nodes[-1].node, query.stand_in, rdd)
+    by_python = query._copy(rdd)
+    # (each copy of an exchange gets a new plan_id)
+    assert _tree(by_jvm) == _tree(by_python)
+    assert "ExistingRDD" in _tree(by_jvm)
+    scans = [n for n in query.nodes if n.kind == "scan"]
+    assert scans
+    assert all(n.node.rdd().id() == query.stand_in for n in scans)

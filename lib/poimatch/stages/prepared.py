@@ -30,10 +30,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from py4j.java_gateway import JavaClass
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-__all__ = ["PreparedQuery", "PreparationError", "one_partition_scan"]
+__all__ = [
+    "PreparationError",
+    "PreparedQuery",
+    "jvm_helper",
+    "one_partition_scan",
+    "use_jvm_helper",
+]
 
 _SCAN = "RDDScanExec"
 _REUSED = "ReusedExchangeExec"
@@ -68,6 +75,7 @@ class PreparedQuery:
     input_schema: T.StructType
     output_schema: Any  # the JVM StructType of the output
     nodes: tuple[_Node, ...]  # the plan's operators, children before parents; the root last
+    stand_in: int  # the id of the RDD the stand-in's scans read
 
     @classmethod
     def prepare(cls, rows: DataFrame, build: Callable[[DataFrame], DataFrame]) -> PreparedQuery:
@@ -112,6 +120,7 @@ class PreparedQuery:
             input_schema=rows.schema,
             output_schema=query._jdf.schema(),
             nodes=tuple(nodes),
+            stand_in=int(rdd.id()),
         )
 
     def run(self, rows: DataFrame) -> DataFrame:
@@ -129,6 +138,20 @@ class PreparedQuery:
                 f"{rows.schema.simpleString()} against {self.input_schema.simpleString()}"
             )
         rdd = _one_partition(rows)._jdf.queryExecution().toRdd()
+        helper = jvm_helper(self.spark)
+        root = (
+            helper.withInput(self.nodes[-1].node, self.stand_in, rdd)
+            if helper is not None
+            else self._copy(rdd)
+        )
+        jss = _session(self.spark)
+        out = jss.internalCreateDataFrame(root.execute(), self.output_schema, False)
+        return DataFrame(out, self.spark)
+
+    def _copy(self, rdd: Any) -> Any:
+        """The plan's copy over ``rdd``, operator by operator over py4j (the rules of
+        ``deploy/jvm/src/io/poimatch/jvm/PreparedPlans.java``, which does it in one call
+        where its jar is on the driver's class path)."""
         jvm = _jvm(self.spark)
         copies: list[Any] = []
         for entry in self.nodes:  # children first: each copy's children are made already
@@ -154,9 +177,31 @@ class PreparedQuery:
                 seq = jvm.scala.jdk.javaapi.CollectionConverters.asScala(items).toList()
                 copy = node.withNewChildren(seq)
             copies.append(copy)
-        jss = _session(self.spark)
-        out = jss.internalCreateDataFrame(copies[-1].execute(), self.output_schema, False)
-        return DataFrame(out, self.spark)
+        return copies[-1]
+
+
+#: where the driver's class path has poimatch's JVM helper (``scripts/build_jvm.sh``);
+#: ``use_jvm_helper(False)`` makes :meth:`PreparedQuery.run` copy plans over py4j
+_HELPER = "io.poimatch.jvm.PreparedPlans"
+_helper_wanted = [True]
+
+
+def use_jvm_helper(wanted: bool) -> None:
+    """Whether :meth:`PreparedQuery.run` copies plans in the JVM helper when it is there
+    (the default) or over py4j (the fallback; tests compare the two)."""
+    _helper_wanted[0] = wanted
+
+
+def jvm_helper(spark: SparkSession) -> Any | None:
+    """The JVM class that copies a prepared plan in one call
+    (``deploy/jvm/src/io/poimatch/jvm/PreparedPlans.java``), or ``None`` when the driver
+    does not have it (a session without the project's jars) or it is turned off."""
+    if not _helper_wanted[0]:
+        return None
+    helper: Any = _jvm(spark)
+    for part in _HELPER.split("."):
+        helper = getattr(helper, part)
+    return helper if isinstance(helper, JavaClass) else None
 
 
 def _one_partition(rows: DataFrame) -> DataFrame:

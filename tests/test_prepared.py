@@ -129,6 +129,12 @@ def test_matching_with_a_reused_plan_gives_the_same_groups(
             )
             out[reuse] = result.matches.toPandas().sort_values(S.ID).reset_index(drop=True)
             scored = result.scored.toPandas()
+            # the small plan holds its scored pairs and groups on the driver: grouping
+            # and the output read them there, without a Spark job
+            held = driver_frame(result.scored)
+            assert held is not None
+            pd.testing.assert_frame_equal(held, scored)
+            assert driver_frame(result.matches) is not None
         pd.testing.assert_frame_equal(out[True], out[False])
         assert len(out[True]) == rows + 8
         assert (out[True][S.MATCHES].str.contains(" ")).sum() >= 16  # the copies and originals

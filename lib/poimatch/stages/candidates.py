@@ -19,8 +19,8 @@ from poimatch.stages.comparisons import Comparison
 from poimatch.stages.features import FEATURE_COLUMNS, add_pair_features
 from poimatch.stages.namestats import NameStats, add_name_stats
 from poimatch.stages.normalize import add_normalized_columns
-from poimatch.stages.plan import BATCH, SMALL, Plan, mark_stage
-from poimatch.stages.prepared import PreparedQuery
+from poimatch.stages.plan import BATCH, SMALL, Plan, mark_stage, row_count
+from poimatch.stages.prepared import ONE_PARTITION_MAX_ROWS, PreparedQuery
 
 __all__ = [
     "cached_candidates",
@@ -90,7 +90,9 @@ def cached_candidates(
     comparisons), materialized (batch).
 
     ``query``: only the rows it selects look for candidates; ``broadcast_cells``: see
-    :func:`poimatch.stages.blocking.candidate_pairs` (and :mod:`poimatch.runs.against`).
+    :func:`poimatch.stages.blocking.candidate_pairs` (and :mod:`poimatch.runs.against`);
+    the small plan never broadcasts them: its points are one partition, so the join with
+    the occupied cells needs no shuffle, and a broadcast costs a Spark job per pass.
     """
     mark_stage("pair_features:start")
     pairs = _candidate_pairs(
@@ -99,7 +101,7 @@ def cached_candidates(
         materialize=None if plan.small else plan.materialize,
         link_only=link_only,
         query=query,
-        broadcast_cells=broadcast_cells,
+        broadcast_cells=broadcast_cells and not plan.small,
         **({"fine_levels": 0} if plan.small else {}),
     )
     featured = featured_pairs(pairs, points, plan=plan, added=added)
@@ -118,15 +120,23 @@ def _prepared_query(
     key: tuple[object, ...],
     rows: DataFrame,
     build: Callable[[DataFrame], DataFrame],
+    *,
+    one_partition: bool | None = None,
 ) -> PreparedQuery:
     """``owner``'s prepared query ``key`` for ``rows``' schema, prepared from ``build``
     over that schema when it has none for this session and schema (one per schema:
-    callers that pass rows of two schemas do not prepare again at every alternation)."""
+    callers that pass rows of two schemas do not prepare again at every alternation).
+
+    ``one_partition``: which of the two plans (:meth:`PreparedQuery.prepare`); by
+    default the one-partition plan for up to ``ONE_PARTITION_MAX_ROWS`` rows (counted
+    without a job when the small plan holds ``rows``)."""
+    if one_partition is None:
+        one_partition = row_count(rows) <= ONE_PARTITION_MAX_ROWS
     by_key = _prepared.setdefault(owner, {})
-    full = (*key, rows.schema.json())
+    full = (*key, one_partition, rows.schema.json())
     query = by_key.get(full)
     if query is None or query.spark is not rows.sparkSession:
-        query = by_key[full] = PreparedQuery.prepare(rows, build)
+        query = by_key[full] = PreparedQuery.prepare(rows, build, one_partition=one_partition)
     return query
 
 
@@ -154,7 +164,8 @@ def prepared_name_stats(points: DataFrame, *, owner: object, stats: NameStats) -
     def build(rows: DataFrame) -> DataFrame:
         return add_name_stats(rows, stats)
 
-    query = _prepared_query(owner, ("name_stats",), points, build)
+    # the rows are a read of the table, not counted first: a plain plan, whatever their size
+    query = _prepared_query(owner, ("name_stats",), points, build, one_partition=False)
     return SMALL.materialize(query.run(points))
 
 

@@ -39,7 +39,7 @@ from scipy.sparse.csgraph import connected_components as _scipy_components
 from poimatch import schema as S
 from poimatch.cancellation import check_cancelled
 from poimatch.stages.plan import driver_frame
-from poimatch.stages.prepared import one_partition_scan
+from poimatch.stages.prepared import ONE_PARTITION_MAX_ROWS, one_partition_scan
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -341,7 +341,7 @@ def _group_on_driver(
     labels, keep, big = _chain_guard_arrays(frame, max_group_size=max_group_size, bars=bars)
     spark = ids.sparkSession
     local = spark.createDataFrame(labels, schema=_LABELS_SCHEMA)
-    if small:
+    if small and len(labels) <= ONE_PARTITION_MAX_ROWS:
         local = one_partition_scan(local)
     groups = (
         ids.select(S.ID)

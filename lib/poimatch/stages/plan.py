@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import pandas as pd
 from pyspark import SparkContext
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import StructType
 
 from poimatch.cancellation import check_cancelled
-from poimatch.stages.prepared import one_partition_scan
+from poimatch.stages.prepared import ONE_PARTITION_MAX_ROWS, one_partition_scan
 
 __all__ = [
     "BATCH",
@@ -24,6 +25,7 @@ __all__ = [
     "SMALL_SQL_CONF",
     "Plan",
     "driver_frame",
+    "held_frame",
     "mark_stage",
     "row_count",
     "selected_frame",
@@ -99,8 +101,16 @@ def _to_driver(df: DataFrame) -> DataFrame:
     of one partition (:func:`poimatch.stages.prepared.one_partition_scan`: later joins
     and aggregates of held frames need no shuffle). The pandas frame is kept with it
     (:func:`driver_frame`)."""
-    frame = df.toPandas()
-    out = one_partition_scan(df.sparkSession.createDataFrame(frame, schema=df.schema))
+    return held_frame(df.sparkSession, df.toPandas(), df.schema)
+
+
+def held_frame(spark: SparkSession, frame: pd.DataFrame, schema: StructType) -> DataFrame:
+    """``frame`` (computed on the driver, of ``schema``) as the small plan holds what it
+    materializes: a scan (of one partition, up to ``ONE_PARTITION_MAX_ROWS`` rows), the
+    pandas frame kept (:func:`driver_frame`)."""
+    out = spark.createDataFrame(frame, schema=schema)
+    if len(frame) <= ONE_PARTITION_MAX_ROWS:
+        out = one_partition_scan(out)
     _held[out] = frame
     return out
 

@@ -35,12 +35,20 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 __all__ = [
+    "ONE_PARTITION_MAX_ROWS",
     "PreparationError",
     "PreparedQuery",
     "jvm_helper",
     "one_partition_scan",
     "use_jvm_helper",
 ]
+
+#: inputs of up to this many rows are declared one partition (:func:`one_partition_scan`,
+#: :meth:`PreparedQuery.prepare`): their queries run without shuffles, in one task. Above
+#: it they are not: one task gives up the second core, and a task is interrupted (a
+#: request's timeout) only where it reads its input or a shuffle, so a one-task query over
+#: 20,000 dense rows could not be stopped until it ended (tests/test_awkward_uploads.py).
+ONE_PARTITION_MAX_ROWS = 5_000
 
 _SCAN = "RDDScanExec"
 _REUSED = "ReusedExchangeExec"
@@ -76,10 +84,21 @@ class PreparedQuery:
     output_schema: Any  # the JVM StructType of the output
     nodes: tuple[_Node, ...]  # the plan's operators, children before parents; the root last
     stand_in: int  # the id of the RDD the stand-in's scans read
+    one_partition: bool  # the stand-in was declared one partition (so is each run's input)
 
     @classmethod
-    def prepare(cls, rows: DataFrame, build: Callable[[DataFrame], DataFrame]) -> PreparedQuery:
+    def prepare(
+        cls,
+        rows: DataFrame,
+        build: Callable[[DataFrame], DataFrame],
+        *,
+        one_partition: bool = True,
+    ) -> PreparedQuery:
         """``build`` applied to a stand-in with ``rows``' schema, planned, its plan kept.
+
+        ``one_partition``: the stand-in is a :func:`one_partition_scan` (the plan has no
+        shuffle for its joins and windows; each run reads its rows as one partition), for
+        inputs of up to :data:`ONE_PARTITION_MAX_ROWS` rows; else a plain scan.
 
         ``rows`` is not read (no Spark job runs). ``build`` must not run Spark jobs
         either: a plan shaped by its input's data (a count, a collect) would be wrong for
@@ -89,8 +108,13 @@ class PreparedQuery:
             PreparationError: ``build`` ran a Spark job, or its plan holds a subquery.
         """
         spark = rows.sparkSession
-        stand_in = one_partition_scan(rows)
-        rdd = _scan_rdd(stand_in)
+        if one_partition:
+            stand_in = one_partition_scan(rows)
+            rdd = _scan_rdd(stand_in)
+        else:
+            rdd = rows._jdf.queryExecution().toRdd()
+            jdf = _session(spark).internalCreateDataFrame(rdd, rows._jdf.schema(), False)
+            stand_in = DataFrame(jdf, spark)
         sc = spark.sparkContext
         saved = {key: sc.getLocalProperty(key) for key in _JOB_PROPERTIES}
         group = f"poimatch-prepare-{uuid.uuid4().hex}"
@@ -121,6 +145,7 @@ class PreparedQuery:
             output_schema=query._jdf.schema(),
             nodes=tuple(nodes),
             stand_in=int(rdd.id()),
+            one_partition=one_partition,
         )
 
     def run(self, rows: DataFrame) -> DataFrame:
@@ -137,7 +162,7 @@ class PreparedQuery:
                 "the rows' schema differs from the prepared query's input: "
                 f"{rows.schema.simpleString()} against {self.input_schema.simpleString()}"
             )
-        rdd = _one_partition(rows)._jdf.queryExecution().toRdd()
+        rdd = (_one_partition(rows) if self.one_partition else rows)._jdf.queryExecution().toRdd()
         helper = jvm_helper(self.spark)
         root = (
             helper.withInput(self.nodes[-1].node, self.stand_in, rdd)

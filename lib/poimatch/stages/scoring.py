@@ -23,7 +23,7 @@ from poimatch import schema as S
 from poimatch.columns import cached_column
 from poimatch.scorer import Calibration, predict_scores
 from poimatch.stages.grouping import LOCAL_MAX_EDGES, group_matches, pairwise_matches
-from poimatch.stages.plan import BATCH, Plan, mark_stage
+from poimatch.stages.plan import BATCH, Plan, held_frame, mark_stage
 from poimatch.stages.spec import MatchingSpec
 
 __all__ = [
@@ -120,7 +120,7 @@ def _score_on_driver(
             T.StructField(S.SCORE, T.DoubleType()),
         ]
     )
-    return pairs.sparkSession.createDataFrame(out, schema=schema)
+    return held_frame(pairs.sparkSession, out, schema)  # grouping reads it on the driver
 
 
 def _calibrate_udf(calibration: Calibration) -> Any:

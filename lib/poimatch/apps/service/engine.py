@@ -184,15 +184,16 @@ class SparkEngine:
         plan = Plan.for_rows(len(table), self.small_max_rows)
         # the rules run once; their verdicts are read twice (rejected, accepted)
         checked = plan.materialize(check_rows(raw))
-        rejected = (
-            checked.where(F.col(S.REASON).isNotNull())
-            .select(ROW, S.ID, S.REASON)
-            .orderBy(ROW)
-            .collect()
-        )
-        if rejected:
+        verdicts = selected_frame(checked, [ROW, S.ID, S.REASON])  # on the driver already
+        rejected = verdicts[verdicts[S.REASON].notna()].sort_values(ROW)
+        if len(rejected):
             raise problem_for_rejections(
-                [(int(r[ROW]), r[S.ID], str(r[S.REASON])) for r in rejected]
+                [
+                    (int(row), id_, str(reason))
+                    for row, id_, reason in zip(
+                        rejected[ROW], rejected[S.ID], rejected[S.REASON], strict=True
+                    )
+                ]
             )
         check_cancelled("matching")
         pois = accepted_rows(checked).select(

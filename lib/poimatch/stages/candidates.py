@@ -20,7 +20,7 @@ from poimatch.stages.features import FEATURE_COLUMNS, add_pair_features
 from poimatch.stages.namestats import NameStats, add_name_stats
 from poimatch.stages.normalize import add_normalized_columns
 from poimatch.stages.plan import BATCH, SMALL, Plan, mark_stage, row_count
-from poimatch.stages.prepared import ONE_PARTITION_MAX_ROWS, PreparedQuery
+from poimatch.stages.prepared import PreparedQuery, fits_one_partition
 
 __all__ = [
     "cached_candidates",
@@ -128,10 +128,11 @@ def _prepared_query(
     callers that pass rows of two schemas do not prepare again at every alternation).
 
     ``one_partition``: which of the two plans (:meth:`PreparedQuery.prepare`); by
-    default the one-partition plan for up to ``ONE_PARTITION_MAX_ROWS`` rows (counted
-    without a job when the small plan holds ``rows``)."""
+    default the one-partition plan where ``rows`` fit one partition
+    (:func:`poimatch.stages.prepared.fits_one_partition`; counted without a job when the
+    small plan holds them)."""
     if one_partition is None:
-        one_partition = row_count(rows) <= ONE_PARTITION_MAX_ROWS
+        one_partition = fits_one_partition(row_count(rows))
     by_key = _prepared.setdefault(owner, {})
     full = (*key, one_partition, rows.schema.json())
     query = by_key.get(full)

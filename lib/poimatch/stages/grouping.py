@@ -38,8 +38,7 @@ from scipy.sparse.csgraph import connected_components as _scipy_components
 
 from poimatch import schema as S
 from poimatch.cancellation import check_cancelled
-from poimatch.stages.plan import driver_frame
-from poimatch.stages.prepared import ONE_PARTITION_MAX_ROWS, one_partition_scan
+from poimatch.stages.plan import driver_frame, held_frame
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -335,14 +334,15 @@ def _group_on_driver(
     (``frame``, ``id_l``, ``id_r``, ``score`` of ``schema``) collected once, the chain
     guard in SciPy (:func:`_chain_guard_arrays`), and one relation of labels back,
     instead of a collect and a relation per bar. ``small`` (the small plan's pairs):
-    the labels are read back as one partition, so their join with the small plan's ids
-    needs no shuffle (:func:`poimatch.stages.prepared.one_partition_scan`); a batch
-    run's labels (up to ``local_max_edges`` edges) are not declared so."""
+    the labels are held as the small plan holds its frames (:func:`poimatch.stages.plan.
+    held_frame`: one partition, so their join with the small plan's ids needs no
+    shuffle); a batch run's labels (up to ``local_max_edges`` edges) are a plain frame."""
     labels, keep, big = _chain_guard_arrays(frame, max_group_size=max_group_size, bars=bars)
     spark = ids.sparkSession
-    local = spark.createDataFrame(labels, schema=_LABELS_SCHEMA)
-    if small and len(labels) <= ONE_PARTITION_MAX_ROWS:
-        local = one_partition_scan(local)
+    if small:
+        local = held_frame(spark, labels, _LABELS_SCHEMA)
+    else:
+        local = spark.createDataFrame(labels, schema=_LABELS_SCHEMA)
     groups = (
         ids.select(S.ID)
         .join(local, on=S.ID, how="left")

@@ -17,7 +17,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
 from poimatch.cancellation import check_cancelled
-from poimatch.stages.prepared import ONE_PARTITION_MAX_ROWS, one_partition_scan
+from poimatch.stages.prepared import fits_one_partition, one_partition_scan
 
 __all__ = [
     "BATCH",
@@ -97,19 +97,17 @@ _held: weakref.WeakKeyDictionary[DataFrame, pd.DataFrame] = weakref.WeakKeyDicti
 
 
 def _to_driver(df: DataFrame) -> DataFrame:
-    """``df`` computed once (one Spark job) and held on the driver, read back as a scan
-    of one partition (:func:`poimatch.stages.prepared.one_partition_scan`: later joins
-    and aggregates of held frames need no shuffle). The pandas frame is kept with it
-    (:func:`driver_frame`)."""
+    """``df`` computed once (one Spark job) and held on the driver (:func:`held_frame`)."""
     return held_frame(df.sparkSession, df.toPandas(), df.schema)
 
 
 def held_frame(spark: SparkSession, frame: pd.DataFrame, schema: StructType) -> DataFrame:
     """``frame`` (computed on the driver, of ``schema``) as the small plan holds what it
-    materializes: a scan (of one partition, up to ``ONE_PARTITION_MAX_ROWS`` rows), the
-    pandas frame kept (:func:`driver_frame`)."""
+    materializes: a scan, of one partition when small enough
+    (:func:`poimatch.stages.prepared.one_partition_scan`: later joins and aggregates of
+    held frames need no shuffle), the pandas frame kept (:func:`driver_frame`)."""
     out = spark.createDataFrame(frame, schema=schema)
-    if len(frame) <= ONE_PARTITION_MAX_ROWS:
+    if fits_one_partition(len(frame)):
         out = one_partition_scan(out)
     _held[out] = frame
     return out

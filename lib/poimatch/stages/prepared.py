@@ -38,6 +38,7 @@ __all__ = [
     "ONE_PARTITION_MAX_ROWS",
     "PreparationError",
     "PreparedQuery",
+    "fits_one_partition",
     "jvm_helper",
     "one_partition_scan",
     "use_jvm_helper",
@@ -49,6 +50,12 @@ __all__ = [
 #: request's timeout) only where it reads its input or a shuffle, so a one-task query over
 #: 20,000 dense rows could not be stopped until it ended (tests/test_awkward_uploads.py).
 ONE_PARTITION_MAX_ROWS = 5_000
+
+
+def fits_one_partition(rows: int) -> bool:
+    """Whether an input of ``rows`` rows is declared one partition (see above)."""
+    return rows <= ONE_PARTITION_MAX_ROWS
+
 
 _SCAN = "RDDScanExec"
 _REUSED = "ReusedExchangeExec"

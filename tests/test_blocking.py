@@ -93,6 +93,30 @@ def test_fine_grids_give_exactly_the_coarse_k_nearest(spark: SparkSession) -> No
     assert sum(n for level, n in levels.items() if level >= 2) > 100
 
 
+def test_materialized_blocking_computes_the_grid_levels_once(spark: SparkSession) -> None:
+    """With ``materialize`` (the batch plan), each row's grid level is materialized:
+    both rounds of the spatial pass read it (unmaterialized, every read recomputed the
+    levels' copies, counts and joins). The pairs and their passes are the same."""
+    from poimatch.stages.blocking import _LVL
+
+    rows = [
+        (f"p{i:02d}", 48.0 + i * 10 * _DEG_PER_M, 2.0, f"n{i % 3}", None, None) for i in range(40)
+    ]
+    points = _points(spark, rows)
+    settings = BlockingSettings(cell_m=500, k_nearest=2, key_passes=("name",))
+    seen: list[list[str]] = []
+
+    def materialize(df: DataFrame) -> DataFrame:
+        seen.append(df.columns)
+        return df.localCheckpoint(eager=True)
+
+    kept = candidate_pairs(points, settings=settings, materialize=materialize)
+    plain = candidate_pairs(points, settings=settings)
+    assert sorted(kept.collect()) == sorted(plain.collect())
+    levels = [cols for cols in seen if cols == [S.ID, S.LATITUDE, S.LONGITUDE, _LVL]]
+    assert len(levels) == 1, seen
+
+
 def test_fine_grid_row_with_no_neighbour_within_its_cell_is_redone(spark: SparkSession) -> None:
     # a tight cluster makes the finest grid (18.75 m) dense around rows 20-35 m away
     # that have nobody within 18.75 m: they must be redone on the coarse grid, not lost

@@ -416,3 +416,95 @@ def test_monotone_directions_name_only_features_that_exist() -> None:
     assert MONOTONE[S.F_PHONE_EQ] == MONOTONE[S.F_NAME_JW] == 1
     # frequency is not evidence either way by itself
     assert S.F_NAME_FREQ_MIN not in MONOTONE
+
+
+# --- the UDF's distances and the IDF sums match Spark's own ---------------------------
+
+_AWKWARD_NAMES: list[tuple[str | None, str | None]] = [
+    ("cafe de flore", "café de flore"),
+    ("", ""),  # both empty: no longer length, so no normalized distance
+    ("", "abc"),
+    ("a\U0001f600b", "ab"),  # an astral code point is one character, as in Spark
+    ("e\u0301cole", "école"),  # combining accent against the composed letter
+    ("東京タワー", "東京 タワー"),
+    ("kitten", "sitting"),
+    (None, "x"),
+    ("x", None),
+    (None, None),
+]
+
+
+def test_levenshtein_kinds_equal_sparks_levenshtein(spark: SparkSession) -> None:
+    """The Levenshtein features come from the rapidfuzz UDF: the same values as Spark's
+    ``levenshtein`` and length (code points), null where Spark's are null, exactly."""
+    pairs = _pairs(
+        spark,
+        *[(_side(a, **{S.N_ADDRESS: a}), _side(b, **{S.N_ADDRESS: b})) for a, b in _AWKWARD_NAMES],
+    )
+    got = add_pair_features(pairs)
+    lev = F.levenshtein(F.col("n_name_l"), F.col("n_name_r"))
+    longest = F.greatest(F.length("n_name_l"), F.length("n_name_r"))
+    norm = F.when(longest > 0, lev.cast("double") / longest.cast("double"))
+    addr = F.levenshtein(F.col("n_address_l"), F.col("n_address_r"))
+    addr_longest = F.greatest(F.length("n_address_l"), F.length("n_address_r"))
+    addr_norm = F.when(addr_longest > 0, addr.cast("double") / addr_longest.cast("double"))
+    rows = got.select(
+        S.ID_L,
+        S.F_NAME_LEV,
+        S.F_NAME_LEV_NORM,
+        S.F_ADDR_LEV_NORM,
+        lev.cast("double").alias("lev"),
+        norm.alias("norm"),
+        addr_norm.alias("addr_norm"),
+    ).collect()
+    assert len(rows) == len(_AWKWARD_NAMES)
+    for r in rows:
+        assert (r[S.F_NAME_LEV], r[S.F_NAME_LEV_NORM], r[S.F_ADDR_LEV_NORM]) == (
+            r["lev"],
+            r["norm"],
+            r["addr_norm"],
+        ), r[S.ID_L]
+    by_id = {r[S.ID_L]: r for r in rows}
+    assert by_id["l3"][S.F_NAME_LEV] == 1.0  # one code point removed
+    assert by_id["l1"][S.F_NAME_LEV_NORM] is None  # two empty names
+    assert by_id["l9"][S.F_NAME_LEV] is None
+
+
+def test_idf_jaccard_sums_equal_a_lookup_of_every_token(spark: SparkSession) -> None:
+    """The IDF Jaccard sums map values where it once looked each key up: equal to the
+    lookup formulation to the last bit, nulls included."""
+    maps: list[tuple[dict[str, float] | None, dict[str, float] | None]] = [
+        ({"blue": 0.1, "bottle": 2.3, "cafe": 0.7}, {"cafe": 0.7, "blue": 0.1, "bar": 1.9}),
+        ({"a": 1e-9, "b": 3.0}, {"b": 3.0}),
+        ({}, {"a": 1.0}),
+        ({}, {}),
+        (None, {"a": 1.0}),
+        ({"x": 0.3}, {"y": 0.6}),
+    ]
+    pairs = _pairs(
+        spark,
+        *[(_side("n", **{S.N_NAME_IDF: a}), _side("n", **{S.N_NAME_IDF: b})) for a, b in maps],
+    )
+
+    def lookup_sum(idf: Any, tokens: Any) -> Any:
+        weights = F.transform(tokens, lambda t: F.coalesce(F.element_at(idf, t), F.lit(0.0)))
+        return F.aggregate(weights, F.lit(0.0), lambda acc, w: acc + w)
+
+    idf_l, idf_r = F.col("n_name_idf_l"), F.col("n_name_idf_r")
+    keys_l, keys_r = F.map_keys(idf_l), F.map_keys(idf_r)
+    inter = lookup_sum(idf_l, F.array_intersect(keys_l, keys_r))
+    union = lookup_sum(idf_l, keys_l) + lookup_sum(idf_r, keys_r) - inter
+    reference = F.when(union > 0, inter / union)
+    rows = (
+        add_pair_features(pairs)
+        .select(S.ID_L, S.F_NAME_IDF_JACCARD, reference.alias("ref"))
+        .collect()
+    )
+    assert [(r[S.ID_L], r[S.F_NAME_IDF_JACCARD]) for r in rows] == [
+        (r[S.ID_L], r["ref"]) for r in rows
+    ]
+    by_id = {r[S.ID_L]: r[S.F_NAME_IDF_JACCARD] for r in rows}
+    assert by_id["l0"] == pytest.approx(0.8 / (0.1 + 2.3 + 0.7 + 1.9))
+    assert by_id["l3"] is None  # no token on either side
+    assert by_id["l4"] is None  # no statistics on one side
+    assert by_id["l5"] == 0.0

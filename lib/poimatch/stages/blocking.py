@@ -56,6 +56,7 @@ _LVL = "_lvl"
 _SRC, _SRC_O = "_src", "_src_o"
 # between a key pass's name and its key value (no pass name holds it)
 _KEY_SEP = "\u0001"
+_SPATIAL = "spatial"
 # Finer grids (cell_m / 2, / 4, ...) tried for rows in dense areas, and how many
 # other rows (times k) the 3x3 cells of a finer grid must hold for it to be tried.
 FINE_LEVELS = 4
@@ -318,6 +319,8 @@ def _spatial_nearest(
         rows = points.select(*_row_columns(points), F.lit(0).alias(_LVL))
     if query is not None:
         rows = rows.where(query)
+    if materialize is not None and fine_levels:
+        rows = materialize(rows)  # read by both rounds (computed twice otherwise)
     right = _thin_stacks(points.select(*_row_columns(points)), k + 1, [])
     if materialize is not None:
         right = materialize(right)  # read by both rounds
@@ -472,13 +475,29 @@ def candidate_pairs(
         query=query,
         broadcast=broadcast_cells,
     )
-    union = _canonical(spatial, F.lit("spatial"))
+    # each pass is a bit (in name order), OR-ed per pair: a plain hash aggregate of
+    # longs, where collecting, sorting and joining the names per pair was an object
+    # aggregate over every directed pair; the label is spelled once per pair after it
+    names = sorted({_SPATIAL, *settings.key_passes})
+    union = _canonical(spatial, F.lit(1 << names.index(_SPATIAL)))
     if settings.key_passes:
         keyed = _key_nearest(points, settings, settings.key_passes, query, broadcast_cells)
-        union = union.unionByName(_canonical(keyed, F.col(S.PASS)))
-    return union.groupBy(S.ID_L, S.ID_R).agg(
-        F.concat_ws(",", F.array_sort(F.collect_set(S.PASS))).alias(S.PASS)
+        union = union.unionByName(_canonical(keyed, _pass_bit(F.col(S.PASS), names)))
+    bits = F.col(S.PASS)
+    label = F.concat_ws(
+        ",", *[F.when(bits.bitwiseAND(1 << i) != 0, F.lit(n)) for i, n in enumerate(names)]
     )
+    return (
+        union.groupBy(S.ID_L, S.ID_R).agg(F.bit_or(S.PASS).alias(S.PASS)).withColumn(S.PASS, label)
+    )
+
+
+def _pass_bit(name: Column, names: list[str]) -> Column:
+    """The bit of pass ``name`` among ``names`` (a long)."""
+    bit = F.lit(None).cast(T.LongType())
+    for i, n in enumerate(names):
+        bit = F.when(name == n, F.lit(1 << i)).otherwise(bit)
+    return bit
 
 
 def add_pair_sides(pairs: DataFrame, points: DataFrame) -> DataFrame:

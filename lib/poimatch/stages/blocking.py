@@ -457,7 +457,7 @@ def candidate_pairs(
 
     Returns:
         One row per distinct pair, ``id_l < id_r``; ``block_pass`` names the passes
-        that found it (comma-separated, spatial first).
+        that found it (comma-separated, in name order: ``name,spatial``).
 
     Example:
         >>> pairs = candidate_pairs(normalized, settings=BlockingSettings())  # doctest: +SKIP

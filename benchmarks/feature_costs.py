@@ -2,15 +2,15 @@
 
     .venv/bin/python benchmarks/feature_costs.py /tmp/gen200k.csv [--each]
 
-Blocks the CSV's valid rows with the ``local`` settings (name statistics counted from
-the file itself), checkpoints the pairs with both sides' columns attached, then times
-writing (the ``noop`` sink: every column computed, nothing collected) of: the ids alone
-(the read), the rapidfuzz UDF alone, the Spark-expression features alone, and every
-feature as ``add_pair_features`` builds them (best of 3 after one warm-up run, so the
-Python workers and the JIT are warm). ``--each`` also times every Spark-expression
-feature alone (one run each). Prints seconds and core-microseconds per pair (seconds x
-2 cores / pairs). Run it on two checkouts (``PYTHONPATH=<checkout>/lib``) to compare.
-"""
+Blocks the rows of the CSV a match run would match (``load_match_input``) with the
+``local`` settings (name statistics counted from the file itself), checkpoints the pairs
+with both sides' columns attached, then times writing (the ``noop`` sink: every column
+computed, nothing collected) of: the ids alone (the read), the rapidfuzz UDF alone, the
+Spark-expression features alone, and every feature as ``add_pair_features`` builds them
+(best of 3 after one warm-up run, so the Python workers and the JIT are warm).
+``--each`` also times every Spark-expression feature alone (one run each). Prints
+seconds and core-microseconds per pair (seconds x 2 cores / pairs). Run it on two
+checkouts (``PYTHONPATH=<checkout>/lib``) to compare."""
 
 from __future__ import annotations
 
@@ -25,8 +25,7 @@ from pyspark.sql import functions as F
 
 from poimatch import schema as S
 from poimatch.config import load_settings
-from poimatch.io.ingest import check_rows, poi_layout
-from poimatch.io.tables import read_poi_csv
+from poimatch.runs.batch import load_match_input
 from poimatch.session import build_session
 from poimatch.stages import features
 from poimatch.stages.blocking import add_pair_sides, candidate_pairs
@@ -41,8 +40,7 @@ def main() -> None:
     settings = load_settings("local", [])
     spark = build_session(settings.spark)
     print("features module:", features.__file__, flush=True)
-    frame = read_poi_csv(spark, path).frame
-    pois = poi_layout(check_rows(frame).where(F.col(S.REASON).isNull()))
+    pois = load_match_input(spark, path).pois  # the rows a match run matches
     stats = count_name_stats(pois.transform(add_normalized_columns))
     points = cached_points(pois, stats=stats, plan=BATCH)
     pairs = candidate_pairs(points, settings=settings.blocking, materialize=BATCH.materialize)

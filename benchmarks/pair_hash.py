@@ -2,13 +2,13 @@
 
     .venv/bin/python benchmarks/pair_hash.py ../shared/data/geoer_osm_fsq/geoer_osm_fsq.csv
 
-Blocks the CSV's valid rows with the ``local`` settings and the batch plan (name
-statistics counted from the file itself), computes every pair feature, and prints the
-candidate count, the pairs per ``block_pass`` label and the SHA-256 of the sorted pairs
-with their passes and features (each double printed with 17 significant digits: equal
-hashes mean equal values to the last bit). Run it on two checkouts
-(``PYTHONPATH=<checkout>/lib``) to compare a speed change's output with the code before.
-"""
+Blocks the rows of the CSV a match run would match (``load_match_input``) with the
+``local`` settings and the batch plan (name statistics counted from the file itself),
+computes every pair feature, and prints the candidate count, the pairs per
+``block_pass`` label and the SHA-256 of the sorted pairs with their passes and features
+(each double printed with 17 significant digits: equal hashes mean equal values to the
+last bit). Run it on two checkouts (``PYTHONPATH=<checkout>/lib``) to compare a speed
+change's output with the code before."""
 
 from __future__ import annotations
 
@@ -19,12 +19,10 @@ import time
 
 os.environ["GX_ANALYTICS_ENABLED"] = "false"
 
-from pyspark.sql import functions as F
 
 from poimatch import schema as S
 from poimatch.config import load_settings
-from poimatch.io.ingest import check_rows, poi_layout
-from poimatch.io.tables import read_poi_csv
+from poimatch.runs.batch import load_match_input
 from poimatch.session import build_session
 from poimatch.stages import blocking
 from poimatch.stages.candidates import cached_candidates, cached_points
@@ -37,8 +35,7 @@ def main() -> None:
     settings = load_settings("local", [])
     spark = build_session(settings.spark)
     print("blocking module:", blocking.__file__, flush=True)
-    frame = read_poi_csv(spark, sys.argv[1]).frame
-    pois = poi_layout(check_rows(frame).where(F.col(S.REASON).isNull()))
+    pois = load_match_input(spark, sys.argv[1]).pois  # the rows a match run matches
     stats = count_name_stats(pois.transform(add_normalized_columns))
     points = cached_points(pois, stats=stats, plan=BATCH)
     started = time.perf_counter()

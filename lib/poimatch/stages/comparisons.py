@@ -16,7 +16,8 @@ configuration adds more without code::
 
 A model's matching spec records the full definition of every feature it uses, so a
 model trained with an added comparison computes it wherever it is loaded. The Spark
-expression of each kind is built by :mod:`poimatch.stages.features` (``KIND_BUILDERS``);
+expression of each kind is built by :mod:`poimatch.stages.features` (``KIND_BUILDERS``,
+or its one UDF for the fuzzy and Levenshtein kinds);
 this module holds only the definitions and their rules, and imports no Spark.
 """
 

@@ -190,12 +190,6 @@ def _equal(col: str, *, fold: Callable[[Column], Column] | None = None) -> Colum
     return _flag(left == right)
 
 
-def _lev_norm(col: str) -> Column:
-    """Levenshtein distance divided by the longer length; null if either is missing."""
-    longest = F.greatest(F.length(_l(col)), F.length(_r(col)))
-    return F.when(_both(col), _ratio(F.levenshtein(_l(col), _r(col)), longest))
-
-
 def _jaccard(left: Column, right: Column) -> Column:
     """|L n R| / |L u R| of two arrays (as sets); null if either is null."""
     inter = F.size(F.array_intersect(left, right))
@@ -264,56 +258,64 @@ def _name_stat_features() -> dict[str, Column]:
 
 _FUZZY_STRUCT = "__poimatch_fuzzy"
 
-#: rapidfuzz function and the scale that brings it to [0, 1], per scorer name
-_SCORER_FUNCTIONS: dict[str, tuple[Callable[..., float], float]] = {
-    "jaro_winkler": (JaroWinkler.normalized_similarity, 1.0),
-    "token_set": (fuzz.token_set_ratio, 100.0),
-    "token_sort": (fuzz.token_sort_ratio, 100.0),
-    "partial": (fuzz.partial_ratio, 100.0),
-    "ratio": (fuzz.ratio, 100.0),
-    "wratio": (fuzz.WRatio, 100.0),
-}
 
-_Scorer = tuple[str, "Callable[..., float]", float]
+def _scaled(scorer: Callable[..., float], scale: float) -> Callable[..., NDArray[np.float64]]:
+    """Row-aligned scores of a rapidfuzz function (``cpdist``), divided by ``scale``."""
 
-#: the kinds the UDF scores besides ``fuzzy``, with Spark's own semantics (``levenshtein``
-#: and ``levenshtein_norm`` of :data:`KIND_BUILDERS`: edit distance in code points, and
-#: that over the longer length in code points, null when both are empty): rapidfuzz's
-#: batched distance is ~10x cheaper a pair than Spark's, and the strings travel to the
-#: UDF for the fuzzy scorers anyway
-_UDF_KINDS: dict[str, tuple[Callable[..., float], float]] = {
-    "levenshtein": (Levenshtein.distance, 1.0),
-    "levenshtein_norm": (Levenshtein.distance, 0.0),
-}
+    def score(lefts: list[str], rights: list[str]) -> NDArray[np.float64]:
+        found: NDArray[np.float64] = cpdist(
+            lefts, rights, scorer=scorer, dtype=np.float64, workers=1
+        )
+        return found / scale
+
+    return score
 
 
-def _score_pairs(
-    left: _StrSeries, right: _StrSeries, scorers: tuple[_Scorer, ...]
-) -> dict[str, NDArray[np.float64]]:
-    """Score row-aligned string pairs with each scorer; NaN where a side is null.
-
-    A scale of 0 marks ``levenshtein_norm``: the distance over the longer length."""
-    mask = (left.notna() & right.notna()).to_numpy()
-    lefts = left[mask].tolist()
-    rights = right[mask].tolist()
-    out: dict[str, NDArray[np.float64]] = {}
-    for name, scorer, scale in scorers:
-        scores = np.full(len(mask), np.nan, dtype=np.float64)
-        if lefts:
-            found = cpdist(lefts, rights, scorer=scorer, dtype=np.float64, workers=1)
-            if scale:
-                found /= scale
-            else:
-                longest = np.maximum(_lengths(lefts), _lengths(rights)).astype(np.float64)
-                empty = np.full_like(found, np.nan)
-                found = np.divide(found, longest, out=empty, where=longest > 0)
-            scores[mask] = found
-        out[name] = scores
-    return out
+def _levenshtein_norm(lefts: list[str], rights: list[str]) -> NDArray[np.float64]:
+    """``levenshtein(l, r) / greatest(length(l), length(r))`` as Spark computes it (code
+    points); NaN (null) when both strings are empty."""
+    distance = _scaled(Levenshtein.distance, 1.0)(lefts, rights)
+    longest = np.maximum(_lengths(lefts), _lengths(rights)).astype(np.float64)
+    return np.divide(distance, longest, out=np.full_like(distance, np.nan), where=longest > 0)
 
 
 def _lengths(texts: list[str]) -> NDArray[np.int64]:
     return np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+
+
+#: what the UDF computes, per ``fuzzy`` scorer (a rapidfuzz function scaled to [0, 1])
+#: and per other kind it scores: the Levenshtein kinds, with Spark's semantics (edit
+#: distance in code points, null where Spark's is null). rapidfuzz's batched distance
+#: costs a fraction of Spark's a pair, and the strings travel to the UDF anyway.
+_UDF_SCORERS: dict[str, Callable[..., NDArray[np.float64]]] = {
+    "jaro_winkler": _scaled(JaroWinkler.normalized_similarity, 1.0),
+    "token_set": _scaled(fuzz.token_set_ratio, 100.0),
+    "token_sort": _scaled(fuzz.token_sort_ratio, 100.0),
+    "partial": _scaled(fuzz.partial_ratio, 100.0),
+    "ratio": _scaled(fuzz.ratio, 100.0),
+    "wratio": _scaled(fuzz.WRatio, 100.0),
+    "levenshtein": _scaled(Levenshtein.distance, 1.0),
+    "levenshtein_norm": _levenshtein_norm,
+}
+#: the comparison kinds the UDF scores (every other kind is a :data:`KIND_BUILDERS` expression)
+_UDF_KINDS = frozenset({"fuzzy", "levenshtein", "levenshtein_norm"})
+
+
+def _score_pairs(
+    left: _StrSeries, right: _StrSeries, scorers: tuple[tuple[str, str], ...]
+) -> dict[str, NDArray[np.float64]]:
+    """Score row-aligned string pairs with each ``(output name, scorer name)``; NaN
+    where a side is null."""
+    mask = (left.notna() & right.notna()).to_numpy()
+    lefts = left[mask].tolist()
+    rights = right[mask].tolist()
+    out: dict[str, NDArray[np.float64]] = {}
+    for name, scorer in scorers:
+        scores = np.full(len(mask), np.nan, dtype=np.float64)
+        if lefts:
+            scores[mask] = _UDF_SCORERS[scorer](lefts, rights)
+        out[name] = scores
+    return out
 
 
 def _udf_scorer(c: Comparison) -> str:
@@ -322,10 +324,11 @@ def _udf_scorer(c: Comparison) -> str:
 
 
 def _fuzzy_udf(fuzzy: tuple[Comparison, ...]) -> tuple[tuple[str, ...], UserDefinedFunctionLike]:
-    """The base columns the ``fuzzy`` comparisons read and one vectorized pandas UDF
+    """The base columns the UDF's comparisons (``fuzzy`` and the other
+    :data:`_UDF_KINDS`) read and one vectorized pandas UDF
     scoring all of them on whole Arrow batches (``rapidfuzz.process.cpdist``): its
     arguments are each column's left and right side, its result a struct of one
-    double per comparison, in [0, 1], null when a side is null."""
+    double per comparison (the fuzzy ones in [0, 1]), null when a side is null."""
     columns = tuple(dict.fromkeys(str(c.column) for c in fuzzy))
     # only names travel with the UDF (rapidfuzz's functions do not pickle): each batch
     # looks its scorers up in this module on the worker
@@ -336,13 +339,11 @@ def _fuzzy_udf(fuzzy: tuple[Comparison, ...]) -> tuple[tuple[str, ...], UserDefi
     names = [c.name for c in fuzzy]
 
     def batch(*sides: _StrSeries) -> pd.DataFrame:
-        from poimatch.stages.features import _SCORER_FUNCTIONS, _UDF_KINDS, _score_pairs
+        from poimatch.stages.features import _score_pairs
 
-        functions = {**_SCORER_FUNCTIONS, **_UDF_KINDS}
         scores: dict[str, NDArray[np.float64]] = {}
         for i, (_, named) in enumerate(plan):
-            scorers = tuple((n, *functions[scorer]) for n, scorer in named)
-            scores.update(_score_pairs(sides[2 * i], sides[2 * i + 1], scorers))
+            scores.update(_score_pairs(sides[2 * i], sides[2 * i + 1], named))
         return pd.DataFrame({n: scores[n] for n in names}, index=sides[0].index)
 
     result = T.StructType([T.StructField(n, T.DoubleType(), True) for n in names])
@@ -408,12 +409,10 @@ def _column(c: Comparison) -> str:
     return str(c.column)
 
 
-#: The Spark expression of each kind of comparison (``fuzzy`` is the UDF's).
+#: The Spark expression of each kind of comparison but the UDF's (:data:`_UDF_KINDS`).
 KIND_BUILDERS: dict[str, Callable[[Comparison], Column]] = {
     "distance_m": lambda c: _haversine_m(),
     "log_distance_m": lambda c: F.log1p(_haversine_m()),
-    "levenshtein": lambda c: F.levenshtein(_l(_column(c)), _r(_column(c))),
-    "levenshtein_norm": lambda c: _lev_norm(_column(c)),
     "contains": lambda c: _flag(
         _l(_column(c)).contains(_r(_column(c))) | _r(_column(c)).contains(_l(_column(c)))
     ),
@@ -438,12 +437,11 @@ def _feature_expressions(*added: Comparison) -> tuple[Column, dict[str, Column]]
     """The rapidfuzz UDF's struct and every feature's expression, built-in then added
     (built once per context and set of added comparisons)."""
     comparisons = BUILTIN + added
-    fuzzy = tuple(c for c in comparisons if c.kind == "fuzzy" or c.kind in _UDF_KINDS)
-    columns, udf = _fuzzy_udf(fuzzy)
+    in_udf = tuple(c for c in comparisons if c.kind in _UDF_KINDS)
+    columns, udf = _fuzzy_udf(in_udf)
     struct = F.col(_FUZZY_STRUCT)
-    scored = {c.name for c in fuzzy}
     features = {
-        c.name: (struct.getField(c.name) if c.name in scored else KIND_BUILDERS[c.kind](c))
+        c.name: (struct.getField(c.name) if c.kind in _UDF_KINDS else KIND_BUILDERS[c.kind](c))
         for c in comparisons
     }
     sides = [side for column in columns for side in (_l(column), _r(column))]

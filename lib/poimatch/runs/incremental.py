@@ -1,22 +1,27 @@
-"""Incremental nightly match: redo only the Python work of rows and pairs that changed.
+"""Incremental nightly match: redo only the rows and pairs a change can reach.
 
-The two Python UDF stages are pure functions of their input rows: normalization of
-one POI, and the string similarities (rapidfuzz) of one pair. An incremental run
-keeps their outputs from the last run in two state tables, keyed by a hash of each
-row's values, and recomputes them only for new or changed rows and for pairs that
-touch one. Everything that depends on the table as a whole (name statistics,
-blocking, scores, connected components) is recomputed natively
-for the whole table, so the result equals a full run on the same table exactly, and
-group ids (the smallest id of a group) only change for groups that gained, lost or
-changed a member.
+Every stage but blocking is a function of one row or one pair: normalization and the
+name statistics (frozen in the model) of a row, the features and the score of a pair.
+Blocking is not: a row's candidates are its k nearest rows and its nearest rows
+sharing a key, so a row arriving or leaving changes the lists of the rows around it.
+An incremental run keeps, beside the matches table, each row's normalized values with
+the distance of its k-th nearest spatial candidate, and each candidate pair with the
+passes each of its two rows found it by and its score. From the rows that changed
+since (new, changed or deleted, found by a hash of each row's values) it finds the
+rows whose lists they can reach (:func:`poimatch.stages.blocking.rows_near_changes`,
+and the rows whose lists held a row that left), recomputes those rows' lists alone
+(:func:`poimatch.stages.blocking.directed_candidates`, reading only the cells and keys
+they need), scores only the pairs that are new or touch a changed row, and groups the
+whole table's scored pairs as a full run does. The output equals a full run's on the
+same table exactly (``tests/test_incremental.py``).
 
 State lives next to the matches table: ``<matches>_state_points`` and
 ``<matches>_state_pairs`` (Delta), each tagged with a key of what produced it
-(:func:`state_key`): the source code of the modules that shape normalization and the
-pair features, the versions of the libraries they call, and the model's matching spec
-with its frozen name statistics. State under another key is ignored and the run
-starts over, so a code change can never mix old and new results (the package version
-alone would not do: it stayed 0.1.0 while normalization changed).
+(:func:`state_key`): the source code of the modules that shape normalization, blocking
+and the pair features, the versions of the libraries they call, the model's matching
+spec with its frozen name statistics, and the model itself (its booster's bytes: the
+scores are kept). State under another key is ignored and the run starts over, so a
+code or model change can never mix old and new results.
 """
 
 from __future__ import annotations
@@ -25,25 +30,37 @@ import hashlib
 import json
 import time
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from importlib.resources import files
 
+from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from poimatch import schema as S
 from poimatch.config import BlockingSettings
 from poimatch.io.tables import is_delta_table, read_delta, write_delta
-from poimatch.stages.blocking import FINE_LEVELS, add_pair_sides, candidate_pairs
-from poimatch.stages.features import FEATURE_COLUMNS, add_pair_features
+from poimatch.stages.blocking import (
+    BITS,
+    FINE_LEVELS,
+    KTH,
+    OTHER,
+    directed_candidates,
+    kth_distances,
+    pass_label,
+    pass_names,
+    rows_near_changes,
+)
+from poimatch.stages.candidates import featured_pairs
 from poimatch.stages.grouping import LOCAL_MAX_EDGES
 from poimatch.stages.namestats import add_name_stats
 from poimatch.stages.normalize import add_normalized_columns
 from poimatch.stages.plan import BATCH, Plan
-from poimatch.stages.scoring import score_and_group
+from poimatch.stages.scoring import booster_parts, group_scored, score_pairs
 from poimatch.stages.spec import MatchingSpec
 
 __all__ = [
@@ -51,16 +68,16 @@ __all__ = [
     "STATE_SOURCES",
     "IncrementalResult",
     "match_incremental",
+    "model_fingerprint",
     "row_hash",
     "state_key",
     "state_paths",
 ]
 
 _HASH = "_row_hash"
-_HASH_L, _HASH_R = "_row_hash_l", "_row_hash_r"
 _CODE = "_code_version"
-_PAIR_KEYS = [S.ID_L, S.ID_R, _HASH_L, _HASH_R]
-_NEW = "_new_pair"
+_BITS_L, _BITS_R = "_bits_l", "_bits_r"
+_PAIR_STATE = [S.ID_L, S.ID_R, _BITS_L, _BITS_R, S.SCORE]
 
 
 @dataclass(frozen=True)
@@ -77,6 +94,8 @@ class IncrementalResult:
     plan: str
     seconds: float
     points: DataFrame | None = None  # the normalized points (materialized)
+    affected_rows: int = -1  # rows whose candidate lists were redone
+    steps: dict[str, float] = field(default_factory=dict)  # seconds per step
 
     def lines(self) -> list[str]:
         """Printable figures for the job."""
@@ -84,7 +103,9 @@ class IncrementalResult:
             f"incremental state={'reused' if self.used_state else 'none (full run)'}",
             f"plan={self.plan}",
             f"rows={self.rows} changed_rows={self.changed_rows} "
+            f"redone_rows={self.affected_rows} "
             f"candidates={self.candidates} new_pairs={self.new_pairs}",
+            "incremental_seconds=" + ",".join(f"{k}:{v}" for k, v in self.steps.items()),
         ]
 
 
@@ -112,12 +133,25 @@ def _library_version(name: str) -> str:
         return "absent"
 
 
-def state_key(spec: MatchingSpec) -> str:
+def model_fingerprint(model: PipelineModel) -> str:
+    """SHA-256 of an assembler + XGBoost pipeline's booster (its feature columns and
+    trees); any other pipeline's uid (a new object: never reused across processes)."""
+    parts = booster_parts(model)
+    if parts is None:
+        return f"uid:{model.uid}"
+    columns, xgb = parts
+    digest = hashlib.sha256(json.dumps(columns).encode())
+    digest.update(bytes(xgb.get_booster().save_raw("ubj")))
+    return digest.hexdigest()
+
+
+def state_key(spec: MatchingSpec, model: PipelineModel | None = None) -> str:
     """SHA-256 of what produced a run's saved per-row and per-pair results.
 
     The bytes of :data:`STATE_SOURCES`, the versions of :data:`STATE_LIBRARIES` and of
     Python's Unicode database (NFKC folding), the model's matching spec and its frozen
-    name statistics (the pair features read them). Any change gives another key.
+    name statistics (the pair features read them), and the model
+    (:func:`model_fingerprint`: the saved scores are its). Any change gives another key.
     """
     digest = hashlib.sha256()
 
@@ -132,6 +166,8 @@ def state_key(spec: MatchingSpec) -> str:
     part("spec", json.dumps(spec.to_dict(), sort_keys=True).encode())
     stats = spec.name_stats.to_dict() if spec.name_stats is not None else None
     part("name_stats", json.dumps(stats, sort_keys=True, ensure_ascii=False).encode())
+    if model is not None:
+        part("model", model_fingerprint(model).encode())
     return digest.hexdigest()
 
 
@@ -168,7 +204,8 @@ def match_incremental(
     broadcast_max_rows: int = 5_000_000,
     plan: Plan = BATCH,
 ) -> IncrementalResult:
-    """Match the whole POI table, reusing the UDF outputs of the last incremental run.
+    """Match the whole POI table, redoing only what its changes since the last
+    incremental run can reach.
 
     Args:
         spark: the session.
@@ -188,74 +225,100 @@ def match_incremental(
     """
     started = time.perf_counter()
     points_path, pairs_path = state_paths(matches_path)
-    version = state_key(spec)
+    version = state_key(spec, model)
     old_points = _read_state(spark, points_path, version)
     old_pairs = _read_state(spark, pairs_path, version)
     used_state = old_points is not None and old_pairs is not None
+    blocking = BlockingSettings.model_validate(spec.blocking)
+    fine = 0 if plan.small else FINE_LEVELS
+    stats = spec.stats()
+    steps: dict[str, float] = {}
+    last = [started]
+
+    def tick(step: str) -> None:
+        now = time.perf_counter()
+        steps[step] = round(now - last[0], 1)
+        last[0] = now
 
     hashed = pois.withColumn(_HASH, row_hash())
-    if used_state and old_points is not None:
-        keys = hashed.select(S.ID, _HASH)
-        kept = old_points.join(keys, on=[S.ID, _HASH], how="left_semi")
+    keys = hashed.select(S.ID, _HASH)
+    if used_state and old_points is not None and old_pairs is not None:
+        kept = BATCH.materialize(old_points.join(keys, on=[S.ID, _HASH], how="left_semi"))
         fresh = hashed.join(old_points.select(S.ID, _HASH), on=[S.ID, _HASH], how="left_anti")
-        fresh = fresh.transform(add_normalized_columns).localCheckpoint(eager=True)
-        changed = fresh.count()
-        normalized = kept.unionByName(fresh.select(*kept.columns))
+        # old values of changed rows, and deleted rows
+        leaving = BATCH.materialize(old_points.join(keys, on=[S.ID, _HASH], how="left_anti"))
     else:
-        normalized = hashed.transform(add_normalized_columns)
-        changed = -1
-    normalized = normalized.localCheckpoint(eager=True)
-    n_rows = normalized.count()
-    if changed < 0:
-        changed = n_rows
-    points = add_name_stats(normalized, spec.stats()).localCheckpoint(eager=True)
+        kept, fresh, leaving = None, hashed, None
+    fresh = BATCH.materialize(add_name_stats(fresh.transform(add_normalized_columns), stats))
+    changed = fresh.count()
+    tick("rows")
+    columns = list(fresh.columns)
+    # both sides are materialized: the union is read, not recomputed
+    points = fresh if kept is None else kept.select(*columns).unionByName(fresh)
+    n_rows = changed if kept is None else kept.count() + changed
 
-    blocking = BlockingSettings.model_validate(spec.blocking)
-    # the spatial pass's intermediate results are each read twice: computed once
-    pairs = candidate_pairs(
-        points,
-        settings=blocking,
-        materialize=BATCH.materialize,
-        broadcast_cells=n_rows <= broadcast_max_rows,
-        fine_levels=0 if plan.small else FINE_LEVELS,
-    )
-    hashes_l = points.select(F.col(S.ID).alias(S.ID_L), F.col(_HASH).alias(_HASH_L))
-    hashes_r = points.select(F.col(S.ID).alias(S.ID_R), F.col(_HASH).alias(_HASH_R))
-    keyed = pairs.join(hashes_l, on=S.ID_L).join(hashes_r, on=S.ID_R)
-    if used_state:
-        # read twice below (the pairs whose features are reused, the new ones): without
-        # this the whole blocking ran twice (121 s against 78 s for a first run of
-        # 3,000 rows in the test session)
-        keyed = BATCH.materialize(keyed)
-    sided = add_pair_sides(keyed, points)
-    feature_cols = [*FEATURE_COLUMNS, *(c.name for c in spec.added)]
-    if used_state and old_pairs is not None:
-        known = old_pairs.select(*_PAIR_KEYS, *feature_cols)
-        reused = sided.join(known, on=_PAIR_KEYS, how="inner")
-        new = sided.join(known.select(*_PAIR_KEYS), on=_PAIR_KEYS, how="left_anti")
-        computed = new.transform(add_pair_features, spec.added).select(*reused.columns)
-        marked = reused.withColumn(_NEW, F.lit(False)).unionByName(
-            computed.withColumn(_NEW, F.lit(True))
+    affected = None
+    if kept is not None and leaving is not None and old_pairs is not None:
+        affected = BATCH.materialize(
+            _affected_rows(points, kept, fresh, leaving, old_pairs, blocking=blocking, fine=fine)
         )
+        tick("reach")
+    directed = BATCH.materialize(
+        directed_candidates(
+            points,
+            settings=blocking,
+            query_ids=affected,
+            materialize=BATCH.materialize,
+            fine_levels=fine,
+            broadcast_cells=n_rows <= broadcast_max_rows,
+        )
+    )
+    found = _canonical_sides(directed)
+    fresh_ids = fresh.select(S.ID)
+    if affected is None or old_pairs is None or leaving is None:
+        pairs, kept_pairs = found, None
     else:
-        marked = sided.transform(add_pair_features, spec.added).withColumn(_NEW, F.lit(True))
-    marked = marked.localCheckpoint(eager=True)
-    counts = marked.agg(F.count(F.lit(1)).alias("n"), F.count(F.when(F.col(_NEW), 1)).alias("new"))
-    row = counts.first()
-    n_pairs, n_new = (int(row["n"]), int(row["new"])) if row is not None else (0, 0)
-    base = marked.drop(_NEW)
-    scored, grouped = score_and_group(
+        # materialized: a union of unions here trips Spark's constraint propagation
+        # (NoSuchElementException: key not found: id)
+        redone = BATCH.materialize(affected.unionByName(leaving.select(S.ID)).distinct())
+        pairs, kept_pairs = _merge_pairs(old_pairs, found, redone, fresh_ids)
+    pairs = BATCH.materialize(pairs)
+    tick("blocking")
+    names = pass_names(blocking)
+    to_score = pairs.where(F.col(S.SCORE).isNull()).select(
+        S.ID_L, S.ID_R, pass_label(F.col(_BITS_L).bitwiseOR(F.col(_BITS_R)), names).alias(S.PASS)
+    )
+    featured = featured_pairs(to_score, points, plan=BATCH, added=spec.added)
+    new_scores = BATCH.materialize(
+        score_pairs(model, featured, spec.calibration).select(S.ID_L, S.ID_R, S.SCORE)
+    )
+    n_new = new_scores.count()
+    tick("scoring")
+    scored_new = pairs.drop(S.SCORE).join(new_scores, on=[S.ID_L, S.ID_R], how="inner")
+    state_pairs = pairs.where(F.col(S.SCORE).isNotNull()).unionByName(scored_new)
+    if kept_pairs is not None:
+        state_pairs = kept_pairs.unionByName(state_pairs)
+    state_pairs = BATCH.materialize(state_pairs)
+    n_pairs = state_pairs.count()
+    scored = state_pairs.select(S.ID_L, S.ID_R, S.SCORE)
+    grouped = group_scored(
         points.select(S.ID),
-        base,
-        model=model,
+        scored,
         spec=spec,
         max_iterations=max_iterations,
         local_max_edges=local_max_edges,
-    )
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    grouped.count()
+    tick("grouping")
 
+    kth = kth_distances(directed, blocking)
+    if kept is not None and affected is not None:
+        kth = kept.select(S.ID, KTH).join(affected, on=S.ID, how="left_anti").unionByName(kth)
     code = F.lit(version).alias(_CODE)
-    write_delta(normalized.select(*normalized.columns, code), points_path)
-    write_delta(base.select(*_PAIR_KEYS, *feature_cols, code), pairs_path)
+    with_kth = points.join(kth, on=S.ID, how="left")
+    write_delta(with_kth.select(*columns, KTH, code), points_path)
+    write_delta(state_pairs.select(*_PAIR_STATE, code), pairs_path)
+    tick("state")
     return IncrementalResult(
         matches=grouped,
         scored=scored,
@@ -266,5 +329,106 @@ def match_incremental(
         used_state=used_state,
         plan=plan.name,
         seconds=time.perf_counter() - started,
-        points=normalized,
+        points=points,
+        affected_rows=n_rows if affected is None else affected.count(),
+        steps=steps,
     )
+
+
+def _affected_rows(
+    points: DataFrame,
+    kept: DataFrame,
+    fresh: DataFrame,
+    leaving: DataFrame,
+    old_pairs: DataFrame,
+    *,
+    blocking: BlockingSettings,
+    fine: int,
+) -> DataFrame:
+    """Ids of the rows whose candidate lists must be redone: the new and changed rows,
+    the rows whose lists held a row that left (its old values), and the rows an
+    arriving or leaving row can reach (:func:`rows_near_changes`)."""
+    gone = leaving.select(S.ID)
+    held_l = old_pairs.where(F.col(_BITS_L) != 0).join(
+        gone.withColumnRenamed(S.ID, S.ID_R), on=S.ID_R, how="left_semi"
+    )
+    held_r = old_pairs.where(F.col(_BITS_R) != 0).join(
+        gone.withColumnRenamed(S.ID, S.ID_L), on=S.ID_L, how="left_semi"
+    )
+    near = rows_near_changes(kept, fresh, leaving, settings=blocking, fine_levels=fine)
+    ids = (
+        fresh.select(S.ID)
+        .unionByName(held_l.select(F.col(S.ID_L).alias(S.ID)))
+        .unionByName(held_r.select(F.col(S.ID_R).alias(S.ID)))
+        .unionByName(near)
+        .distinct()
+    )
+    return ids.join(points.select(S.ID), on=S.ID, how="left_semi")
+
+
+def _canonical_sides(directed: DataFrame) -> DataFrame:
+    """Directed candidates -> one row per pair (``id_l < id_r``) with the passes each
+    side found the other by (``_bits_l``: ``id_l``'s list) and a null ``score``."""
+    left_first = F.col(S.ID) < F.col(OTHER)
+    zero = F.lit(0).cast(T.LongType())
+    return (
+        directed.select(
+            F.least(S.ID, OTHER).alias(S.ID_L),
+            F.greatest(S.ID, OTHER).alias(S.ID_R),
+            F.when(left_first, F.col(BITS)).otherwise(zero).alias(_BITS_L),
+            F.when(left_first, zero).otherwise(F.col(BITS)).alias(_BITS_R),
+        )
+        .groupBy(S.ID_L, S.ID_R)
+        .agg(F.bit_or(_BITS_L).alias(_BITS_L), F.bit_or(_BITS_R).alias(_BITS_R))
+        .withColumn(S.SCORE, F.lit(None).cast(T.DoubleType()))
+    )
+
+
+def _merge_pairs(
+    old_pairs: DataFrame, found: DataFrame, redone: DataFrame, fresh_ids: DataFrame
+) -> tuple[DataFrame, DataFrame]:
+    """The last run's pairs updated with the redone rows' lists: ``(touched, kept)``.
+
+    ``kept``: pairs neither of whose rows was redone (lists, score unchanged).
+    ``touched``: the other pairs, the redone sides' passes replaced by ``found``
+    (those rows' new lists), a pair dropped when no side finds it any more; the old
+    score kept unless a side is new or changed (null: to score).
+    """
+    flag_l = redone.select(F.col(S.ID).alias(S.ID_L), F.lit(True).alias("_redo_l"))
+    flag_r = redone.select(F.col(S.ID).alias(S.ID_R), F.lit(True).alias("_redo_r"))
+    flagged = old_pairs.join(F.broadcast(flag_l), on=S.ID_L, how="left").join(
+        F.broadcast(flag_r), on=S.ID_R, how="left"
+    )
+    redo_l, redo_r = F.col("_redo_l").isNotNull(), F.col("_redo_r").isNotNull()
+    kept = flagged.where(~redo_l & ~redo_r).select(*_PAIR_STATE)
+    zero = F.lit(0).cast(T.LongType())
+    fresh_l = fresh_ids.select(F.col(S.ID).alias(S.ID_L), F.lit(True).alias("_new_l"))
+    fresh_r = fresh_ids.select(F.col(S.ID).alias(S.ID_R), F.lit(True).alias("_new_r"))
+    touched = (
+        flagged.where(redo_l | redo_r)
+        .select(
+            S.ID_L,
+            S.ID_R,
+            F.when(redo_l, zero).otherwise(F.col(_BITS_L)).alias(_BITS_L),
+            F.when(redo_r, zero).otherwise(F.col(_BITS_R)).alias(_BITS_R),
+            S.SCORE,
+        )
+        .join(F.broadcast(fresh_l), on=S.ID_L, how="left")
+        .join(F.broadcast(fresh_r), on=S.ID_R, how="left")
+        .withColumn(
+            S.SCORE,
+            F.when(F.col("_new_l").isNull() & F.col("_new_r").isNull(), F.col(S.SCORE)),
+        )
+        .select(*_PAIR_STATE)
+    )
+    merged = (
+        touched.unionByName(found)
+        .groupBy(S.ID_L, S.ID_R)
+        .agg(
+            F.bit_or(_BITS_L).alias(_BITS_L),
+            F.bit_or(_BITS_R).alias(_BITS_R),
+            F.max(S.SCORE).alias(S.SCORE),
+        )
+        .where((F.col(_BITS_L) != 0) | (F.col(_BITS_R) != 0))
+    )
+    return merged, kept

@@ -36,7 +36,16 @@ from poimatch.config import BlockingSettings
 from poimatch.stages.features import PAIR_SIDE_COLUMNS, haversine_m, pair_side_col
 
 __all__ = [
+    "BITS",
+    "DIST",
     "FINE_LEVELS",
+    "KTH",
+    "OTHER",
+    "directed_candidates",
+    "kth_distances",
+    "pass_label",
+    "pass_names",
+    "rows_near_changes",
     "candidate_pairs",
     "add_pair_sides",
     "haversine_m",
@@ -259,7 +268,13 @@ def _row_columns(points: DataFrame) -> list[str]:
     return [S.ID, S.LATITUDE, S.LONGITUDE, *([_SRC] if _SRC in points.columns else [])]
 
 
-def _grid_levels(points: DataFrame, cell_m: float, k: int, fine_levels: int) -> DataFrame:
+def _grid_levels(
+    points: DataFrame,
+    cell_m: float,
+    k: int,
+    fine_levels: int,
+    query_ids: DataFrame | None = None,
+) -> DataFrame:
     """``id``, ``latitude``, ``longitude``, ``_lvl``: the finest grid worth trying per row.
 
     Level ``j`` has cells of ``cell_m / 2**j``; a row gets the finest level whose 3x3
@@ -272,15 +287,30 @@ def _grid_levels(points: DataFrame, cell_m: float, k: int, fine_levels: int) -> 
     of fixed size, however many levels (level by level, it was three shuffles and a
     join per level, and a plan Spark took seconds to analyse, on any table). Ids are
     unique, as everywhere in blocking.
+
+    ``query_ids`` (``id``): levels for those rows alone, counting only the cells around
+    them (a broadcast cut before the shuffle). A level only decides where a row is
+    tried first (:func:`_spatial_nearest` redoes an unconfirmed row on the coarse
+    grid), so the cut changes the work, never the pairs.
     """
     cols = _row_columns(points)
     rows = points.select(*cols)
     size = _size(cell_m)
-    copies = rows.select(
-        *cols, F.explode(F.sequence(F.lit(1), F.lit(fine_levels))).alias(_LVL)
-    ).withColumn(_CY, _cell_y(F.col(S.LATITUDE), size))
-    copies = copies.withColumn(_CX, _cell_x(F.col(S.LONGITUDE), F.col(_CY), size))
-    counts = copies.groupBy(_LVL, _CY, _CX).agg(F.count(F.lit(1)).alias("_c"))
+
+    def copied(frame: DataFrame) -> DataFrame:
+        out = frame.select(
+            *cols, F.explode(F.sequence(F.lit(1), F.lit(fine_levels))).alias(_LVL)
+        ).withColumn(_CY, _cell_y(F.col(S.LATITUDE), size))
+        return out.withColumn(_CX, _cell_x(F.col(S.LONGITUDE), F.col(_CY), size))
+
+    copies = counted = copied(rows)
+    if query_ids is not None:
+        copies = copied(rows.join(query_ids, on=S.ID, how="left_semi"))
+        around = _spread_counts(
+            copies.groupBy(_LVL, _CY, _CX).agg(F.lit(0).alias("_c")), [_LVL], size
+        ).select(_LVL, _CY, _CX)
+        counted = counted.join(F.broadcast(around), on=[_LVL, _CY, _CX], how="left_semi")
+    counts = counted.groupBy(_LVL, _CY, _CX).agg(F.count(F.lit(1)).alias("_c"))
     dense = (
         _spread_counts(counts, [_LVL], size)
         .where(F.col("_nn") - 1 >= _DENSE_FACTOR * k)
@@ -303,9 +333,11 @@ def _spatial_nearest(
     materialize: Materialize | None = None,
     query: Column | None = None,
     broadcast: bool = True,
+    query_ids: DataFrame | None = None,
 ) -> DataFrame:
     """Directed ``(id, _other)``: each row's ``k`` nearest within its 3x3 cells
-    (each row that ``query`` selects, when given: the others are only candidates).
+    (each row that ``query`` selects, or whose id ``query_ids`` holds, when given: the
+    others are only candidates).
 
     Exactly the k nearest among the rows in the 3x3 cells of ``cell_m`` around the
     row (ties by id), without joining every dense cell with its neighbours: a row in
@@ -314,9 +346,11 @@ def _spatial_nearest(
     ``cell_m`` grid. Any row closer than a cell size is within the 3x3 cells, so the
     k nearest found on a finer grid are the k nearest on the coarse one.
     """
-    rows = _grid_levels(points, cell_m, k, fine_levels) if fine_levels else None
+    rows = _grid_levels(points, cell_m, k, fine_levels, query_ids) if fine_levels else None
     if rows is None:
         rows = points.select(*_row_columns(points), F.lit(0).alias(_LVL))
+        if query_ids is not None:
+            rows = rows.join(query_ids, on=S.ID, how="left_semi")
     if query is not None:
         rows = rows.where(query)
     if materialize is not None and fine_levels:
@@ -349,6 +383,8 @@ def _key_nearest(
     passes: Sequence[str],
     query: Column | None = None,
     broadcast: bool = True,
+    *,
+    query_ids: DataFrame | None = None,
 ) -> DataFrame:
     """Directed ``(id, _other, block_pass)`` of the key passes: per pass, the ``k_key``
     nearest rows sharing its key.
@@ -368,6 +404,11 @@ def _key_nearest(
         .where(F.col(_KEY).isNotNull())
         .withColumn(_LVL, F.lit(0))
     )
+    if query_ids is not None:
+        # a key's counts and pairs are made of the rows holding it alone: only the
+        # query rows' keys matter (cut before any shuffle)
+        keys = rows.join(query_ids, on=S.ID, how="left_semi").select(_KEY).distinct()
+        rows = rows.join(F.broadcast(keys), on=_KEY, how="left_semi")
     celled = _with_cell(rows, cell_m)
     counts = celled.groupBy(_CY, _CX, _KEY).agg(F.count(F.lit(1)).alias("_c"))
     near = _spread_counts(counts, [_KEY], cell_m)
@@ -375,12 +416,14 @@ def _key_nearest(
     left = celled.join(near, on=[_CY, _CX, _KEY], how="inner").where(F.col("_nn") - 1 < cap)
     if query is not None:
         left = left.where(query)
+    if query_ids is not None:
+        left = left.join(query_ids, on=S.ID, how="left_semi")
     # a right row in a cell with more than cap rows of its key only neighbours skipped rows
     right = celled.join(counts.where(F.col("_c") <= cap), on=[_CY, _CX, _KEY], how="left_semi")
     right = _thin_stacks(right.drop(_CY, _CX, _LVL), settings.k_key + 1, [_KEY])
     directed = _near_pairs(left.drop(_CY, _CX, "_nn"), right, cell_m, key=True, broadcast=broadcast)
     return _ranked(directed, settings.k_key, key=True).select(
-        S.ID, _OTHER, F.substring_index(F.col(_KEY), _KEY_SEP, 1).alias(S.PASS)
+        S.ID, _OTHER, F.substring_index(F.col(_KEY), _KEY_SEP, 1).alias(S.PASS), _DIST
     )
 
 
@@ -466,10 +509,9 @@ def candidate_pairs(
         if S.SOURCE not in points.columns:
             raise ValueError(f"link_only needs a {S.SOURCE!r} column naming each row's source")
         points = points.withColumn(_SRC, F.col(S.SOURCE))
-    spatial = _spatial_nearest(
+    spatial, keyed = _directed_passes(
         points,
-        settings.cell_m,
-        settings.k_nearest,
+        settings,
         fine_levels=fine_levels,
         materialize=materialize,
         query=query,
@@ -478,18 +520,277 @@ def candidate_pairs(
     # each pass is a bit (in name order), OR-ed per pair: a plain hash aggregate of
     # longs, where collecting, sorting and joining the names per pair was an object
     # aggregate over every directed pair; the label is spelled once per pair after it
-    names = sorted({_SPATIAL, *settings.key_passes})
+    names = pass_names(settings)
     union = _canonical(spatial, F.lit(1 << names.index(_SPATIAL)))
-    if settings.key_passes:
-        keyed = _key_nearest(points, settings, settings.key_passes, query, broadcast_cells)
+    if keyed is not None:
         union = union.unionByName(_canonical(keyed, _pass_bit(F.col(S.PASS), names)))
-    bits = F.col(S.PASS)
-    label = F.concat_ws(
+    return (
+        union.groupBy(S.ID_L, S.ID_R)
+        .agg(F.bit_or(S.PASS).alias(S.PASS))
+        .withColumn(S.PASS, pass_label(F.col(S.PASS), names))
+    )
+
+
+def _directed_passes(
+    points: DataFrame,
+    settings: BlockingSettings,
+    *,
+    fine_levels: int,
+    materialize: Materialize | None,
+    query: Column | None = None,
+    query_ids: DataFrame | None = None,
+    broadcast: bool = True,
+) -> tuple[DataFrame, DataFrame | None]:
+    """The spatial pass's directed ``(id, _other, _dist_m)`` and the key passes' directed
+    ``(id, _other, block_pass)`` (None without key passes)."""
+    spatial = _spatial_nearest(
+        points,
+        settings.cell_m,
+        settings.k_nearest,
+        fine_levels=fine_levels,
+        materialize=materialize,
+        query=query,
+        broadcast=broadcast,
+        query_ids=query_ids,
+    )
+    keyed = None
+    if settings.key_passes:
+        keyed = _key_nearest(
+            points, settings, settings.key_passes, query, broadcast, query_ids=query_ids
+        )
+    return spatial, keyed
+
+
+def pass_names(settings: BlockingSettings) -> list[str]:
+    """The passes of ``settings`` in name order: pass ``i`` is bit ``1 << i``."""
+    return sorted({_SPATIAL, *settings.key_passes})
+
+
+def pass_label(bits: Column, names: list[str]) -> Column:
+    """``block_pass`` spelled from OR-ed pass bits (names in name order, comma-separated)."""
+    return F.concat_ws(
         ",", *[F.when(bits.bitwiseAND(1 << i) != 0, F.lit(n)) for i, n in enumerate(names)]
     )
-    return (
-        union.groupBy(S.ID_L, S.ID_R).agg(F.bit_or(S.PASS).alias(S.PASS)).withColumn(S.PASS, label)
+
+
+#: columns of :func:`directed_candidates`
+OTHER, BITS, DIST = "other_id", "pass_bits", "dist_m"
+
+
+def directed_candidates(
+    points: DataFrame,
+    *,
+    settings: BlockingSettings,
+    query_ids: DataFrame | None = None,
+    materialize: Materialize | None = None,
+    fine_levels: int = FINE_LEVELS,
+    broadcast_cells: bool = True,
+) -> DataFrame:
+    """Each row's own candidates: ``id``, ``other_id``, ``pass_bits`` (the passes that
+    found ``other_id`` for ``id``, bits of :func:`pass_names`), ``dist_m`` (their
+    distance).
+
+    The pairs of :func:`candidate_pairs` are these, each pair once whichever of its two
+    rows found it. ``query_ids`` (``id``): the lists of those rows alone, each exactly as
+    a run over all of ``points`` gives it, with the work cut to what they need (the grid
+    levels counted around them, the key passes cut to their keys): what an incremental
+    run recomputes (:mod:`poimatch.runs.incremental`).
+    """
+    spatial, keyed = _directed_passes(
+        points,
+        settings,
+        fine_levels=fine_levels,
+        materialize=materialize,
+        query_ids=query_ids,
+        broadcast=broadcast_cells,
     )
+    names = pass_names(settings)
+    union = spatial.select(
+        S.ID, _OTHER, F.lit(1 << names.index(_SPATIAL)).cast(T.LongType()).alias(BITS), _DIST
+    )
+    if keyed is not None:
+        union = union.unionByName(
+            keyed.select(
+                S.ID,
+                _OTHER,
+                _pass_bit(F.col(S.PASS), names).alias(BITS),
+                _DIST,
+            )
+        )
+    return (
+        union.groupBy(S.ID, _OTHER)
+        .agg(F.bit_or(BITS).alias(BITS), F.max(_DIST).alias(DIST))
+        .withColumnRenamed(_OTHER, OTHER)
+    )
+
+
+def rows_near_changes(
+    points: DataFrame,
+    added: DataFrame,
+    removed: DataFrame,
+    *,
+    settings: BlockingSettings,
+    fine_levels: int = FINE_LEVELS,
+) -> DataFrame:
+    """Ids of ``points`` whose candidate lists rows arriving or leaving could change,
+    besides the lists holding a leaving row (the caller finds those in the last run's
+    pairs).
+
+    Args:
+        points: the rows that stay, with the normalized key columns and
+            ``kth_dist_m``: per pass name, the distance of the row's k-th nearest
+            candidate of that pass in the last run (null or absent: fewer than k).
+        added: rows that arrive (new rows, the new values of changed rows).
+        removed: rows that leave (the old values of changed rows, deleted rows).
+        settings: the blocking settings of the run.
+        fine_levels: finer grids to look on (see :func:`_spatial_nearest`).
+
+    A pass's list is a row's k nearest (ties to the smallest ids) among the rows it may
+    pair with. A row arriving farther than the k-th cannot enter it, so a row's list
+    stays unless an added row lies within that distance (anywhere it could pair with
+    when it had fewer than k). A row leaving changes only the lists holding it. The
+    spatial rows are looked for on the finest grid whose cells are at least that
+    distance, so the join stays small in dense areas. A key pass's list also changes
+    when the counts that cut generic keys cross the cap: the row's own (its 3x3 key
+    cells), or a cell's whose rows it could pair with. Stacked rows need no rule of
+    their own: a row pushed out of a stack's ``k + 1`` offered rows is replaced by an
+    arriving row at the same point, at the same distance.
+    """
+    cell_m, size = settings.cell_m, _size(settings.cell_m)
+    kth = F.col(KTH)[_SPATIAL]
+    finest = F.lit(0)
+    for j in range(1, fine_levels + 1):
+        finest = F.when(kth <= 0.99 * cell_m / (2.0**j), F.lit(j)).otherwise(finest)
+    left = points.select(S.ID, S.LATITUDE, S.LONGITUDE, kth.alias("_kth"), finest.alias(_LVL))
+    left = left.withColumn(_CY, _cell_y(F.col(S.LATITUDE), size))
+    left = left.withColumn(_CX, _cell_x(F.col(S.LONGITUDE), F.col(_CY), size))
+    arriving = _copies(
+        added.select(
+            F.col(S.ID).alias(_OTHER),
+            F.col(S.LATITUDE).alias("_lat_o"),
+            F.col(S.LONGITUDE).alias("_lon_o"),
+            F.explode(F.sequence(F.lit(0), F.lit(fine_levels))).alias(_LVL),
+        ),
+        size,
+    )
+    dist = haversine_m(F.col(S.LATITUDE), F.col(S.LONGITUDE), F.col("_lat_o"), F.col("_lon_o"))
+    spatial = (
+        left.join(F.broadcast(arriving), on=[_LVL, _CY, _CX])
+        .where((F.col(S.ID) != F.col(_OTHER)) & (F.col("_kth").isNull() | (dist <= F.col("_kth"))))
+        .select(S.ID)
+    )
+    if not settings.key_passes:
+        return spatial.distinct()
+    return spatial.unionByName(_key_neighbours(points, added, removed, settings)).distinct()
+
+
+def _copies(rows: DataFrame, size: Column | float) -> DataFrame:
+    """``rows`` (with ``_lat_o``, ``_lon_o``) copied into the 3x3 cells around them, as
+    :func:`_near_pairs` copies its right rows (``_cy``, ``_cx`` of each copy)."""
+    return (
+        rows.select("*", F.explode(_offsets()).alias("_o"))
+        .withColumn(_CY, _cell_y(F.col("_lat_o"), size) + F.col("_o.dy"))
+        .where(_distinct_neighbour(F.col("_o.dx"), F.col(_CY), size))
+        .withColumn(
+            _CX,
+            _wrap_x(_cell_x(F.col("_lon_o"), F.col(_CY), size) + F.col("_o.dx"), F.col(_CY), size),
+        )
+        .drop("_o")
+    )
+
+
+def _key_neighbours(
+    points: DataFrame, added: DataFrame, removed: DataFrame, settings: BlockingSettings
+) -> DataFrame:
+    """Ids of ``points`` whose key-pass lists rows arriving or leaving can change: a
+    row blocks on its key in one run and not the other (the count in its 3x3 key cells
+    crosses ``max_key_group``); a cell its key's copies come from crosses the cap (its
+    rows are offered in one run only); or an arriving row sharing its key lands in its
+    cell no farther than its k-th nearest of that pass (or it had fewer than k)."""
+    cell_m, cap = settings.key_cell_m, settings.max_key_group
+    keyed = F.array(
+        *[F.concat(F.lit(name + _KEY_SEP), pass_key(name)) for name in settings.key_passes]
+    )
+
+    def keys_of(frame: DataFrame) -> DataFrame:
+        out = frame.select(S.LATITUDE, S.LONGITUDE, F.explode(keyed).alias(_KEY))
+        return _with_cell(out.where(F.col(_KEY).isNotNull()), cell_m)
+
+    arriving, leaving = keys_of(added), keys_of(removed)
+    wanted = F.broadcast(arriving.unionByName(leaving).select(_KEY).distinct())
+    rows = (
+        points.select(S.ID, S.LATITUDE, S.LONGITUDE, KTH, F.explode(keyed).alias(_KEY))
+        .where(F.col(_KEY).isNotNull())
+        .join(wanted, on=_KEY, how="left_semi")
+    )
+    rows = _with_cell(rows, cell_m)
+    cells = [_CY, _CX, _KEY]
+
+    def counted(frame: DataFrame) -> DataFrame:
+        return frame.select(*cells).groupBy(*cells).agg(F.count(F.lit(1)).alias("_c"))
+
+    # counts of the moving keys alone, before and after: per cell, and spread to 3x3
+    cell_before = counted(rows.select(*cells).unionByName(leaving.select(*cells)))
+    cell_after = counted(rows.select(*cells).unionByName(arriving.select(*cells)))
+    crossing = (
+        cell_before.withColumnRenamed("_c", "_b")
+        .join(cell_after.withColumnRenamed("_c", "_a"), on=cells, how="full")
+        .where((F.coalesce("_b", F.lit(0)) > cap) != (F.coalesce("_a", F.lit(0)) > cap))
+    )
+    near_before = _spread_counts(cell_before, [_KEY], cell_m).withColumnRenamed("_nn", "_nb")
+    near_after = _spread_counts(cell_after, [_KEY], cell_m).withColumnRenamed("_nn", "_na")
+    status = (
+        rows.join(near_before, on=cells, how="left")
+        .join(near_after, on=cells, how="left")
+        .withColumn("_skip_b", F.coalesce("_nb", F.lit(0)) - 1 >= cap)
+        .withColumn("_skip_a", F.coalesce("_na", F.lit(0)) - 1 >= cap)
+    )
+    flipped = status.where(F.col("_skip_b") != F.col("_skip_a")).select(S.ID)
+    # the rows of a crossing cell are offered in one run only: the rows their copies
+    # reach may see their lists change
+    located = [F.col(S.LATITUDE).alias("_lat_o"), F.col(S.LONGITUDE).alias("_lon_o")]
+    members = (
+        rows.select(*cells, *located)
+        .unionByName(arriving.select(*cells, *located))
+        .unionByName(leaving.select(*cells, *located))
+        .join(F.broadcast(crossing.select(*cells)), on=cells, how="left_semi")
+    )
+    offered = _copies(members.drop(_CY, _CX), cell_m).select(*cells).distinct()
+    cut_rows = rows.join(F.broadcast(offered), on=cells, how="left_semi").select(S.ID)
+    pass_name = F.substring_index(F.col(_KEY), _KEY_SEP, 1)
+    incoming = _copies(
+        arriving.select(
+            _KEY, F.col(S.LATITUDE).alias("_lat_o"), F.col(S.LONGITUDE).alias("_lon_o")
+        ),
+        cell_m,
+    )
+    dist = haversine_m(F.col(S.LATITUDE), F.col(S.LONGITUDE), F.col("_lat_o"), F.col("_lon_o"))
+    kth = F.col(KTH)[pass_name]
+    entering = (
+        status.where(~F.col("_skip_a"))
+        .join(F.broadcast(incoming), on=cells)
+        .where(kth.isNull() | (dist <= kth))
+        .select(S.ID)
+    )
+    return flipped.unionByName(cut_rows).unionByName(entering)
+
+
+def kth_distances(directed: DataFrame, settings: BlockingSettings) -> DataFrame:
+    """``id``, ``kth_dist_m`` of :func:`directed_candidates`' rows: per pass name, the
+    distance of the row's k-th nearest candidate of that pass (``k_nearest`` for the
+    spatial pass, ``k_key`` for a key pass), null when it has fewer than k."""
+    entries: list[Column] = []
+    for i, name in enumerate(pass_names(settings)):
+        k = settings.k_nearest if name == _SPATIAL else settings.k_key
+        has = F.col(BITS).bitwiseAND(1 << i) != 0
+        kth = F.when(F.count(F.when(has, 1)) >= k, F.max(F.when(has, F.col(DIST))))
+        entries += [F.lit(name), kth]
+    return directed.groupBy(S.ID).agg(F.create_map(*entries).alias(KTH))
+
+
+#: the column of :func:`rows_near_changes`' points: per pass name, the distance of the
+#: row's k-th nearest candidate of that pass (null: fewer than k)
+KTH = "kth_dist_m"
 
 
 def _pass_bit(name: Column, names: list[str]) -> Column:

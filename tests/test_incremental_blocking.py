@@ -23,10 +23,13 @@ from poimatch import schema as S
 from poimatch.config import BlockingSettings
 from poimatch.stages.blocking import (
     BITS,
+    KTH,
+    LEVEL,
     OTHER,
     candidate_pairs,
     directed_candidates,
     kth_distances,
+    level_hint,
     pass_label,
     pass_names,
     rows_near_changes,
@@ -138,11 +141,22 @@ def test_every_row_whose_list_changed_is_redone(spark: SparkSession, tables: Any
 def test_lists_redone_alone_equal_the_whole_tables(spark: SparkSession, tables: Any) -> None:
     affected = sorted(_affected(spark, tables))
     ids = spark.createDataFrame([(i,) for i in affected], f"{S.ID} string")
-    for fine in (4, 0):
+    # grid levels to start on: from the last run's k-th distances (null for new rows),
+    # and levels far too fine for every row (all redone on the coarse grid)
+    hints = ids.join(
+        kth_distances(tables["old"], _SETTINGS).select(
+            S.ID, level_hint(F.col(KTH), _SETTINGS.cell_m).alias(LEVEL)
+        ),
+        on=S.ID,
+        how="left",
+    )
+    assert {r[LEVEL] for r in hints.collect()} >= {None, 0, 2}
+    too_fine = ids.withColumn(LEVEL, F.lit(4))
+    whole = {i: lst for i, lst in _lists(tables["new"]).items() if i in set(affected)}
+    for query, fine in ((ids, 4), (ids, 0), (hints, 4), (too_fine, 4)):
         alone = directed_candidates(
-            tables["after"], settings=_SETTINGS, query_ids=ids, fine_levels=fine
+            tables["after"], settings=_SETTINGS, query_ids=query, fine_levels=fine
         )
-        whole = {i: lst for i, lst in _lists(tables["new"]).items() if i in set(affected)}
         assert _lists(alone) == whole
 
 

@@ -43,14 +43,16 @@ from pyspark.sql import types as T
 
 from poimatch import schema as S
 from poimatch.config import BlockingSettings
-from poimatch.io.tables import is_delta_table, read_delta, write_delta
+from poimatch.io.tables import delta_version, is_delta_table, read_delta, write_delta
 from poimatch.stages.blocking import (
     BITS,
     FINE_LEVELS,
     KTH,
+    LEVEL,
     OTHER,
     directed_candidates,
     kth_distances,
+    level_hint,
     pass_label,
     pass_names,
     rows_near_changes,
@@ -77,6 +79,8 @@ __all__ = [
 _HASH = "_row_hash"
 _CODE = "_code_version"
 _BITS_L, _BITS_R = "_bits_l", "_bits_r"
+#: changed ids up to this many are broadcast to cut the tables they select from
+_BROADCAST_IDS = 1_000_000
 _PAIR_STATE = [S.ID_L, S.ID_R, _BITS_L, _BITS_R, S.SCORE]
 
 
@@ -183,9 +187,11 @@ def state_paths(matches_path: str) -> tuple[str, str]:
 
 
 def _read_state(spark: SparkSession, path: str, version: str) -> DataFrame | None:
+    """The state table at ``path`` at its current version, pinned: the run reads what
+    it keeps of it after overwriting it (an unpinned read would see the new state)."""
     if not is_delta_table(spark, path):
         return None
-    frame = read_delta(spark, path)
+    frame = read_delta(spark, path, version=delta_version(spark, path))
     first = frame.select(_CODE).limit(1).collect()
     if not first or first[0][0] != version:
         return None  # produced by other code, libraries or model: start over
@@ -243,17 +249,30 @@ def match_incremental(
     hashed = pois.withColumn(_HASH, row_hash())
     keys = hashed.select(S.ID, _HASH)
     if used_state and old_points is not None and old_pairs is not None:
-        kept = BATCH.materialize(old_points.join(keys, on=[S.ID, _HASH], how="left_semi"))
-        fresh = hashed.join(old_points.select(S.ID, _HASH), on=[S.ID, _HASH], how="left_anti")
-        # old values of changed rows, and deleted rows
-        leaving = BATCH.materialize(old_points.join(keys, on=[S.ID, _HASH], how="left_anti"))
+        # what changed, from the ids and hashes alone (no wide row is shuffled): new or
+        # changed rows, and the rows whose old values leave (changed or deleted)
+        old_keys = old_points.select(S.ID, _HASH)
+        # (ids re-aliased: a checkpoint keeps its source's attributes, and a join of the
+        # table with a checkpoint of itself cannot be resolved)
+        fresh_ids = BATCH.materialize(
+            keys.join(old_keys, on=[S.ID, _HASH], how="left_anti").select(F.col(S.ID).alias(S.ID))
+        )
+        gone_ids = BATCH.materialize(
+            old_keys.join(keys, on=[S.ID, _HASH], how="left_anti").select(F.col(S.ID).alias(S.ID))
+        )
+        few = fresh_ids.count() + gone_ids.count() <= _BROADCAST_IDS
+        fresh = hashed.join(_maybe_broadcast(fresh_ids, few), on=S.ID, how="left_semi")
+        leaving = BATCH.materialize(
+            old_points.join(_maybe_broadcast(gone_ids, few), on=S.ID, how="left_semi")
+        )
+        # the old rows that stay (their id and hash are in the table): read, not copied
+        kept = old_points.join(_maybe_broadcast(gone_ids, few), on=S.ID, how="left_anti")
     else:
         kept, fresh, leaving = None, hashed, None
     fresh = BATCH.materialize(add_name_stats(fresh.transform(add_normalized_columns), stats))
     changed = fresh.count()
     tick("rows")
     columns = list(fresh.columns)
-    # both sides are materialized: the union is read, not recomputed
     points = fresh if kept is None else kept.select(*columns).unionByName(fresh)
     n_rows = changed if kept is None else kept.count() + changed
 
@@ -263,11 +282,16 @@ def match_incremental(
             _affected_rows(points, kept, fresh, leaving, old_pairs, blocking=blocking, fine=fine)
         )
         tick("reach")
+    query = affected
+    if affected is not None and kept is not None:
+        # the rows that stay start on the grid level of their last k-th nearest distance
+        hints = kept.select(S.ID, level_hint(F.col(KTH), blocking.cell_m, fine).alias(LEVEL))
+        query = affected.join(hints, on=S.ID, how="left")
     directed = BATCH.materialize(
         directed_candidates(
             points,
             settings=blocking,
-            query_ids=affected,
+            query_ids=query,
             materialize=BATCH.materialize,
             fine_levels=fine,
             broadcast_cells=n_rows <= broadcast_max_rows,
@@ -295,11 +319,15 @@ def match_incremental(
     n_new = new_scores.count()
     tick("scoring")
     scored_new = pairs.drop(S.SCORE).join(new_scores, on=[S.ID_L, S.ID_R], how="inner")
-    state_pairs = pairs.where(F.col(S.SCORE).isNotNull()).unionByName(scored_new)
+    redone_pairs = BATCH.materialize(
+        pairs.where(F.col(S.SCORE).isNotNull()).unionByName(scored_new)
+    )
+    n_pairs = redone_pairs.count()
+    state_pairs = redone_pairs
     if kept_pairs is not None:
-        state_pairs = kept_pairs.unionByName(state_pairs)
-    state_pairs = BATCH.materialize(state_pairs)
-    n_pairs = state_pairs.count()
+        # the last run's pairs that stay: read from its state (a filter), not copied
+        n_pairs += kept_pairs.count()
+        state_pairs = kept_pairs.unionByName(redone_pairs)
     scored = state_pairs.select(S.ID_L, S.ID_R, S.SCORE)
     grouped = group_scored(
         points.select(S.ID),
@@ -335,6 +363,10 @@ def match_incremental(
     )
 
 
+def _maybe_broadcast(ids: DataFrame, few: bool) -> DataFrame:
+    return F.broadcast(ids) if few else ids
+
+
 def _affected_rows(
     points: DataFrame,
     kept: DataFrame,
@@ -350,10 +382,10 @@ def _affected_rows(
     arriving or leaving row can reach (:func:`rows_near_changes`)."""
     gone = leaving.select(S.ID)
     held_l = old_pairs.where(F.col(_BITS_L) != 0).join(
-        gone.withColumnRenamed(S.ID, S.ID_R), on=S.ID_R, how="left_semi"
+        F.broadcast(gone.withColumnRenamed(S.ID, S.ID_R)), on=S.ID_R, how="left_semi"
     )
     held_r = old_pairs.where(F.col(_BITS_R) != 0).join(
-        gone.withColumnRenamed(S.ID, S.ID_L), on=S.ID_L, how="left_semi"
+        F.broadcast(gone.withColumnRenamed(S.ID, S.ID_L)), on=S.ID_L, how="left_semi"
     )
     near = rows_near_changes(kept, fresh, leaving, settings=blocking, fine_levels=fine)
     ids = (

@@ -40,9 +40,11 @@ __all__ = [
     "DIST",
     "FINE_LEVELS",
     "KTH",
+    "LEVEL",
     "OTHER",
     "directed_candidates",
     "kth_distances",
+    "level_hint",
     "pass_label",
     "pass_names",
     "rows_near_changes",
@@ -337,7 +339,8 @@ def _spatial_nearest(
 ) -> DataFrame:
     """Directed ``(id, _other)``: each row's ``k`` nearest within its 3x3 cells
     (each row that ``query`` selects, or whose id ``query_ids`` holds, when given: the
-    others are only candidates).
+    others are only candidates). ``query_ids`` may hold a ``level`` per row: the grid
+    level to try it on first (:func:`level_hint`; null: counted as for any row).
 
     Exactly the k nearest among the rows in the 3x3 cells of ``cell_m`` around the
     row (ties by id), without joining every dense cell with its neighbours: a row in
@@ -346,7 +349,25 @@ def _spatial_nearest(
     ``cell_m`` grid. Any row closer than a cell size is within the 3x3 cells, so the
     k nearest found on a finer grid are the k nearest on the coarse one.
     """
-    rows = _grid_levels(points, cell_m, k, fine_levels, query_ids) if fine_levels else None
+    rows = None
+    if fine_levels and query_ids is not None and LEVEL in query_ids.columns:
+        # rows with a level hint start there; the others are counted for one
+        hinted = query_ids.where(F.col(LEVEL).isNotNull())
+        rows = (
+            points.select(*_row_columns(points))
+            .join(hinted.select(S.ID, F.least(F.col(LEVEL), F.lit(fine_levels)).alias(_LVL)), S.ID)
+            .unionByName(
+                _grid_levels(
+                    points,
+                    cell_m,
+                    k,
+                    fine_levels,
+                    query_ids.where(F.col(LEVEL).isNull()).select(S.ID),
+                )
+            )
+        )
+    elif fine_levels:
+        rows = _grid_levels(points, cell_m, k, fine_levels, query_ids)
     if rows is None:
         rows = points.select(*_row_columns(points), F.lit(0).alias(_LVL))
         if query_ids is not None:
@@ -593,8 +614,10 @@ def directed_candidates(
     The pairs of :func:`candidate_pairs` are these, each pair once whichever of its two
     rows found it. ``query_ids`` (``id``): the lists of those rows alone, each exactly as
     a run over all of ``points`` gives it, with the work cut to what they need (the grid
-    levels counted around them, the key passes cut to their keys): what an incremental
-    run recomputes (:mod:`poimatch.runs.incremental`).
+    levels counted around them, or taken from a ``level`` hint, see :func:`level_hint`;
+    the key passes cut to their keys): what an incremental run recomputes
+    (:mod:`poimatch.runs.incremental`). A level decides only where a row is tried first
+    (an unconfirmed row is redone on the coarse grid), never its list.
     """
     spatial, keyed = _directed_passes(
         points,
@@ -656,11 +679,9 @@ def rows_near_changes(
     their own: a row pushed out of a stack's ``k + 1`` offered rows is replaced by an
     arriving row at the same point, at the same distance.
     """
-    cell_m, size = settings.cell_m, _size(settings.cell_m)
+    size = _size(settings.cell_m)
     kth = F.col(KTH)[_SPATIAL]
-    finest = F.lit(0)
-    for j in range(1, fine_levels + 1):
-        finest = F.when(kth <= 0.99 * cell_m / (2.0**j), F.lit(j)).otherwise(finest)
+    finest = level_hint(F.col(KTH), settings.cell_m, fine_levels)
     left = points.select(S.ID, S.LATITUDE, S.LONGITUDE, kth.alias("_kth"), finest.alias(_LVL))
     left = left.withColumn(_CY, _cell_y(F.col(S.LATITUDE), size))
     left = left.withColumn(_CX, _cell_x(F.col(S.LONGITUDE), F.col(_CY), size))
@@ -786,6 +807,21 @@ def kth_distances(directed: DataFrame, settings: BlockingSettings) -> DataFrame:
         kth = F.when(F.count(F.when(has, 1)) >= k, F.max(F.when(has, F.col(DIST))))
         entries += [F.lit(name), kth]
     return directed.groupBy(S.ID).agg(F.create_map(*entries).alias(KTH))
+
+
+#: the column of :func:`directed_candidates`' ``query_ids``: a grid level to start on
+LEVEL = "level"
+
+
+def level_hint(kth: Column, cell_m: float, fine_levels: int = FINE_LEVELS) -> Column:
+    """The finest grid level whose cells hold a row's last k-th nearest spatial distance
+    (``kth``: a :data:`KTH` map; 0 when it had fewer than k): where its k nearest are
+    most likely found again, with the least work."""
+    dist = kth[_SPATIAL]
+    finest = F.lit(0)
+    for j in range(1, fine_levels + 1):
+        finest = F.when(dist <= 0.99 * cell_m / (2.0**j), F.lit(j)).otherwise(finest)
+    return finest
 
 
 #: the column of :func:`rows_near_changes`' points: per pass name, the distance of the

@@ -206,24 +206,16 @@ def _near_pairs(
     )
     wanted = lefts.select(*on).distinct()
     link = _SRC in left.columns
-    rights = (
-        right.select(
-            F.col(S.ID).alias(_OTHER),
-            F.col(S.LATITUDE).alias("_lat_o"),
-            F.col(S.LONGITUDE).alias("_lon_o"),
-            *([F.col(_SRC).alias(_SRC_O)] if link else []),
-            *([_KEY] if key else []),
-            F.explode(F.sequence(F.lit(0), F.lit(levels))).alias(_LVL),
-        )
-        .select("*", F.explode(_offsets()).alias("_o"))
-        .withColumn(_CY, _cell_y(F.col("_lat_o"), size) + F.col("_o.dy"))
-        .where(_distinct_neighbour(F.col("_o.dx"), F.col(_CY), size))
-        .withColumn(
-            _CX,
-            _wrap_x(_cell_x(F.col("_lon_o"), F.col(_CY), size) + F.col("_o.dx"), F.col(_CY), size),
-        )
-        .drop("_o")
-        .join(F.broadcast(wanted) if broadcast else wanted, on=on, how="left_semi")
+    located = right.select(
+        F.col(S.ID).alias(_OTHER),
+        F.col(S.LATITUDE).alias("_lat_o"),
+        F.col(S.LONGITUDE).alias("_lon_o"),
+        *([F.col(_SRC).alias(_SRC_O)] if link else []),
+        *([_KEY] if key else []),
+        F.explode(F.sequence(F.lit(0), F.lit(levels))).alias(_LVL),
+    )
+    rights = _copies(located, size).join(
+        F.broadcast(wanted) if broadcast else wanted, on=on, how="left_semi"
     )
     joined = lefts.join(rights, on=on, how="inner").where(F.col(S.ID) != F.col(_OTHER))
     if link:  # link only: never two rows of one (known) source
@@ -706,8 +698,10 @@ def rows_near_changes(
 
 
 def _copies(rows: DataFrame, size: Column | float) -> DataFrame:
-    """``rows`` (with ``_lat_o``, ``_lon_o``) copied into the 3x3 cells around them, as
-    :func:`_near_pairs` copies its right rows (``_cy``, ``_cx`` of each copy)."""
+    """``rows`` (with ``_lat_o``, ``_lon_o``) copied into the 3x3 cells of ``size``
+    around them (``_cy``, ``_cx`` of each copy): each x cell measured in the target band's
+    own scale and wrapped around the ±180° meridian, so a pair closer than the cell size
+    always meets (:func:`_near_pairs`' right rows, :func:`rows_near_changes`' arrivals)."""
     return (
         rows.select("*", F.explode(_offsets()).alias("_o"))
         .withColumn(_CY, _cell_y(F.col("_lat_o"), size) + F.col("_o.dy"))

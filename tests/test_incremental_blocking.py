@@ -98,7 +98,7 @@ def tables(spark: SparkSession) -> dict[str, Any]:
     after = spark.createDataFrame(after_rows, _COLS)
     old = directed_candidates(before, settings=_SETTINGS).cache()
     new = directed_candidates(after, settings=_SETTINGS).cache()
-    return {
+    frames = {
         "before_rows": before_rows,
         "after_rows": after_rows,
         "before": before,
@@ -106,6 +106,8 @@ def tables(spark: SparkSession) -> dict[str, Any]:
         "old": old,
         "new": new,
     }
+    frames["affected"] = _affected(spark, frames)  # read by two tests: computed once
+    return frames
 
 
 def _affected(spark: SparkSession, t: dict[str, Any]) -> set[str]:
@@ -130,7 +132,7 @@ def test_every_row_whose_list_changed_is_redone(spark: SparkSession, tables: Any
     old, new = _lists(tables["old"]), _lists(tables["new"])
     unchanged_rows = {r[0] for r in set(tables["after_rows"]) & set(tables["before_rows"])}
     changed_lists = {i for i in unchanged_rows if old.get(i, set()) != new.get(i, set())}
-    affected = _affected(spark, tables)
+    affected = tables["affected"]
     assert len(changed_lists) >= 20  # the changes reach rows around them: not trivial
     assert changed_lists <= affected, sorted(changed_lists - affected)
     # ... and only what the changes can reach is redone, not the table (here 174 lists
@@ -139,24 +141,21 @@ def test_every_row_whose_list_changed_is_redone(spark: SparkSession, tables: Any
 
 
 def test_lists_redone_alone_equal_the_whole_tables(spark: SparkSession, tables: Any) -> None:
-    affected = sorted(_affected(spark, tables))
+    affected = sorted(tables["affected"])
     ids = spark.createDataFrame([(i,) for i in affected], f"{S.ID} string")
     # grid levels to start on: from the last run's k-th distances (null for new rows),
-    # and levels far too fine for every row (all redone on the coarse grid)
+    # and for every third row a level far too fine (redone on the coarse grid)
+    hint = level_hint(F.col(KTH), _SETTINGS.cell_m)
+    too_fine = F.crc32(F.col(S.ID)) % 3 == 0
     hints = ids.join(
-        kth_distances(tables["old"], _SETTINGS).select(
-            S.ID, level_hint(F.col(KTH), _SETTINGS.cell_m).alias(LEVEL)
-        ),
+        kth_distances(tables["old"], _SETTINGS).select(S.ID, hint.alias(LEVEL)),
         on=S.ID,
         how="left",
-    )
-    assert {r[LEVEL] for r in hints.collect()} >= {None, 0, 2}
-    too_fine = ids.withColumn(LEVEL, F.lit(4))
+    ).withColumn(LEVEL, F.when(too_fine, F.lit(4)).otherwise(F.col(LEVEL)))
+    assert {r[LEVEL] for r in hints.collect()} >= {None, 0, 2, 4}
     whole = {i: lst for i, lst in _lists(tables["new"]).items() if i in set(affected)}
-    for query, fine in ((ids, 4), (ids, 0), (hints, 4), (too_fine, 4)):
-        alone = directed_candidates(
-            tables["after"], settings=_SETTINGS, query_ids=query, fine_levels=fine
-        )
+    for query in (ids, hints):
+        alone = directed_candidates(tables["after"], settings=_SETTINGS, query_ids=query)
         assert _lists(alone) == whole
 
 

@@ -13,9 +13,10 @@ table, not even the quarantine. Rows are checked by the ingest's rules; every in
 id is in the output exactly once (a row breaking a rule alone, with its reason), and
 every row that was not matched is listed in ``OUT.rejected.csv`` beside --output (and
 ``<table>_rejected`` beside a Delta output). The default model is
-``models:/<model.name>@champion``. ``--incremental`` reuses the last incremental
-run's per-row and per-pair UDF results (state tables beside the output table) and
-recomputes only what changed; the output equals a full run's. The nightly run also
+``models:/<model.name>@champion``. ``--incremental`` keeps state tables beside the
+output table (per row its normalized values and k-th nearest distances, per pair its
+passes and score) and redoes only the rows the changes since its last run can reach and
+the pairs that changed; the output equals a full run's. The nightly run also
 writes the lookup table (``storage.lookup_table``: the matched rows laid out by cell).
 ``--against pois`` matches the input with itself and with the POI table through that
 lookup table (read at its current version, printed), and writes ``--output``
@@ -65,7 +66,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> None:
     parser.add_argument(
         "--incremental",
         action="store_true",
-        help="redo only rows/pairs changed since the last incremental run (Delta input)",
+        help="redo only the rows and pairs the changes since the last incremental run "
+        "can reach (Delta input)",
     )
     parser.add_argument(
         "--against",

@@ -279,7 +279,7 @@ def match_incremental(
     affected = None
     if kept is not None and leaving is not None and old_pairs is not None:
         affected = BATCH.materialize(
-            _affected_rows(points, kept, fresh, leaving, old_pairs, blocking=blocking, fine=fine)
+            _affected_rows(kept, fresh, leaving, old_pairs, blocking=blocking, fine=fine)
         )
         tick("reach")
     query = affected
@@ -368,7 +368,6 @@ def _maybe_broadcast(ids: DataFrame, few: bool) -> DataFrame:
 
 
 def _affected_rows(
-    points: DataFrame,
     kept: DataFrame,
     fresh: DataFrame,
     leaving: DataFrame,
@@ -380,22 +379,28 @@ def _affected_rows(
     """Ids of the rows whose candidate lists must be redone: the new and changed rows,
     the rows whose lists held a row that left (its old values), and the rows an
     arriving or leaving row can reach (:func:`rows_near_changes`)."""
-    gone = leaving.select(S.ID)
-    held_l = old_pairs.where(F.col(_BITS_L) != 0).join(
-        F.broadcast(gone.withColumnRenamed(S.ID, S.ID_R)), on=S.ID_R, how="left_semi"
+    gone = F.broadcast(leaving.select(F.col(S.ID).alias("_held")))
+    # one scan of the last run's pairs, each side's list read as (holder, held, passes)
+    sides = F.array(
+        *[
+            F.struct(
+                F.col(holder).alias(S.ID), F.col(other).alias("_held"), F.col(bits).alias("_b")
+            )
+            for holder, other, bits in ((S.ID_L, S.ID_R, _BITS_L), (S.ID_R, S.ID_L, _BITS_R))
+        ]
     )
-    held_r = old_pairs.where(F.col(_BITS_R) != 0).join(
-        F.broadcast(gone.withColumnRenamed(S.ID, S.ID_L)), on=S.ID_L, how="left_semi"
+    held = (
+        old_pairs.select(F.inline(sides))
+        .where(F.col("_b") != 0)
+        .join(gone, on="_held", how="left_semi")
+        .select(S.ID)
     )
     near = rows_near_changes(kept, fresh, leaving, settings=blocking, fine_levels=fine)
-    ids = (
-        fresh.select(S.ID)
-        .unionByName(held_l.select(F.col(S.ID_L).alias(S.ID)))
-        .unionByName(held_r.select(F.col(S.ID_R).alias(S.ID)))
-        .unionByName(near)
-        .distinct()
-    )
-    return ids.join(points.select(S.ID), on=S.ID, how="left_semi")
+    ids = fresh.select(S.ID).unionByName(held).unionByName(near).distinct()
+    # only a deleted row can hold a list and be gone from the table (a changed row is
+    # fresh): cut them, not join the whole table's ids
+    deleted = leaving.select(S.ID).join(fresh.select(S.ID), on=S.ID, how="left_anti")
+    return ids.join(F.broadcast(deleted), on=S.ID, how="left_anti")
 
 
 def _canonical_sides(directed: DataFrame) -> DataFrame:

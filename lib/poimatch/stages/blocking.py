@@ -411,7 +411,7 @@ def _key_nearest(
     quadratic join.
     """
     cell_m = settings.key_cell_m
-    keyed = F.array(*[F.concat(F.lit(name + _KEY_SEP), pass_key(name)) for name in passes])
+    keyed = _pass_keys(passes)
     rows = (
         points.select(*_row_columns(points), F.explode(keyed).alias(_KEY))
         .where(F.col(_KEY).isNotNull())
@@ -438,6 +438,12 @@ def _key_nearest(
     return _ranked(directed, settings.k_key, key=True).select(
         S.ID, _OTHER, F.substring_index(F.col(_KEY), _KEY_SEP, 1).alias(S.PASS), _DIST
     )
+
+
+def _pass_keys(passes: Sequence[str]) -> Column:
+    """A row's keys of the key passes ``passes``, each prefixed by its pass name (so a
+    phone never meets a name; null where the row has no key for a pass)."""
+    return F.array(*[F.concat(F.lit(name + _KEY_SEP), pass_key(name)) for name in passes])
 
 
 def _canonical(directed: DataFrame, label: Column) -> DataFrame:
@@ -723,9 +729,7 @@ def _key_neighbours(
     rows are offered in one run only); or an arriving row sharing its key lands in its
     cell no farther than its k-th nearest of that pass (or it had fewer than k)."""
     cell_m, cap = settings.key_cell_m, settings.max_key_group
-    keyed = F.array(
-        *[F.concat(F.lit(name + _KEY_SEP), pass_key(name)) for name in settings.key_passes]
-    )
+    keyed = _pass_keys(settings.key_passes)
 
     def keys_of(frame: DataFrame) -> DataFrame:
         out = frame.select(S.LATITUDE, S.LONGITUDE, F.explode(keyed).alias(_KEY))

@@ -18,6 +18,7 @@ from poimatch.stages.grouping import (
     pairwise_matches,
     stable_group_ids,
 )
+from poimatch.stages.plan import SMALL, driver_frame, held_select
 
 
 @pytest.fixture(params=[0, LOCAL_MAX_EDGES], ids=["distributed", "driver"])
@@ -194,6 +195,32 @@ def test_driver_and_distributed_chain_guards_agree_on_a_random_graph(
     assert got["spoke0"] == ("hub", "spoke0 hub")
     assert max(n for g, n in sizes.items() if g != "hub") <= 5
     assert got["alone"] == ("alone", "alone")
+
+
+def test_the_small_plan_builds_match_lists_on_the_driver_as_spark_does(
+    spark: SparkSession,
+) -> None:
+    # ids Spark sorts by their UTF-8 bytes (so by code point), a row of an id twice,
+    # ids without an edge, an empty graph
+    rng = random.Random(5)
+    names = ["Z", "a", "ä", "é", "z", "中", "😀", "a b", "Ab", "b", "c", "d", "e", "f"]
+    rows = [(a, b, rng.uniform(0.3, 1.0)) for a, b in itertools.combinations(names[:10], 2)]
+    rows = [r for r in rows if rng.random() < 0.25]
+    for edges in (rows, []):
+        ids, scored = _ids(spark, *names, "c"), _scored(spark, edges)
+        kwargs = {"threshold": 0.6, "max_group_size": 50}
+        held = group_matches(
+            held_select(SMALL.materialize(ids), [S.ID]),
+            SMALL.materialize(scored),
+            local_max_edges=LOCAL_MAX_EDGES,
+            **kwargs,
+        )
+        assert driver_frame(held) is not None  # no Spark job builds the lists
+        spread = group_matches(ids, scored, local_max_edges=0, **kwargs)
+        assert held.schema == spread.schema
+        assert_df_equality(held, spread, ignore_row_order=True)
+    got = {r[S.ID]: r[S.MATCHES] for r in held.collect()}
+    assert got["中"] == "中"
 
 
 def _groups(spark: SparkSession, groups: dict[str, list[str]]) -> DataFrame:

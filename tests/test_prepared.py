@@ -31,7 +31,16 @@ from poimatch.stages.candidates import (
     prepared_candidates,
     prepared_points,
 )
-from poimatch.stages.plan import SMALL, driver_frame, row_count, selected_frame, session_conf
+from poimatch.stages.plan import (
+    SMALL,
+    counted,
+    driver_frame,
+    held_select,
+    mark_stage,
+    row_count,
+    selected_frame,
+    session_conf,
+)
 from poimatch.stages.prepared import (
     PreparationError,
     PreparedQuery,
@@ -188,6 +197,68 @@ def test_a_one_partition_scan_runs_joins_windows_and_aggregates_without_shuffles
     assert single.rdd.getNumPartitions() == 1
 
 
+def _stages_of(spark: SparkSession, group: str) -> list[str]:
+    tracker = spark.sparkContext.statusTracker()
+    return [
+        stage.name
+        for job in tracker.getJobIdsForGroup(group)
+        if (info := tracker.getJobInfo(job)) is not None
+        for stage_id in info.stageIds
+        if (stage := tracker.getStageInfo(stage_id)) is not None
+    ]
+
+
+def test_a_prepared_one_partition_query_runs_as_one_stage(spark: SparkSession) -> None:
+    # a union and a Python UDF forget their input's one partition, so the planner
+    # shuffles (into one partition) before the aggregate and the join above them
+    @F.udf("long")
+    def twice(v: int) -> int:
+        return 2 * v
+
+    def build(rows: DataFrame) -> DataFrame:
+        both = rows.select("k", twice("v").alias("v")).unionByName(rows.select("k", "v"))
+        sums = both.groupBy("k").agg(F.sum("v").alias("s"))
+        return sums.join(rows.select("k", F.col("v").alias("w")), on="k", how="inner")
+
+    def rows(ks: list[int]) -> DataFrame:
+        return spark.createDataFrame(
+            pd.DataFrame({"k": ks, "v": [10 * k + 1 for k in ks]}), "k long, v long"
+        )
+
+    first = rows([1, 2, 2, 3])
+    assert _shuffles(build(one_partition_scan(first))) >= 1  # as planned
+    query = PreparedQuery.prepare(first, build, one_partition=True)
+    tree = query.nodes[-1].node.toString()
+    assert "Exchange" not in tree  # each shuffle into one partition became a coalesce
+    assert "Coalesce 1" in tree
+    sc = spark.sparkContext
+    for i, ks in enumerate(([1, 2, 2, 3], [5, 5, 5], [7])):
+        group = f"prepared-one-stage-{i}"
+        sc.setJobGroup(group, "a prepared query")
+        try:
+            got = sorted(query.run(rows(ks)).collect())
+        finally:
+            sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+        assert got == sorted(build(rows(ks)).collect())
+        assert len(_stages_of(spark, group)) == 1
+    assert got == [(7, 3 * 71, 71)]  # 2 x 71 + 71, one row
+
+
+def test_stage_marks_name_the_call_site_of_what_they_create(spark: SparkSession) -> None:
+    def created_at() -> str:  # where Spark says the RDD of a query was created
+        rdd = spark.range(5).where(F.col("id") > 1)._jdf.queryExecution().toRdd()
+        return str(rdd.getCreationSite())
+
+    mark_stage("pair_features:start")
+    assert created_at() == "poimatch pair_features"  # named: no walk of the JVM's stack
+    mark_stage("pair_features:end")
+    mark_stage("grouping:start")
+    assert created_at() == "poimatch grouping"
+    mark_stage("grouping:end")  # the last mark: Spark finds call sites again
+    assert "poimatch" not in created_at()
+    assert spark.sparkContext.getLocalProperty("callSite.short") is None
+
+
 def test_the_small_plan_holds_its_frames_and_counts_them_without_a_job(
     spark: SparkSession,
 ) -> None:
@@ -201,6 +272,11 @@ def test_the_small_plan_holds_its_frames_and_counts_them_without_a_job(
     try:
         assert row_count(held) == 2
         got = selected_frame(held, ["x"])
+        ids = held_select(held, ["id"])  # a selection of a held frame is held too
+        assert selected_frame(ids, ["id"])["id"].tolist() == ["a", "c"]
+        assert SMALL.materialize(ids) is ids  # held already: not collected again
+        known = counted(rows.where(F.col("x").isNotNull()), 2)
+        assert row_count(known) == 2
     finally:
         sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
     assert sc.statusTracker().getJobIdsForGroup("held-count") == []

@@ -55,7 +55,7 @@ from poimatch.stages.comparisons import definitions
 from poimatch.stages.grouping import LOCAL_MAX_EDGES
 from poimatch.stages.namestats import NameStats, add_name_stats, count_name_stats
 from poimatch.stages.normalize import add_normalized_columns
-from poimatch.stages.plan import BATCH, Plan, row_count, small_plan_conf
+from poimatch.stages.plan import BATCH, Plan, held_select, row_count, small_plan_conf
 from poimatch.stages.scoring import calibrate_scores, group_scored, score_and_group, score_pairs
 from poimatch.stages.spec import ALL_FEATURES, MatchingSpec, check_features
 
@@ -634,8 +634,8 @@ def match_with_model(
         broadcast_cells=n_rows <= broadcast_max_rows,
         added=spec.added,
     )
-    # small: the input's ids (a local relation: no normalization to redo)
-    ids = pois.select(S.ID) if plan.small else points.select(S.ID)
+    # small: the normalized points' ids, held on the driver (grouping reads them there)
+    ids = held_select(points, [S.ID])
     scored, grouped = score_and_group(
         ids,
         pairs,

@@ -339,6 +339,17 @@ def _group_on_driver(
     shuffle); a batch run's labels (up to ``local_max_edges`` edges) are a plain frame."""
     labels, keep, big = _chain_guard_arrays(frame, max_group_size=max_group_size, bars=bars)
     spark = ids.sparkSession
+    held_ids = driver_frame(ids) if small else None
+    if held_ids is not None and not big:  # every id on the driver too: no Spark job
+        id_field = ids.schema[S.ID]
+        schema = T.StructType(
+            [
+                id_field,
+                T.StructField(S.GROUP_ID, T.StringType(), id_field.nullable),
+                T.StructField(S.MATCHES, T.StringType(), False),
+            ]
+        )
+        return held_frame(spark, _driver_matches(held_ids[S.ID], labels), schema)
     if small:
         local = held_frame(spark, labels, _LABELS_SCHEMA)
     else:
@@ -353,6 +364,21 @@ def _group_on_driver(
     kept = spark.createDataFrame(frame.loc[keep, _EDGES].reset_index(drop=True), schema=schema)
     big_groups = spark.createDataFrame([(g,) for g in big], f"{S.GROUP_ID} string")
     return _pairwise_fallback(materialize(groups), kept, big_groups, threshold)
+
+
+def _driver_matches(ids: pd.Series, labels: pd.DataFrame) -> pd.DataFrame:
+    """:func:`_with_matches` of ``ids`` and their components' ``labels`` (``id``,
+    ``group_id`` of each id with a matched edge) on the driver: the same rows (a row
+    per id; an id without a label is its own group; ``matches`` the id, then the
+    group's other members sorted, as Spark sorts strings: by code point)."""
+    group = ids.map(labels.set_index(S.ID)[S.GROUP_ID]).where(lambda g: g.notna(), ids)
+    members = ids.groupby(group.to_numpy(), sort=False).agg(sorted)
+    lists = group.map(members)
+    matches = [
+        " ".join([i, *[m for m in others if m != i]])
+        for i, others in zip(ids.tolist(), lists.tolist(), strict=True)
+    ]
+    return pd.DataFrame({S.ID: ids.to_numpy(), S.GROUP_ID: group.to_numpy(), S.MATCHES: matches})
 
 
 def _with_matches(groups: DataFrame) -> DataFrame:

@@ -24,11 +24,14 @@ __all__ = [
     "SMALL",
     "SMALL_SQL_CONF",
     "Plan",
+    "counted",
     "driver_frame",
     "held_frame",
+    "held_select",
     "mark_stage",
     "row_count",
     "selected_frame",
+    "set_call_site",
     "record_stages",
     "session_conf",
     "small_plan_conf",
@@ -65,10 +68,28 @@ def _describe_jobs(stage: str | None) -> None:
     if sc is None:
         return
     if stage is None:
-        sc.setLocalProperty("spark.job.description", None)  # type: ignore[arg-type]
+        for key in ("spark.job.description", *_CALL_SITE):
+            sc.setLocalProperty(key, None)  # type: ignore[arg-type]
         return
     group = sc.getLocalProperty("spark.jobGroup.id")
     sc.setJobDescription(f"poimatch {stage}" + (f" [{group}]" if group else ""))
+    set_call_site(sc, f"poimatch {stage}")
+
+
+#: the thread's call site, as Spark names it (``SparkContext.getCallSite``)
+_CALL_SITE = ("callSite.short", "callSite.long")
+
+
+def set_call_site(sc: SparkContext, name: str | None) -> None:
+    """Name the call site of the RDDs and stages this thread creates from now on
+    (``None``: Spark finds it again). Spark otherwise finds it for every RDD it creates
+    by walking the JVM thread's stack and matching each frame's class against its own
+    packages: for a small match's pair query (~170 operators, an RDD or more each) about
+    half of the 0.1 s the driver spent creating them. PySpark's ``collect`` and
+    ``toPandas`` set the short form around their own job and clear it after; each stage
+    mark sets it again."""
+    for key in _CALL_SITE:
+        sc.setLocalProperty(key, name)  # type: ignore[arg-type]
 
 
 def mark_stage(event: str) -> None:
@@ -97,7 +118,10 @@ _held: weakref.WeakKeyDictionary[DataFrame, pd.DataFrame] = weakref.WeakKeyDicti
 
 
 def _to_driver(df: DataFrame) -> DataFrame:
-    """``df`` computed once (one Spark job) and held on the driver (:func:`held_frame`)."""
+    """``df`` computed once (one Spark job) and held on the driver (:func:`held_frame`);
+    a frame held already is returned as it is."""
+    if driver_frame(df) is not None:
+        return df
     return held_frame(df.sparkSession, df.toPandas(), df.schema)
 
 
@@ -110,6 +134,17 @@ def held_frame(spark: SparkSession, frame: pd.DataFrame, schema: StructType) -> 
     if fits_one_partition(len(frame)):
         out = one_partition_scan(out)
     _held[out] = frame
+    return out
+
+
+def held_select(df: DataFrame, columns: list[str]) -> DataFrame:
+    """``df.select(*columns)``; when the small plan holds ``df``, the selection is held
+    too (its driver copy: those columns of ``df``'s), so reading it on the driver
+    (:func:`driver_frame`, :func:`selected_frame`) runs no Spark job."""
+    out = df.select(*columns)
+    frame = driver_frame(df)
+    if frame is not None:
+        _held[out] = frame[columns]
     return out
 
 
@@ -128,10 +163,25 @@ def selected_frame(df: DataFrame, columns: list[str]) -> pd.DataFrame:
     return frame[columns].copy()
 
 
+#: row counts known without a job (:func:`counted`), while the frame lives
+_counts: weakref.WeakKeyDictionary[DataFrame, int] = weakref.WeakKeyDictionary()
+
+
+def counted(df: DataFrame, rows: int) -> DataFrame:
+    """``df``, its row count recorded as ``rows`` (known on the driver, e.g. every row of
+    an upload the rules accepted): :func:`row_count` then runs no Spark job for it."""
+    _counts[df] = rows
+    return df
+
+
 def row_count(df: DataFrame) -> int:
-    """``df.count()``, without a Spark job for a frame the small plan holds."""
+    """``df.count()``, without a Spark job for a frame the small plan holds or whose
+    count is known (:func:`counted`)."""
     frame = driver_frame(df)
-    return len(frame) if frame is not None else df.count()
+    if frame is not None:
+        return len(frame)
+    known = _counts.get(df)
+    return known if known is not None else df.count()
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ def fits_one_partition(rows: int) -> bool:
 
 _SCAN = "RDDScanExec"
 _REUSED = "ReusedExchangeExec"
+_SHUFFLE = "ShuffleExchangeExec"
 _JOB_PROPERTIES = ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel")
 
 
@@ -142,6 +143,8 @@ class PreparedQuery:
             raise PreparationError(
                 "the query's plan holds subqueries, which a copy would not reach"
             )
+        if one_partition:
+            plan = _without_one_partition_shuffles(spark, plan)
         nodes: list[_Node] = []
         _index(plan, rdd.id(), _jvm(spark).java.util.IdentityHashMap(), nodes)
         if not nodes[-1].reads_input:
@@ -306,6 +309,72 @@ def _jvm(spark: SparkSession) -> Any:
 
 def _session(spark: SparkSession) -> Any:
     return spark._jsparkSession
+
+
+def _without_one_partition_shuffles(spark: SparkSession, plan: Any) -> Any:
+    """``plan`` with each shuffle into one partition replaced by a coalesce into one.
+
+    Over a one-partition input, the planner still shuffles wherever an operator forgets
+    its child's partitioning (a Python UDF, an ``explode``, a union) and the one above
+    asks for one (a join, a window, an aggregate): a shuffle into a single partition,
+    each a stage of its own (its rows written and read back). A coalesce into one
+    partition gives the same rows in the same single partition without a stage (Spark's
+    ``CoalesceExec(1)`` declares ``SinglePartition``, which satisfies every
+    distribution), so the query runs as one stage. An exchange another part of the plan
+    re-reads (``ReusedExchangeExec``) is kept: the reuse saves more than the stage.
+    """
+    jvm = _jvm(spark)
+    coalesce = jvm.org.apache.spark.sql.execution.CoalesceExec
+    reused_exchanges = jvm.java.util.IdentityHashMap()
+    stack = [plan]
+    while stack:
+        node = stack.pop()
+        if node.getClass().getSimpleName() == _REUSED:
+            reused_exchanges.put(node.child(), True)
+        kids = node.children()
+        stack.extend(kids.apply(i) for i in range(kids.length()))
+    seen = jvm.java.util.IdentityHashMap()  # JVM node -> index into ``done``
+    done: list[tuple[Any, bool]] = []
+
+    def rewrite(node: Any) -> tuple[Any, bool]:
+        """The node's rewritten copy and whether it differs from the node."""
+        known = seen.get(node)
+        if known is not None:
+            return done[int(known)]
+        kind = node.getClass().getSimpleName()
+        if kind == _REUSED:  # its exchange is a field, not a child: point it at the copy
+            exchange, changed = rewrite(node.child())
+            out = (
+                jvm.org.apache.spark.sql.execution.exchange.ReusedExchangeExec(
+                    node.output(), exchange
+                )
+                if changed
+                else node
+            )
+        else:
+            kids = node.children()
+            new = [rewrite(kids.apply(i)) for i in range(kids.length())]
+            changed = any(c for _, c in new)
+            if (
+                kind == _SHUFFLE
+                and node.outputPartitioning().numPartitions() == 1
+                and not reused_exchanges.containsKey(node)
+            ):
+                out, changed = coalesce(1, new[0][0]), True
+            elif changed:
+                items = jvm.java.util.ArrayList()
+                for child, _ in new:
+                    items.add(child)
+                out = node.withNewChildren(
+                    jvm.scala.jdk.javaapi.CollectionConverters.asScala(items).toList()
+                )
+            else:
+                out = node
+        seen.put(node, len(done))
+        done.append((out, changed))
+        return out, changed
+
+    return rewrite(plan)[0]
 
 
 def _index(node: Any, scan_rdd: int, seen: Any, nodes: list[_Node]) -> int:

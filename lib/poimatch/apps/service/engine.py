@@ -21,7 +21,13 @@ from poimatch.columns import named_columns
 from poimatch.io.ingest import accepted_rows, check_rows
 from poimatch.io.lookup import KnownTable, pin_lookup
 from poimatch.matcher import Matcher
-from poimatch.stages.plan import SMALL_SQL_CONF, Plan, selected_frame
+from poimatch.stages.plan import (
+    SMALL_SQL_CONF,
+    Plan,
+    counted,
+    selected_frame,
+    set_call_site,
+)
 
 log = logging.getLogger("poimatch.apps.service")  # one logger name for the whole service
 
@@ -160,11 +166,13 @@ class SparkEngine:
         try:
             sc = self.spark.sparkContext
             sc.setJobGroup(tag, f"poimatch request {tag}", interruptOnCancel=True)
+            set_call_site(sc, f"poimatch request {tag}")
             try:
                 with cancel_scope(run.cancelled):
                     return self._match(table, model, known)
             finally:
                 sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+                set_call_site(sc, None)
         except (Py4JNetworkError, ConnectionError) as exc:
             raise SparkLostError(f"the Spark driver JVM is gone: {exc}") from exc
         finally:
@@ -196,8 +204,12 @@ class SparkEngine:
                 ]
             )
         check_cancelled("matching")
-        pois = accepted_rows(checked).select(
-            *named_columns(f.name for f in S.poi_table_schema().fields)
+        # no row was rejected (else 422 above): every row is accepted, a count known here
+        pois = counted(
+            accepted_rows(checked).select(
+                *named_columns(f.name for f in S.poi_table_schema().fields)
+            ),
+            len(verdicts),
         )
         if known is not None:
             return self.matcher.match_frame_against(

@@ -13,6 +13,7 @@ request is served within its own timeout.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import sys
 import time
@@ -32,6 +33,7 @@ from poimatch.apps.service import EXAMPLE_CSV, ModelStore, SparkEngine, create_a
 from poimatch.config import Settings, load_settings
 from poimatch.matcher import Matcher
 from poimatch.runs.workflows import FitOutcome
+from poimatch.stages.plan import session_conf
 
 pytestmark = pytest.mark.slow
 
@@ -262,3 +264,27 @@ def test_a_cancelled_request_stops_at_the_first_stage_boundary(engine: SparkEngi
         engine.spark.sparkContext.statusTracker().getJobIdsForGroup("req-cancelled-early")
         == jobs_before
     )  # no Spark job ran
+
+
+def test_a_warm_small_request_runs_three_spark_jobs_of_one_stage_each(
+    engine: SparkEngine,
+) -> None:
+    # what a small request costs in Spark's fixed per-job and per-stage overheads: the
+    # upload's rules, its normalization, its pairs with their features (planned once)
+    from poimatch.apps.service import SERVICE_SQL_CONF, parse_upload
+
+    table, _ = parse_upload(EXAMPLE_CSV.encode(), max_rows=100)
+    loaded = engine.model()
+    assert loaded is not None
+    # a model object of its own: its queries are prepared under the service's settings
+    # (prepared queries are kept per model, planned under the settings of their first use)
+    fresh = dataclasses.replace(loaded, model=loaded.model.copy())
+    tracker = engine.spark.sparkContext.statusTracker()
+    with session_conf(engine.spark, SERVICE_SQL_CONF):
+        for i in range(3):  # the first prepares the queries
+            tag = f"req-counted-{i}"
+            out = engine.match(table, fresh, tag)
+            jobs = tracker.getJobIdsForGroup(tag)
+    assert "E_00002f98667edf_copy" in " ".join(out[S.MATCHES])
+    stages = [s for j in jobs if (info := tracker.getJobInfo(j)) for s in info.stageIds]
+    assert (len(jobs), len(stages)) == (3, 3)

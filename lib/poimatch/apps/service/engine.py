@@ -28,6 +28,7 @@ from poimatch.stages.plan import (
     selected_frame,
     set_call_site,
 )
+from poimatch.stages.prepared import fits_one_partition
 
 log = logging.getLogger("poimatch.apps.service")  # one logger name for the whole service
 
@@ -190,6 +191,10 @@ class SparkEngine:
             S.SOURCE_FILE, F.lit("request")
         )
         plan = Plan.for_rows(len(table), self.small_max_rows)
+        if fits_one_partition(len(table)):
+            # one partition (a coalesce declares it): the rules' duplicate-id window
+            # needs no shuffle, so they run as one stage
+            raw = raw.coalesce(1)
         # the rules run once; their verdicts are read twice (rejected, accepted)
         checked = plan.materialize(check_rows(raw))
         verdicts = selected_frame(checked, [ROW, S.ID, S.REASON])  # on the driver already

@@ -36,6 +36,7 @@ from poimatch.stages.plan import (
     counted,
     driver_frame,
     held_select,
+    held_union,
     mark_stage,
     row_count,
     selected_frame,
@@ -277,6 +278,8 @@ def test_the_small_plan_holds_its_frames_and_counts_them_without_a_job(
         assert SMALL.materialize(ids) is ids  # held already: not collected again
         known = counted(rows.where(F.col("x").isNotNull()), 2)
         assert row_count(known) == 2
+        both = held_union(held, ids, ["id"])  # two held frames' columns, one after the other
+        assert selected_frame(both, ["id"])["id"].tolist() == ["a", "c", "a", "c"]
     finally:
         sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
     assert sc.statusTracker().getJobIdsForGroup("held-count") == []
@@ -287,6 +290,7 @@ def test_the_small_plan_holds_its_frames_and_counts_them_without_a_job(
     derived = held.where(F.col("x") > 2)
     assert driver_frame(derived) is None
     assert row_count(derived) == 1
+    assert driver_frame(held_union(held, derived, ["id"])) is None  # one side is not held
     assert selected_frame(derived, ["id"])["id"].tolist() == ["c"]
 
 

@@ -40,7 +40,14 @@ from poimatch.stages.candidates import (
 )
 from poimatch.stages.grouping import LOCAL_MAX_EDGES
 from poimatch.stages.namestats import add_name_stats
-from poimatch.stages.plan import SMALL, row_count, selected_frame, session_conf
+from poimatch.stages.plan import (
+    SMALL,
+    counted,
+    held_union,
+    row_count,
+    selected_frame,
+    session_conf,
+)
 from poimatch.stages.scoring import score_and_group
 from poimatch.stages.spec import MatchingSpec
 
@@ -104,12 +111,15 @@ def match_against(
     stats = spec.stats()
     uploaded = pois.withColumn(S.ID, F.concat(F.lit(_UP), F.col(S.ID)))
     if reuse_plan:
+        # (the prepared query counts its input: the uploads', known to the caller or not)
+        uploaded = counted(uploaded, row_count(pois))
         up_points = prepared_points(uploaded, owner=model, stats=stats)
     else:
         up_points = cached_points(uploaded, stats=stats, plan=plan)
     near = selected_frame(
         up_points, [S.LATITUDE, S.LONGITUDE, S.N_NAME, S.N_PHONE, S.N_URL, S.SOURCE]
     )
+    up_held, n_up = up_points, len(near)  # (held on the driver: read without a job)
     up_points = up_points.withColumn(S.GROUP_ID, F.lit(None).cast("string"))
     table = known_rows(pois.sparkSession, known, near, blocking, link_only=link_only).withColumn(
         S.ID, F.concat(F.lit(_KNOWN), F.col(S.ID))
@@ -123,7 +133,10 @@ def match_against(
     group_of = {
         str(i)[len(_KNOWN) :]: str(g) for i, g in zip(read[S.ID], read[S.GROUP_ID], strict=True)
     }
-    points = up_points.unionByName(table_points, allowMissingColumns=True)
+    points = counted(
+        up_points.unionByName(table_points, allowMissingColumns=True),
+        n_up + len(read),
+    )
     # only the uploaded rows look for candidates (a table row's own nearest are the
     # nightly run's business); every pair then holds one
     query = F.col(S.ID).startswith(_UP)
@@ -136,7 +149,7 @@ def match_against(
         points, settings=blocking, link_only=link_only, query=query, added=spec.added
     )
     scored, grouped = score_and_group(
-        points.select(S.ID),
+        held_union(up_held, table_points, [S.ID]),  # on the driver: so is grouping
         pairs,
         model=model,
         spec=spec,

@@ -28,6 +28,7 @@ __all__ = [
     "driver_frame",
     "held_frame",
     "held_select",
+    "held_union",
     "mark_stage",
     "row_count",
     "selected_frame",
@@ -145,6 +146,16 @@ def held_select(df: DataFrame, columns: list[str]) -> DataFrame:
     frame = driver_frame(df)
     if frame is not None:
         _held[out] = frame[columns]
+    return out
+
+
+def held_union(first: DataFrame, second: DataFrame, columns: list[str]) -> DataFrame:
+    """``columns`` of ``first`` then of ``second`` (a union by name); when the small plan
+    holds both, the union is held too (the two driver copies' columns, concatenated)."""
+    out = first.select(*columns).unionByName(second.select(*columns))
+    head, tail = driver_frame(first), driver_frame(second)
+    if head is not None and tail is not None:
+        _held[out] = pd.concat([head[columns], tail[columns]], ignore_index=True)
     return out
 
 

@@ -283,6 +283,11 @@ def test_the_small_plan_holds_its_frames_and_counts_them_without_a_job(
     finally:
         sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
     assert sc.statusTracker().getJobIdsForGroup("held-count") == []
+    # a frame no query joins is held as a plain scan (not declared one partition)
+    loose = SMALL.materialize(rows, joined=False)
+    assert _shuffles(loose.groupBy("id").count()) == 1
+    assert _shuffles(held.groupBy("id").count()) == 0
+    assert selected_frame(loose, ["id"])["id"].tolist() == ["a", "b", "c"]
     assert got["x"].tolist() == [1.5, 3.0]
     got.loc[:, "x"] = 0.0  # a copy: the held frame is not changed
     assert driver_frame(held)["x"].tolist() == [1.5, 3.0]  # type: ignore[index]

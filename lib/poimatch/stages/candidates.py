@@ -151,7 +151,8 @@ def prepared_points(pois: DataFrame, *, owner: object, stats: NameStats) -> Data
         return add_name_stats(rows.transform(add_normalized_columns), stats)
 
     query = _prepared_query(owner, ("points",), pois, build)
-    points = SMALL.materialize(query.run(pois))
+    # read by the prepared pair query (its own one-partition input) and on the driver
+    points = SMALL.materialize(query.run(pois), joined=False)
     mark_stage("points:end")
     return points
 

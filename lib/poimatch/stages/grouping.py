@@ -349,7 +349,8 @@ def _group_on_driver(
                 T.StructField(S.MATCHES, T.StringType(), False),
             ]
         )
-        return held_frame(spark, _driver_matches(held_ids[S.ID], labels), schema)
+        # the output: read on the driver (or written)
+        return held_frame(spark, _driver_matches(held_ids[S.ID], labels), schema, joined=False)
     if small:
         local = held_frame(spark, labels, _LABELS_SCHEMA)
     else:

@@ -120,7 +120,8 @@ def _score_on_driver(
             T.StructField(S.SCORE, T.DoubleType()),
         ]
     )
-    return held_frame(pairs.sparkSession, out, schema)  # grouping reads it on the driver
+    # grouping reads it on the driver
+    return held_frame(pairs.sparkSession, out, schema, joined=False)
 
 
 def _calibrate_udf(calibration: Calibration) -> Any:

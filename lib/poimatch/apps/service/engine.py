@@ -196,7 +196,8 @@ class SparkEngine:
             # needs no shuffle, so they run as one stage
             raw = raw.coalesce(1)
         # the rules run once; their verdicts are read twice (rejected, accepted)
-        checked = plan.materialize(check_rows(raw))
+        # (read by the prepared normalization, which reads its input as one partition)
+        checked = plan.materialize(check_rows(raw), joined=not self.reuse_plan)
         verdicts = selected_frame(checked, [ROW, S.ID, S.REASON])  # on the driver already
         rejected = verdicts[verdicts[S.REASON].notna()].sort_values(ROW)
         if len(rejected):

@@ -8,9 +8,11 @@ lookup must read only the files of the cells it needs.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from pyspark.sql import DataFrame, SparkSession
@@ -263,3 +265,34 @@ def test_reading_the_nearest_rows_gives_the_candidates_of_the_whole_table(
     assert len(from_whole) > len(upload)
     assert from_read == from_whole
     assert read.count() < 0.5 * len(lookup["table"])
+
+
+def test_the_band_cut_keeps_every_nearest_row(spark: SparkSession) -> None:
+    """Given the queries' latitudes, ``nearest_rows`` drops rows more than one latitude
+    band from every query before copying them, and broadcasts the nearest ids: the rows
+    it returns are the same as without the cut, for queries on band borders, rows on the
+    bands just beyond reach, dense stacks and sparse ones, at the equator and at 60°."""
+    from poimatch.stages.blocking import nearest_rows
+
+    settings = BlockingSettings(cell_m=300.0, k_nearest=3)
+    band = settings.cell_m / 111_320.0  # degrees of latitude per band
+    rng = np.random.default_rng(5)
+    queries, rows = [], []
+    for base_lat, base_lon in ((0.0, 10.0), (60.0, -3.0), (-33.9, 151.2)):
+        edge = math.floor(base_lat / band) * band  # a band border near the base
+        for j, lat in enumerate((edge, edge + band * 0.999, edge + band * 0.5)):
+            queries.append((f"q{base_lat}_{j}", lat, base_lon))
+        for i in range(400):  # within ~4 bands of the border, some stacked on one point
+            lat = edge + rng.uniform(-4.5, 4.5) * band if i % 7 else edge + band * 2
+            lon = base_lon + rng.uniform(-0.02, 0.02)
+            rows.append((f"r{base_lat}_{i:03d}", lat, lon))
+    schema = "id string, latitude double, longitude double"
+    q = spark.createDataFrame(queries, schema)
+    r = spark.createDataFrame(rows, schema)
+    plain = {x[S.ID] for x in nearest_rows(q, r, settings=settings).collect()}
+    cut = nearest_rows(q, r, settings=settings, query_latitudes=[x[1] for x in queries])
+    assert {x[S.ID] for x in cut.collect()} == plain
+    assert len(plain) > len(queries)  # each query found rows
+    # and the cut drops the rows out of reach before copying them
+    none = nearest_rows(q, r, settings=settings, query_latitudes=[-80.0])
+    assert none.count() == 0

@@ -239,6 +239,7 @@ def known_rows(
         area.where(_cells_in(FINE_CELL, fine)),
         settings=blocking,
         link_only=link_only,
+        query_latitudes=lat.tolist(),
     ).select(*STORED)
     keys = [(key, values) for key, values in _pass_keys(uploads, blocking.key_passes) if values]
     if not keys:

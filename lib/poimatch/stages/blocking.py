@@ -24,6 +24,7 @@ Passes are unioned; each pair appears once in canonical order (``id_l < id_r``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 from pyspark.sql import Column, DataFrame, Window
@@ -64,6 +65,7 @@ _RANK = "_rank"
 _KEY = "_key"
 _OTHER = "_other"
 _LVL = "_lvl"
+_BAND = "_band"
 _SRC, _SRC_O = "_src", "_src_o"
 # between a key pass's name and its key value (no pass name holds it)
 _KEY_SEP = "\u0001"
@@ -859,6 +861,7 @@ def nearest_rows(
     *,
     settings: BlockingSettings,
     link_only: bool = False,
+    query_latitudes: Sequence[float] | None = None,
 ) -> DataFrame:
     """The rows of ``rows`` the spatial pass could offer a query row as a candidate: for
     each row of ``queries`` (``id``, ``latitude``, ``longitude``, with ``source`` to link
@@ -872,11 +875,37 @@ def nearest_rows(
     beyond its k + 1 smallest ids, which the run never offers, come after those in the
     same order). Query ids must differ from the ids of ``rows`` (a pair of equal ids is
     no pair). Returns ``rows``' columns, each row once.
+
+    ``query_latitudes``: the query rows' latitudes, when the caller holds them on the
+    driver. A row's copies land in its own latitude band of ``cell_m`` and the two
+    beside it (:func:`_copies`), so a row more than one band from every query's band
+    never meets one: such rows are dropped before they are copied (the band computed
+    as :func:`_cell_y` does, in the same double arithmetic). The nearest ids are then
+    few (at most ``k_nearest`` per query) and broadcast to pick the rows, so the rows'
+    columns are neither shuffled nor sorted.
     """
     src = [F.col(S.SOURCE).alias(_SRC)] if link_only else []  # k nearest of other sources
     left = queries.select(S.ID, S.LATITUDE, S.LONGITUDE, F.lit(0).alias(_LVL), *src)
-    right = rows.select(S.ID, S.LATITUDE, S.LONGITUDE, *src)
+    reach = rows
+    if query_latitudes is not None:
+        bands = sorted(
+            {
+                math.floor(lat * _M_PER_DEG / settings.cell_m) + d
+                for lat in query_latitudes
+                for d in (-1, 0, 1)
+            }
+        )
+        # (the bands parsed from SQL text in one call: ``isin`` makes a JVM call per value)
+        within = (
+            F.expr(f"{_BAND} IN ({','.join(str(b) for b in bands)})") if bands else F.lit(False)
+        )
+        reach = (
+            rows.withColumn(_BAND, _cell_y(F.col(S.LATITUDE), settings.cell_m))
+            .where(within)
+            .drop(_BAND)
+        )
+    right = reach.select(S.ID, S.LATITUDE, S.LONGITUDE, *src)
     near = _near_pairs(left, right, settings.cell_m, key=False, levels=0)
     ranked = _ranked(near, settings.k_nearest, key=False)
     ids = ranked.select(F.col(_OTHER).alias(S.ID))
-    return rows.join(ids, on=S.ID, how="left_semi")
+    return rows.join(F.broadcast(ids), on=S.ID, how="left_semi")

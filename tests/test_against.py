@@ -25,6 +25,7 @@ from poimatch.runs.against import KNOWN_GROUPS, KNOWN_IDS, match_against
 from poimatch.runs.workflows import FitOutcome, match_with_model
 from poimatch.sample.generator import generate_pois
 from poimatch.stages import candidates
+from poimatch.stages.blocking import nearest_rows
 from poimatch.stages.candidates import cached_candidates, cached_points
 from poimatch.stages.namestats import add_name_stats
 from poimatch.stages.plan import BATCH, SMALL
@@ -272,8 +273,6 @@ def test_the_band_cut_keeps_every_nearest_row(spark: SparkSession) -> None:
     band from every query before copying them, and broadcasts the nearest ids: the rows
     it returns are the same as without the cut, for queries on band borders, rows on the
     bands just beyond reach, dense stacks and sparse ones, at the equator and at 60°."""
-    from poimatch.stages.blocking import nearest_rows
-
     settings = BlockingSettings(cell_m=300.0, k_nearest=3)
     band = settings.cell_m / 111_320.0  # degrees of latitude per band
     rng = np.random.default_rng(5)

@@ -880,9 +880,10 @@ def nearest_rows(
     driver. A row's copies land in its own latitude band of ``cell_m`` and the two
     beside it (:func:`_copies`), so a row more than one band from every query's band
     never meets one: such rows are dropped before they are copied (the band computed
-    as :func:`_cell_y` does, in the same double arithmetic). The nearest ids are then
-    few (at most ``k_nearest`` per query) and broadcast to pick the rows, so the rows'
-    columns are neither shuffled nor sorted.
+    as :func:`_cell_y` does, in the same double arithmetic).
+
+    The nearest ids are few (at most ``k_nearest`` per query) and broadcast to pick the
+    rows, so the rows' columns are neither shuffled nor sorted.
     """
     src = [F.col(S.SOURCE).alias(_SRC)] if link_only else []  # k nearest of other sources
     left = queries.select(S.ID, S.LATITUDE, S.LONGITUDE, F.lit(0).alias(_LVL), *src)

@@ -121,6 +121,74 @@ def test_split_bars_reach_one_exactly() -> None:
     assert _split_bars(1.0, 0.05) == []
 
 
+def test_next_bar_is_the_first_that_drops_an_edge() -> None:
+    from poimatch.stages.grouping import _next_bar
+
+    bars = [0.6, 0.7, 0.8, 0.9, 1.0]
+    # a bar equal to the lowest score keeps every edge (score >= bar): skipped
+    assert _next_bar(bars, 0, 0.7) == (3, 0.8)
+    assert _next_bar(bars, 0, 0.55) == (1, 0.6)
+    assert _next_bar(bars, 3, 0.1) == (4, 0.9)  # bars already used are not tried again
+    assert _next_bar(bars, 0, 1.0) == (5, None)  # no bar drops an edge: pairwise
+    assert _next_bar(bars, 0, None) == (5, None)  # no edge inside
+    assert _next_bar(bars, 5, 0.1) == (5, None)  # the bars ran out
+
+
+def _root(parent: dict[str, str], node: str) -> str:
+    while parent[node] != node:
+        node = parent[node]
+    return node
+
+
+def _every_bar_guard(
+    edges: list[tuple[str, str, float]], max_group_size: int, bars: list[float]
+) -> tuple[dict[str, str], set[int], set[str]]:
+    """The chain guard as it was: every bar in turn, a union-find per round, no skipping."""
+    names = sorted({n for a, b, _ in edges for n in (a, b)})
+    keep = set(range(len(edges)))
+    remaining = iter(bars)
+    while True:
+        parent = {n: n for n in names}
+        for i in keep:
+            a, b = _root(parent, edges[i][0]), _root(parent, edges[i][1])
+            parent[max(a, b)] = min(a, b)
+        label = {n: _root(parent, n) for n in names}  # the smallest member, by construction
+        size = {g: list(label.values()).count(g) for g in set(label.values())}
+        big = {g for g, n in size.items() if n > max_group_size}
+        bar = next(remaining, None) if big else None
+        if bar is None:
+            return label, keep, big
+        keep = {i for i in keep if label[edges[i][0]] not in big or edges[i][2] >= bar}
+
+
+def test_skipped_bars_give_the_groups_of_trying_every_bar() -> None:
+    # random chains with scores on, between and above the bars: skipping the bars that
+    # drop nothing leaves the labels, the kept edges and the oversized groups unchanged
+    import pandas as pd
+
+    from poimatch.stages.grouping import _chain_guard_arrays, _split_bars
+
+    rng = random.Random(3)
+    bars = _split_bars(0.5, 0.05)
+    tried = 0
+    for _ in range(60):
+        nodes = [f"n{i:02d}" for i in range(rng.randrange(3, 30))]
+        scores = [*bars, 0.5, 1.0, 0.97, 0.74]
+        edges = [
+            (a, b, rng.choice(scores) if rng.random() < 0.5 else rng.uniform(0.5, 1.0))
+            for a, b in (rng.sample(nodes, 2) for _ in range(rng.randrange(2, 40)))
+        ]
+        size = rng.randrange(2, 8)
+        frame = pd.DataFrame(edges, columns=[S.ID_L, S.ID_R, S.SCORE])
+        labels, keep, big = _chain_guard_arrays(frame, max_group_size=size, bars=bars)
+        label, kept, oversized = _every_bar_guard(edges, size, bars)
+        assert dict(zip(labels[S.ID], labels[S.GROUP_ID], strict=True)) == label
+        assert set(keep.nonzero()[0].tolist()) == kept
+        assert big == sorted(oversized)
+        tried += len(kept) < len(edges)
+    assert tried > 20  # most graphs were split by some bar
+
+
 def test_last_bar_of_the_chain_guard_is_tried(spark: SparkSession, limit: int) -> None:
     # two certain pairs joined by a 0.96 bridge: only the bar 1.0 (the tenth step of
     # 0.05 from 0.5) splits them; skipping it would give pairwise lists instead

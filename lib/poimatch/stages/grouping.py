@@ -16,8 +16,11 @@ Chaining guard: a component larger than ``max_group_size`` (real places never ar
 is split by dropping its weakest edges, raising the score bar step by step, and
 recomputed; a component still too large after that falls back to pairwise matches.
 Under ``local_max_edges`` the whole guard runs on the driver over one collect of the
-matched edges (each bar is a SciPy pass over arrays already there); above it, every
-bar is a distributed round of components.
+matched edges (each bar is a SciPy pass over arrays already there); above it, each bar
+is a distributed round of components over the oversized components' edges alone (the
+other components keep their labels). Either way only the bars that drop an edge are
+tried: a bar at or below the lowest score left inside the oversized components would
+recompute the same components.
 """
 
 from __future__ import annotations
@@ -214,6 +217,20 @@ def _split_bars(threshold: float, split_step: float) -> list[float]:
     return [min(threshold + i * split_step, 1.0) for i in range(1, steps + 1)]
 
 
+def _next_bar(bars: list[float], tried: int, low: float | None) -> tuple[int, float | None]:
+    """The chain guard's next bar that drops an edge: the first of ``bars[tried:]``
+    above ``low``, the lowest score left inside the oversized components (``None``:
+    they hold no edge). A bar at or below it drops nothing, so the components it would
+    recompute are the ones already there: skipping it gives the same groups without a
+    round of components. Returns how many bars are used up and the bar (``None``:
+    none is left that drops an edge, the oversized components stay as they are).
+    """
+    for i in range(tried, len(bars)):
+        if low is not None and bars[i] > low:
+            return i + 1, bars[i]
+    return len(bars), None
+
+
 def group_matches(
     ids: DataFrame,
     scored: DataFrame,
@@ -261,30 +278,35 @@ def group_matches(
         materialize=materialize,
     )
     kept = edges
-    remaining = iter(bars)
+    tried = 0
     while True:
         check_cancelled("grouping")
         sizes = groups.groupBy(S.GROUP_ID).agg(F.count(F.lit(1)).alias("_size"))
         big = sizes.where(F.col("_size") > max_group_size).select(S.GROUP_ID)
         if big.limit(1).count() == 0:
             break
-        bar = next(remaining, None)
+        big_rows = groups.join(big, on=S.GROUP_ID, how="left_semi")
+        big_l = big_rows.select(F.col(S.ID).alias(S.ID_L))
+        inside = kept.join(big_l, on=S.ID_L, how="left_semi")
+        low = inside.agg(F.min(S.SCORE)).first()
+        tried, bar = _next_bar(bars, tried, None if low is None else low[0])
         if bar is None:
             return _pairwise_fallback(groups, kept, big, threshold)
-        big_l = groups.join(big, on=S.GROUP_ID, how="left_semi").select(F.col(S.ID).alias(S.ID_L))
         # inside oversized components keep only the stronger edges; elsewhere keep all
-        kept = kept.join(big_l, on=S.ID_L, how="left_anti").unionByName(
-            kept.join(big_l, on=S.ID_L, how="left_semi").where(F.col(S.SCORE) >= bar)
+        stronger = materialize(inside.where(F.col(S.SCORE) >= bar))
+        kept = materialize(kept.join(big_l, on=S.ID_L, how="left_anti").unionByName(stronger))
+        # the other components keep their labels: only the oversized ones are redone
+        redone = connected_components(
+            big_rows.select(S.ID),
+            stronger,
+            max_iterations=max_iterations,
+            local_max_edges=local_max_edges,
+            materialize=materialize,
         )
-        kept = materialize(kept)
         groups = materialize(
-            connected_components(
-                ids,
-                kept,
-                max_iterations=max_iterations,
-                local_max_edges=local_max_edges,
-                materialize=materialize,
-            )
+            groups.join(big, on=S.GROUP_ID, how="left_anti")
+            .select(S.ID, S.GROUP_ID)
+            .unionByName(redone)
         )
     edges.unpersist()
     return _with_matches(groups)
@@ -304,13 +326,19 @@ def _chain_guard_arrays(
     """
     code_l, code_r, names = _node_codes(frame)
     score = frame[S.SCORE].to_numpy()
+    # a NaN score is below every bar here (numpy's >=), so it counts as the lowest
+    lowest = np.where(np.isnan(score), -np.inf, score)
     keep = np.ones(len(frame), dtype=bool)
-    remaining = iter(bars)
+    tried = 0
     while True:
         check_cancelled("grouping")
         component = _components(code_l[keep], code_r[keep], len(names))
         big_nodes = np.bincount(component)[component] > max_group_size
-        bar = next(remaining, None) if big_nodes.any() else None
+        inside = keep & big_nodes[code_l]
+        bar = None
+        if big_nodes.any():
+            low = float(lowest[inside].min()) if inside.any() else None
+            tried, bar = _next_bar(bars, tried, low)
         if bar is None:  # every group fits, or the bars ran out
             labels = _component_labels(component, names)
             out = pd.DataFrame({S.ID: names, S.GROUP_ID: labels})

@@ -334,9 +334,9 @@ def _chain_guard_arrays(
         check_cancelled("grouping")
         component = _components(code_l[keep], code_r[keep], len(names))
         big_nodes = np.bincount(component)[component] > max_group_size
-        inside = keep & big_nodes[code_l]
         bar = None
         if big_nodes.any():
+            inside = keep & big_nodes[code_l]
             low = float(lowest[inside].min()) if inside.any() else None
             tried, bar = _next_bar(bars, tried, low)
         if bar is None:  # every group fits, or the bars ran out

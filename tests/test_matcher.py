@@ -15,8 +15,10 @@ from poimatch import Matcher
 from poimatch import schema as S
 from poimatch.apps import commands
 from poimatch.config import load_settings
+from poimatch.lifecycle.tracking import load_matcher
 from poimatch.runs.workflows import FitOutcome
 from poimatch.sample.generator import generate_pois, write_pois_csv
+from poimatch.stages.candidates import _prepared
 from poimatch.stages.plan import SMALL
 
 pytestmark = pytest.mark.slow
@@ -94,6 +96,24 @@ def test_the_in_memory_verb_gives_the_same_groups(lab: dict[str, Any]) -> None:
         _groups(written[S.MATCHES]), key=sorted
     )
     assert result.candidates == lab["report"].candidates
+
+
+def test_a_second_small_match_reruns_the_queries_the_first_prepared(lab: dict[str, Any]) -> None:
+    # a notebook or a test module matching small files repeatedly with one model pays
+    # the planning of normalization, blocking and pair features once (the service's
+    # prepared queries), and gets the same file
+    matcher: Matcher = lab["matcher"]
+    model, _, _ = load_matcher(lab["report"].model_uri)
+    before = dict(_prepared.get(model, {}))
+    assert {key[0] for key in before} >= {"points", "candidates"}
+    again = lab["root"] / "again.csv"
+    report = matcher.match(str(lab["csv"]), output_csv=str(again))
+    assert report.plan == "small"
+    after = _prepared.get(model, {})
+    assert after.keys() == before.keys()
+    assert all(after[key] is query for key, query in before.items())
+    first, second = (pd.read_csv(p, dtype=str).sort_values(S.ID) for p in (lab["out"], again))
+    pd.testing.assert_frame_equal(first.reset_index(drop=True), second.reset_index(drop=True))
 
 
 def test_evaluate_returns_the_figures_the_command_prints(

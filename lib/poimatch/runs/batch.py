@@ -490,7 +490,9 @@ def _match_rows(
     """Match the rows that passed the input rules (``keep_pairs``: keep the scored pairs
     with ``block_pass`` and the features). A full run of at most
     ``matching.small_max_rows`` ``rows`` runs the small plan (the same output, a handful
-    of Spark jobs); the scored-pairs table and larger inputs the batch plan."""
+    of Spark jobs), with its queries prepared once per model and session as the service's
+    are (a notebook or test matching small files repeatedly plans them once); the
+    scored-pairs table and larger inputs the batch plan."""
     by_size = Plan.for_rows(rows, settings.matching.small_max_rows)
     if pois.limit(1).count() == 0:  # every row rejected: nothing to match
         empty = spark.createDataFrame([], f"{S.ID} string, {S.GROUP_ID} string, {S.MATCHES} string")
@@ -517,7 +519,12 @@ def _match_rows(
     # the scored-pairs table keeps the features: the batch plan's checkpoint holds them
     plan = BATCH if keep_pairs else by_size
     result = match_pois(
-        pois, model_uri=uri, settings=settings, plan=plan, keep_pair_features=keep_pairs
+        pois,
+        model_uri=uri,
+        settings=settings,
+        plan=plan,
+        keep_pair_features=keep_pairs,
+        reuse_plan=plan.small,
     )
     scored = None
     if keep_pairs and result.threshold is not None:

@@ -559,6 +559,7 @@ def match_pois(
     settings: Settings,
     keep_pair_features: bool = False,
     plan: Plan = BATCH,
+    reuse_plan: bool = False,
 ) -> MatchResult:
     """Block, score with a registered model, and group: every id gets one row.
 
@@ -582,6 +583,7 @@ def match_pois(
         broadcast_max_rows=settings.matching.broadcast_max_rows,
         keep_pair_features=keep_pair_features,
         plan=plan,
+        reuse_plan=reuse_plan,
     )
 
 

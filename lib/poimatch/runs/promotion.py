@@ -166,6 +166,9 @@ def score_model(
         local_max_edges=settings.grouping.local_max_edges,
         link_only=settings.matching.link_only,
         plan=plan,
+        # the small plan's queries, prepared once per model: a gate scoring a version
+        # again (a re-run, a dry run first) plans nothing again
+        reuse_plan=plan.small,
     )
     report = iou(result.matches, truth)
     pairs = pair_metrics(matches_to_pairs(result.matches), truth_pairs(truth))

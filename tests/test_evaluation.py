@@ -60,9 +60,21 @@ def test_pair_metrics(spark: SparkSession) -> None:
     ]
     sub = _sub(spark, [("a", "a b"), ("b", "b a"), ("d", "d e")])
     predicted = matches_to_pairs(sub)
-    m = pair_metrics(predicted, truth)
+    tracker = spark.sparkContext.statusTracker()
+    spark.sparkContext.setJobGroup("pair-metrics", "pair-metrics")
+    try:
+        m = pair_metrics(predicted, truth)
+    finally:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
     assert (m.precision, m.recall) == pytest.approx((0.5, 0.25))
     assert m.f1 == pytest.approx(2 * 0.5 * 0.25 / 0.75)
+    assert (m.true_pairs, m.predicted_pairs) == (4, 2)
+    # the three counts come from one Spark job (one pass over one join)
+    assert len(tracker.getJobIdsForGroup("pair-metrics")) == 1
+    # nothing predicted: no precision, no recall; nothing true: recall 1
+    none = pair_metrics(predicted.limit(0), truth)
+    assert (none.precision, none.recall, none.predicted_pairs) == (0.0, 0.0, 0)
+    assert pair_metrics(predicted, truth.limit(0)).recall == 1.0
 
 
 def test_label_pairs(spark: SparkSession) -> None:
@@ -82,3 +94,9 @@ def test_candidate_report_ceiling_uses_transitivity(spark: SparkSession) -> None
     assert r.pair_recall == pytest.approx(2 / 4)
     # a, b, c, d perfect; e and f each 1/2
     assert r.iou_ceiling == pytest.approx((4 + 0.5 + 0.5) / 6)
+    # a pair listed twice among the candidates is found once: the recall stays a share
+    twice = cands.unionAll(cands.where(f"{S.ID_L} = 'a' AND {S.ID_R} = 'b'"))
+    again = candidate_report(twice, _truth(spark))
+    assert again.candidates == 4
+    assert again.pair_recall == pytest.approx(2 / 4)
+    assert again.iou_ceiling == pytest.approx(r.iou_ceiling)

@@ -38,10 +38,22 @@ def test_iou_per_row_mean_by_hand(spark: SparkSession) -> None:
     # a: {a,b} vs {a,b,c} = 2/3; b: {b,a,d} vs {a,b,c} = 2/4; c: {c} vs {a,b,c} = 1/3
     # d: {d,a} vs {d} = 1/2 ; e: {e} vs {e,f} = 1/2 ; f missing -> 0
     sub = _sub(spark, [("a", "a b"), ("b", "b a d"), ("c", "c"), ("d", "d a"), ("e", "e")])
-    report = iou(sub, _truth(spark))
+    tracker = spark.sparkContext.statusTracker()
+    spark.sparkContext.setJobGroup("iou", "iou")
+    try:
+        report = iou(sub, _truth(spark))
+    finally:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
     expected = (2 / 3 + 2 / 4 + 1 / 3 + 1 / 2 + 1 / 2 + 0) / 6
     assert report.iou == pytest.approx(expected)
     assert (report.rows, report.missing_rows, report.extra_rows) == (6, 1, 0)
+    # the mean and the missing and extra rows come from one Spark job
+    assert len(tracker.getJobIdsForGroup("iou")) == 1
+    # an id the truth does not hold is an extra row (each time it is listed)
+    more = sub.unionAll(_sub(spark, [("x", "x a"), ("x", "x")]))
+    again = iou(more, _truth(spark))
+    assert (again.rows, again.missing_rows, again.extra_rows) == (6, 1, 2)
+    assert again.iou == pytest.approx(report.iou)
 
 
 def test_identity_submission(spark: SparkSession) -> None:

@@ -9,6 +9,7 @@ and aggregations, so it scales with the data.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -131,15 +132,34 @@ def iou(matches: DataFrame, truth: DataFrame) -> IouReport:
     per_row = _iou_from_sets(
         _set_pairs_from_matches(matches), _set_pairs_from_truth(truth), truth_ids
     )
-    row = per_row.agg(
+    scores = per_row.agg(
         F.avg("_iou").alias("iou"),
         F.count(F.lit(1)).alias("rows"),
         F.sum(F.when(F.col("_p") == 0, 1).otherwise(0)).alias("missing"),
-    ).first()
-    extra = matches.select(S.ID).join(truth_ids, on=S.ID, how="left_anti").count()
-    if row is None or row["rows"] == 0:
+    )
+    extra = (
+        matches.select(S.ID)
+        .join(truth_ids, on=S.ID, how="left_anti")
+        .agg(F.count(F.lit(1)).alias("extra"))
+    )
+    row = _one_row(scores, extra)
+    if row["rows"] == 0:
         raise ValueError("truth has no rows")
-    return IouReport(float(row["iou"]), int(row["rows"]), int(row["missing"] or 0), int(extra))
+    return IouReport(
+        float(row["iou"]), int(row["rows"]), int(row["missing"] or 0), int(row["extra"])
+    )
+
+
+def _one_row(*aggregates: DataFrame) -> dict[str, Any]:
+    """Global aggregates (one row each, distinct column names) read in one Spark job:
+    their union, tagged by part, collected (a cross join would broadcast a side first, a
+    job of its own). Returns every aggregate's columns."""
+    tagged = [a.withColumn("_part", F.lit(i)) for i, a in enumerate(aggregates)]
+    union = tagged[0]
+    for other in tagged[1:]:
+        union = union.unionByName(other, allowMissingColumns=True)
+    rows = {int(r["_part"]): r for r in union.collect()}
+    return {c: rows[i][c] for i, a in enumerate(aggregates) for c in a.columns}
 
 
 def pair_metrics(predicted_pairs: DataFrame, true_pairs: DataFrame) -> PairMetrics:
@@ -148,17 +168,13 @@ def pair_metrics(predicted_pairs: DataFrame, true_pairs: DataFrame) -> PairMetri
     pred = predicted_pairs.select(*keys).distinct().withColumn("_pred", F.lit(True))
     true = true_pairs.select(*keys).distinct().withColumn("_true", F.lit(True))
     # the three counts from one pass over one join (one Spark job, not three)
-    row = (
-        pred.join(true, on=keys, how="full_outer")
-        .agg(
+    row = _one_row(
+        pred.join(true, on=keys, how="full_outer").agg(
             F.count("_pred").alias("n_pred"),
             F.count("_true").alias("n_true"),
             F.count(F.when(F.col("_pred") & F.col("_true"), 1)).alias("tp"),
         )
-        .first()
     )
-    # a global aggregate has one row
-    assert row is not None  # nosec B101
     n_pred, n_true, tp = int(row["n_pred"]), int(row["n_true"]), int(row["tp"])
     precision = tp / n_pred if n_pred else 0.0
     recall = tp / n_true if n_true else 1.0
@@ -187,18 +203,17 @@ def candidate_report(
 
     keys = [S.ID_L, S.ID_R]
     true = truth_pairs(truth)
-    n_rows = truth.select(S.ID).distinct().count()
-    n_cand = candidates.count()
-    # true pairs and those among the candidates (each once, however often it is a
-    # candidate) from one pass over one join
+    # the four counts in one Spark job; the true pairs and those among the candidates
+    # (each once, however often it is a candidate) from one pass over one join
     flagged = candidates.select(*keys).distinct().withColumn("_found", F.lit(True))
-    counted = (
-        true.join(flagged, on=keys, how="left")
-        .agg(F.count(F.lit(1)).alias("n_true"), F.count("_found").alias("n_found"))
-        .first()
+    counted = _one_row(
+        truth.select(S.ID).distinct().agg(F.count(F.lit(1)).alias("n_rows")),
+        candidates.agg(F.count(F.lit(1)).alias("n_cand")),
+        true.join(flagged, on=keys, how="left").agg(
+            F.count(F.lit(1)).alias("n_true"), F.count("_found").alias("n_found")
+        ),
     )
-    # a global aggregate has one row
-    assert counted is not None  # nosec B101
+    n_rows, n_cand = int(counted["n_rows"]), int(counted["n_cand"])
     n_true, n_found = int(counted["n_true"]), int(counted["n_found"])
     found = candidates.select(*keys).join(true, on=keys, how="inner")
     groups = connected_components(truth.select(S.ID), found, max_iterations=max_iterations)

@@ -524,7 +524,6 @@ def _match_rows(
         settings=settings,
         plan=plan,
         keep_pair_features=keep_pairs,
-        reuse_plan=plan.small,
     )
     scored = None
     if keep_pairs and result.threshold is not None:

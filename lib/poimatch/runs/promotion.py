@@ -34,8 +34,8 @@ from poimatch.lifecycle.evaluation import (
     pair_metrics,
     truth_pairs,
 )
-from poimatch.lifecycle.tracking import CHALLENGER, CHAMPION, configure_tracking, load_matcher
-from poimatch.runs.workflows import match_with_model
+from poimatch.lifecycle.tracking import CHALLENGER, CHAMPION, configure_tracking
+from poimatch.runs.workflows import match_pois
 from poimatch.stages.plan import BATCH, Plan, small_plan_conf
 
 __all__ = [
@@ -157,19 +157,9 @@ def score_model(
     """Match ``truth`` with a registered model and measure it against the labels.
     ``plan``: how the match runs (the same output either way, see
     :class:`poimatch.stages.plan.Plan`)."""
-    model, spec, _ = load_matcher(model_uri)
-    result = match_with_model(
-        truth,
-        model=model,
-        spec=spec,
-        max_iterations=settings.grouping.max_iterations,
-        local_max_edges=settings.grouping.local_max_edges,
-        link_only=settings.matching.link_only,
-        plan=plan,
-        # the small plan's queries, prepared once per model: a gate scoring a version
-        # again (a re-run, a dry run first) plans nothing again
-        reuse_plan=plan.small,
-    )
+    # the match job's call: a small plan's queries are prepared once per model version,
+    # so a gate scoring a version again (a re-run, a dry run first) plans nothing again
+    result = match_pois(truth, model_uri=model_uri, settings=settings, plan=plan)
     report = iou(result.matches, truth)
     pairs = pair_metrics(matches_to_pairs(result.matches), truth_pairs(truth))
     ceiling = candidate_report(

@@ -559,7 +559,6 @@ def match_pois(
     settings: Settings,
     keep_pair_features: bool = False,
     plan: Plan = BATCH,
-    reuse_plan: bool = False,
 ) -> MatchResult:
     """Block, score with a registered model, and group: every id gets one row.
 
@@ -583,7 +582,9 @@ def match_pois(
         broadcast_max_rows=settings.matching.broadcast_max_rows,
         keep_pair_features=keep_pair_features,
         plan=plan,
-        reuse_plan=reuse_plan,
+        # the small plan's queries prepared once per loaded version (the service's): a
+        # process matching small tables repeatedly with one version plans them once
+        reuse_plan=plan.small,
     )
 
 

@@ -214,7 +214,7 @@ def test_a_timed_out_request_stops_and_the_next_is_served(
         started = time.monotonic()
         assert client.post("/invocations", content=example).status_code == 200
         small = time.monotonic() - started
-    timeout = max(20.0, 4 * small)
+    timeout = max(8.0, 4 * small)
     heavy = _heavy_body(20_000)
     settings = load_settings(
         "ci",

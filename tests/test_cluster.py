@@ -28,7 +28,7 @@ from typing import Any
 
 import pyspark
 import pytest
-from conftest import register_matcher
+from conftest import TEST_JVM_OPTIONS, register_matcher
 from pyspark.sql import SparkSession
 
 from poimatch.config import load_settings
@@ -68,6 +68,9 @@ def _spark_env(root: Path) -> dict[str, str]:
         "SPARK_LOG_DIR": str(root / "logs"),
         "SPARK_PID_DIR": str(root),
         "GX_ANALYTICS_ENABLED": "false",
+        # the master's and the worker's JVMs: C1 alone and the serial GC, as every JVM of
+        # the suite (short-lived, tiny data: far less CPU)
+        "SPARK_DAEMON_JAVA_OPTS": TEST_JVM_OPTIONS,
     }
     return env
 
@@ -311,6 +314,8 @@ def test_match_on_standalone_cluster_equals_local(
                 *("--master", cluster.master_url),
                 *("--driver-memory", "1g", "--executor-memory", "2g"),
                 *("--total-executor-cores", "1", "--conf", "spark.executor.cores=1"),
+                *("--driver-java-options", TEST_JVM_OPTIONS),
+                *("--conf", f"spark.executor.extraJavaOptions={TEST_JVM_OPTIONS}"),
             ],
             "jobs/match.py",
             *("--input", str(test_csv), "--output", str(outputs["cluster"])),

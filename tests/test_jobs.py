@@ -6,6 +6,7 @@ import subprocess  # nosec B404: runs the project's own wrapper, no shell
 from pathlib import Path
 
 import pytest
+from conftest import TEST_JVM_OPTIONS
 
 from poimatch import schema as S
 
@@ -13,8 +14,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _submit(*args: str) -> subprocess.CompletedProcess[str]:
+    # the suite's JVM options (C1 alone, the serial GC): a short job on tiny data costs
+    # far less CPU; what the wrapper hands spark-submit is tested in tests/test_session.py
+    options = ("--driver-java-options", TEST_JVM_OPTIONS)
     return subprocess.run(
-        [str(REPO / "spark-submit.sh"), "--driver-memory", "1g", *args, "--env", "ci"],
+        [str(REPO / "spark-submit.sh"), "--driver-memory", "1g", *options, *args, "--env", "ci"],
         capture_output=True,
         text=True,
         timeout=300,

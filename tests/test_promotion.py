@@ -17,7 +17,7 @@ from typing import Any
 
 import mlflow
 import pytest
-from conftest import register_matcher
+from conftest import TEST_JVM_OPTIONS, register_matcher
 from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 
@@ -213,6 +213,7 @@ def test_gate_promotes_a_better_challenger_and_rollback_restores(
     proc = subprocess.run(
         [
             str(REPO / "spark-submit.sh"),
+            *("--driver-java-options", TEST_JVM_OPTIONS),
             "jobs/promote.py",
             "--env",
             "ci",

@@ -23,7 +23,7 @@ from urllib.parse import unquote
 import httpx
 import mlflow
 import pytest
-from conftest import register_matcher
+from conftest import TEST_JVM_OPTIONS, register_matcher
 from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 
@@ -78,6 +78,9 @@ def server(
             *[a for o in overrides for a in ("--set", o)],
             "--set",
             "spark.driver_memory=2g",
+            # C1 alone and the serial GC, as every JVM of the suite (tiny data: less CPU)
+            "--set",
+            f"spark.extra={{spark.driver.extraJavaOptions: '{TEST_JVM_OPTIONS}'}}",
             "--set",
             "service.timeout_seconds=600",
             "--set",

@@ -383,9 +383,10 @@ from pathlib import Path
 import pandas as pd
 
 folder, plan = Path(sys.argv[1]), json.loads(sys.argv[2])
-for name, values in plan:
+for name, values in plan.items():
     if name == "03_error_analysis":  # the baseline model 02 registered
-        runs = pd.read_csv(Path(plan[1][1]["OUTPUT"]) / "experiment_runs.csv")
+        experiment = Path(plan["02_experiment"]["OUTPUT"])
+        runs = pd.read_csv(experiment / "experiment_runs.csv")
         values["MODEL"] = str(runs.set_index("variant").loc["baseline", "model_uri"])
     for key in [k for k in os.environ if k.startswith("POIMATCH_NB_")]:
         del os.environ[key]
@@ -410,18 +411,15 @@ def _run_notebooks(tmp: Path) -> dict[str, str]:
         "02_experiment": {"SEED": "42", "VARIANT": "blocking.k_nearest=5"},
         "03_error_analysis": {"SEED": "43", "TOP": "12"},
     }
-    plan = [
-        (
-            name,
-            {
-                "ROWS": str(ROWS),
-                "OUTPUT": str(tmp / "out" / name),
-                "SET": _settings_overrides(tmp, name),
-                **params[name],
-            },
-        )
+    plan = {  # run in this order (NAMES)
+        name: {
+            "ROWS": str(ROWS),
+            "OUTPUT": str(tmp / "out" / name),
+            "SET": _settings_overrides(tmp, name),
+            **params[name],
+        }
         for name in NAMES
-    ]
+    }
     log = tmp / "notebooks.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(  # nosec B603: this interpreter, a fixed script

@@ -600,6 +600,7 @@ def match_with_model(
     broadcast_max_rows: int = 5_000_000,
     keep_pair_features: bool = False,
     reuse_plan: bool = False,
+    normalized: bool = False,
 ) -> MatchResult:
     """:func:`match_pois` with a model already loaded (the REST service keeps one warm).
 
@@ -613,12 +614,18 @@ def match_with_model(
     plan): the normalization and the blocking and pair-feature queries are planned once
     per model and session and re-run on each call's rows (:func:`poimatch.stages.
     candidates.prepared_points`, ``prepared_candidates``; the service's warm requests),
-    the output the same.
+    the output the same. ``normalized``: ``pois`` are the points already (small plan,
+    held on the driver: what :func:`poimatch.stages.candidates.prepared_points` gives
+    with this model's name statistics; the service computes them with its upload rules).
     """
     started = time.perf_counter()
     blocking = BlockingSettings.model_validate(spec.blocking)
     reuse = reuse_plan and plan.small
-    if reuse:
+    if normalized:
+        if not plan.small:
+            raise ValueError("normalized points are the small plan's: the batch plan makes its own")
+        points = pois
+    elif reuse:
         points = prepared_points(pois, owner=model, stats=spec.stats())
     else:
         points = cached_points(pois, stats=spec.stats(), plan=plan)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pandas as pd
 from py4j.protocol import Py4JNetworkError
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -18,17 +19,23 @@ from poimatch.apps.service.models import LoadedModel, ModelStore
 from poimatch.apps.service.uploads import ROW, SparkLostError, problem_for_rejections
 from poimatch.cancellation import cancel_scope, check_cancelled
 from poimatch.columns import named_columns
-from poimatch.io.ingest import accepted_rows, check_rows
+from poimatch.io.ingest import accepted_rows, check_rows, poi_layout
 from poimatch.io.lookup import KnownTable, pin_lookup
 from poimatch.matcher import Matcher
+from poimatch.stages.candidates import prepared_points
 from poimatch.stages.plan import (
+    SMALL,
     SMALL_SQL_CONF,
     Plan,
     counted,
+    held_select,
     selected_frame,
     set_call_site,
 )
 from poimatch.stages.prepared import fits_one_partition
+
+if TYPE_CHECKING:
+    from poimatch.runs.workflows import MatchResult
 
 log = logging.getLogger("poimatch.apps.service")  # one logger name for the whole service
 
@@ -191,6 +198,8 @@ class SparkEngine:
             S.SOURCE_FILE, F.lit("request")
         )
         plan = Plan.for_rows(len(table), self.small_max_rows)
+        if plan.small and self.reuse_plan and known is None:
+            return self._match_prepared(counted(raw, len(table)), model)
         if fits_one_partition(len(table)):
             # one partition (a coalesce declares it): the rules' duplicate-id window
             # needs no shuffle, so they run as one stage
@@ -199,16 +208,7 @@ class SparkEngine:
         # (read by the prepared normalization, which reads its input as one partition)
         checked = plan.materialize(check_rows(raw), joined=not self.reuse_plan)
         verdicts = selected_frame(checked, [ROW, S.ID, S.REASON])  # on the driver already
-        rejected = verdicts[verdicts[S.REASON].notna()].sort_values(ROW)
-        if len(rejected):
-            raise problem_for_rejections(
-                [
-                    (int(row), id_, str(reason))
-                    for row, id_, reason in zip(
-                        rejected[ROW], rejected[S.ID], rejected[S.REASON], strict=True
-                    )
-                ]
-            )
+        _reject(verdicts)
         check_cancelled("matching")
         # no row was rejected (else 422 above): every row is accepted, a count known here
         pois = counted(
@@ -222,8 +222,61 @@ class SparkEngine:
                 pois, known, model=model, reuse_plan=self.reuse_plan
             )
         result = self.matcher.match_frame(pois, model=model, plan=plan, reuse_plan=self.reuse_plan)
+        return self._output(result)
+
+    def _match_prepared(self, raw: DataFrame, model: LoadedModel) -> pd.DataFrame:
+        """A small upload on prepared queries (a warm service): the rules, the
+        normalization and the name statistics in one Spark job, their verdicts read on the
+        driver, then (no row rejected) the points matched."""
+        checked = prepared_points(raw, owner=model.model, stats=model.spec.stats(), layout=_rules)
+        verdicts = selected_frame(checked, [ROW, S.ID, S.REASON])  # held on the driver
+        _reject(verdicts)
+        check_cancelled("matching")
+        points = held_select(checked, [c for c in checked.columns if c not in (ROW, S.REASON)])
+        result = self.matcher.match_frame(
+            counted(points, len(verdicts)),
+            model=model,
+            plan=SMALL,
+            reuse_plan=True,
+            normalized=True,
+        )
+        return self._output(result)
+
+    @staticmethod
+    def _output(result: MatchResult) -> pd.DataFrame:
         try:
             check_cancelled("output")
             return selected_frame(result.matches, [S.ID, S.MATCHES])
         finally:
             result.matches.unpersist()
+
+
+def _rules(raw: DataFrame) -> DataFrame:
+    """The upload rules' verdict on each raw row (``reason``, null when valid), the rows
+    in the POI table's layout with their upload row number: the prepared points' first
+    step (:meth:`SparkEngine._match_prepared`).
+
+    A rejected row's name is left out (null): the name statistics aggregate per id,
+    which only the accepted rows hold once each (every copy of a repeated id, and every
+    missing one, is rejected), and a rejected row's points are never matched."""
+    checked = check_rows(raw)
+    named = checked.withColumn(S.NAME, F.when(F.col(S.REASON).isNull(), F.col(S.NAME)))
+    return poi_layout(named, extra=(ROW, S.REASON))
+
+
+def _reject(verdicts: pd.DataFrame) -> None:
+    """Raise 422 naming every rejected row (upload order), if any.
+
+    Raises:
+        RequestError: 422 ``invalid_rows``.
+    """
+    rejected = verdicts[verdicts[S.REASON].notna()].sort_values(ROW)
+    if len(rejected):
+        raise problem_for_rejections(
+            [
+                (int(row), id_, str(reason))
+                for row, id_, reason in zip(
+                    rejected[ROW], rejected[S.ID], rejected[S.REASON], strict=True
+                )
+            ]
+        )

@@ -98,11 +98,15 @@ def test_the_worker_daemon_imports_the_workers_modules_before_forking(
 def test_local_sessions_run_udfs_in_workers_without_the_bundled_zips(spark: SparkSession) -> None:
     """The suite's session (local master, built by build_session) uses the daemon: its
     workers' path holds none of Spark's zips or jars, no zip importer for them is cached,
-    and pyspark comes from the installed package; the UDF still computes its value."""
-    assert spark.sparkContext.getConf().get("spark.python.daemon.module") == WORKER_DAEMON
+    and pyspark comes from the installed package; the UDF still computes its value. The
+    JVM talks to them over a Unix domain socket (LOCAL_PYTHON_CONF), not loopback TCP."""
+    conf = spark.sparkContext.getConf()
+    assert conf.get("spark.python.daemon.module") == WORKER_DAEMON
+    assert conf.get("spark.python.unix.domain.socket.enabled") == "true"
 
     @F.udf(T.StringType())
     def worker_state(value: str) -> str:
+        import os as worker_os
         import sys as worker_sys
 
         import pyspark as worker_pyspark
@@ -113,6 +117,7 @@ def test_local_sessions_run_udfs_in_workers_without_the_bundled_zips(spark: Spar
                 "path": worker_sys.path,
                 "cached": list(worker_sys.path_importer_cache),
                 "pyspark": worker_pyspark.__file__,
+                "unix": worker_os.environ.get("PYTHON_UNIX_DOMAIN_ENABLED"),
             }
         )
 
@@ -123,6 +128,7 @@ def test_local_sessions_run_udfs_in_workers_without_the_bundled_zips(spark: Spar
     assert not [e for e in state["path"] if worker_daemon.bundled_zip(e)], state["path"]
     assert not [e for e in state["cached"] if worker_daemon.bundled_zip(e)], state["cached"]
     assert ".zip" not in state["pyspark"], state["pyspark"]
+    assert str(state["unix"]).lower() == "true", state
 
 
 def test_sessions_skip_pyspark_s_call_site_capture(spark: SparkSession) -> None:

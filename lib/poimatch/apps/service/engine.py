@@ -232,13 +232,10 @@ class SparkEngine:
         verdicts = selected_frame(checked, [ROW, S.ID, S.REASON])  # held on the driver
         _reject(verdicts)
         check_cancelled("matching")
+        # held on the driver too: counted without a job
         points = held_select(checked, [c for c in checked.columns if c not in (ROW, S.REASON)])
         result = self.matcher.match_frame(
-            counted(points, len(verdicts)),
-            model=model,
-            plan=SMALL,
-            reuse_plan=True,
-            normalized=True,
+            points, model=model, plan=SMALL, reuse_plan=True, normalized=True
         )
         return self._output(result)
 

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess  # nosec B404: jcmd, a fixed command
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,12 @@ from pyspark.sql import types as T
 
 from poimatch import worker_daemon
 from poimatch.runs import class_archive
-from poimatch.session import CLASS_ARCHIVE, WORKER_DAEMON, with_class_archive
+from poimatch.session import (
+    CLASS_ARCHIVE,
+    QUIET_STATUS_CONF,
+    WORKER_DAEMON,
+    with_class_archive,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,6 +135,23 @@ def test_local_sessions_run_udfs_in_workers_without_the_bundled_zips(spark: Spar
     assert not [e for e in state["cached"] if worker_daemon.bundled_zip(e)], state["cached"]
     assert ".zip" not in state["pyspark"], state["pyspark"]
     assert str(state["unix"]).lower() == "true", state
+
+
+def test_a_session_without_ui_keeps_only_the_recent_sql_executions(spark: SparkSession) -> None:
+    """build_session gives a session without a UI (the suite's) QUIET_STATUS_CONF: its
+    status store keeps the last SQL executions, not Spark's 1,000 (each with its plan's
+    graph), however many queries the session has run."""
+    conf = spark.sparkContext.getConf()
+    for key, value in QUIET_STATUS_CONF.items():
+        assert conf.get(key) == value, key
+    kept = int(QUIET_STATUS_CONF["spark.sql.ui.retainedExecutions"])
+    for i in range(3 * kept):
+        spark.range(1).selectExpr(f"id + {i} AS v").collect()
+    store = spark._jsparkSession.sharedState().statusStore()  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 30
+    while store.executionsCount() > 2 * kept:  # Spark trims it asynchronously
+        assert time.monotonic() < deadline, f"{store.executionsCount()} executions kept"
+        time.sleep(0.1)
 
 
 def test_sessions_skip_pyspark_s_call_site_capture(spark: SparkSession) -> None:

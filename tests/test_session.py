@@ -23,6 +23,7 @@ from poimatch import worker_daemon
 from poimatch.runs import class_archive
 from poimatch.session import (
     CLASS_ARCHIVE,
+    LOCAL_MEMORY_CONF,
     QUIET_STATUS_CONF,
     WORKER_DAEMON,
     with_class_archive,
@@ -135,6 +136,21 @@ def test_local_sessions_run_udfs_in_workers_without_the_bundled_zips(spark: Spar
     assert not [e for e in state["cached"] if worker_daemon.bundled_zip(e)], state["cached"]
     assert ".zip" not in state["pyspark"], state["pyspark"]
     assert str(state["unix"]).lower() == "true", state
+
+
+def test_local_sessions_give_each_sort_and_hash_table_a_small_memory_page(
+    spark: SparkSession,
+) -> None:
+    """A local session's memory manager hands out LOCAL_MEMORY_CONF's 2 MB pages: Spark
+    would size them from the execution memory per core (64 MB for the suite's 4 GB, one
+    core), and each sort, aggregate or broadcast relation of a few rows takes one."""
+    assert spark.sparkContext.getConf().get("spark.buffer.pageSize") == "2m"
+    assert LOCAL_MEMORY_CONF == {"spark.buffer.pageSize": "2m"}
+    manager = spark.sparkContext._jsc.sc().env().memoryManager()  # type: ignore[union-attr]
+    assert manager.pageSizeBytes() == 2 * 1024 * 1024
+    rows = spark.range(50).selectExpr("id % 7 AS k", "id AS v")
+    counted = rows.groupBy("k").count().orderBy("k").collect()  # an aggregate and a sort
+    assert [(r["k"], r["count"]) for r in counted] == [(k, 8 if k < 1 else 7) for k in range(7)]
 
 
 def test_a_session_without_ui_keeps_only_the_recent_sql_executions(spark: SparkSession) -> None:

@@ -119,6 +119,14 @@ def find_jars(jars_dir: str | Path) -> list[str]:
     return jars
 
 
+def _defaults(*, local: bool, ui: bool) -> dict[str, str]:
+    """The settings a session gets unless ``spark.extra`` (or the submitter) sets them:
+    a local master's Python workers and memory pages, and without a UI a small status
+    store."""
+    chosen = (LOCAL_PYTHON_CONF | LOCAL_MEMORY_CONF) if local else {}
+    return chosen | ({} if ui else QUIET_STATUS_CONF)
+
+
 def build_session(settings: SparkSettings) -> SparkSession:
     """Build (or adopt) the SparkSession with Delta Lake configured.
 
@@ -160,19 +168,19 @@ def build_session(settings: SparkSettings) -> SparkSession:
         # The submitter chose master, resources and jars: keep every key it set.
         SparkContext._ensure_initialized()
         submitted = SparkConf()
-        if submitted.get("spark.master", "").startswith("local"):
-            for key, value in (LOCAL_PYTHON_CONF | LOCAL_MEMORY_CONF).items():
-                wanted.setdefault(key, value)
-        if submitted.get("spark.ui.enabled", "true") == "false":
-            for key, value in QUIET_STATUS_CONF.items():
-                wanted.setdefault(key, value)
+        wanted = (
+            _defaults(
+                local=submitted.get("spark.master", "").startswith("local"),
+                ui=submitted.get("spark.ui.enabled", "true") == "true",
+            )
+            | wanted
+        )
         wanted = {k: v for k, v in wanted.items() if not submitted.contains(k)}
     else:
         # Plain `python jobs/x.py`, pytest or the service: we own the JVM, so we size it.
         builder = builder.master(settings.master)
-        if not settings.ui_enabled:
-            for key, value in QUIET_STATUS_CONF.items():
-                wanted.setdefault(key, value)
+        local = settings.master.startswith("local")
+        wanted = _defaults(local=local, ui=settings.ui_enabled) | wanted
         wanted |= {
             "spark.driver.memory": settings.driver_memory,
             "spark.jars": ",".join(find_jars(settings.jars_dir)),
@@ -180,9 +188,7 @@ def build_session(settings: SparkSettings) -> SparkSession:
         }
         # Python workers run the driver's interpreter, so they see the same packages.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        if settings.master.startswith("local"):
-            for key, value in (LOCAL_PYTHON_CONF | LOCAL_MEMORY_CONF).items():
-                wanted.setdefault(key, value)
+        if local:
             # the driver's classes come parsed and verified from the archive `make setup`
             # builds: a JVM start costs ~2 s less CPU (poimatch.runs.class_archive)
             options = with_class_archive(

@@ -401,13 +401,22 @@ def _driver_matches(ids: pd.Series, labels: pd.DataFrame) -> pd.DataFrame:
     per id; an id without a label is its own group; ``matches`` the id, then the
     group's other members sorted, as Spark sorts strings: by code point)."""
     group = ids.map(labels.set_index(S.ID)[S.GROUP_ID]).where(lambda g: g.notna(), ids)
-    members = ids.groupby(group.to_numpy(), sort=False).agg(sorted)
-    lists = group.map(members)
-    matches = [
-        " ".join([i, *[m for m in others if m != i]])
-        for i, others in zip(ids.tolist(), lists.tolist(), strict=True)
-    ]
-    return pd.DataFrame({S.ID: ids.to_numpy(), S.GROUP_ID: group.to_numpy(), S.MATCHES: matches})
+    names, groups = ids.to_numpy(dtype=object), group.to_numpy(dtype=object)
+    # most rows are alone in their group (no matched edge): their list is the id itself;
+    # only the rows sharing a group are listed one by one
+    shared = (group.map(group.value_counts()) > 1).to_numpy()
+    matches = names.copy()
+    if shared.any():
+        members: dict[str, list[str]] = {}
+        for i, g in zip(names[shared], groups[shared], strict=True):
+            members.setdefault(g, []).append(i)
+        for listed in members.values():
+            listed.sort()
+        matches[shared] = [
+            " ".join([i, *[m for m in members[g] if m != i]])
+            for i, g in zip(names[shared], groups[shared], strict=True)
+        ]
+    return pd.DataFrame({S.ID: names, S.GROUP_ID: groups, S.MATCHES: matches})
 
 
 def _with_matches(groups: DataFrame) -> DataFrame:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +16,7 @@ from poimatch import schema as S
 from poimatch.config import BlockingSettings
 from poimatch.stages.blocking import (
     PASS_COLUMNS,
+    _key_nearest,
     candidate_pairs,
     haversine_m,
     pass_key,
@@ -194,6 +196,42 @@ def test_key_passes_find_far_duplicates_but_skip_generic_keys(spark: SparkSessio
     assert got[("j", "k")] == "name,phone,url"  # found by every pass, named once each
     # "bus stop" is shared by 6 rows > max_key_group: never a key-pass pair
     assert not any(p == "name" and left.startswith("g") for (left, _), p in got.items())
+
+
+def test_query_rows_key_lists_are_those_of_the_whole_run(spark: SparkSession) -> None:
+    """With ``query``, the key passes first drop the rows whose keys no query row holds;
+    each query row still gets the key-pass list it gets when every row looks: the same
+    nearest sharers, a key generic around it skipped, the others' keys never counted."""
+    km = 1000 * _DEG_PER_M
+    rng = random.Random(17)
+    names = ["blue bottle", "casa pepe", "bus stop", "kfc", "luna", "mar", None]
+    rows = []
+    for i in range(240):  # names, phones and urls shared within and across ~20 km
+        name = rng.choice(names)
+        phone = rng.choice([None, None, "5550101", "5550102", f"55509{i % 7}"])
+        url = rng.choice([None, None, "a.example", "b.example"])
+        lat, lon = 48.0 + rng.uniform(-20, 20) * km, 2.0 + rng.uniform(-20, 20) * km
+        rows.append((f"{'q' if i % 9 == 0 else 'r'}{i:03d}", lat, lon, name, phone, url))
+    # a name only query rows hold: its pairs come from the query rows' own keys
+    rows += [(f"q9{i}", 48.1 + i * km, 2.1, "zz query only", None, None) for i in range(2)]
+    settings = BlockingSettings(
+        cell_m=300,
+        k_nearest=3,
+        key_cell_m=10_000,
+        k_key=3,
+        max_key_group=12,
+        key_passes=("name", "name_prefix", "phone", "url"),
+    )
+    points = _points(spark, rows)
+    query = F.col(S.ID).startswith("q")
+    cols = [S.ID, "_other", S.PASS]
+    for broadcast in (True, False):
+        whole = _key_nearest(points, settings, settings.key_passes, None, broadcast)
+        cut = _key_nearest(points, settings, settings.key_passes, query, broadcast)
+        expected = {tuple(r) for r in whole.where(query).select(*cols).collect()}
+        assert {tuple(r) for r in cut.select(*cols).collect()} == expected
+        assert len({r[0] for r in expected}) >= 10  # most query rows have key neighbours
+        assert ("q90", "q91", "name") in expected
 
 
 def test_pairs_are_canonical_and_unique(spark: SparkSession) -> None:

@@ -424,6 +424,9 @@ def _key_nearest(
         # query rows' keys matter (cut before any shuffle)
         keys = rows.join(query_ids, on=S.ID, how="left_semi").select(_KEY).distinct()
         rows = rows.join(F.broadcast(keys), on=_KEY, how="left_semi")
+    elif query is not None:  # the same for the rows ``query`` selects
+        keys = rows.where(query).select(_KEY).distinct()
+        rows = rows.join(F.broadcast(keys) if broadcast else keys, on=_KEY, how="left_semi")
     celled = _with_cell(rows, cell_m)
     counts = celled.groupBy(_CY, _CX, _KEY).agg(F.count(F.lit(1)).alias("_c"))
     near = _spread_counts(counts, [_KEY], cell_m)

@@ -140,3 +140,38 @@ def test_a_rollback_builds_no_session(lab: dict[str, Any], monkeypatch: pytest.M
         matcher.rollback()
     with pytest.raises(AssertionError, match="a Spark session was built"):
         _ = matcher.spark
+
+
+def test_a_small_runs_figures_on_the_driver_are_sparks(spark: SparkSession) -> None:
+    # a small run collects its output and the ids it must hold in one job and counts its
+    # groups there; a large run counts them with Spark: the same figures, a missing
+    # group id counted as one group as Spark's groupBy does
+    from poimatch.runs.batch import _collect_output, _group_figures
+
+    output = spark.createDataFrame(
+        [
+            ("a", "g1", "a b c", "matched"),
+            ("b", "g1", "b a c", "matched"),
+            ("c", "g1", "c a b", "matched"),
+            ("d", "d", "d", "matched"),
+            ("e", None, "e", "rejected"),
+            ("f", None, "f", "rejected"),
+        ],
+        f"{S.ID} string, {S.GROUP_ID} string, {S.MATCHES} string, {S.STATUS} string",
+    )
+    # the input ids: one the output lacks, one given twice, one null
+    input_ids = spark.createDataFrame(
+        [(i, 1) for i in ["a", "b", "c", "d", "e", "f", "x", "a"]] + [(None, 2)],
+        f"{S.ID} string, n int",
+    )
+    rows, ids = _collect_output(output, input_ids)
+    assert list(rows.columns) == [S.ID, S.GROUP_ID, S.MATCHES]
+    assert rows.sort_values(S.ID).to_dict("records") == [
+        r.asDict() for r in output.select(S.ID, S.GROUP_ID, S.MATCHES).orderBy(S.ID).collect()
+    ]
+    assert list(ids.columns) == [S.ID]
+    assert sorted(ids[S.ID].fillna("~")) == ["a", "a", "b", "c", "d", "e", "f", "x", "~"]
+    assert _group_figures(rows) == _group_figures(output) == (3, 3)
+    assert _group_figures(rows.iloc[3:]) == _group_figures(output.where("id >= 'd'")) == (2, 2)
+    empty = output.where("false")
+    assert _group_figures(_collect_output(empty, empty)[0]) == _group_figures(empty) == (0, 0)

@@ -383,9 +383,10 @@ def run_match(
             # run writes nothing but what it was asked to. A small run's output is checked
             # on the driver (two Spark jobs to collect it and the input ids, instead of
             # the sixteen GX's Spark engine runs for its metrics)
+            on_driver = _collect_output(output, data.output_ids) if small else None
             checked = contracts.validate_output(
-                output.toPandas() if small else output,
-                input_ids=data.output_ids.select(S.ID).toPandas() if small else data.output_ids,
+                on_driver[0] if on_driver is not None else output,
+                input_ids=on_driver[1] if on_driver is not None else data.output_ids,
                 store=storage.validations_path() if nightly else None,
                 run_name=f"match {fingerprint.rsplit('/', 1)[-1]}",
             )
@@ -420,8 +421,9 @@ def run_match(
                 write_single_csv(report, rejected_csv)
                 written["output"] = output_csv
                 written["rejected_output"] = rejected_csv
-            groups = output.groupBy(S.GROUP_ID).count()
-            stats = groups.agg(F.count(F.lit(1)).alias("g"), F.max("count").alias("m")).first()
+            n_groups, largest = (
+                _group_figures(on_driver[0]) if on_driver is not None else _group_figures(output)
+            )
             changes = None
             if previous is not None:
                 both, changed = group_id_changes(output, previous[0])
@@ -441,13 +443,44 @@ def run_match(
         candidates=run.candidates,
         candidates_per_row=run.per_row,
         seconds=run.seconds,
-        groups=int(stats["g"]) if stats is not None else 0,
-        largest_group=int(stats["m"] or 0) if stats is not None else 0,
+        groups=n_groups,
+        largest_group=largest,
         written=written,
         data_docs=tuple(checked.data_docs),
         group_ids_changed=changes,
         incremental=run.incremental,
     )
+
+
+#: marks the output's rows in the one collection of a small run's output and input ids
+_FROM_OUTPUT = "_from_output"
+
+
+def _collect_output(output: DataFrame, input_ids: DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A small run's output (``id``, ``group_id``, ``matches``) and the ids it must hold,
+    on the driver in one Spark job (the output contract and the run's figures are then
+    computed there): the two frames in one union, told apart by a marker column."""
+    rows = output.select(S.ID, S.GROUP_ID, S.MATCHES).withColumn(_FROM_OUTPUT, F.lit(True))
+    ids = input_ids.select(S.ID, F.lit(False).alias(_FROM_OUTPUT))
+    both = rows.unionByName(ids, allowMissingColumns=True).toPandas()
+    mine = both[_FROM_OUTPUT].astype(bool)
+    return (
+        both.loc[mine, [S.ID, S.GROUP_ID, S.MATCHES]].reset_index(drop=True),
+        both.loc[~mine, [S.ID]].reset_index(drop=True),
+    )
+
+
+def _group_figures(output: DataFrame | pd.DataFrame) -> tuple[int, int]:
+    """The output's number of groups and largest group size (a missing ``group_id``
+    counts as one group, as in Spark's ``groupBy``)."""
+    if isinstance(output, pd.DataFrame):
+        sizes = output[S.GROUP_ID].value_counts(dropna=False)
+        return len(sizes), int(sizes.max()) if len(sizes) else 0
+    groups = output.groupBy(S.GROUP_ID).count()
+    stats = groups.agg(F.count(F.lit(1)).alias("g"), F.max("count").alias("m")).first()
+    if stats is None:
+        return 0, 0
+    return int(stats["g"]), int(stats["m"] or 0)
 
 
 def _previous_groups(spark: SparkSession, target: str | None) -> tuple[DataFrame, int] | None:
@@ -494,7 +527,8 @@ def _match_rows(
     are (a notebook or test matching small files repeatedly plans them once); the
     scored-pairs table and larger inputs the batch plan."""
     by_size = Plan.for_rows(rows, settings.matching.small_max_rows)
-    if pois.limit(1).count() == 0:  # every row rejected: nothing to match
+    # every row rejected: nothing to match (``rows``, when the caller counted them)
+    if (rows == 0) if rows >= 0 else (pois.limit(1).count() == 0):
         empty = spark.createDataFrame([], f"{S.ID} string, {S.GROUP_ID} string, {S.MATCHES} string")
         return _Matched(empty, 0, 0.0, 0.0, by_size.name)
     if incremental:

@@ -381,8 +381,8 @@ def run_match(
             nightly = input_path is None and target == storage.table_path(storage.matches_table)
             # the POI table's own run keeps its contract results and Data Docs; an ad-hoc
             # run writes nothing but what it was asked to. A small run's output is checked
-            # on the driver (two Spark jobs to collect it and the input ids, instead of
-            # the sixteen GX's Spark engine runs for its metrics)
+            # on the driver (one Spark job collects it and the input ids, instead of the
+            # sixteen GX's Spark engine runs for its metrics)
             on_driver = _collect_output(output, data.output_ids) if small else None
             checked = contracts.validate_output(
                 on_driver[0] if on_driver is not None else output,

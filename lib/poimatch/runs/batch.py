@@ -383,10 +383,12 @@ def run_match(
             # run writes nothing but what it was asked to. A small run's output is checked
             # on the driver (one Spark job collects it and the input ids, instead of the
             # sixteen GX's Spark engine runs for its metrics)
-            on_driver = _collect_output(output, data.output_ids) if small else None
+            checked_output, checked_ids = (
+                _collect_output(output, data.output_ids) if small else (output, data.output_ids)
+            )
             checked = contracts.validate_output(
-                on_driver[0] if on_driver is not None else output,
-                input_ids=on_driver[1] if on_driver is not None else data.output_ids,
+                checked_output,
+                input_ids=checked_ids,
                 store=storage.validations_path() if nightly else None,
                 run_name=f"match {fingerprint.rsplit('/', 1)[-1]}",
             )
@@ -421,9 +423,7 @@ def run_match(
                 write_single_csv(report, rejected_csv)
                 written["output"] = output_csv
                 written["rejected_output"] = rejected_csv
-            n_groups, largest = (
-                _group_figures(on_driver[0]) if on_driver is not None else _group_figures(output)
-            )
+            n_groups, largest = _group_figures(checked_output)
             changes = None
             if previous is not None:
                 both, changed = group_id_changes(output, previous[0])

@@ -419,14 +419,18 @@ def _key_nearest(
         .where(F.col(_KEY).isNotNull())
         .withColumn(_LVL, F.lit(0))
     )
+    # a key's counts and pairs are made of the rows holding it alone: only the query
+    # rows' keys matter (cut before any shuffle; an incremental run's query ids are few,
+    # so their keys are always broadcast)
+    holders = None
     if query_ids is not None:
-        # a key's counts and pairs are made of the rows holding it alone: only the
-        # query rows' keys matter (cut before any shuffle)
-        keys = rows.join(query_ids, on=S.ID, how="left_semi").select(_KEY).distinct()
-        rows = rows.join(F.broadcast(keys), on=_KEY, how="left_semi")
-    elif query is not None:  # the same for the rows ``query`` selects
-        keys = rows.where(query).select(_KEY).distinct()
-        rows = rows.join(F.broadcast(keys) if broadcast else keys, on=_KEY, how="left_semi")
+        holders = rows.join(query_ids, on=S.ID, how="left_semi")
+    elif query is not None:
+        holders = rows.where(query)
+    if holders is not None:
+        keys = holders.select(_KEY).distinct()
+        wide = query_ids is not None or broadcast
+        rows = rows.join(F.broadcast(keys) if wide else keys, on=_KEY, how="left_semi")
     celled = _with_cell(rows, cell_m)
     counts = celled.groupBy(_CY, _CX, _KEY).agg(F.count(F.lit(1)).alias("_c"))
     near = _spread_counts(counts, [_KEY], cell_m)

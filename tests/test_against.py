@@ -28,6 +28,7 @@ from poimatch.stages import candidates
 from poimatch.stages.blocking import nearest_rows
 from poimatch.stages.candidates import cached_candidates, cached_points
 from poimatch.stages.namestats import add_name_stats
+from poimatch.stages.normalize import add_normalized_columns
 from poimatch.stages.plan import BATCH, SMALL
 
 COLUMNS = [f.name for f in S.poi_table_schema().fields]
@@ -266,6 +267,63 @@ def test_reading_the_nearest_rows_gives_the_candidates_of_the_whole_table(
     assert len(from_whole) > len(upload)
     assert from_read == from_whole
     assert read.count() < 0.5 * len(lookup["table"])
+
+
+def test_a_key_held_by_max_key_group_rows_of_the_area_is_not_read(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """The key passes' read leaves out a key that ``max_key_group`` or more rows of the
+    area hold (too generic to block on) and reads every row of a key held by fewer, per
+    pass; a row of a generic key near an upload still comes with the spatial read."""
+    cap = 4
+    blocking = BlockingSettings(max_key_group=cap)
+    base = dict.fromkeys(COLUMNS, "")
+    lat, lon = 40.0, -3.0
+
+    def row(i: str, name: str, dlat: float, dlon: float, phone: str = "") -> dict[str, Any]:
+        return {
+            **base,
+            S.ID: i,
+            S.NAME: name,
+            S.PHONE: phone,
+            S.LATITUDE: lat + dlat,
+            S.LONGITUDE: lon + dlon,
+        }
+
+    # 5 km and more east of the uploads (beyond the spatial read, within the key passes'):
+    # "Chain Cafe" held by cap rows (one of them beside upload 0), "Rare Bistro" by
+    # cap - 1 (one of them a row whose phone cap rows hold)
+    table = [row("chain_near", "Chain Cafe", 0.0001, 0.0)]
+    table += [row(f"chain_{i}", "Chain Cafe", 0.01 * i, 0.06) for i in range(cap - 1)]
+    table += [row(f"rare_{i}", "Rare Bistro", 0.01 * i, 0.07) for i in range(cap - 2)]
+    table += [row(f"phone_{i}", f"Shop {i}", 0.01 * i, 0.08, "+1 555 0100") for i in range(cap)]
+    table[-1][S.NAME] = "Rare Bistro"
+    uploads = [
+        row("u0", "Chain Cafe", 0.0, 0.0),
+        row("u1", "Rare Bistro", 0.002, 0.0, "+1 555 0100"),
+    ]
+    points = add_normalized_columns(_frame(spark, pd.DataFrame(table + uploads)))
+    table_points = points.where(~F.col(S.ID).startswith("u"))
+    path = str(tmp_path / "pois_lookup")
+    write_lookup(
+        table_points,
+        table_points.select(S.ID, F.col(S.ID).alias(S.GROUP_ID)),
+        path,
+        rows=len(table),
+        rows_per_file=100,
+        user_metadata="test",
+    )
+    known = pin_lookup(spark, path)
+    assert known is not None
+    near = (
+        points.where(F.col(S.ID).startswith("u"))
+        .select(S.LATITUDE, S.LONGITUDE, S.N_NAME, S.N_PHONE, S.N_URL, S.SOURCE)
+        .toPandas()
+    )
+    read = {r[S.ID] for r in known_rows(spark, known, near, blocking).collect()}
+    # the generic name's rows but the spatial neighbour and the generic phone's rows but
+    # the one named as an upload are left out
+    assert read == {"chain_near", "rare_0", "rare_1", f"phone_{cap - 1}"}
 
 
 def test_the_band_cut_keeps_every_nearest_row(spark: SparkSession) -> None:

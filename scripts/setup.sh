@@ -28,10 +28,7 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ requirements.lock -
   "$VENV/bin/pip" install --quiet --upgrade pip
   # the wheel build of cluster submits (spark-submit.sh) runs offline with these
   "$VENV/bin/pip" install --quiet setuptools==84.2.1 wheel==0.48.0
-  # --no-compile: Python compiles a module when it is first imported, so only what the
-  # jobs and tests import is compiled, not every module of every package (the install
-  # of a fresh virtualenv: 89 -> 55 s here, with pip's cache)
-  "$VENV/bin/pip" install --quiet --no-compile -c requirements.lock -e '.[local,dev]'
+  "$VENV/bin/pip" install --quiet -c requirements.lock -e '.[local,dev]'
 fi
 
 # JVM jars: Delta for Spark 4.1, resolved through Maven into a project-local folder.

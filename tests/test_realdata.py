@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.realdata, pytest.mark.usefixtures("compiled")]
 def test_pittsburgh_candidates_keep_the_ceiling(spark: SparkSession, shared_geoer: Path) -> None:
     pois = read_poi_input(spark, str(shared_geoer)).where(F.col(S.ID).contains("_pit_"))
     points = pois.transform(add_normalized_columns).localCheckpoint(eager=True)
-    # materialized once: the report and the passes below read it four times
+    # materialized once: the report and the passes below read it several times
     pairs = candidate_pairs(points, settings=BlockingSettings()).localCheckpoint(eager=True)
     report = candidate_report(pairs, pois)
     assert report.rows == 5211

@@ -30,9 +30,9 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ requirements.lock -
   "$VENV/bin/pip" install --quiet setuptools==84.2.1 wheel==0.48.0
   # pip compiles every module as it installs: keep it. This machine sets
   # PYTHONDONTWRITEBYTECODE=1, so no process writes bytecode later and the install's is
-  # the only cache (with --no-compile a fresh clone's setup took 40 s less and its suite
-  # 18 min 57 s against 15 min 33 s the clone before: the tests that start Python
-  # processes a third slower, the in-process ones as before)
+  # the only cache (with --no-compile a fresh clone's setup took 143 s instead of 192 s
+  # and its suite 18 min 57 s instead of 17 min 27 s, half an hour apart: the tests that
+  # start Python processes 15-35 % slower)
   "$VENV/bin/pip" install --quiet -c requirements.lock -e '.[local,dev]'
 fi
 

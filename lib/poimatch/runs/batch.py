@@ -527,8 +527,10 @@ def _match_rows(
     are (a notebook or test matching small files repeatedly plans them once); the
     scored-pairs table and larger inputs the batch plan."""
     by_size = Plan.for_rows(rows, settings.matching.small_max_rows)
-    # every row rejected: nothing to match (``rows``, when the caller counted them)
-    if (rows == 0) if rows >= 0 else (pois.limit(1).count() == 0):
+    # every row rejected: nothing to match (``rows`` when the caller counted them, else a
+    # one-row probe)
+    nothing = rows == 0 if rows >= 0 else pois.limit(1).count() == 0
+    if nothing:
         empty = spark.createDataFrame([], f"{S.ID} string, {S.GROUP_ID} string, {S.MATCHES} string")
         return _Matched(empty, 0, 0.0, 0.0, by_size.name)
     if incremental:

@@ -21,8 +21,10 @@ above: Spark's own worker daemon and PySpark's call-site capture, as before 7a9d
 8486a30). ``--gap`` waits before each request: Spark stops Python workers idle for a
 minute, so with ``--gap 70`` every request starts its Python workers afresh, as a service
 called now and then does. ``--against LOOKUP`` matches each upload against a nightly
-run's lookup table as well (``?against=pois``). ``--profile N`` prints the driver's
-cProfile of the last N requests of each size (and saves it beside the work files).
+run's lookup table as well (``?against=pois``), held on the driver first as the service
+holds it, unless ``--set service.hold_lookup_max_rows=0`` (then each request reads its
+files). ``--profile N`` prints the driver's cProfile of the last N requests of each size
+(and saves it beside the work files).
 """
 
 from __future__ import annotations
@@ -133,13 +135,23 @@ def main() -> None:
     uri = args.model or _small_model(spark, work)
     store = ModelStore(uri)
     store.refresh()
-    engine = SparkEngine(Matcher(settings, spark), store, reuse_plan=settings.service.reuse_plan)
+    engine = SparkEngine(
+        Matcher(settings, spark),
+        store,
+        reuse_plan=settings.service.reuse_plan,
+        hold_lookup_max_rows=settings.service.hold_lookup_max_rows,
+    )
     loaded = engine.model()
     assert loaded is not None
     known = pin_lookup(spark, args.against) if args.against else None
     if args.against:
         assert known is not None, f"no lookup table at {args.against}"
-        print(f"against={known.label()}")
+        started = time.perf_counter()
+        held = engine.hold(known)  # as the service does in the background once pinned
+        print(
+            f"against={known.label()} held={held is not None} "
+            f"hold_seconds={time.perf_counter() - started:.1f}"
+        )
     tracker = spark.sparkContext.statusTracker()
     for size in [int(s) for s in args.sizes.split(",")]:
         table = _upload(size, work)

@@ -20,7 +20,14 @@ from pyspark.sql import functions as F
 
 from poimatch import schema as S
 from poimatch.config import BlockingSettings
-from poimatch.io.lookup import STORED, known_rows, pin_lookup, write_lookup
+from poimatch.io.lookup import (
+    STORED,
+    HeldLookup,
+    KnownTable,
+    known_rows,
+    pin_lookup,
+    write_lookup,
+)
 from poimatch.runs.against import KNOWN_GROUPS, KNOWN_IDS, match_against
 from poimatch.runs.workflows import FitOutcome, match_with_model
 from poimatch.sample.generator import generate_pois
@@ -65,7 +72,8 @@ def lookup(
     groups = result.matches.select(S.ID, S.GROUP_ID).toPandas().set_index(S.ID)[S.GROUP_ID]
     known = pin_lookup(spark, path)
     assert known is not None
-    return {"table": table, "path": path, "known": known, "groups": groups}
+    held = HeldLookup.load(spark, known)
+    return {"table": table, "path": path, "known": known, "groups": groups, "held": held}
 
 
 def _upload(table: pd.DataFrame) -> pd.DataFrame:
@@ -204,11 +212,13 @@ def test_a_lookup_reads_only_the_files_of_its_cells(
     assert str(one[S.ID].iloc[0]) in ids
 
 
+@pytest.mark.parametrize("held", [False, True], ids=["files", "held"])
 def test_a_lookup_for_a_thousand_uploads_reads_every_row_within_reach(
-    spark: SparkSession, small_matcher: FitOutcome, lookup: dict[str, Any]
+    spark: SparkSession, small_matcher: FitOutcome, lookup: dict[str, Any], held: bool
 ) -> None:
     """A lookup for 1,000 uploads plans and runs (its filter once held a box per upload,
-    and overflowed the JVM's stack) and finds each table row from its own coordinates."""
+    and overflowed the JVM's stack) and finds each table row from its own coordinates,
+    from the files and from the table held on the driver."""
     table = lookup["table"]
     blocking = BlockingSettings.model_validate(small_matcher.spec.blocking)
     near = pd.DataFrame(
@@ -221,17 +231,114 @@ def test_a_lookup_for_a_thousand_uploads_reads_every_row_within_reach(
         }
     )
     assert len(near.drop_duplicates()) >= 1000
-    ids = {r[S.ID] for r in known_rows(spark, lookup["known"], near, blocking).collect()}
+    on = lookup["held"] if held else None
+    ids = {r[S.ID] for r in known_rows(spark, lookup["known"], near, blocking, held=on).collect()}
     assert ids == set(table[S.ID])  # each row is among the nearest to its own coordinates
 
 
-def test_reading_the_nearest_rows_gives_the_candidates_of_the_whole_table(
+@pytest.mark.parametrize("link_only", [False, True], ids=["dedupe", "link"])
+def test_the_held_table_picks_every_row_the_files_give(
+    spark: SparkSession, tmp_path: Path, link_only: bool
+) -> None:
+    """The rows picked from the held table hold every row the read of the files gives
+    (each upload's exact k nearest, and the key rows), deduplicating and linking
+    sources: for uploads inside a dense square (hundreds of rows within a cell) exactly
+    those, as the k-th nearest within the inner disc bounds the pick; with uploads
+    around it too (fewer than k within the inner disc: the box of the upload's reach is
+    kept whole), more. A table held at another version is not used."""
+    blocking = BlockingSettings(k_nearest=5)
+    rng = np.random.default_rng(21)
+    base = dict.fromkeys(COLUMNS, "")
+    square = 0.004  # degrees: ~450 m of dense rows, with a sparse ring around it
+
+    def row(i: str, dlat: float, dlon: float, source: str | None) -> dict[str, Any]:
+        return {
+            **base,
+            S.ID: i,
+            S.NAME: f"Place {i}",
+            S.LATITUDE: 40.0 + dlat,
+            S.LONGITUDE: -3.0 + dlon,
+            S.SOURCE: source,
+        }
+
+    sources = ["osm", "fsq"]
+    table = [row(f"d{i}", *rng.uniform(0, square, 2), sources[i % 2]) for i in range(600)] + [
+        row(f"s{i}", *rng.uniform(-0.01, square + 0.01, 2), sources[i % 2]) for i in range(60)
+    ]
+
+    def uploads(n: int, low: float, high: float) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                S.LATITUDE: 40.0 + rng.uniform(low, high, n),
+                S.LONGITUDE: -3.0 + rng.uniform(low, high, n),
+                S.N_NAME: None,
+                S.N_PHONE: None,
+                S.N_URL: None,
+                S.SOURCE: rng.choice(["osm", "fsq", None], n),
+            }
+        )
+
+    dense = uploads(40, 0.0015, square - 0.0015)  # k rows within a few metres
+    spread = pd.concat([dense, uploads(20, -0.006, square + 0.006)], ignore_index=True)
+    points = add_normalized_columns(_frame(spark, pd.DataFrame(table)))
+    path = str(tmp_path / "pois_lookup")
+    write_lookup(
+        points,
+        points.select(S.ID, F.col(S.ID).alias(S.GROUP_ID)),
+        path,
+        rows=len(table),
+        rows_per_file=200,
+        user_metadata="test",
+    )
+    known = pin_lookup(spark, path)
+    assert known is not None
+
+    def read(near: pd.DataFrame, held: HeldLookup | None) -> set[str]:
+        rows = known_rows(spark, known, near, blocking, link_only=link_only, held=held)
+        return {r[S.ID] for r in rows.collect()}
+
+    held = HeldLookup.load(spark, known)
+    files = read(dense, None)
+    assert len(files) > 8 * blocking.k_nearest
+    assert read(dense, held) == files  # the k-th nearest within the disc: exactly those
+    files = read(spread, None)
+    picked = read(spread, held)
+    assert picked >= files, sorted(files - picked)[:10]
+    assert len(picked) < len(table)  # the far side of the ring is beyond every box
+    held.known = KnownTable(known.path, known.version + 1, known.metadata)
+    assert read(spread, held) == files
+
+
+def test_the_held_table_gives_the_same_answers_as_the_files(
     spark: SparkSession, small_matcher: FitOutcome, lookup: dict[str, Any]
 ) -> None:
+    """Matched against the table held on the driver, an upload gets exactly the answers
+    it gets from the table's files: the same uploaded matches, known ids and groups."""
+    upload = _frame(spark, _upload(lookup["table"]).assign(**{S.POI: None}))
+
+    def run(held: HeldLookup | None) -> pd.DataFrame:
+        return match_against(
+            upload,
+            lookup["known"],
+            model=small_matcher.model,
+            spec=small_matcher.spec,
+            held=held,
+        ).matches.sort_values(S.ID, ignore_index=True)
+
+    from_files, from_held = run(None), run(lookup["held"])
+    assert (from_files[KNOWN_IDS] != "").sum() >= 50
+    pd.testing.assert_frame_equal(from_held, from_files)
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["files", "held"])
+def test_reading_the_nearest_rows_gives_the_candidates_of_the_whole_table(
+    spark: SparkSession, small_matcher: FitOutcome, lookup: dict[str, Any], held: bool
+) -> None:
     """The rows a lookup reads (each upload's k nearest in its 3x3 cells, and the rows
-    sharing its keys) give the uploads every candidate pair, of every pass, that they
-    get with the whole table present (here no key is common enough for the lookup to
-    drop it); and the read is under half the table."""
+    sharing its keys), from the files or picked from the table held on the driver, give
+    the uploads every candidate pair, of every pass, that they get with the whole table
+    present (here no key is common enough for the lookup to drop it); and the read is
+    under half the table."""
     spec = small_matcher.spec
     blocking = BlockingSettings.model_validate(spec.blocking)
     upload = _upload(lookup["table"]).assign(**{S.POI: None})
@@ -240,7 +347,7 @@ def test_reading_the_nearest_rows_gives_the_candidates_of_the_whole_table(
     near = up_points.select(
         S.LATITUDE, S.LONGITUDE, S.N_NAME, S.N_PHONE, S.N_URL, S.SOURCE
     ).toPandas()
-    read = known_rows(spark, lookup["known"], near, blocking)
+    read = known_rows(spark, lookup["known"], near, blocking, held=lookup["held"] if held else None)
     whole = spark.read.format("delta").load(lookup["path"]).select(*STORED)
 
     def pairs(rows: DataFrame) -> set[tuple[str, str, str]]:
@@ -269,12 +376,14 @@ def test_reading_the_nearest_rows_gives_the_candidates_of_the_whole_table(
     assert read.count() < 0.5 * len(lookup["table"])
 
 
+@pytest.mark.parametrize("held", [False, True], ids=["files", "held"])
 def test_a_key_held_by_max_key_group_rows_of_the_area_is_not_read(
-    spark: SparkSession, tmp_path: Path
+    spark: SparkSession, tmp_path: Path, held: bool
 ) -> None:
     """The key passes' read leaves out a key that ``max_key_group`` or more rows of the
     area hold (too generic to block on) and reads every row of a key held by fewer, per
-    pass; a row of a generic key near an upload still comes with the spatial read."""
+    pass; a row of a generic key near an upload still comes with the spatial read. The
+    same from the files and from the table held on the driver."""
     cap = 4
     blocking = BlockingSettings(max_key_group=cap)
     base = dict.fromkeys(COLUMNS, "")
@@ -320,7 +429,8 @@ def test_a_key_held_by_max_key_group_rows_of_the_area_is_not_read(
         .select(S.LATITUDE, S.LONGITUDE, S.N_NAME, S.N_PHONE, S.N_URL, S.SOURCE)
         .toPandas()
     )
-    read = {r[S.ID] for r in known_rows(spark, known, near, blocking).collect()}
+    on = HeldLookup.load(spark, known) if held else None
+    read = {r[S.ID] for r in known_rows(spark, known, near, blocking, held=on).collect()}
     # the generic name's rows but the spatial neighbour and the generic phone's rows but
     # the one named as an upload are left out
     assert read == {"chain_near", "rare_0", "rare_1", f"phone_{cap - 1}"}

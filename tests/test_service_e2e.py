@@ -368,3 +368,18 @@ def test_against_pois_reads_the_pinned_lookup_table(
     # the 60-tree test model on lower-cased copies: 18 to 20 of 20 found in runs here;
     # the quality figure is benchmarks/against.py's (1.000 on four unseen cities)
     assert found >= 18
+
+    # the reload pinned the table and began holding it on the driver in the background;
+    # once held, requests pick its rows there: the same answer
+    log = server["root"] / "server.log"
+    deadline = time.monotonic() + 120
+    while f"lookup {path}@v0 held: 600 rows" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    again = client.post(
+        "/invocations?against=pois",
+        content=copies.to_csv(index=False).encode(),
+        headers=headers,
+    )
+    assert again.status_code == 200, again.text
+    assert again.text == response.text

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
     from poimatch.io.ingest import IngestReport
-    from poimatch.io.lookup import KnownTable
+    from poimatch.io.lookup import HeldLookup, KnownTable
     from poimatch.runs.batch import AgainstReport, Evaluation, LoadedPois, MatchInput, MatchReport
     from poimatch.runs.blocking_report import BlockingReport
     from poimatch.runs.explain import Explanation
@@ -289,10 +289,12 @@ class Matcher:
         *,
         model: ScoringModel | None = None,
         reuse_plan: bool = False,
+        held: HeldLookup | None = None,
     ) -> pd.DataFrame:
         """Typed POIs matched with each other and with a pinned lookup table (small plan):
         ``id``, ``matches``, ``known_ids``, ``known_groups`` per row. ``reuse_plan``: as
-        in :meth:`match_frame` (the service's warm requests)."""
+        in :meth:`match_frame` (the service's warm requests); ``held``: the table as held
+        on the driver (:func:`poimatch.io.lookup.hold_lookup`), read instead of its files."""
         from poimatch.runs.against import match_against
 
         loaded = model or self.load_model()
@@ -305,6 +307,7 @@ class Matcher:
             local_max_edges=self.settings.grouping.local_max_edges,
             link_only=self.settings.matching.link_only,
             reuse_plan=reuse_plan,
+            held=held,
         ).matches
 
     def evaluate(self, submission: str, truth: str) -> Evaluation:

@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 
 from poimatch import schema as S
 from poimatch.config import BlockingSettings
-from poimatch.io.lookup import READ_SQL_CONF, KnownTable, known_rows
+from poimatch.io.lookup import READ_SQL_CONF, HeldLookup, KnownTable, known_rows
 from poimatch.stages.candidates import (
     cached_candidates,
     cached_points,
@@ -88,6 +88,7 @@ def match_against(
     local_max_edges: int = LOCAL_MAX_EDGES,
     link_only: bool = False,
     reuse_plan: bool = False,
+    held: HeldLookup | None = None,
 ) -> AgainstResult:
     """Match the uploaded ``pois`` with each other and with the pinned lookup table.
 
@@ -101,6 +102,8 @@ def match_against(
             (``reuse_plan``: the uploads' normalization, the table rows' name statistics
             and the blocking and pair-feature query are planned once per model and
             session; the service's warm requests).
+        held: ``known`` held on the driver (:func:`poimatch.io.lookup.hold_lookup`): the
+            rows near the uploads are picked there, and no file is read.
 
     Returns:
         :class:`AgainstResult`, one row per uploaded id.
@@ -121,9 +124,9 @@ def match_against(
     )
     up_held, n_up = up_points, len(near)  # (held on the driver: read without a job)
     up_points = up_points.withColumn(S.GROUP_ID, F.lit(None).cast("string"))
-    table = known_rows(pois.sparkSession, known, near, blocking, link_only=link_only).withColumn(
-        S.ID, F.concat(F.lit(_KNOWN), F.col(S.ID))
-    )
+    table = known_rows(
+        pois.sparkSession, known, near, blocking, link_only=link_only, held=held
+    ).withColumn(S.ID, F.concat(F.lit(_KNOWN), F.col(S.ID)))
     with session_conf(pois.sparkSession, READ_SQL_CONF):  # the read is planned here
         if reuse_plan:
             table_points = prepared_name_stats(table, owner=model, stats=stats)

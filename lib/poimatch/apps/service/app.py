@@ -184,6 +184,7 @@ class Runtime:
                     small_max_rows=svc.small_max_rows,
                     lookup_path=settings.storage.table_path(settings.storage.lookup_table),
                     reuse_plan=svc.reuse_plan,
+                    hold_lookup_max_rows=svc.hold_lookup_max_rows,
                 )
             eng = self.engine
             if isinstance(eng, SparkEngine):

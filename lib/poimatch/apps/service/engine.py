@@ -20,7 +20,7 @@ from poimatch.apps.service.uploads import ROW, SparkLostError, problem_for_rejec
 from poimatch.cancellation import cancel_scope, check_cancelled
 from poimatch.columns import named_columns
 from poimatch.io.ingest import accepted_rows, check_rows, poi_layout
-from poimatch.io.lookup import KnownTable, pin_lookup
+from poimatch.io.lookup import HeldLookup, KnownTable, held_lookup, hold_lookup, pin_lookup
 from poimatch.matcher import Matcher
 from poimatch.stages.candidates import prepared_points
 from poimatch.stages.plan import (
@@ -93,13 +93,16 @@ class SparkEngine:
         small_max_rows: int = 20_000,
         lookup_path: str | None = None,
         reuse_plan: bool = True,
+        hold_lookup_max_rows: int = 0,
     ) -> None:
         self.matcher = matcher
         self.spark = matcher.spark
         self.small_max_rows = small_max_rows
         self.reuse_plan = reuse_plan
         self.lookup_path = lookup_path
+        self.hold_lookup_max_rows = hold_lookup_max_rows
         self._known: KnownTable | None = None
+        self._holding: threading.Thread | None = None
         self.store = store
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
@@ -109,10 +112,47 @@ class SparkEngine:
         return self.store.current
 
     def refresh_lookup(self) -> KnownTable | None:
-        """Pin the lookup table's current version (at start-up and with every model poll)."""
+        """Pin the lookup table's current version (at start-up and with every model poll),
+        and start holding a new version on the driver (:meth:`hold`) in the background:
+        until it is held, requests read the table's files."""
         if self.lookup_path is not None:
-            self._known = pin_lookup(self.spark, self.lookup_path)
+            known = pin_lookup(self.spark, self.lookup_path)
+            self._known = known
+            busy = self._holding is not None and self._holding.is_alive()
+            missing = known is not None and held_lookup(known) is None
+            if missing and self.hold_lookup_max_rows > 0 and not busy:
+                self._holding = threading.Thread(
+                    target=self.hold, args=(known,), name="poimatch-hold-lookup", daemon=True
+                )
+                self._holding.start()
         return self._known
+
+    def hold(self, known: KnownTable) -> HeldLookup | None:
+        """Hold ``known`` on the driver (:func:`poimatch.io.lookup.hold_lookup`) if it has at
+        most ``hold_lookup_max_rows`` rows; a failure is logged, and requests keep reading
+        the table's files."""
+        started = time.monotonic()
+        try:
+            held = hold_lookup(self.spark, known, self.hold_lookup_max_rows)
+        except Exception:  # the files stay readable: the requests fall back to them
+            log.exception("holding %s failed", known.label())
+            return None
+        if held is not None:
+            log.info(
+                "lookup %s held: %d rows in %.1f s",
+                known.label(),
+                held.table.num_rows,
+                time.monotonic() - started,
+            )
+        return held
+
+    def wait_held(self, timeout: float) -> HeldLookup | None:
+        """Wait up to ``timeout`` seconds for the background hold; the pinned table as
+        held, or None."""
+        thread = self._holding
+        if thread is not None:
+            thread.join(timeout)
+        return None if self._known is None else held_lookup(self._known)
 
     def known(self) -> KnownTable | None:
         """The pinned lookup table a new ``?against=pois`` request reads."""
@@ -219,7 +259,7 @@ class SparkEngine:
         )
         if known is not None:
             return self.matcher.match_frame_against(
-                pois, known, model=model, reuse_plan=self.reuse_plan
+                pois, known, model=model, reuse_plan=self.reuse_plan, held=held_lookup(known)
             )
         result = self.matcher.match_frame(pois, model=model, plan=plan, reuse_plan=self.reuse_plan)
         return self._output(result)

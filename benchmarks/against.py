@@ -17,6 +17,10 @@ lookup table is written under ``--workdir`` (no production table is touched). Th
   are labelled partners (precision; Geo-ER labels one OSM row against one Foursquare row,
   so a third row of the same place counts against it).
 
+Each upload is matched twice more, against the table held on the driver as the service
+holds it (:class:`poimatch.io.lookup.HeldLookup`): ``same answers held`` says whether
+both answers equal those read from the files.
+
 Prints a table and writes JSON (``--out``) and Markdown beside it. Never asserts.
 """
 
@@ -31,17 +35,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pyspark.ml import PipelineModel
+from pyspark.sql import SparkSession
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transfer import _DEFAULT_GEOER, _edit, _read_geoer, _spark
 
 from poimatch import schema as S
 from poimatch.apps.cli import job_parser, start_job
-from poimatch.io.lookup import pin_lookup, write_lookup
+from poimatch.io.lookup import HeldLookup, KnownTable, pin_lookup, write_lookup
 from poimatch.lifecycle.tracking import configure_tracking, default_model_uri, load_matcher
 from poimatch.runs.against import KNOWN_GROUPS, KNOWN_IDS, match_against
 from poimatch.runs.workflows import match_with_model
 from poimatch.stages.plan import BATCH
+from poimatch.stages.spec import MatchingSpec
 
 
 def _edited(rows: pd.DataFrame, seed: int) -> pd.DataFrame:
@@ -92,8 +99,8 @@ def main() -> None:
     lines = [
         "| city | table rows | copies: original id found | copies: its group found | "
         "removed: partners found (recall) | removed: known ids that are partners | "
-        "seconds per upload |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "seconds per upload | same answers held |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for city in [c for c in args.cities.split(",") if c]:
         table = geoer[geoer[S.ID].str.split("_").str[1] == city].drop(columns=["_city"])
@@ -105,6 +112,7 @@ def main() -> None:
         started = time.perf_counter()
         out = match_against(_spark(spark, upload), known, model=model, spec=spec).matches
         copies_s = time.perf_counter() - started
+        same = _same_when_held(spark, upload, known=known, model=model, spec=spec, answers=out)
         out = out.set_index(S.ID)
         original = dict(zip(upload[S.ID], picked[S.ID], strict=True))
         found = [i for i in upload[S.ID] if original[i] in str(out.at[i, KNOWN_IDS]).split(" ")]
@@ -123,6 +131,9 @@ def main() -> None:
         started = time.perf_counter()
         out2 = match_against(_spark(spark, upload2), known2, model=model, spec=spec).matches
         removed_s = time.perf_counter() - started
+        same = same and _same_when_held(
+            spark, upload2, known=known2, model=model, spec=spec, answers=out2
+        )
         out2 = out2.set_index(S.ID)
         partners = rest.groupby(S.POI)[S.ID].apply(set).to_dict()
         truth = {
@@ -141,12 +152,13 @@ def main() -> None:
             "removed_known_precision": true_found / max(all_known, 1),
             "seconds_copies": copies_s,
             "seconds_removed": removed_s,
+            "held_answers_same": same,
         }
         results["cities"][city] = r
         line = (
             f"| {city} | {len(table)} | {r['copies_original_found']:.3f} | "
             f"{r['copies_group_found']:.3f} | {r['removed_partner_recall']:.3f} | "
-            f"{r['removed_known_precision']:.3f} | {copies_s:.1f} / {removed_s:.1f} |"
+            f"{r['removed_known_precision']:.3f} | {copies_s:.1f} / {removed_s:.1f} | {same} |"
         )
         lines.append(line)
         print(line, flush=True)
@@ -159,6 +171,27 @@ def main() -> None:
         out_path.with_suffix(".md").write_text(
             f"`{results['command']}` (model {uri})\n\n{text}\n", encoding="utf-8"
         )
+
+
+def _same_when_held(
+    spark: SparkSession,
+    upload: pd.DataFrame,
+    *,
+    known: KnownTable,
+    model: PipelineModel,
+    spec: MatchingSpec,
+    answers: pd.DataFrame,
+) -> bool:
+    """Whether the upload gets the same answers from the table held on the driver (as the
+    service holds it) as ``answers``, read from the table's files."""
+    held = HeldLookup.load(spark, known)
+    again = match_against(_spark(spark, upload), known, model=model, spec=spec, held=held).matches
+    key = [S.ID]
+    return bool(
+        answers.sort_values(key, ignore_index=True).equals(
+            again.sort_values(key, ignore_index=True)
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from poimatch.io.lookup import (
     STORED,
     HeldLookup,
     KnownTable,
+    held_lookup,
+    hold_lookup,
     known_rows,
     pin_lookup,
     write_lookup,
@@ -307,6 +309,22 @@ def test_the_held_table_picks_every_row_the_files_give(
     assert len(picked) < len(table)  # the far side of the ring is beyond every box
     held.known = KnownTable(known.path, known.version + 1, known.metadata)
     assert read(spread, held) == files
+
+
+def test_a_table_is_held_only_up_to_its_bound_and_once_per_version(
+    spark: SparkSession, lookup: dict[str, Any]
+) -> None:
+    known = lookup["known"]
+    rows = len(lookup["table"])
+    assert hold_lookup(spark, known, rows - 1) is None  # one row over the bound
+    assert held_lookup(known) is None
+    held = hold_lookup(spark, known, rows)
+    assert held is not None
+    assert held.table.num_rows == rows
+    assert held_lookup(known) is held
+    assert hold_lookup(spark, known, rows) is held  # held already: not read again
+    newer = KnownTable(known.path, known.version + 1, known.metadata)
+    assert held_lookup(newer) is None  # a newer version is not the one held
 
 
 def test_the_held_table_gives_the_same_answers_as_the_files(

@@ -458,6 +458,7 @@ def _cells_each(
 
 _HELD_LOCK = threading.Lock()
 _HELD: dict[str, HeldLookup] = {}  # one per table path: its last version held
+_TOO_LARGE: set[tuple[str, int, int]] = set()  # (path, version, max_rows) counted over
 
 
 def held_lookup(known: KnownTable) -> HeldLookup | None:
@@ -470,9 +471,10 @@ def hold_lookup(spark: SparkSession, known: KnownTable, max_rows: int) -> HeldLo
     """Hold ``known`` on the driver (replacing the table's older version) when it has at
     most ``max_rows`` rows; None (nothing held, nothing read) when it has more.
 
-    The row count comes from the Delta log's file statistics (no data file is read)."""
+    The row count comes from the Delta log's file statistics (no data file is read), once
+    per version and bound."""
     held = held_lookup(known)
-    if held is not None or max_rows <= 0:
+    if held is not None or max_rows <= 0 or (known.path, known.version, max_rows) in _TOO_LARGE:
         return held
     with _HELD_LOCK:
         held = held_lookup(known)
@@ -480,6 +482,7 @@ def hold_lookup(spark: SparkSession, known: KnownTable, max_rows: int) -> HeldLo
             return held
         frame = spark.read.format("delta").option("versionAsOf", known.version).load(known.path)
         if frame.count() > max_rows:
+            _TOO_LARGE.add((known.path, known.version, max_rows))
             return None
         _HELD.pop(known.path, None)  # the old version's memory goes before the new loads
         held = HeldLookup.load(spark, known)

@@ -245,7 +245,7 @@ class ServiceSettings(_Frozen):
     reuse_plan: bool = True
     # ?against=pois: the pinned lookup table held on the driver (picked from there, no
     # file read per request) when it has at most this many rows; 0 never (~200 MB and
-    # ~8 s of loading per 1M rows, in the background after each new version)
+    # 13-15 s of loading per 1M rows here, in the background after each new version)
     hold_lookup_max_rows: int = Field(default=2_000_000, ge=0)
     # bearer token for /invocations and /admin/*; None: no authentication (never logged)
     token: SecretStr | None = Field(default=None, min_length=16)

@@ -299,7 +299,7 @@ class HeldLookup:
     per key pass the rows of each key.
 
     The service holds the pinned version of a table up to ``service.hold_lookup_max_rows``
-    rows (a 1M-row table: ~200 MB of Arrow, loaded in ~8 s by one Spark job): a request
+    rows (a 1M-row table: ~200 MB of Arrow, loaded in 13-15 s by one Spark job here): a request
     then reads no file, and the rows it needs go to Spark as one small local relation.
     """
 

@@ -53,6 +53,22 @@ def _frame(spark: SparkSession, frame: pd.DataFrame) -> DataFrame:
     return spark.createDataFrame(frame[COLUMNS], schema=S.poi_table_schema())
 
 
+def _written(points: DataFrame, folder: Path, *, rows: int, rows_per_file: int) -> KnownTable:
+    """A lookup table of ``points`` (each row its own group) under ``folder``, pinned."""
+    path = str(folder / "pois_lookup")
+    write_lookup(
+        points,
+        points.select(S.ID, F.col(S.ID).alias(S.GROUP_ID)),
+        path,
+        rows=rows,
+        rows_per_file=rows_per_file,
+        user_metadata="test",
+    )
+    known = pin_lookup(points.sparkSession, path)
+    assert known is not None
+    return known
+
+
 @pytest.fixture(scope="module")
 def lookup(
     spark: SparkSession, small_matcher: FitOutcome, tmp_path_factory: pytest.TempPathFactory
@@ -283,17 +299,7 @@ def test_the_held_table_picks_every_row_the_files_give(
     dense = uploads(40, 0.0015, square - 0.0015)  # k rows within a few metres
     spread = pd.concat([dense, uploads(20, -0.006, square + 0.006)], ignore_index=True)
     points = add_normalized_columns(_frame(spark, pd.DataFrame(table)))
-    path = str(tmp_path / "pois_lookup")
-    write_lookup(
-        points,
-        points.select(S.ID, F.col(S.ID).alias(S.GROUP_ID)),
-        path,
-        rows=len(table),
-        rows_per_file=200,
-        user_metadata="test",
-    )
-    known = pin_lookup(spark, path)
-    assert known is not None
+    known = _written(points, tmp_path, rows=len(table), rows_per_file=200)
 
     def read(near: pd.DataFrame, held: HeldLookup | None) -> set[str]:
         rows = known_rows(spark, known, near, blocking, link_only=link_only, held=held)
@@ -431,17 +437,7 @@ def test_a_key_held_by_max_key_group_rows_of_the_area_is_not_read(
     ]
     points = add_normalized_columns(_frame(spark, pd.DataFrame(table + uploads)))
     table_points = points.where(~F.col(S.ID).startswith("u"))
-    path = str(tmp_path / "pois_lookup")
-    write_lookup(
-        table_points,
-        table_points.select(S.ID, F.col(S.ID).alias(S.GROUP_ID)),
-        path,
-        rows=len(table),
-        rows_per_file=100,
-        user_metadata="test",
-    )
-    known = pin_lookup(spark, path)
-    assert known is not None
+    known = _written(table_points, tmp_path, rows=len(table), rows_per_file=100)
     near = (
         points.where(F.col(S.ID).startswith("u"))
         .select(S.LATITUDE, S.LONGITUDE, S.N_NAME, S.N_PHONE, S.N_URL, S.SOURCE)

@@ -188,7 +188,7 @@ class Runtime:
                 )
             eng = self.engine
             if isinstance(eng, SparkEngine):
-                eng.refresh_lookup()
+                eng.refresh_lookup(hold=False)  # held after the warm-up, not beside it
             loaded = eng.model()
             if loaded is None:
                 raise RuntimeError("no model loaded")
@@ -202,6 +202,8 @@ class Runtime:
             state.ready, state.reason = True, "ready"
             state.ready_seconds = time.monotonic() - state.started
             log.info("ready in %.1f s", state.ready_seconds)
+            if isinstance(eng, SparkEngine):
+                eng.start_holding()
         except Exception as exc:  # start-up failures are reported by /ready, not raised
             log.exception("start-up failed")
             state.reason = f"start-up failed: {type(exc).__name__}: {exc}"

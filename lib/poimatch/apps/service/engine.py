@@ -111,21 +111,26 @@ class SparkEngine:
         """The model a new request should use."""
         return self.store.current
 
-    def refresh_lookup(self) -> KnownTable | None:
-        """Pin the lookup table's current version (at start-up and with every model poll),
-        and start holding a new version on the driver (:meth:`hold`) in the background:
-        until it is held, requests read the table's files."""
+    def refresh_lookup(self, *, hold: bool = True) -> KnownTable | None:
+        """Pin the lookup table's current version (at start-up and with every model poll)
+        and, with ``hold``, :meth:`start_holding` it."""
         if self.lookup_path is not None:
-            known = pin_lookup(self.spark, self.lookup_path)
-            self._known = known
-            busy = self._holding is not None and self._holding.is_alive()
-            missing = known is not None and held_lookup(known) is None
-            if missing and self.hold_lookup_max_rows > 0 and not busy:
-                self._holding = threading.Thread(
-                    target=self.hold, args=(known,), name="poimatch-hold-lookup", daemon=True
-                )
-                self._holding.start()
+            self._known = pin_lookup(self.spark, self.lookup_path)
+            if hold:
+                self.start_holding()
         return self._known
+
+    def start_holding(self) -> None:
+        """Hold the pinned version on the driver (:meth:`hold`) in the background, unless
+        it is held or being held: until it is, requests read the table's files."""
+        known = self._known
+        busy = self._holding is not None and self._holding.is_alive()
+        missing = known is not None and held_lookup(known) is None
+        if missing and self.hold_lookup_max_rows > 0 and not busy:
+            self._holding = threading.Thread(
+                target=self.hold, args=(known,), name="poimatch-hold-lookup", daemon=True
+            )
+            self._holding.start()
 
     def hold(self, known: KnownTable) -> HeldLookup | None:
         """Hold ``known`` on the driver (:func:`poimatch.io.lookup.hold_lookup`) if it has at

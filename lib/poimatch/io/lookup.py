@@ -162,6 +162,10 @@ class KnownTable:
         """``<path>@v<version>``."""
         return f"{self.path}@v{self.version}"
 
+    def read(self, spark: SparkSession) -> DataFrame:
+        """The table at this version (lazily)."""
+        return spark.read.format("delta").option("versionAsOf", self.version).load(self.path)
+
 
 def pin_lookup(spark: SparkSession, path: str) -> KnownTable | None:
     """The lookup table's current version, or ``None`` when there is none yet."""
@@ -241,7 +245,7 @@ def known_rows(
     lon = uploads[S.LONGITUDE].to_numpy(dtype=float)
     coarse = _cells_within(lat, lon, 2 * blocking.key_cell_m, COARSE_DEG)
     fine = _cells_within(lat, lon, 2 * blocking.cell_m, FINE_DEG)
-    table = spark.read.format("delta").option("versionAsOf", known.version).load(known.path)
+    table = known.read(spark)
     area = table.where(_cells_in(LOOKUP_CELL, coarse))
     # the uploads as query rows, under ids no table row has
     queries = pd.DataFrame(
@@ -316,8 +320,7 @@ class HeldLookup:
     @classmethod
     def load(cls, spark: SparkSession, known: KnownTable) -> HeldLookup:
         """Read ``known`` at its version onto the driver (one Spark job) and index it."""
-        frame = spark.read.format("delta").option("versionAsOf", known.version).load(known.path)
-        arrow = frame.select(LOOKUP_CELL, FINE_CELL, *STORED).toArrow()
+        arrow = known.read(spark).select(LOOKUP_CELL, FINE_CELL, *STORED).toArrow()
         fine = arrow.column(FINE_CELL).to_numpy()
         by_fine = np.argsort(fine, kind="stable")
         held = cls(
@@ -326,7 +329,7 @@ class HeldLookup:
             latitude=arrow.column(S.LATITUDE).to_numpy(),
             longitude=arrow.column(S.LONGITUDE).to_numpy(),
             coarse=arrow.column(LOOKUP_CELL).to_numpy(),
-            source=np.asarray(arrow.column(S.SOURCE).to_pylist(), dtype=object),
+            source=arrow.column(S.SOURCE).to_numpy(zero_copy_only=False).astype(object),
             by_fine=by_fine,
             fine_sorted=fine[by_fine],
         )
@@ -363,7 +366,7 @@ class HeldLookup:
         lon = uploads[S.LONGITUDE].to_numpy(dtype=float)
         sources = uploads[S.SOURCE].astype(object).to_numpy() if link_only else None
         picked = [self._nearest(lat, lon, sources, blocking)]
-        keys = [(name, values) for name, values in _pass_values(uploads, blocking.key_passes)]
+        keys = _pass_values(uploads, blocking.key_passes)
         if any(values for _, values in keys):
             area = np.asarray(_cells_within(lat, lon, 2 * blocking.key_cell_m, COARSE_DEG))
             for name, values in keys:
@@ -480,8 +483,7 @@ def hold_lookup(spark: SparkSession, known: KnownTable, max_rows: int) -> HeldLo
         held = held_lookup(known)
         if held is not None:
             return held
-        frame = spark.read.format("delta").option("versionAsOf", known.version).load(known.path)
-        if frame.count() > max_rows:
+        if known.read(spark).count() > max_rows:
             _TOO_LARGE.add((known.path, known.version, max_rows))
             return None
         _HELD.pop(known.path, None)  # the old version's memory goes before the new loads

@@ -151,14 +151,6 @@ class SparkEngine:
             )
         return held
 
-    def wait_held(self, timeout: float) -> HeldLookup | None:
-        """Wait up to ``timeout`` seconds for the background hold; the pinned table as
-        held, or None."""
-        thread = self._holding
-        if thread is not None:
-            thread.join(timeout)
-        return None if self._known is None else held_lookup(self._known)
-
     def known(self) -> KnownTable | None:
         """The pinned lookup table a new ``?against=pois`` request reads."""
         return self._known

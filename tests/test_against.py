@@ -160,7 +160,8 @@ def test_prepared_queries_give_the_same_answers_on_other_uploads(
 ) -> None:
     """The service's warm path (``reuse_plan``): its queries are prepared on one upload
     and re-run on another (other rows, other cells, exact copies); the answers must be
-    those of the queries planned afresh."""
+    those of the queries planned afresh (the batch's plan of the small plan's settings,
+    interpreted, where the prepared against query runs compiled as one partition)."""
     table = lookup["table"]
     first = _upload(table)
     second = table.sample(40, random_state=21).copy()
@@ -184,6 +185,8 @@ def test_prepared_queries_give_the_same_answers_on_other_uploads(
     run(first, True)  # prepares the three queries
     prepared = dict(candidates._prepared[small_matcher.model])
     assert {key[0] for key in prepared} >= {"points", "name_stats", "candidates"}
+    # the against query is the one-partition plan (compiled): no shuffle between its steps
+    assert [key[-2] for key in prepared if key[0] == "candidates"] == [True]
     reused = run(second, True)
     assert dict(candidates._prepared[small_matcher.model]) == prepared  # none prepared again
     fresh = run(second, False)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_probe
+from conftest import COMPILED, run_probe
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -23,11 +23,14 @@ from poimatch import worker_daemon
 from poimatch.runs import class_archive
 from poimatch.session import (
     CLASS_ARCHIVE,
+    CODEGEN_CACHE_CONF,
+    CODEGEN_CACHE_ENTRIES,
     LOCAL_MEMORY_CONF,
     QUIET_STATUS_CONF,
     WORKER_DAEMON,
     with_class_archive,
 )
+from poimatch.stages.plan import session_conf
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -168,6 +171,28 @@ def test_a_session_without_ui_keeps_only_the_recent_sql_executions(spark: SparkS
     while store.executionsCount() > 2 * kept:  # Spark trims it asynchronously
         assert time.monotonic() < deadline, f"{store.executionsCount()} executions kept"
         time.sleep(0.1)
+
+
+def test_compiled_classes_are_kept_past_spark_s_hundred(spark: SparkSession) -> None:
+    """build_session keeps CODEGEN_CACHE_ENTRIES generated classes, not Spark's 100: a
+    query compiled once is found again after 60 other queries of two classes each. (The
+    service's prepared against query, of over 100 classes, was compiled at every request.)"""
+    assert spark.sparkContext.getConf().get(CODEGEN_CACHE_CONF) == CODEGEN_CACHE_ENTRIES
+    metrics = spark._jvm.org.apache.spark.metrics.source.CodegenMetrics  # type: ignore[union-attr]
+    compiled = metrics.METRIC_COMPILATION_TIME()
+
+    def run(i: int) -> None:
+        assert spark.range(3).selectExpr(f"id * 7 + {i} AS v").collect()[0]["v"] == i
+
+    with session_conf(spark, COMPILED):
+        run(-1)
+        before = compiled.getCount()
+        for i in range(60):
+            run(i)
+        assert compiled.getCount() - before > 100  # more classes than Spark's default keeps
+        again = compiled.getCount()
+        run(-1)
+        assert compiled.getCount() == again  # the first query's classes were kept
 
 
 def test_sessions_skip_pyspark_s_call_site_capture(spark: SparkSession) -> None:

@@ -39,6 +39,7 @@ from poimatch.config import BlockingSettings
 from poimatch.io.tables import write_delta
 from poimatch.stages.blocking import PASS_COLUMNS, nearest_rows, pass_key, pass_key_value
 from poimatch.stages.features import EARTH_RADIUS_M
+from poimatch.stages.plan import COMPILED_SQL_CONF
 
 __all__ = [
     "READ_SQL_CONF",
@@ -89,10 +90,7 @@ STORED: tuple[str, ...] = (
 #: rows). A read scans the rows of every fine cell near an upload (600,000 for 1,000
 #: uploads in the dense centres of a generated 1M-row table) and ranks them by distance:
 #: 18 s interpreted, 5 s compiled (``benchmarks/small_requests.py --against``).
-READ_SQL_CONF: dict[str, str] = {
-    "spark.sql.codegen.wholeStage": "true",
-    "spark.sql.codegen.factoryMode": "FALLBACK",
-}
+READ_SQL_CONF: dict[str, str] = dict(COMPILED_SQL_CONF)
 
 
 def _cell(lat: Column, lon: Column, deg: float) -> Column:

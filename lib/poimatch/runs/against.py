@@ -41,6 +41,7 @@ from poimatch.stages.candidates import (
 from poimatch.stages.grouping import LOCAL_MAX_EDGES
 from poimatch.stages.namestats import add_name_stats
 from poimatch.stages.plan import (
+    COMPILED_SQL_CONF,
     SMALL,
     counted,
     held_union,
@@ -51,11 +52,25 @@ from poimatch.stages.plan import (
 from poimatch.stages.scoring import score_and_group
 from poimatch.stages.spec import MatchingSpec
 
-__all__ = ["KNOWN_GROUPS", "KNOWN_IDS", "AgainstResult", "match_against"]
+__all__ = [
+    "AGAINST_ONE_PARTITION_MAX_ROWS",
+    "KNOWN_GROUPS",
+    "KNOWN_IDS",
+    "AgainstResult",
+    "match_against",
+]
 
 KNOWN_IDS = "known_ids"
 KNOWN_GROUPS = "known_groups"
 _UP, _KNOWN = "u:", "k:"
+
+#: the service's against query (blocking and pair features over the uploads and the table
+#: rows picked near them) runs as one partition, compiled, up to this many rows: 1,000
+#: uploads and their 15,081 table rows (a generated 1M-row table) in one task of 1.1 s
+#: instead of 26 stages and 3.4 s (AMD EPYC, ``benchmarks/small_requests.py --against``).
+#: Above it, one task would hold the request for long: a task stops for a cancelled
+#: request only where it reads its input (:data:`poimatch.stages.prepared.ONE_PARTITION_MAX_ROWS`).
+AGAINST_ONE_PARTITION_MAX_ROWS = 40_000
 
 
 @dataclass(frozen=True)
@@ -143,23 +158,34 @@ def match_against(
     # only the uploaded rows look for candidates (a table row's own nearest are the
     # nightly run's business); every pair then holds one
     query = F.col(S.ID).startswith(_UP)
-    candidates = (
-        partial(prepared_candidates, owner=model)
-        if reuse_plan
-        else partial(cached_candidates, plan=plan)
-    )
-    pairs = candidates(
-        points, settings=blocking, link_only=link_only, query=query, added=spec.added
-    )
-    scored, grouped = score_and_group(
-        held_union(up_held, table_points, [S.ID]),  # on the driver: so is grouping
-        pairs,
-        model=model,
-        spec=spec,
-        max_iterations=max_iterations,
-        local_max_edges=local_max_edges,
-        plan=plan,
-    )
+    compiled: dict[str, str] = {}
+    if reuse_plan:
+        # the uploads and the table rows near them: many for their few uploads (15 per
+        # upload in a generated 1M-row table), so compiled, and one partition up to
+        # AGAINST_ONE_PARTITION_MAX_ROWS (no shuffle: 26 stages -> 1)
+        compiled = COMPILED_SQL_CONF
+        candidates = partial(
+            prepared_candidates,
+            owner=model,
+            one_partition=n_up + len(read) <= AGAINST_ONE_PARTITION_MAX_ROWS,
+        )
+    else:
+        candidates = partial(cached_candidates, plan=plan)
+    # (the session's settings while the query is planned and run: its rows are read on
+    # the driver by the scoring)
+    with session_conf(pois.sparkSession, compiled):
+        pairs = candidates(
+            points, settings=blocking, link_only=link_only, query=query, added=spec.added
+        )
+        scored, grouped = score_and_group(
+            held_union(up_held, table_points, [S.ID]),  # on the driver: so is grouping
+            pairs,
+            model=model,
+            spec=spec,
+            max_iterations=max_iterations,
+            local_max_edges=local_max_edges,
+            plan=plan,
+        )
     frame = selected_frame(grouped, [S.ID, S.MATCHES])
     frame = frame[frame[S.ID].str.startswith(_UP)]
     split = [_split(str(m).split(" "), group_of) for m in frame[S.MATCHES]]

@@ -193,12 +193,17 @@ def prepared_candidates(
     broadcast_cells: bool = True,
     added: tuple[Comparison, ...] = (),
     query: Column | None = None,
+    one_partition: bool | None = None,
 ) -> DataFrame:
     """:func:`cached_candidates` under the small plan, its physical plan built once per
     ``owner`` (the model whose spec gave ``settings`` and ``added``), Spark session and
     arguments (``query`` by its expression), and re-run on each call's ``points``
     (:class:`poimatch.stages.prepared.PreparedQuery`): the same query, planned once
-    instead of per call."""
+    instead of per call.
+
+    ``one_partition``: the plan for inputs of one partition (no shuffle), or not; by
+    default the one-partition plan where ``points`` fit one partition
+    (:func:`poimatch.stages.prepared.fits_one_partition`)."""
     build = partial(
         cached_candidates,
         settings=settings,
@@ -209,7 +214,7 @@ def prepared_candidates(
         added=added,
     )
     key = ("candidates", link_only, broadcast_cells, None if query is None else str(query))
-    prepared = _prepared_query(owner, key, points, build)
+    prepared = _prepared_query(owner, key, points, build, one_partition=one_partition)
     mark_stage("pair_features:start")
     pairs = prepared.run(points)
     mark_stage("pair_features:end")

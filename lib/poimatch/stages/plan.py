@@ -21,6 +21,7 @@ from poimatch.stages.prepared import fits_one_partition, one_partition_scan
 
 __all__ = [
     "BATCH",
+    "COMPILED_SQL_CONF",
     "SMALL",
     "SMALL_SQL_CONF",
     "Plan",
@@ -244,6 +245,17 @@ SMALL_SQL_CONF: dict[str, str] = {
     "spark.sql.codegen.factoryMode": "NO_CODEGEN",
     "spark.sql.autoBroadcastJoinThreshold": "-1",
     "spark.sql.shuffle.partitions": "1",
+}
+
+#: Spark's compiled expressions and whole-stage code (its defaults), for a query of the
+#: small plan whose rows are many enough for compiling to pay: a lookup read, and the
+#: against path's blocking and pair features over the uploads and the table rows near
+#: them (:mod:`poimatch.runs.against`). A prepared query compiles once: Spark keeps the
+#: generated classes (``spark.sql.codegen.cache.maxEntries``, see
+#: :mod:`poimatch.session`), and every later run of the plan's copy finds them.
+COMPILED_SQL_CONF: dict[str, str] = {
+    "spark.sql.codegen.wholeStage": "true",
+    "spark.sql.codegen.factoryMode": "FALLBACK",
 }
 
 

@@ -21,9 +21,13 @@ from pyspark.sql import functions as F
 from poimatch import schema as S
 from poimatch.config import BlockingSettings
 from poimatch.io.lookup import (
+    HELD_DEG,
     STORED,
     HeldLookup,
     KnownTable,
+    _cells_each,
+    _cells_within,
+    _held_cells,
     held_lookup,
     hold_lookup,
     known_rows,
@@ -480,3 +484,20 @@ def test_the_band_cut_keeps_every_nearest_row(spark: SparkSession) -> None:
     # and the cut drops the rows out of reach before copying them
     none = nearest_rows(q, r, settings=settings, query_latitudes=[-80.0])
     assert none.count() == 0
+
+
+@pytest.mark.parametrize("deg", [HELD_DEG, 0.01])
+def test_each_upload_s_cells_are_the_cells_within_its_reach(deg: float) -> None:
+    """The held table's per-upload cells (vectorized) are exactly :func:`_cells_within`
+    of each coordinate alone: across the ±180° meridian, near a pole, a box round the
+    globe, and where the held table's own cells of a row fall."""
+    lat = np.array([40.4406, -33.87, 51.5, 0.0, 89.9995, -89.9999, 12.0])
+    lon = np.array([-79.9959, 179.9999, -179.9998, 0.0, 10.0, -45.0, 180.0])
+    query, cells = _cells_each(lat, lon, 600.0, deg)
+    for i in range(len(lat)):
+        mine = cells[query == i]
+        assert len(mine) == len(set(mine.tolist()))
+        assert set(mine.tolist()) == set(_cells_within(lat[i : i + 1], lon[i : i + 1], 600.0, deg))
+    if deg == HELD_DEG:  # each row's own cell is among the cells of its own reach
+        own = _held_cells(lat, lon)
+        assert all(own[i] in set(cells[query == i].tolist()) for i in range(len(lat)))

@@ -28,6 +28,7 @@ from poimatch.io.lookup import (
     _cells_each,
     _cells_within,
     _held_cells,
+    _reach_deg,
     held_lookup,
     hold_lookup,
     known_rows,
@@ -486,18 +487,27 @@ def test_the_band_cut_keeps_every_nearest_row(spark: SparkSession) -> None:
     assert none.count() == 0
 
 
-@pytest.mark.parametrize("deg", [HELD_DEG, 0.01])
-def test_each_upload_s_cells_are_the_cells_within_its_reach(deg: float) -> None:
-    """The held table's per-upload cells (vectorized) are exactly :func:`_cells_within`
-    of each coordinate alone: across the ±180° meridian, near a pole, a box round the
-    globe, and where the held table's own cells of a row fall."""
+@pytest.mark.parametrize(("deg", "reach"), [(HELD_DEG, 600.0), (0.01, 600.0), (0.5, 50_000.0)])
+def test_each_upload_s_cells_are_the_cells_within_its_reach(deg: float, reach: float) -> None:
+    """An upload's cells (vectorized, :func:`_cells_each`) are exactly the cells of the
+    points of its reach's box, each once: across the ±180° meridian, near a pole (a box
+    round the globe) and at 0°; :func:`_cells_within` is their union."""
     lat = np.array([40.4406, -33.87, 51.5, 0.0, 89.9995, -89.9999, 12.0])
     lon = np.array([-79.9959, 179.9999, -179.9998, 0.0, 10.0, -45.0, 180.0])
-    query, cells = _cells_each(lat, lon, 600.0, deg)
+    query, cells = _cells_each(lat, lon, reach, deg)
+    dlat, dlon = _reach_deg(lat, reach)
+    n_x = round(360 / deg)
     for i in range(len(lat)):
         mine = cells[query == i]
         assert len(mine) == len(set(mine.tolist()))
-        assert set(mine.tolist()) == set(_cells_within(lat[i : i + 1], lon[i : i + 1], 600.0, deg))
+        # points every half cell over the box, its edges included, reach every cell it touches
+        ys = np.append(np.arange(lat[i] - dlat, lat[i] + dlat, deg / 2), lat[i] + dlat)
+        xs = np.append(np.arange(lon[i] - dlon[i], lon[i] + dlon[i], deg / 2), lon[i] + dlon[i])
+        y = np.floor((np.clip(ys, -90.0, 90.0) + 90.0) / deg).astype(np.int64)
+        x = np.mod(np.floor((xs + 180.0) / deg).astype(np.int64), n_x)
+        assert set(mine.tolist()) == set((y[:, None] * 1_000_000 + x[None, :]).ravel().tolist())
+    assert _cells_within(lat, lon, reach, deg) == sorted(set(cells.tolist()))
+    assert (deg != 0.5) or dlon.max() == 180.0  # the key area near a pole: round the globe
     if deg == HELD_DEG:  # each row's own cell is among the cells of its own reach
         own = _held_cells(lat, lon)
         assert all(own[i] in set(cells[query == i].tolist()) for i in range(len(lat)))

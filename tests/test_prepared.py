@@ -159,6 +159,14 @@ def test_a_query_shaped_by_its_rows_is_refused(spark: SparkSession) -> None:
     assert prepared.run(spark.createDataFrame([(5,), (0,)], "v int")).collect() == [(5,)]
     with pytest.raises(ValueError, match="schema differs"):
         prepared.run(spark.createDataFrame([("5",)], "v string"))
+    # a plan adaptive execution re-plans as it runs has nothing to copy: named, not obscure
+    with (
+        session_conf(spark, {"spark.sql.adaptive.enabled": "true"}),
+        pytest.raises(PreparationError, match=r"spark\.sql\.adaptive\.enabled"),
+    ):
+        PreparedQuery.prepare(rows, lambda df: df.groupBy("v").count(), one_partition=False).run(
+            rows
+        )
 
 
 def _tree(plan: Any) -> str:

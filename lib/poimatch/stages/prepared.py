@@ -148,6 +148,12 @@ class PreparedQuery:
         nodes: list[_Node] = []
         _index(plan, rdd.id(), _jvm(spark).java.util.IdentityHashMap(), nodes)
         if not nodes[-1].reads_input:
+            if plan.nodeName() == "AdaptiveSparkPlan":
+                raise PreparationError(
+                    "adaptive execution is on (spark.sql.adaptive.enabled): its plan is "
+                    "re-planned as it runs, so there is no plan to copy; prepare queries "
+                    "under the service's SQL settings (SERVICE_SQL_CONF, adaptive off)"
+                )
             raise PreparationError("the query does not read its input")
         return cls(
             spark=spark,

@@ -18,8 +18,10 @@ lookup table is written under ``--workdir`` (no production table is touched). Th
   so a third row of the same place counts against it).
 
 Each upload is matched twice more, against the table held on the driver as the service
-holds it (:class:`poimatch.io.lookup.HeldLookup`): ``same answers held`` says whether
-both answers equal those read from the files.
+holds it (:class:`poimatch.io.lookup.HeldLookup`), once as the batch plans it and once as
+the service runs it (``reuse_plan``: prepared queries, the against query compiled as one
+partition): ``same answers held`` says whether both answers equal those read from the
+files.
 
 Prints a table and writes JSON (``--out``) and Markdown beside it. Never asserts.
 """
@@ -43,11 +45,12 @@ from transfer import _DEFAULT_GEOER, _edit, _read_geoer, _spark
 
 from poimatch import schema as S
 from poimatch.apps.cli import job_parser, start_job
+from poimatch.apps.service import SERVICE_SQL_CONF
 from poimatch.io.lookup import HeldLookup, KnownTable, pin_lookup, write_lookup
 from poimatch.lifecycle.tracking import configure_tracking, default_model_uri, load_matcher
 from poimatch.runs.against import KNOWN_GROUPS, KNOWN_IDS, match_against
 from poimatch.runs.workflows import match_with_model
-from poimatch.stages.plan import BATCH
+from poimatch.stages.plan import BATCH, session_conf
 from poimatch.stages.spec import MatchingSpec
 
 
@@ -183,15 +186,22 @@ def _same_when_held(
     answers: pd.DataFrame,
 ) -> bool:
     """Whether the upload gets the same answers from the table held on the driver (as the
-    service holds it) as ``answers``, read from the table's files."""
+    service holds it), planned afresh and as the service runs it (prepared queries), as
+    ``answers``, read from the table's files."""
     held = HeldLookup.load(spark, known)
-    again = match_against(_spark(spark, upload), known, model=model, spec=spec, held=held).matches
     key = [S.ID]
-    return bool(
-        answers.sort_values(key, ignore_index=True).equals(
-            again.sort_values(key, ignore_index=True)
-        )
-    )
+    expected = answers.sort_values(key, ignore_index=True)
+    for reuse in (False, True):
+        # the service's session settings for its prepared queries (adaptive execution off:
+        # a prepared plan is the plan Spark built, not one re-planned between stages)
+        service = {**SERVICE_SQL_CONF, "spark.sql.shuffle.partitions": "1"} if reuse else {}
+        with session_conf(spark, service):
+            again = match_against(
+                _spark(spark, upload), known, model=model, spec=spec, held=held, reuse_plan=reuse
+            ).matches
+        if not expected.equals(again.sort_values(key, ignore_index=True)):
+            return False
+    return True
 
 
 if __name__ == "__main__":

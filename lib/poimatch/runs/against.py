@@ -151,10 +151,8 @@ def match_against(
     group_of = {
         str(i)[len(_KNOWN) :]: str(g) for i, g in zip(read[S.ID], read[S.GROUP_ID], strict=True)
     }
-    points = counted(
-        up_points.unionByName(table_points, allowMissingColumns=True),
-        n_up + len(read),
-    )
+    n_points = n_up + len(read)
+    points = counted(up_points.unionByName(table_points, allowMissingColumns=True), n_points)
     # only the uploaded rows look for candidates (a table row's own nearest are the
     # nightly run's business); every pair then holds one
     query = F.col(S.ID).startswith(_UP)
@@ -167,7 +165,7 @@ def match_against(
         candidates = partial(
             prepared_candidates,
             owner=model,
-            one_partition=n_up + len(read) <= AGAINST_ONE_PARTITION_MAX_ROWS,
+            one_partition=n_points <= AGAINST_ONE_PARTITION_MAX_ROWS,
         )
     else:
         candidates = partial(cached_candidates, plan=plan)

@@ -345,21 +345,25 @@ def test_the_held_table_gives_the_same_answers_as_the_files(
     spark: SparkSession, small_matcher: FitOutcome, lookup: dict[str, Any]
 ) -> None:
     """Matched against the table held on the driver, an upload gets exactly the answers
-    it gets from the table's files: the same uploaded matches, known ids and groups."""
+    it gets from the table's files: the same uploaded matches, known ids and groups;
+    also as the service runs it (prepared queries; the held rows' name statistics
+    looked up on the driver, not by a Spark job)."""
     upload = _frame(spark, _upload(lookup["table"]).assign(**{S.POI: None}))
 
-    def run(held: HeldLookup | None) -> pd.DataFrame:
+    def run(held: HeldLookup | None, reuse: bool = False) -> pd.DataFrame:
         return match_against(
             upload,
             lookup["known"],
             model=small_matcher.model,
             spec=small_matcher.spec,
             held=held,
+            reuse_plan=reuse,
         ).matches.sort_values(S.ID, ignore_index=True)
 
     from_files, from_held = run(None), run(lookup["held"])
     assert (from_files[KNOWN_IDS] != "").sum() >= 50
     pd.testing.assert_frame_equal(from_held, from_files)
+    pd.testing.assert_frame_equal(run(lookup["held"], reuse=True), from_files)
 
 
 @pytest.mark.parametrize("held", [False, True], ids=["files", "held"])

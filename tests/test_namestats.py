@@ -10,7 +10,14 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from poimatch import schema as S
-from poimatch.stages.namestats import NameStats, add_name_stats, count_name_stats
+from poimatch.stages.namestats import (
+    NameStats,
+    add_name_stats,
+    count_name_stats,
+    idf_weights,
+    name_stats_frame,
+    name_stats_schema,
+)
 
 _SCHEMA = f"{S.ID} string, {S.POI} string, {S.N_NAME} string, {S.N_NAME_TOKENS} array<string>"
 
@@ -115,6 +122,47 @@ def test_a_rows_statistics_do_not_depend_on_the_table(spark: SparkSession) -> No
     assert many is not None
     assert one[S.N_NAME_FREQ] == many[S.N_NAME_FREQ] == 2.0
     assert one[S.N_NAME_IDF] == many[S.N_NAME_IDF]
+
+
+def test_the_driver_gives_spark_s_statistics_to_the_last_bit(spark: SparkSession) -> None:
+    """:func:`name_stats_frame` (a held table's rows, on the driver) gives what
+    :func:`add_name_stats` gives: the same frequencies, the same weights to the last bit
+    (Spark's log is Java's StrictMath) and each map's entries in the same order (a pair
+    feature sums them in that order), once read back into Spark; also for rows without
+    a name, without tokens, with repeated, empty or null tokens, and unseen tokens."""
+    counts = {f"t{i}": 1 + (i * 7919) % 4001 for i in range(300)}
+    stats = NameStats(places=123_457, names={"t1 t2": 5, "": 2, "東京 駅": 1}, tokens=counts)
+    rows: list[tuple[str, str | None, list[str | None] | None]] = [
+        ("a", "t1 t2", ["t1", "t2"]),
+        ("b", "t2 t1 t2", ["t2", "t1", "t2"]),  # repeated: once, where first seen
+        ("c", None, None),
+        ("d", "", []),
+        ("e", "x", ["", None, "x"]),  # empty and null tokens are not tokens
+        ("f", "東京 駅", ["東京", "駅", "𝔘nseen"]),
+        ("g", "z", [""]),  # no token left: no map
+        ("h", "many", [f"t{i}" for i in range(299, 0, -3)] + ["new", "t5"]),
+    ]
+    schema = f"{S.ID} string, {S.N_NAME} string, {S.N_NAME_TOKENS} array<string>"
+    points = spark.createDataFrame(rows, schema)
+    spark_side = add_name_stats(points, stats)
+    local = name_stats_frame(points.toPandas(), stats, idf_weights(spark, stats))
+    driver_side = spark.createDataFrame(local, name_stats_schema(points.schema))
+
+    def read(df: DataFrame) -> list[tuple[object, ...]]:
+        got = df.select(S.ID, S.N_NAME_FREQ, F.map_entries(S.N_NAME_IDF).alias("e")).collect()
+        return sorted((r[0], r[1], None if r[2] is None else [tuple(x) for x in r[2]]) for r in got)
+
+    expected = read(spark_side)
+    assert read(driver_side) == expected
+    by_id = {r[0]: r for r in expected}
+    assert [k for k, _ in by_id["b"][2]] == ["t2", "t1"]
+    assert by_id["c"][1] is None and by_id["c"][2] is None
+    assert by_id["d"][1] == 2.0 and by_id["d"][2] is None
+    assert by_id["g"][2] is None
+    assert dict(by_id["f"][2])["𝔘nseen"] == pytest.approx(math.log(123_458.0))
+    assert len(by_id["h"][2]) == 101  # (t5 twice)
+    fields = {(f.name, f.dataType, f.nullable) for f in spark_side.schema.fields}
+    assert {(f.name, f.dataType, f.nullable) for f in driver_side.schema.fields} == fields
 
 
 def test_round_trip_and_format_check(tmp_path: Path) -> None:

@@ -296,18 +296,21 @@ class HeldLookup:
 
     known: KnownTable
     table: pa.Table  # the STORED columns
+    schema: T.StructType  # their Spark types
     latitude: np.ndarray
     longitude: np.ndarray
     coarse: np.ndarray  # LOOKUP_CELL per row
     source: np.ndarray  # per row, as object (None where missing)
     by_fine: np.ndarray  # row positions sorted by their HELD_DEG cell (_held_cells)
     fine_sorted: np.ndarray  # those cells in that order
+    radians: _Radians  # per row, for the haversine
     keys: dict[str, tuple[pd.Index, np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, spark: SparkSession, known: KnownTable) -> HeldLookup:
         """Read ``known`` at its version onto the driver (one Spark job) and index it."""
-        arrow = known.read(spark).select(LOOKUP_CELL, *STORED).toArrow()
+        read = known.read(spark).select(LOOKUP_CELL, *STORED)
+        arrow = read.toArrow()
         latitude = arrow.column(S.LATITUDE).to_numpy()
         longitude = arrow.column(S.LONGITUDE).to_numpy()
         fine = _held_cells(latitude, longitude)
@@ -315,12 +318,14 @@ class HeldLookup:
         held = cls(
             known=known,
             table=arrow.select(list(STORED)),
+            schema=read.select(*STORED).schema,
             latitude=latitude,
             longitude=longitude,
             coarse=arrow.column(LOOKUP_CELL).to_numpy(),
             source=arrow.column(S.SOURCE).to_numpy(zero_copy_only=False).astype(object),
             by_fine=by_fine,
             fine_sorted=fine[by_fine],
+            radians=_Radians.of(latitude, longitude),
         )
         for name in PASS_COLUMNS:
             held.keys[name] = held._key_index(name)
@@ -351,6 +356,12 @@ class HeldLookup:
         nearest the spatial pass ranks in its 3x3 cells) and the rows sharing a key with it, minus
         the keys held by ``max_key_group`` or more rows of the area, as the read counts
         them. Returns the rows as a local relation (``STORED`` columns, each row once)."""
+        return spark.createDataFrame(self.picked(uploads, blocking, link_only=link_only))
+
+    def picked(
+        self, uploads: pd.DataFrame, blocking: BlockingSettings, *, link_only: bool = False
+    ) -> pa.Table:
+        """The rows :meth:`rows` picks, on the driver (``STORED`` columns, in table order)."""
         lat = uploads[S.LATITUDE].to_numpy(dtype=float)
         lon = uploads[S.LONGITUDE].to_numpy(dtype=float)
         sources = uploads[S.SOURCE].astype(object).to_numpy() if link_only else None
@@ -361,7 +372,7 @@ class HeldLookup:
             for name, values in keys:
                 picked.extend(self._sharing(name, values, area, blocking.max_key_group))
         positions = np.unique(np.concatenate(picked))
-        return spark.createDataFrame(self.table.take(pa.array(positions, pa.int64())))
+        return self.table.take(pa.array(positions, pa.int64()))
 
     def _nearest(
         self,
@@ -391,7 +402,7 @@ class HeldLookup:
         q, r = q[inside], r[inside]
         if len(r) == 0:
             return np.asarray(r)
-        d = _haversine_m(lat[q], lon[q], self.latitude[r], self.longitude[r])
+        d = _haversine_rad(_Radians.of(lat, lon).take(q), self.radians.take(r))
         # each upload's k-th nearest within the inner disc (sorted by upload, then distance)
         inner = d <= _INNER * blocking.cell_m
         qi, di = q[inner], d[inner]
@@ -412,23 +423,50 @@ class HeldLookup:
         ``name``'s key, for each value held by fewer than ``cap`` rows there."""
         uniques, order, bounds = self.keys[name]
         codes = uniques.get_indexer(pd.Index(values))
-        out = []
-        for code in codes[codes >= 0]:
-            rows = order[bounds[code] : bounds[code + 1]]
-            rows = rows[np.isin(self.coarse[rows], area)]
-            if 0 < len(rows) < cap:
-                out.append(rows)
-        return out
+        codes = codes[codes >= 0]
+        # every wanted key's rows at once (one isin, not one per key: 1,345 keys for
+        # 1,000 uploads, 0.24 s one by one)
+        starts, sizes = bounds[codes], bounds[codes + 1] - bounds[codes]
+        key = np.repeat(np.arange(len(codes)), sizes)
+        offset = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        rows = order[np.repeat(starts, sizes) + offset]
+        inside = np.isin(self.coarse[rows], area)
+        held = np.bincount(key[inside], minlength=len(codes))  # each key's rows in the area
+        wanted = (held > 0) & (held < cap)
+        return [rows[inside & wanted[key]]]
 
 
 def _haversine_m(
     lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray
 ) -> np.ndarray:
     """:func:`poimatch.stages.features.haversine_m` in numpy."""
-    p1, p2 = np.radians(lat1), np.radians(lat2)
+    return _haversine_rad(_Radians.of(lat1, lon1), _Radians.of(lat2, lon2))
+
+
+@dataclass(frozen=True)
+class _Radians:
+    """Coordinates in radians, with their latitudes' cosines: what the haversine takes of
+    each side, computed once per held row (not per row-upload pair)."""
+
+    lat: np.ndarray
+    lon: np.ndarray
+    cos: np.ndarray
+
+    @classmethod
+    def of(cls, lat: np.ndarray, lon: np.ndarray) -> _Radians:
+        p = np.radians(lat)
+        return cls(lat=p, lon=np.radians(lon), cos=np.cos(p))
+
+    def take(self, index: np.ndarray) -> _Radians:
+        return _Radians(lat=self.lat[index], lon=self.lon[index], cos=self.cos[index])
+
+
+def _haversine_rad(one: _Radians, two: _Radians) -> np.ndarray:
+    """Metres between ``one`` and ``two``, element by element (the same operations, in
+    the same order, whether the radians were computed before or after a gather)."""
     a = (
-        np.sin((p2 - p1) / 2) ** 2
-        + np.cos(p1) * np.cos(p2) * np.sin((np.radians(lon2) - np.radians(lon1)) / 2) ** 2
+        np.sin((two.lat - one.lat) / 2) ** 2
+        + one.cos * two.cos * np.sin((two.lon - one.lon) / 2) ** 2
     )
     return np.asarray(2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.minimum(a, 1.0))))
 

@@ -29,14 +29,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from poimatch import schema as S
 
-__all__ = ["NameStats", "add_name_stats", "count_name_stats"]
+__all__ = [
+    "NameStats",
+    "add_name_stats",
+    "count_name_stats",
+    "idf_weights",
+    "name_stats_frame",
+    "name_stats_schema",
+]
 
 _TOK, _COUNT, _OWN = "_tok", "_count", "_own"
 _FORMAT = "poimatch-name-stats/1"
@@ -53,6 +61,8 @@ class NameStats:
     _frames: dict[tuple[int, str], DataFrame] = field(
         default_factory=dict, compare=False, repr=False
     )
+    # token document count -> weight, as Spark computes it (idf_weights): built once
+    _weights: dict[int, float] = field(default_factory=dict, compare=False, repr=False)
 
     def idf(self, token: str) -> float:
         """The weight of ``token``: ``ln((places + 1) / (df + 1))``; unseen: ``ln(places + 1)``."""
@@ -179,8 +189,7 @@ def add_name_stats(points: DataFrame, stats: NameStats) -> DataFrame:
         .drop(_COUNT)
     )
     tokens = F.broadcast(_lookup(points, _TOK, stats))
-    df = F.coalesce(F.col(_COUNT), F.lit(0))
-    weight = F.log(F.lit(float(stats.places + 1)) / (df + F.lit(1.0)))
+    weight = _weight(F.coalesce(F.col(_COUNT), F.lit(0)), stats)
     per_row = (
         points.select(S.ID, F.explode(F.array_distinct(S.N_NAME_TOKENS)).alias(_TOK))
         .where(F.col(_TOK) != "")
@@ -189,3 +198,71 @@ def add_name_stats(points: DataFrame, stats: NameStats) -> DataFrame:
         .agg(F.map_from_entries(F.collect_list(F.struct(F.col(_TOK), weight))).alias(S.N_NAME_IDF))
     )
     return with_freq.join(per_row, on=S.ID, how="left")
+
+
+def _weight(df: Column, stats: NameStats) -> Column:
+    """A token's weight from its document count ``df`` (a long)."""
+    return F.log(F.lit(float(stats.places + 1)) / (df + F.lit(1.0)))
+
+
+def idf_weights(spark: SparkSession, stats: NameStats) -> dict[int, float]:
+    """Each document count of ``stats``' tokens (and 0, an unseen token's) -> its weight,
+    computed by Spark once per statistics (one small job): Spark's ``log`` is Java's
+    ``StrictMath.log``, which Python's ``math.log`` need not equal to the last bit, and
+    :func:`name_stats_frame` must give :func:`add_name_stats`' values exactly."""
+    if not stats._weights:
+        counts = sorted({0, *stats.tokens.values()})
+        schema = T.StructType([T.StructField(_COUNT, T.LongType(), False)])
+        frame = pd.DataFrame({_COUNT: pd.Series(counts, dtype="int64")})
+        rows = (
+            spark.createDataFrame(frame, schema=schema)
+            .select(F.col(_COUNT), _weight(F.col(_COUNT), stats).alias(_TOK))
+            .toPandas()
+        )
+        stats._weights.update(zip(rows[_COUNT].tolist(), rows[_TOK].tolist(), strict=True))
+    return stats._weights
+
+
+def name_stats_schema(schema: T.StructType) -> T.StructType:
+    """``schema`` with the two columns :func:`add_name_stats` and
+    :func:`name_stats_frame` add (as Spark types them)."""
+    return T.StructType(
+        [
+            *schema.fields,
+            T.StructField(S.N_NAME_FREQ, T.DoubleType(), True),
+            T.StructField(S.N_NAME_IDF, T.MapType(T.StringType(), T.DoubleType(), True), True),
+        ]
+    )
+
+
+def name_stats_frame(
+    frame: pd.DataFrame, stats: NameStats, weights: dict[int, float]
+) -> pd.DataFrame:
+    """:func:`add_name_stats` on the driver: ``frame`` (normalized rows, as pandas) with
+    ``n_name_freq`` and ``n_name_idf``, the same values (``weights``:
+    :func:`idf_weights`) and each map's entries in the same order (the row's distinct
+    tokens in their order, which is the order Spark's ``collect_list`` gathers them in
+    and the order a pair feature sums them in). For rows the driver holds already (a
+    lookup table held for the service): no Spark job, no broadcast join."""
+    unseen = weights[0]
+    names = frame[S.N_NAME]
+    freq = np.array(
+        [
+            math.nan if missing else float(stats.names.get(n, 0))
+            for n, missing in zip(names, names.isna(), strict=True)
+        ],
+        dtype=np.float64,
+    )  # (as ``toPandas`` gives a double column: NaN where null)
+    idf: list[dict[str, float] | None] = []
+    for tokens in frame[S.N_NAME_TOKENS]:
+        entries: dict[str, float] = {}
+        if tokens is not None and not isinstance(tokens, float):  # (NaN: a null array)
+            for token in tokens:
+                if token is not None and token != "" and token not in entries:
+                    count = stats.tokens.get(token)
+                    entries[token] = unseen if count is None else weights[count]
+        idf.append(entries or None)
+    out = frame.copy()
+    out[S.N_NAME_FREQ] = freq
+    out[S.N_NAME_IDF] = pd.Series(idf, index=frame.index, dtype=object)
+    return out

@@ -15,7 +15,7 @@ from poimatch.stages.namestats import (
     add_name_stats,
     count_name_stats,
     idf_weights,
-    name_stats_frame,
+    name_stats_arrow,
     name_stats_schema,
 )
 
@@ -125,7 +125,7 @@ def test_a_rows_statistics_do_not_depend_on_the_table(spark: SparkSession) -> No
 
 
 def test_the_driver_gives_spark_s_statistics_to_the_last_bit(spark: SparkSession) -> None:
-    """:func:`name_stats_frame` (a held table's rows, on the driver) gives what
+    """:func:`name_stats_arrow` (a held table's rows, on the driver) gives what
     :func:`add_name_stats` gives: the same frequencies, the same weights to the last bit
     (Spark's log is Java's StrictMath) and each map's entries in the same order (a pair
     feature sums them in that order), once read back into Spark; also for rows without
@@ -145,7 +145,7 @@ def test_the_driver_gives_spark_s_statistics_to_the_last_bit(spark: SparkSession
     schema = f"{S.ID} string, {S.N_NAME} string, {S.N_NAME_TOKENS} array<string>"
     points = spark.createDataFrame(rows, schema)
     spark_side = add_name_stats(points, stats)
-    local = name_stats_frame(points.toPandas(), stats, idf_weights(spark, stats))
+    local = name_stats_arrow(points.toArrow(), stats, idf_weights(spark, stats))
     driver_side = spark.createDataFrame(local, name_stats_schema(points.schema))
 
     def read(df: DataFrame) -> list[tuple[object, ...]]:
@@ -156,8 +156,10 @@ def test_the_driver_gives_spark_s_statistics_to_the_last_bit(spark: SparkSession
     assert read(driver_side) == expected
     by_id = {r[0]: r for r in expected}
     assert [k for k, _ in by_id["b"][2]] == ["t2", "t1"]
-    assert by_id["c"][1] is None and by_id["c"][2] is None
-    assert by_id["d"][1] == 2.0 and by_id["d"][2] is None
+    assert by_id["c"][1] is None
+    assert by_id["c"][2] is None
+    assert by_id["d"][1] == 2.0
+    assert by_id["d"][2] is None
     assert by_id["g"][2] is None
     assert dict(by_id["f"][2])["𝔘nseen"] == pytest.approx(math.log(123_458.0))
     assert len(by_id["h"][2]) == 101  # (t5 twice)

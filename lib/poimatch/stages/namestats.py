@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -42,7 +42,7 @@ __all__ = [
     "add_name_stats",
     "count_name_stats",
     "idf_weights",
-    "name_stats_frame",
+    "name_stats_arrow",
     "name_stats_schema",
 ]
 
@@ -209,7 +209,7 @@ def idf_weights(spark: SparkSession, stats: NameStats) -> dict[int, float]:
     """Each document count of ``stats``' tokens (and 0, an unseen token's) -> its weight,
     computed by Spark once per statistics (one small job): Spark's ``log`` is Java's
     ``StrictMath.log``, which Python's ``math.log`` need not equal to the last bit, and
-    :func:`name_stats_frame` must give :func:`add_name_stats`' values exactly."""
+    :func:`name_stats_arrow` must give :func:`add_name_stats`' values exactly."""
     if not stats._weights:
         counts = sorted({0, *stats.tokens.values()})
         schema = T.StructType([T.StructField(_COUNT, T.LongType(), False)])
@@ -235,34 +235,27 @@ def name_stats_schema(schema: T.StructType) -> T.StructType:
     )
 
 
-def name_stats_frame(
-    frame: pd.DataFrame, stats: NameStats, weights: dict[int, float]
-) -> pd.DataFrame:
-    """:func:`add_name_stats` on the driver: ``frame`` (normalized rows, as pandas) with
-    ``n_name_freq`` and ``n_name_idf``, the same values (``weights``:
+def name_stats_arrow(table: pa.Table, stats: NameStats, weights: dict[int, float]) -> pa.Table:
+    """:func:`add_name_stats` on the driver: ``table`` (normalized rows, as Arrow) with
+    ``n_name_freq`` and ``n_name_idf`` appended, the same values (``weights``:
     :func:`idf_weights`) and each map's entries in the same order (the row's distinct
     tokens in their order, which is the order Spark's ``collect_list`` gathers them in
     and the order a pair feature sums them in). For rows the driver holds already (a
-    lookup table held for the service): no Spark job, no broadcast join."""
+    lookup table held for the service): no Spark job, no broadcast join, and no pandas
+    copy (Spark reads the Arrow columns as they are)."""
     unseen = weights[0]
-    names = frame[S.N_NAME]
-    freq = np.array(
-        [
-            math.nan if missing else float(stats.names.get(n, 0))
-            for n, missing in zip(names, names.isna(), strict=True)
-        ],
-        dtype=np.float64,
-    )  # (as ``toPandas`` gives a double column: NaN where null)
-    idf: list[dict[str, float] | None] = []
-    for tokens in frame[S.N_NAME_TOKENS]:
+    freq = [
+        None if name is None else float(stats.names.get(name, 0))
+        for name in table.column(S.N_NAME).to_pylist()
+    ]
+    idf: list[list[tuple[str, float]] | None] = []
+    for tokens in table.column(S.N_NAME_TOKENS).to_pylist():
         entries: dict[str, float] = {}
-        if tokens is not None and not isinstance(tokens, float):  # (NaN: a null array)
-            for token in tokens:
-                if token is not None and token != "" and token not in entries:
-                    count = stats.tokens.get(token)
-                    entries[token] = unseen if count is None else weights[count]
-        idf.append(entries or None)
-    out = frame.copy()
-    out[S.N_NAME_FREQ] = freq
-    out[S.N_NAME_IDF] = pd.Series(idf, index=frame.index, dtype=object)
-    return out
+        for token in tokens or ():
+            if token is not None and token != "" and token not in entries:
+                count = stats.tokens.get(token)
+                entries[token] = unseen if count is None else weights[count]
+        idf.append(list(entries.items()) or None)
+    return table.append_column(S.N_NAME_FREQ, pa.array(freq, pa.float64())).append_column(
+        S.N_NAME_IDF, pa.array(idf, pa.map_(pa.string(), pa.float64()))
+    )

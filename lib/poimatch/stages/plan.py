@@ -27,6 +27,7 @@ __all__ = [
     "Plan",
     "counted",
     "driver_frame",
+    "held_copy",
     "held_frame",
     "held_select",
     "held_union",
@@ -142,6 +143,16 @@ def held_frame(
         out = one_partition_scan(out)
     _held[out] = frame
     return out
+
+
+def held_copy(df: DataFrame, frame: pd.DataFrame) -> DataFrame:
+    """``df``, with ``frame`` as its driver copy (:func:`driver_frame`): for a frame built
+    from rows the driver holds already, whose caller knows they are the rows and columns
+    ``df.toPandas()`` gives (e.g. the ids of a local relation made from them)."""
+    if list(frame.columns) != df.columns:
+        raise ValueError(f"the driver copy's columns {list(frame.columns)} are not {df.columns}")
+    _held[df] = frame
+    return df
 
 
 def held_select(df: DataFrame, columns: list[str]) -> DataFrame:

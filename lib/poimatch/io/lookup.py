@@ -382,39 +382,58 @@ class HeldLookup:
         blocking: BlockingSettings,
     ) -> np.ndarray:
         """Row positions of the uploads' spatial candidates (see :meth:`rows`)."""
-        query, cells = _cells_each(lat, lon, 2 * blocking.cell_m, HELD_DEG)
+        disc = _INNER * blocking.cell_m
+        up = _Radians.of(lat, lon)
+        # first the box of the inner disc only (a quarter of the full box's rows): it
+        # holds each upload's k nearest within the disc, and every row as near as its k-th
+        q, r = self._in_box(lat, lon, sources, disc, np.arange(len(lat)))
+        d = _haversine_rad(up.take(q), self.radians.take(r))
+        # each upload's k-th nearest within the inner disc (sorted by upload, then distance)
+        inner = d <= disc
+        qi, di = q[inner], d[inner]
+        order = np.lexsort((di, qi))
+        qi, di = qi[order], di[order]
+        rank = np.arange(len(qi)) - np.searchsorted(qi, qi, side="left")
+        at_k = rank == blocking.k_nearest - 1
+        # it bounds the spatial pass's k nearest (its 3x3 cells hold the disc)
+        limit = np.full(len(lat), np.inf)
+        limit[qi[at_k]] = di[at_k] * (1 + 1e-9) + 1e-6
+        found = np.isfinite(limit)
+        near = r[found[q] & (d <= limit[q])]
+        # with fewer than k in the disc, every row of the full box is kept
+        few = np.flatnonzero(~found)
+        if len(few) == 0:
+            return np.asarray(near)
+        _, rest = self._in_box(lat, lon, sources, 2 * blocking.cell_m, few)
+        return np.concatenate([near, rest])
+
+    def _in_box(
+        self,
+        lat: np.ndarray,
+        lon: np.ndarray,
+        sources: np.ndarray | None,
+        reach_m: float,
+        which: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(upload, row position) pairs of the uploads ``which``: the rows within the box
+        of ``reach_m`` around each (of another source, with ``sources``)."""
+        query, cells = _cells_each(lat[which], lon[which], reach_m, HELD_DEG)
         lo = np.searchsorted(self.fine_sorted, cells, side="left")
         hi = np.searchsorted(self.fine_sorted, cells, side="right")
         counts = hi - lo
-        q = np.repeat(query, counts)
+        q = which[np.repeat(query, counts)]
         starts = np.repeat(lo - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
         r = self.by_fine[starts + np.arange(int(counts.sum()))]
         if sources is not None:  # link only: rows of another (or no) source
             mine, theirs = sources[q], self.source[r]
             other = pd.isna(mine) | pd.isna(theirs) | (mine != theirs)
             q, r = q[other], r[other]
-        # within the box of the fine cells' reach (which holds the upload's 3x3 cells)
-        dlat, dlon = _reach_deg(lat, 2 * blocking.cell_m)
+        dlat, dlon = _reach_deg(lat, reach_m)
         across = np.abs(self.longitude[r] - lon[q])
         inside = (np.abs(self.latitude[r] - lat[q]) <= dlat) & (
             np.minimum(across, 360.0 - across) <= dlon[q]
         )
-        q, r = q[inside], r[inside]
-        if len(r) == 0:
-            return np.asarray(r)
-        d = _haversine_rad(_Radians.of(lat, lon).take(q), self.radians.take(r))
-        # each upload's k-th nearest within the inner disc (sorted by upload, then distance)
-        inner = d <= _INNER * blocking.cell_m
-        qi, di = q[inner], d[inner]
-        order = np.lexsort((di, qi))
-        qi, di = qi[order], di[order]
-        rank = np.arange(len(qi)) - np.searchsorted(qi, qi, side="left")
-        at_k = rank == blocking.k_nearest - 1
-        # it bounds the spatial pass's k nearest (its 3x3 cells hold the disc); with fewer
-        # than k in the disc, every row of the box is kept
-        limit = np.full(len(lat), np.inf)
-        limit[qi[at_k]] = di[at_k] * (1 + 1e-9) + 1e-6
-        return np.asarray(r[d <= limit[q]])
+        return q[inside], r[inside]
 
     def _sharing(
         self, name: str, values: list[str], area: np.ndarray, cap: int

@@ -455,13 +455,6 @@ class HeldLookup:
         return [rows[inside & wanted[key]]]
 
 
-def _haversine_m(
-    lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray
-) -> np.ndarray:
-    """:func:`poimatch.stages.features.haversine_m` in numpy."""
-    return _haversine_rad(_Radians.of(lat1, lon1), _Radians.of(lat2, lon2))
-
-
 @dataclass(frozen=True)
 class _Radians:
     """Coordinates in radians, with their latitudes' cosines: what the haversine takes of
@@ -481,8 +474,9 @@ class _Radians:
 
 
 def _haversine_rad(one: _Radians, two: _Radians) -> np.ndarray:
-    """Metres between ``one`` and ``two``, element by element (the same operations, in
-    the same order, whether the radians were computed before or after a gather)."""
+    """:func:`poimatch.stages.features.haversine_m` in numpy: metres between ``one`` and
+    ``two``, element by element (the same operations, in the same order, whether the
+    radians were computed before or after a gather)."""
     a = (
         np.sin((two.lat - one.lat) / 2) ** 2
         + one.cos * two.cos * np.sin((two.lon - one.lon) / 2) ** 2

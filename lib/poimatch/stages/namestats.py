@@ -225,7 +225,7 @@ def idf_weights(spark: SparkSession, stats: NameStats) -> dict[int, float]:
 
 def name_stats_schema(schema: T.StructType) -> T.StructType:
     """``schema`` with the two columns :func:`add_name_stats` and
-    :func:`name_stats_frame` add (as Spark types them)."""
+    :func:`name_stats_arrow` add (as Spark types them)."""
     return T.StructType(
         [
             *schema.fields,

@@ -370,12 +370,15 @@ def test_against_pois_reads_the_pinned_lookup_table(
     assert found >= 18
 
     # the reload pinned the table and began holding it on the driver in the background;
-    # once held, requests pick its rows there: the same answer
+    # once held, an against match of the example rows warms the query up on the Spark
+    # thread, and requests pick the table's rows on the driver: the same answer
     log = server["root"] / "server.log"
     deadline = time.monotonic() + 120
-    while f"lookup {path}@v0 held: 600 rows" not in log.read_text():
+    while f"against warm-up for {path}@v0:" not in log.read_text():
         assert time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.5)
+    text = log.read_text()
+    assert text.index(f"lookup {path}@v0 held: 600 rows") < text.index("against warm-up for")
     again = client.post(
         "/invocations?against=pois",
         content=copies.to_csv(index=False).encode(),

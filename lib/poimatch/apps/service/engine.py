@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import pandas as pd
@@ -103,6 +104,9 @@ class SparkEngine:
         self.hold_lookup_max_rows = hold_lookup_max_rows
         self._known: KnownTable | None = None
         self._holding: threading.Thread | None = None
+        #: called with the table version once it is held (the service: an against
+        #: warm-up match on its Spark thread)
+        self.after_hold: Callable[[KnownTable], None] | None = None
         self.store = store
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
@@ -149,6 +153,8 @@ class SparkEngine:
                 held.table.num_rows,
                 time.monotonic() - started,
             )
+            if self.after_hold is not None:
+                self.after_hold(known)
         return held
 
     def known(self) -> KnownTable | None:

@@ -84,6 +84,15 @@ class SparkQueue:
                 f"the request took longer than {timeout:g} s (service.timeout_seconds)",
             ) from None
 
+    def background(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the Spark thread after the work queued before it, outside the
+        queue's count (the service's own work, e.g. a warm-up: a request arriving
+        meanwhile waits for it like for any running request); nothing once shut down."""
+        try:
+            self._executor.submit(fn)
+        except RuntimeError:  # shut down
+            log.info("the Spark thread is shut down: background work skipped")
+
     def shutdown(self) -> None:
         """Stop accepting work; running work finishes."""
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -154,7 +154,10 @@ class SparkEngine:
                 time.monotonic() - started,
             )
             if self.after_hold is not None:
-                self.after_hold(known)
+                try:
+                    self.after_hold(known)
+                except Exception:  # the table is held: requests use it all the same
+                    log.exception("after holding %s", known.label())
         return held
 
     def known(self) -> KnownTable | None:

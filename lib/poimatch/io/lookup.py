@@ -370,7 +370,7 @@ class HeldLookup:
         if any(values for _, values in keys):
             area = np.asarray(_cells_within(lat, lon, 2 * blocking.key_cell_m, COARSE_DEG))
             for name, values in keys:
-                picked.extend(self._sharing(name, values, area, blocking.max_key_group))
+                picked.append(self._sharing(name, values, area, blocking.max_key_group))
         positions = np.unique(np.concatenate(picked))
         return self.table.take(pa.array(positions, pa.int64()))
 
@@ -435,9 +435,7 @@ class HeldLookup:
         )
         return q[inside], r[inside]
 
-    def _sharing(
-        self, name: str, values: list[str], area: np.ndarray, cap: int
-    ) -> list[np.ndarray]:
+    def _sharing(self, name: str, values: list[str], area: np.ndarray, cap: int) -> np.ndarray:
         """Row positions in ``area`` (coarse cells) holding one of ``values`` as key pass
         ``name``'s key, for each value held by fewer than ``cap`` rows there."""
         uniques, order, bounds = self.keys[name]
@@ -452,7 +450,7 @@ class HeldLookup:
         inside = np.isin(self.coarse[rows], area)
         held = np.bincount(key[inside], minlength=len(codes))  # each key's rows in the area
         wanted = (held > 0) & (held < cap)
-        return [rows[inside & wanted[key]]]
+        return np.asarray(rows[inside & wanted[key]])
 
 
 @dataclass(frozen=True)

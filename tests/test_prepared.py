@@ -48,6 +48,7 @@ from poimatch.stages.prepared import (
     jvm_helper,
     one_partition_scan,
     use_jvm_helper,
+    use_reused_plans,
 )
 
 
@@ -118,6 +119,9 @@ def test_prepared_points_and_pair_queries_equal_fresh_plans_on_other_rows(
     # the inputs differ, so do their pairs (a run reading an earlier run's shuffle would not)
     assert counts[1] > counts[0] > counts[2] == 0
     assert counts[3] == counts[0]
+    # both queries were executed once and their RDDs re-run on each input's rows
+    assert {key[0] for key in _prepared[owner]} == {"points", "candidates"}
+    assert all(q._reused[0] is not None for q in _prepared[owner].values())
     # copies were paired with their originals
     copies = got[got[S.ID_R].str.endswith("_copy") | got[S.ID_L].str.endswith("_copy")]
     assert len(copies) >= 5
@@ -251,6 +255,59 @@ def test_a_prepared_one_partition_query_runs_as_one_stage(spark: SparkSession) -
         assert got == sorted(build(rows(ks)).collect())
         assert len(_stages_of(spark, group)) == 1
     assert got == [(7, 3 * 71, 71)]  # 2 x 71 + 71, one row
+
+
+def test_a_one_partition_plan_is_executed_once_and_rerun_on_each_runs_rows(
+    spark: SparkSession,
+) -> None:
+    @F.udf("long")
+    def twice(v: int) -> int:
+        return 2 * v
+
+    def build(rows: DataFrame) -> DataFrame:  # a Python UDF, a union, an aggregate, a join
+        both = rows.select("k", twice("v").alias("v")).unionByName(rows.select("k", "v"))
+        sums = both.groupBy("k").agg(F.sum("v").alias("s"))
+        return sums.join(rows.select("k", F.col("v").alias("w")), on="k", how="inner")
+
+    def rows(ks: list[int]) -> DataFrame:
+        return spark.createDataFrame(
+            pd.DataFrame({"k": ks, "v": [10 * k + 1 for k in ks]}), "k long, v long"
+        )
+
+    query = PreparedQuery.prepare(rows([1, 2]), build, one_partition=True)
+    inputs = ([1, 2, 2, 3], [5, 5, 5], [7], [], [1, 2, 2, 3])
+    roots = set()
+    for ks in inputs:
+        got = sorted(query.run(rows(ks)).collect())
+        assert got == sorted(build(rows(ks)).collect())
+        (reused,) = query._reused
+        assert reused is not None  # narrow from input to output: its RDDs are reused
+        roots.add(reused.root().id())
+        use_reused_plans(False)  # copied and executed per run, as before
+        try:
+            assert sorted(query.run(rows(ks)).collect()) == got
+        finally:
+            use_reused_plans(True)
+    assert len(roots) == 1  # one execution of the plan served every run
+    assert got == [(1, 33, 11), (2, 126, 21), (2, 126, 21), (3, 93, 31)]
+    # an input read through a shuffle cannot be bound (its map stage would not run):
+    # that run copies the plan, and gives the same rows
+    shuffled = rows([5, 5, 5]).repartition(3)
+    assert sorted(query.run(shuffled).collect()) == [(5, 459, 51)] * 3
+    # a run's output read after the next run fails, and never reads the other run's rows
+    first, second = query.run(rows([1])), query.run(rows([7]))
+    assert second.collect() == [(7, 213, 71)]
+    with pytest.raises(Exception, match="ran on other rows before this run's output was read"):
+        first.collect()
+    # a plan that broadcasts its input would read the first run's broadcast: not reused
+    joined = PreparedQuery.prepare(
+        rows([1, 2]), lambda df: df.join(F.broadcast(df.select("k")), "k"), one_partition=True
+    )
+    for ks in ([1, 2, 2], [4]):
+        assert sorted(joined.run(rows(ks)).collect()) == sorted(
+            (k, 10 * k + 1) for k in ks for j in ks if j == k
+        )
+    assert joined._reused == [None]
 
 
 def test_stage_marks_name_the_call_site_of_what_they_create(spark: SparkSession) -> None:

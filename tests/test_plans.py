@@ -170,3 +170,59 @@ def test_cached_columns_are_built_once_per_argument(spark: SparkSession) -> None
     row = frame.select(first.alias("x"), other.alias("y")).first()
     assert row is not None
     assert (row["x"], row["y"]) == (2.0, 6.0)
+
+
+def test_a_selection_passed_once_gives_what_a_fresh_one_gives(spark: SparkSession) -> None:
+    from pyspark.sql import Column
+    from pyspark.sql import functions as F
+
+    from poimatch.columns import cached_column, named_columns, select_built, select_named
+
+    @cached_column
+    def doubled(names: tuple[str, ...]) -> list[Column]:
+        return [(F.col(n) * 2).alias(f"{n}2") for n in names]
+
+    frame = spark.createDataFrame([(1, 5, "x"), (2, 6, "y")], "a int, b int, c string")
+    other = spark.createDataFrame([(7, 8, "z")], "a int, b int, c string")
+    for df in (frame, other, frame):  # the same sequence, other frames
+        got = select_built(df, doubled, ("a", "b"))
+        assert got.collect() == df.select(*doubled(("a", "b"))).collect()
+        assert got.columns == ["a2", "b2"]
+        assert select_named(df, ["c", "a"]).collect() == df.select("c", "a").collect()
+    assert select_built(other, doubled, ("b",)).collect() == [(16,)]
+    assert select_named(frame, ["b"]).schema == frame.select(*named_columns(["b"])).schema
+
+
+def test_a_local_frame_equals_what_create_data_frame_makes(spark: SparkSession) -> None:
+    from pyspark.sql import types as T
+
+    from poimatch.stages.plan import local_frame
+
+    schema = T.StructType(
+        [
+            T.StructField("id", T.StringType(), False),
+            T.StructField("name", T.StringType()),
+            T.StructField("score", T.DoubleType()),
+            T.StructField("row", T.LongType(), False),
+            T.StructField("ok", T.BooleanType()),
+            T.StructField("freq", T.MapType(T.StringType(), T.DoubleType())),
+            T.StructField("tokens", T.ArrayType(T.StringType())),
+        ]
+    )
+    pdf = pd.DataFrame(
+        {
+            "id": ["a", "b", "c"],
+            "name": ["Café", None, "東京"],
+            "score": [0.25, np.nan, None],
+            "row": [0, 1, 2],
+            "ok": [True, None, False],
+            "freq": [{"cafe": 1.5}, None, {}],
+            "tokens": [["x", "y"], [], None],
+        }
+    )
+    for frame in (pdf, pdf.iloc[:0], pdf.iloc[2:]):
+        got = local_frame(spark, frame, schema)
+        want = spark.createDataFrame(frame, schema=schema)
+        assert got.schema == want.schema == schema
+        assert got.collect() == want.collect()
+    assert [r["name"] for r in local_frame(spark, pdf, schema).collect()] == ["Café", None, "東京"]

@@ -18,10 +18,11 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from pyspark import SparkContext
-from pyspark.sql import Column
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.classic.column import _to_java_column, _to_seq
 
-__all__ = ["cached_column", "named_columns"]
+__all__ = ["cached_column", "named_columns", "select_built", "select_named"]
 
 R = TypeVar("R")
 _MAX_ENTRIES = 4096
@@ -73,3 +74,28 @@ def named_columns(names: Iterable[str]) -> list[Column]:
     selects the same few dozen names for every plan pays that per request.
     """
     return _named(tuple(names))
+
+
+def select_built(df: DataFrame, build: Callable[..., list[Column]], *args: Any) -> DataFrame:
+    """``df.select(*build(*args))``, the JVM sequence of the columns kept per Spark context.
+
+    ``build`` is a :func:`cached_column` builder (or any pure one). Passing a list of N
+    columns to the JVM is N + 2 py4j round trips (a Java list filled an element at a
+    time, then a Scala sequence), each also a JVM object py4j frees later with a round
+    trip of its own: for the same selection of a few dozen columns in every request, a
+    sequence built once is one."""
+    seq = _column_seq(build, *args)
+    return DataFrame(df._jdf.select(seq), df.sparkSession)
+
+
+def select_named(df: DataFrame, names: Iterable[str]) -> DataFrame:
+    """``df.select(*names)`` (:func:`select_built` of :func:`named_columns`)."""
+    return select_built(df, _named, tuple(names))
+
+
+@cached_column
+def _column_seq(build: Callable[..., list[Column]], *args: Any) -> Any:
+    context = SparkContext._active_spark_context
+    if context is None:
+        raise RuntimeError("no active Spark context to build a column sequence in")
+    return _to_seq(context, build(*args), _to_java_column)

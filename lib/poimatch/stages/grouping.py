@@ -252,7 +252,9 @@ def group_matches(
     Returns:
         ``id``, ``group_id``, ``matches`` for every id in ``ids``.
     """
-    edges = scored.where(F.col(S.SCORE) >= threshold).select(*_EDGES)
+    # the edges' columns as ``scored`` has them (the selection below keeps them as they
+    # are): known without building that selection, which the driver's path never reads
+    edge_schema = T.StructType([scored.schema[c] for c in _EDGES])
     bars = _split_bars(threshold, split_step)
     on_driver = partial(
         _group_on_driver,
@@ -266,9 +268,10 @@ def group_matches(
     if local_max_edges > 0 and held is not None:  # the small plan holds the scored pairs
         matched = held.loc[held[S.SCORE] >= threshold, _EDGES].reset_index(drop=True)
         if len(matched) <= local_max_edges:
-            return on_driver(matched, schema=edges.schema, small=True)
+            return on_driver(matched, schema=edge_schema, small=True)
+    edges = scored.where(F.col(S.SCORE) >= threshold).select(*_EDGES)
     if local_max_edges > 0 and edges.count() <= local_max_edges:
-        return on_driver(edges.toPandas(), schema=edges.schema, small=False)
+        return on_driver(edges.toPandas(), schema=edge_schema, small=False)
     edges = edges.persist(StorageLevel.MEMORY_AND_DISK)
     groups = connected_components(
         ids,

@@ -10,13 +10,17 @@ import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 from pyspark import SparkContext
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.pandas.serializers import ArrowStreamPandasSerializer
+from pyspark.sql.pandas.types import _deduplicate_field_names, to_arrow_type
 from pyspark.sql.types import StructType
 
 from poimatch.cancellation import check_cancelled
+from poimatch.columns import select_named
 from poimatch.stages.prepared import fits_one_partition, one_partition_scan
 
 __all__ = [
@@ -29,6 +33,7 @@ __all__ = [
     "driver_frame",
     "held_copy",
     "held_frame",
+    "local_frame",
     "held_select",
     "held_union",
     "mark_stage",
@@ -138,10 +143,88 @@ def held_frame(
     query joins or aggregates (it is read on the driver, or by a prepared query, which
     reads its input as one partition anyway): a plain scan, without the ~15 ms of
     declaring it one partition."""
-    out = spark.createDataFrame(frame, schema=schema)
+    out = local_frame(spark, frame, schema)
     if joined and fits_one_partition(len(frame)):
         out = one_partition_scan(out)
     _held[out] = frame
+    return out
+
+
+@dataclass(frozen=True)
+class _ArrowSettings:
+    """A session's settings for pandas-to-Arrow conversion, and the two JVM methods that
+    make a frame of Arrow batches, looked up once (:func:`local_frame`)."""
+
+    timezone: str
+    safe: bool
+    batch_rows: int
+    large_types: bool
+    read_file: Any  # PythonSQLUtils.readArrowStreamFromFile
+    to_frame: Any  # PythonSQLUtils.toDataFrame
+    set_active: Any  # SparkSession.setActiveSession
+
+
+_arrow_settings: weakref.WeakKeyDictionary[SparkSession, _ArrowSettings] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _arrow_settings_of(spark: SparkSession) -> _ArrowSettings:
+    known = _arrow_settings.get(spark)
+    if known is None:
+        conf = spark._jsparkSession.sessionState().conf()
+        utils = spark._jvm.org.apache.spark.sql.api.python.PythonSQLUtils  # type: ignore[union-attr]
+        known = _arrow_settings[spark] = _ArrowSettings(
+            timezone=conf.sessionLocalTimeZone(),
+            safe=bool(conf.arrowSafeTypeConversion()),
+            batch_rows=int(conf.arrowMaxRecordsPerBatch()),
+            large_types=bool(conf.arrowUseLargeVarTypes()),
+            read_file=utils.readArrowStreamFromFile,
+            to_frame=utils.toDataFrame,
+            set_active=spark._jvm.org.apache.spark.sql.classic.SparkSession.setActiveSession,  # type: ignore[union-attr]
+        )
+    return known
+
+
+def local_frame(spark: SparkSession, frame: pd.DataFrame, schema: StructType) -> DataFrame:
+    """``spark.createDataFrame(frame, schema=schema)`` in ~3 py4j round trips, not ~25.
+
+    PySpark's Arrow path reads six session settings over py4j for every frame (each
+    two or three round trips) and looks its JVM methods up again; the small plan makes
+    three or four frames per request. This is that path (the same pyspark serializer,
+    types and JVM methods) with the settings and methods taken once per session: the
+    time zone, safe conversion, batch size and large variable types (none of which the
+    service changes after start). An empty frame goes through ``createDataFrame``."""
+    if len(frame) == 0 or spark._jvm is None:
+        return spark.createDataFrame(frame, schema=schema)
+    settings = _arrow_settings_of(spark)
+    types = [_deduplicate_field_names(f.dataType) for f in schema.fields]
+    arrow_types = [to_arrow_type(t, prefers_large_types=settings.large_types) for t in types]
+    step = settings.batch_rows if settings.batch_rows > 0 else len(frame)
+    batches = [
+        [
+            (column, arrow_type, spark_type)
+            for (_, column), arrow_type, spark_type in zip(
+                frame.iloc[start : start + step].items(), arrow_types, types, strict=True
+            )
+        ]
+        for start in range(0, len(frame), step)
+    ]
+    serializer = ArrowStreamPandasSerializer(  # type: ignore[no-untyped-call]
+        settings.timezone, settings.safe, False
+    )
+    jvm = spark._jvm
+
+    def server() -> Any:  # only with encryption on (a socket instead of a file)
+        return jvm.ArrowIteratorServer()
+
+    jss = spark._jsparkSession
+    # as createDataFrame does: the JVM thread's active session, which each plan node
+    # made on it records (a new thread, e.g. the service's Spark thread, has none)
+    settings.set_active(jss)
+    rows = spark.sparkContext._serialize_to_jvm(batches, serializer, settings.read_file, server)
+    out = DataFrame(settings.to_frame(rows, schema.json(), jss), spark)
+    out._schema = schema
     return out
 
 
@@ -159,7 +242,7 @@ def held_select(df: DataFrame, columns: list[str]) -> DataFrame:
     """``df.select(*columns)``; when the small plan holds ``df``, the selection is held
     too (its driver copy: those columns of ``df``'s), so reading it on the driver
     (:func:`driver_frame`, :func:`selected_frame`) runs no Spark job."""
-    out = df.select(*columns)
+    out = select_named(df, columns)
     frame = driver_frame(df)
     if frame is not None:
         _held[out] = frame[columns]

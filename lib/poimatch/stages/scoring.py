@@ -20,7 +20,7 @@ from xgboost import Booster
 from xgboost.spark import SparkXGBClassifierModel
 
 from poimatch import schema as S
-from poimatch.columns import cached_column
+from poimatch.columns import cached_column, select_built
 from poimatch.scorer import Calibration, predict_scores
 from poimatch.stages.grouping import LOCAL_MAX_EDGES, group_matches, pairwise_matches
 from poimatch.stages.plan import BATCH, Plan, held_frame, mark_stage
@@ -105,7 +105,7 @@ def _score_on_driver(
     if booster is None:
         booster = _load_booster(bytes(xgb.get_booster().save_raw("ubj")))
         _driver_boosters[model] = booster
-    frame = pairs.select(*_score_inputs(tuple(columns))).toPandas()
+    frame = select_built(pairs, _score_inputs, tuple(columns)).toPandas()
     out = pd.DataFrame(
         {
             S.ID_L: frame[S.ID_L],

@@ -30,6 +30,7 @@ from poimatch.stages.plan import (
     Plan,
     counted,
     held_select,
+    local_frame,
     selected_frame,
     set_call_site,
 )
@@ -239,10 +240,14 @@ class SparkEngine:
     ) -> pd.DataFrame:
         check_cancelled("validation")
         fields = [T.StructField(c, T.StringType(), True) for c in S.INPUT_COLUMNS]
-        schema = T.StructType([*fields, T.StructField(ROW, T.LongType(), False)])
-        raw = self.spark.createDataFrame(table, schema=schema).withColumn(
-            S.SOURCE_FILE, F.lit("request")
+        schema = T.StructType(
+            [
+                *fields,
+                T.StructField(ROW, T.LongType(), False),
+                T.StructField(S.SOURCE_FILE, T.StringType(), False),
+            ]
         )
+        raw = local_frame(self.spark, table.assign(**{S.SOURCE_FILE: "request"}), schema)
         plan = Plan.for_rows(len(table), self.small_max_rows)
         if plan.small and self.reuse_plan and known is None:
             return self._match_prepared(counted(raw, len(table)), model)

@@ -366,6 +366,33 @@ def test_lost_spark_fails_health_so_the_process_is_restarted() -> None:
         assert again.json()["error"] == "not_ready"
 
 
+def test_a_session_that_fails_to_start_is_reported_by_ready() -> None:
+    from concurrent.futures import Future
+
+    from pyspark.sql import SparkSession
+
+    from poimatch.apps import service
+
+    # main() starts the JVM beside the imports and hands the service the future
+    starting: Future[SparkSession] = Future()
+    starting.set_exception(RuntimeError("Java gateway process exited"))
+    app = create_app(_settings(), spark=starting)
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 10
+        while "failed" not in (body := client.get("/ready").json())["status"]:
+            assert time.monotonic() < deadline, body
+            time.sleep(0.02)
+        assert client.get("/ready").status_code == 503
+        assert body["status"] == "start-up failed: RuntimeError: Java gateway process exited"
+        refused = client.post("/invocations", content=_csv("a,A,1,2,,,,,,,,"))
+        assert refused.status_code == 503
+        assert refused.json()["error"] == "not_ready"
+    # the package's names import on first use (main starts Spark before the heavy ones)
+    assert service.SparkQueue.__module__ == "poimatch.apps.service.spark_queue"
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        _ = service.nothing
+
+
 # ------------------------------------------------------------- integrity and auth
 
 
@@ -409,7 +436,7 @@ def test_parsing_runs_off_the_event_loop(
     from poimatch.apps.service import app
 
     parsing, release = threading.Event(), threading.Event()
-    real = app.parse_upload
+    real = app.parse_upload  # type: ignore[attr-defined]  # patched where the app reads it
 
     def slow_parse(data: bytes, *, max_rows: int) -> Any:
         parsing.set()

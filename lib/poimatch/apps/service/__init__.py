@@ -26,19 +26,27 @@ One module per concern: ``uploads`` (the request body and its 4xx errors), ``mod
 
 from __future__ import annotations
 
-from poimatch.apps.cli import guarded_settings, job_parser
-from poimatch.apps.service.app import Runtime, create_app
-from poimatch.apps.service.engine import SERVICE_SQL_CONF, Engine, SparkEngine
-from poimatch.apps.service.models import LoadedModel, ModelStore
-from poimatch.apps.service.spark_queue import SparkQueue
-from poimatch.apps.service.uploads import (
-    EXAMPLE_CSV,
-    RequestError,
-    SparkLostError,
-    header_text,
-    parse_upload,
-    read_body,
-)
+import importlib
+import threading
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from poimatch.apps.service.app import Runtime, create_app
+    from poimatch.apps.service.engine import SERVICE_SQL_CONF, Engine, SparkEngine
+    from poimatch.apps.service.models import LoadedModel, ModelStore
+    from poimatch.apps.service.spark_queue import SparkQueue
+    from poimatch.apps.service.uploads import (
+        EXAMPLE_CSV,
+        RequestError,
+        SparkLostError,
+        header_text,
+        parse_upload,
+        read_body,
+    )
+    from poimatch.config import Settings
 
 __all__ = [
     "EXAMPLE_CSV",
@@ -56,19 +64,72 @@ __all__ = [
     "main",
     "parse_upload",
     "read_body",
+    "start_session",
 ]
+
+#: each public name's module in this package: imported when first asked for, so that
+#: :func:`main` can start the JVM before the service's heavy imports (MLflow, XGBoost,
+#: FastAPI: ~4 s), not after them
+_EXPORTS = {
+    "Runtime": "app",
+    "create_app": "app",
+    "SERVICE_SQL_CONF": "engine",
+    "Engine": "engine",
+    "SparkEngine": "engine",
+    "LoadedModel": "models",
+    "ModelStore": "models",
+    "SparkQueue": "spark_queue",
+    "EXAMPLE_CSV": "uploads",
+    "RequestError": "uploads",
+    "SparkLostError": "uploads",
+    "header_text": "uploads",
+    "parse_upload": "uploads",
+    "read_body": "uploads",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def start_session(settings: Settings) -> Future[SparkSession]:
+    """The service's Spark session, built in a thread of its own (the JVM's start, ~3 s,
+    beside whatever the caller does next); its failure is the future's exception."""
+    from poimatch.session import build_session
+
+    future: Future[SparkSession] = Future()
+
+    def build() -> None:
+        try:
+            future.set_result(build_session(settings.spark))
+        except BaseException as exc:  # reported where the session is awaited (/ready)
+            future.set_exception(exc)
+
+    threading.Thread(target=build, name="poimatch-spark-start", daemon=True).start()
+    return future
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m poimatch.apps.service``: load the configuration and serve with uvicorn."""
-    import uvicorn
+    from poimatch.apps.cli import guarded_settings, job_parser
 
     parser = job_parser(__doc__ or "")
     parser.add_argument("--host", default=None, help="bind address (default service.host)")
     parser.add_argument("--port", type=int, default=None, help="port (default service.port)")
     args = parser.parse_args(argv)
     settings = guarded_settings(args)  # logging set up once, config errors exit with status 2
-    app = create_app(settings)
+    # the JVM starts now, while the application's modules import
+    spark = start_session(settings)
+    import uvicorn
+
+    from poimatch.apps.service.app import create_app
+
+    app = create_app(settings, spark=spark)
     uvicorn.run(
         app,
         host=args.host or settings.service.host,

@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError
@@ -33,7 +34,7 @@ from pyspark.sql import SparkSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from poimatch import schema as S
-from poimatch.apps.service.engine import SERVICE_SQL_CONF, Engine, SparkEngine
+from poimatch.apps.service.engine import SERVICE_SQL_CONF, Engine, SparkEngine, warm_workers
 from poimatch.apps.service.models import LoadedModel, ModelStore
 from poimatch.apps.service.spark_queue import SparkQueue
 from poimatch.apps.service.uploads import (
@@ -149,7 +150,7 @@ class Runtime:
         settings: Settings,
         *,
         engine: Engine | None = None,
-        spark: SparkSession | None = None,
+        spark: SparkSession | Future[SparkSession] | None = None,
         warm_up: bool = True,
     ) -> None:
         self.settings = settings
@@ -168,11 +169,17 @@ class Runtime:
         try:
             if self.engine is None:
                 state.reason = "starting Spark"
-                session = self._spark or build_session(settings.spark)
-                state.owns_session = self._spark is None
+                given = self._spark
+                if isinstance(given, Future):  # being built (main: beside the imports)
+                    session, state.owns_session = given.result(), True
+                else:
+                    session = given or build_session(settings.spark)
+                    state.owns_session = given is None
                 for key, value in SERVICE_SQL_CONF.items():
                     session.conf.set(key, value)
                 session.conf.set("spark.sql.shuffle.partitions", str(svc.shuffle_partitions))
+                # the Python workers started beside the model's load (see warm_workers)
+                warming = self._warm_workers(session) if self._warm_up else None
                 configure_tracking(settings.tracking)
                 uri = svc.model_uri or f"models:/{settings.model.name}@{CHAMPION}"
                 store = ModelStore(uri)
@@ -186,6 +193,8 @@ class Runtime:
                     reuse_plan=svc.reuse_plan,
                     hold_lookup_max_rows=svc.hold_lookup_max_rows,
                 )
+                if warming is not None:
+                    warming.join()
             eng = self.engine
             if isinstance(eng, SparkEngine):
                 eng.after_hold = self.warm_against
@@ -208,6 +217,24 @@ class Runtime:
         except Exception as exc:  # start-up failures are reported by /ready, not raised
             log.exception("start-up failed")
             state.reason = f"start-up failed: {type(exc).__name__}: {exc}"
+
+    def _warm_workers(self, session: SparkSession) -> threading.Thread:
+        """:func:`warm_workers` on the example upload in a thread of its own, started
+        (a failure is logged: the warm-up match that follows meets the real error)."""
+        table, _ = parse_upload(EXAMPLE_CSV.encode(), max_rows=self.svc.max_rows)
+
+        def warm() -> None:
+            started = time.monotonic()
+            try:
+                warm_workers(session, table)
+            except Exception:  # the warm-up match after it reports what is wrong
+                log.exception("warming the Python workers up failed")
+                return
+            log.info("Python workers warm in %.1f s", time.monotonic() - started)
+
+        thread = threading.Thread(target=warm, name="poimatch-warm-workers", daemon=True)
+        thread.start()
+        return thread
 
     def warm_against(self, known: KnownTable) -> None:
         """Once ``known`` is held: one real against match of the example rows, queued on
@@ -275,7 +302,7 @@ def create_app(
     settings: Settings,
     *,
     engine: Engine | None = None,
-    spark: SparkSession | None = None,
+    spark: SparkSession | Future[SparkSession] | None = None,
     warm_up: bool = True,
 ) -> FastAPI:
     """The FastAPI application: the routes over a :class:`Runtime`.
@@ -284,7 +311,9 @@ def create_app(
         settings: configuration (``service`` section for limits, ``model.name``...).
         engine: a ready engine (tests); by default a :class:`SparkEngine` is built at
             start-up in the background, on ``spark`` or a new session.
-        spark: the session to use instead of building one.
+        spark: the session to use instead of building one; or the session being built
+            for the service (a future: it is the service's own, stopped at shutdown; a
+            failure to build it is reported by ``/ready``).
         warm_up: run :data:`EXAMPLE_CSV` through the pipeline before reporting ready.
     """
     rt = Runtime(settings, engine=engine, spark=spark, warm_up=warm_up)

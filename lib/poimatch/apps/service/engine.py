@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import pandas as pd
 from py4j.protocol import Py4JNetworkError
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -24,6 +24,7 @@ from poimatch.io.ingest import accepted_rows, check_rows, poi_layout
 from poimatch.io.lookup import HeldLookup, KnownTable, held_lookup, hold_lookup, pin_lookup
 from poimatch.matcher import Matcher
 from poimatch.stages.candidates import prepared_points
+from poimatch.stages.normalize import add_normalized_columns
 from poimatch.stages.plan import (
     SMALL,
     SMALL_SQL_CONF,
@@ -239,15 +240,7 @@ class SparkEngine:
         self, table: pd.DataFrame, model: LoadedModel, known: KnownTable | None
     ) -> pd.DataFrame:
         check_cancelled("validation")
-        fields = [T.StructField(c, T.StringType(), True) for c in S.INPUT_COLUMNS]
-        schema = T.StructType(
-            [
-                *fields,
-                T.StructField(ROW, T.LongType(), False),
-                T.StructField(S.SOURCE_FILE, T.StringType(), False),
-            ]
-        )
-        raw = local_frame(self.spark, table.assign(**{S.SOURCE_FILE: "request"}), schema)
+        raw = upload_frame(self.spark, table)
         plan = Plan.for_rows(len(table), self.small_max_rows)
         if plan.small and self.reuse_plan and known is None:
             return self._match_prepared(counted(raw, len(table)), model)
@@ -297,6 +290,34 @@ class SparkEngine:
             return selected_frame(result.matches, [S.ID, S.MATCHES])
         finally:
             result.matches.unpersist()
+
+
+def upload_frame(spark: SparkSession, table: pd.DataFrame) -> DataFrame:
+    """A parsed upload (:func:`poimatch.apps.service.uploads.parse_upload`) as a Spark
+    frame: its input columns as strings, its row numbers, its source named."""
+    fields = [T.StructField(c, T.StringType(), True) for c in S.INPUT_COLUMNS]
+    schema = T.StructType(
+        [
+            *fields,
+            T.StructField(ROW, T.LongType(), False),
+            T.StructField(S.SOURCE_FILE, T.StringType(), False),
+        ]
+    )
+    return local_frame(spark, table.assign(**{S.SOURCE_FILE: "request"}), schema)
+
+
+def warm_workers(spark: SparkSession, table: pd.DataFrame) -> None:
+    """The upload rules and the normalization of ``table`` (the example upload), run and
+    collected: the service's start-up runs this beside the model's load, so the Python
+    worker daemon (its imports), the workers and the JVM's Python runner are started by
+    the time the first match needs them. Needs no model (no name statistics)."""
+    sc = spark.sparkContext
+    sc.setJobGroup("warm-up-workers", "poimatch: warming the Python workers up")
+    try:
+        _rules(upload_frame(spark, table)).transform(add_normalized_columns).collect()
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+        sc.setLocalProperty("spark.job.description", None)  # type: ignore[arg-type]
 
 
 def _rules(raw: DataFrame) -> DataFrame:

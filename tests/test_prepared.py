@@ -10,7 +10,7 @@ dense block and a single row.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -221,9 +221,12 @@ def _stages_of(spark: SparkSession, group: str) -> list[str]:
     ]
 
 
-def test_a_prepared_one_partition_query_runs_as_one_stage(spark: SparkSession) -> None:
-    # a union and a Python UDF forget their input's one partition, so the planner
-    # shuffles (into one partition) before the aggregate and the join above them
+def _udf_union_query(
+    spark: SparkSession,
+) -> tuple[Callable[[DataFrame], DataFrame], Callable[[list[int]], DataFrame]]:
+    """A query with a Python UDF, a union, an aggregate and a join (``build``), and its
+    input of keys ``ks`` with values ``10 k + 1`` (``rows``)."""
+
     @F.udf("long")
     def twice(v: int) -> int:
         return 2 * v
@@ -238,6 +241,13 @@ def test_a_prepared_one_partition_query_runs_as_one_stage(spark: SparkSession) -
             pd.DataFrame({"k": ks, "v": [10 * k + 1 for k in ks]}), "k long, v long"
         )
 
+    return build, rows
+
+
+def test_a_prepared_one_partition_query_runs_as_one_stage(spark: SparkSession) -> None:
+    # a union and a Python UDF forget their input's one partition, so the planner
+    # shuffles (into one partition) before the aggregate and the join above them
+    build, rows = _udf_union_query(spark)
     first = rows([1, 2, 2, 3])
     assert _shuffles(build(one_partition_scan(first))) >= 1  # as planned
     query = PreparedQuery.prepare(first, build, one_partition=True)
@@ -260,22 +270,9 @@ def test_a_prepared_one_partition_query_runs_as_one_stage(spark: SparkSession) -
 def test_a_one_partition_plan_is_executed_once_and_rerun_on_each_runs_rows(
     spark: SparkSession,
 ) -> None:
-    @F.udf("long")
-    def twice(v: int) -> int:
-        return 2 * v
-
-    def build(rows: DataFrame) -> DataFrame:  # a Python UDF, a union, an aggregate, a join
-        both = rows.select("k", twice("v").alias("v")).unionByName(rows.select("k", "v"))
-        sums = both.groupBy("k").agg(F.sum("v").alias("s"))
-        return sums.join(rows.select("k", F.col("v").alias("w")), on="k", how="inner")
-
-    def rows(ks: list[int]) -> DataFrame:
-        return spark.createDataFrame(
-            pd.DataFrame({"k": ks, "v": [10 * k + 1 for k in ks]}), "k long, v long"
-        )
-
+    build, rows = _udf_union_query(spark)
     query = PreparedQuery.prepare(rows([1, 2]), build, one_partition=True)
-    inputs = ([1, 2, 2, 3], [5, 5, 5], [7], [], [1, 2, 2, 3])
+    inputs: tuple[list[int], ...] = ([1, 2, 2, 3], [5, 5, 5], [7], [], [1, 2, 2, 3])
     roots = set()
     for ks in inputs:
         got = sorted(query.run(rows(ks)).collect())

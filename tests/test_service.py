@@ -436,7 +436,7 @@ def test_parsing_runs_off_the_event_loop(
     from poimatch.apps.service import app
 
     parsing, release = threading.Event(), threading.Event()
-    real = app.parse_upload  # type: ignore[attr-defined]  # patched where the app reads it
+    real = app.parse_upload
 
     def slow_parse(data: bytes, *, max_rows: int) -> Any:
         parsing.set()

@@ -405,8 +405,7 @@ def test_a_named_pairs_table_holds_every_scored_candidate(
     # the features are the ones the model scored: re-scoring them gives the same score
     booster = booster_parts(load_matcher(lake["model_uri"])[0])
     assert booster is not None
-    columns, xgb = booster
-    raw = xgb.get_booster()
+    columns, raw = booster
     rescored = predict_scores(raw, frame[columns], spec.calibration)
     assert rescored == pytest.approx(frame[S.SCORE].to_numpy(), abs=1e-6)
 

@@ -17,7 +17,7 @@ from poimatch.config import Settings, load_settings
 from poimatch.runs.batch import load_pois
 from poimatch.runs.workflows import FitOutcome, training_set
 from poimatch.sample.generator import generate_pois, write_pois_csv
-from poimatch.stages.scoring import booster_score, score_pairs
+from poimatch.stages.scoring import BoosterModel, _score_on_driver, booster_score, score_pairs
 
 
 @pytest.fixture(scope="module")
@@ -142,16 +142,35 @@ def test_registered_pyfunc_scores_pairs_as_the_batch_does(
     assert json.loads((artifacts / "spec.json").read_text())["threshold"] == spec.threshold
     assert (model_dir / "code" / "poimatch" / "scorer.py").is_file()
     assert (model_dir / "scorer_model.py").is_file()  # models from code: no pickle
-    # the batch's loader reads the same model: its pipeline and frozen name statistics
-    model, loaded, _ = load_matcher(uri)
+    # no Spark pipeline in the model: matching scores with the booster alone
+    assert sorted(p.name for p in artifacts.iterdir()) == [
+        "booster",
+        "name_stats.json",
+        "spec.json",
+    ]
+    # the batch's loader reads the same model: its booster and frozen name statistics,
+    # with no Spark job
+    sc = featured.sparkSession.sparkContext
+    sc.setJobGroup("test_scoring_load", "loading a registered model")
+    try:
+        model, loaded, _ = load_matcher(uri)
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+    assert sc.statusTracker().getJobIdsForGroup("test_scoring_load") == []
+    assert isinstance(model, BoosterModel)
+    assert model.features == spec.features
     assert loaded == spec
     assert loaded.stats() == spec.stats()
+    # the same scores on the batch's path (a UDF on the workers) and the small plan's
+    # (the driver): the loaded booster is the trained pipeline's
+    by_pair = [S.ID_L, S.ID_R]
+    expected = batch.sort_values(by_pair)[S.SCORE].to_numpy()
     again = score_pairs(model, featured, loaded.calibration).toPandas()
-    np.testing.assert_allclose(
-        again.sort_values([S.ID_L, S.ID_R])[S.SCORE],
-        batch.sort_values([S.ID_L, S.ID_R])[S.SCORE],
-        atol=1e-9,
-    )
+    np.testing.assert_array_equal(again.sort_values(by_pair)[S.SCORE].to_numpy(), expected)
+    held = _score_on_driver(model, featured, loaded.calibration)
+    assert held is not None
+    on_driver = held.toPandas().sort_values(by_pair)[S.SCORE].to_numpy()
+    np.testing.assert_array_equal(on_driver, expected)
     with pytest.raises(mlflow.exceptions.MlflowException, match=spec.features[0]):
         served.predict(frame.drop(columns=[spec.features[0]]))
 

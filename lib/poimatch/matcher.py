@@ -25,7 +25,6 @@ from poimatch.config import BlockingSettings, Settings, load_settings
 
 if TYPE_CHECKING:
     import pandas as pd
-    from pyspark.ml import PipelineModel
     from pyspark.sql import DataFrame, SparkSession
 
     from poimatch.io.ingest import IngestReport
@@ -36,17 +35,18 @@ if TYPE_CHECKING:
     from poimatch.runs.promotion import Decision
     from poimatch.runs.workflows import MatchResult, TrainResult
     from poimatch.stages.plan import Plan
+    from poimatch.stages.scoring import MatchModel
     from poimatch.stages.spec import MatchingSpec
 
 __all__ = ["BlockingRun", "LoadedModel", "Matcher", "ScoringModel", "TrainRun"]
 
 
 class ScoringModel(Protocol):
-    """What matching needs of a loaded model: its Spark pipeline and its matching spec
+    """What matching needs of a loaded model: its scorer and its matching spec
     (a :class:`LoadedModel`, or the service's warm model)."""
 
     @property
-    def model(self) -> PipelineModel: ...
+    def model(self) -> MatchModel: ...
 
     @property
     def spec(self) -> MatchingSpec: ...
@@ -54,10 +54,10 @@ class ScoringModel(Protocol):
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A registered model version, loaded: the Spark pipeline and its matching spec."""
+    """A registered model version, loaded: its scorer and its matching spec."""
 
     uri: str
-    model: PipelineModel
+    model: MatchModel
     spec: MatchingSpec
     info: dict[str, Any]
 

@@ -26,7 +26,6 @@ __all__ = [
     "BOOSTER",
     "NAME_STATS",
     "PROBABILITY",
-    "SPARK_PIPELINE",
     "SPEC",
     "Calibration",
     "PairScorer",
@@ -37,7 +36,6 @@ __all__ = [
 BOOSTER = "booster"  # the booster, as an mlflow.xgboost model
 SPEC = "spec"  # the matching spec (threshold, calibration, feature order, blocking, ...)
 NAME_STATS = "name_stats"  # the frozen name statistics the features were computed with
-SPARK_PIPELINE = "spark_pipeline"  # the fitted Spark pipeline the batch jobs load
 PROBABILITY = "probability"
 MATCH = "match"
 

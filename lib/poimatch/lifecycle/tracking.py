@@ -20,18 +20,16 @@ import mlflow.spark
 import mlflow.xgboost
 import numpy as np
 import pandas as pd
-import pyspark
 import xgboost
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from pyspark import SparkContext
-from pyspark.ml import PipelineModel
 
 from poimatch import scorer
 from poimatch.config import TrackingSettings, is_uri
 from poimatch.isolation import check_alias
 from poimatch.stages.namestats import NameStats
-from poimatch.stages.scoring import booster_parts
+from poimatch.stages.scoring import BoosterModel, MatchModel, booster_parts
 from poimatch.stages.spec import MatchingSpec
 
 __all__ = [
@@ -79,7 +77,7 @@ def default_model_uri(name: str) -> str:
 
 
 def log_matcher(
-    model: PipelineModel,
+    model: MatchModel,
     *,
     registered_name: str,
     spec: MatchingSpec,
@@ -88,9 +86,11 @@ def log_matcher(
     """Log the fitted matcher in the active run as one MLflow model and register it.
 
     The model is a ``python_function`` model (:class:`poimatch.scorer.PairScorer`) whose
-    artifacts are the booster (an ``mlflow.xgboost`` model), the matching spec, the frozen
-    name statistics and the fitted Spark pipeline (an ``mlflow.spark`` model, what the
-    batch jobs and the service load: :func:`load_matcher`). ``mlflow.pyfunc.load_model``
+    artifacts are the booster (an ``mlflow.xgboost`` model: what the batch jobs and the
+    service load, :func:`load_matcher`), the matching spec and the frozen name
+    statistics. No Spark pipeline is saved: matching scores with the booster alone, and
+    the pipeline cost a Spark save at training and a Spark load (four jobs) at every
+    load. ``mlflow.pyfunc.load_model``
     of the registered version scores a pandas frame of pair features to the batch's
     probabilities, with nothing but MLflow, XGBoost and pandas; it carries its code
     (``code_paths``), so ``mlflow models serve`` and Model Serving can run it. The
@@ -108,7 +108,7 @@ def log_matcher(
     parts = booster_parts(model)
     if parts is None:
         raise ValueError("log_matcher needs an assembler + XGBoost pipeline")
-    columns, xgb = parts
+    columns, booster = parts
     if tuple(columns) != tuple(spec.features):
         raise ValueError(f"the pipeline's features {columns} are not the spec's {spec.features}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,23 +122,15 @@ def log_matcher(
         # requirements named, not inferred: MLflow infers them by loading the model in a
         # fresh Python process (for the Spark flavor, with a JVM of its own): 10-20 s each
         mlflow.xgboost.save_model(
-            xgb.get_booster(),
+            booster,
             str(booster_dir),
             model_format="ubj",
             pip_requirements=[f"xgboost=={xgboost.__version__}"],
-        )
-        spark_dir = folder / scorer.SPARK_PIPELINE
-        mlflow.spark.save_model(
-            model,
-            str(spark_dir),
-            dfs_tmpdir=str(folder / "dfs"),
-            pip_requirements=[f"pyspark=={pyspark.__version__}", f"xgboost=={xgboost.__version__}"],
         )
         artifacts = {
             scorer.BOOSTER: str(booster_dir),
             scorer.SPEC: str(spec_file),
             scorer.NAME_STATS: str(stats_file),
-            scorer.SPARK_PIPELINE: str(spark_dir),
         }
         python_model = scorer.PairScorer()
         # the signature from what the model really predicts for the example
@@ -183,7 +175,7 @@ def assign_alias(name: str, version: str, *, research: bool = False) -> str:
 
 
 #: registered versions loaded in this process, per Spark context (see :func:`load_matcher`)
-_LOADED: dict[tuple[str, ...], tuple[Any, PipelineModel, MatchingSpec, dict[str, Any]]] = {}
+_LOADED: dict[tuple[str, ...], tuple[Any, MatchModel, MatchingSpec, dict[str, Any]]] = {}
 _LOADED_MAX = 4
 
 
@@ -212,33 +204,35 @@ def _version_key(model_uri: str) -> tuple[str, ...] | None:
     )
 
 
-def load_matcher(model_uri: str) -> tuple[PipelineModel, MatchingSpec, dict[str, Any]]:
-    """Load a registered model's Spark pipeline and the matching spec (with name
-    statistics) it was trained with.
+def load_matcher(model_uri: str) -> tuple[MatchModel, MatchingSpec, dict[str, Any]]:
+    """Load a registered model's scorer and the matching spec (with name statistics) it
+    was trained with.
 
-    Reads the models :func:`log_matcher` writes (a ``python_function`` model whose
-    artifacts hold the Spark pipeline) and the earlier ones (an ``mlflow.spark`` model
-    with the name statistics as a run artifact named in its metadata).
+    Reads the models :func:`log_matcher` writes (a ``python_function`` model): the
+    booster artifact, as a :class:`~poimatch.stages.scoring.BoosterModel`, with no Spark
+    job and without downloading anything else the model holds (a Spark pipeline, in
+    models logged before 2026-12-07). Models logged before the pyfunc wrapper (an
+    ``mlflow.spark`` model with the name statistics as a run artifact named in its
+    metadata) load as their Spark pipeline.
 
     A registered version (``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``, resolved
-    against the registry on every call) is loaded once per process and Spark context:
-    a version's artifacts never change, and loading its pipeline costs six Spark jobs
-    (about 0.7 s on the suite's session), which a notebook or a test module matching
-    repeatedly with one model would pay per call. The last :data:`_LOADED_MAX` versions
-    are kept.
+    against the registry on every call) is loaded once per process and Spark context
+    (a Spark pipeline lives in one JVM): a version's artifacts never change. The last
+    :data:`_LOADED_MAX` versions are kept.
 
     Raises:
         ValueError: the model has no poimatch spec (not trained by poimatch) or no
             name statistics (trained by a poimatch before they were frozen).
     """
     key = _version_key(model_uri)
-    context = SparkContext._active_spark_context  # the JVM the pipeline lives in
+    context = SparkContext._active_spark_context  # the JVM a Spark pipeline lives in
     known = _LOADED.get(key) if key is not None else None
-    if known is not None and known[0] is context and context is not None:
+    if known is not None and (known[0] is context or isinstance(known[1], BoosterModel)):
         _, model, spec, meta = known
         return model, spec, dict(meta)
-    model, spec, meta = _load_matcher(model_uri)
-    if key is not None and context is not None:
+    # the version resolved once: an alias moving between two downloads changes nothing
+    model, spec, meta = _load_matcher(f"models:/{key[1]}/{key[2]}" if key else model_uri)
+    if key is not None and (context is not None or isinstance(model, BoosterModel)):
         _LOADED.pop(key, None)
         _LOADED[key] = (context, model, spec, meta)
         while len(_LOADED) > _LOADED_MAX:
@@ -246,7 +240,7 @@ def load_matcher(model_uri: str) -> tuple[PipelineModel, MatchingSpec, dict[str,
     return model, spec, dict(meta)
 
 
-def _load_matcher(model_uri: str) -> tuple[PipelineModel, MatchingSpec, dict[str, Any]]:
+def _load_matcher(model_uri: str) -> tuple[MatchModel, MatchingSpec, dict[str, Any]]:
     info = mlflow.models.get_model_info(model_uri)
     meta = info.metadata or {}
     if _SPEC_KEY not in meta:
@@ -255,15 +249,20 @@ def _load_matcher(model_uri: str) -> tuple[PipelineModel, MatchingSpec, dict[str
         raise ValueError(
             f"{model_uri}: no name statistics (trained by an older poimatch); retrain it"
         )
+    model: MatchModel
     with tempfile.TemporaryDirectory() as tmp:
-        dfs = str(Path(tmp) / "dfs")
         if "spark" in info.flavors:  # a model logged before the pyfunc wrapper
-            model = mlflow.spark.load_model(model_uri, dfs_tmpdir=dfs)
+            model = mlflow.spark.load_model(model_uri, dfs_tmpdir=str(Path(tmp) / "dfs"))
             local = mlflow.artifacts.download_artifacts(artifact_uri=meta[_STATS_KEY], dst_path=tmp)
         else:
-            root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
-            artifacts = root / "artifacts"
-            model = mlflow.spark.load_model(str(artifacts / scorer.SPARK_PIPELINE), dfs_tmpdir=dfs)
-            local = str(artifacts / _STATS_FILE)
+            # the two artifacts matching reads, not the whole model
+            booster_dir = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{model_uri}/artifacts/{scorer.BOOSTER}", dst_path=tmp
+            )
+            booster = mlflow.xgboost.load_model(Path(booster_dir).as_uri())
+            model = BoosterModel(tuple(meta[_SPEC_KEY]["features"]), booster)
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{model_uri}/{_STATS_ARTIFACT}", dst_path=tmp
+            )
         stats = NameStats.load(Path(local))
     return model, MatchingSpec.from_dict(meta[_SPEC_KEY], name_stats=stats), meta

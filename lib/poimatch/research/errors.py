@@ -7,7 +7,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -19,7 +18,6 @@ import numpy.typing as npt
 import pandas as pd
 import xgboost as xgb
 from mlflow.tracking import MlflowClient
-from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -36,7 +34,7 @@ from poimatch.runs.workflows import train_model
 from poimatch.stages.blocking import add_pair_sides
 from poimatch.stages.candidates import cached_candidates, cached_points
 from poimatch.stages.features import add_pair_features
-from poimatch.stages.scoring import score_pairs
+from poimatch.stages.scoring import MatchModel, booster_parts, score_pairs
 
 FALSE_MATCH = "false_match"
 MISSED_MATCH = "missed_match"
@@ -96,12 +94,12 @@ class ErrorAnalysis:
 
 
 def feature_contributions(
-    model: PipelineModel, frame: pd.DataFrame, features: Sequence[str]
+    model: MatchModel, frame: pd.DataFrame, features: Sequence[str]
 ) -> FloatMatrix:
-    """XGBoost per-pair contributions (SHAP values, log-odds) of the pipeline's booster.
+    """XGBoost per-pair contributions (SHAP values, log-odds) of the model's booster.
 
     Args:
-        model: the fitted VectorAssembler + SparkXGBClassifier pipeline.
+        model: a loaded model or the fitted VectorAssembler + SparkXGBClassifier pipeline.
         frame: one row per pair with the feature columns (nulls as missing).
         features: the model's input columns, in its order (the spec's ``features``).
 
@@ -109,8 +107,10 @@ def feature_contributions(
         ``len(frame) × (len(features) + 1)``; the last column is the bias. A row sums
         to the pair's margin: ``sigmoid(sum)`` is the booster's (uncalibrated) probability.
     """
-    stage: Any = model.stages[-1]
-    booster: xgb.Booster = stage.get_booster()
+    parts = booster_parts(model)
+    if parts is None:
+        raise ValueError("this model is not an assembler + XGBoost pipeline: no booster")
+    booster: xgb.Booster = parts[1]
     values = frame[list(features)].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
     matrix = xgb.DMatrix(values, missing=np.nan, feature_names=booster.feature_names)
     out = booster.predict(matrix, pred_contribs=True)

@@ -25,7 +25,6 @@ from functools import partial
 
 import pandas as pd
 import pyarrow.compute as pc
-from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -57,7 +56,7 @@ from poimatch.stages.plan import (
     session_conf,
 )
 from poimatch.stages.prepared import fits_one_partition, one_partition_scan
-from poimatch.stages.scoring import score_and_group
+from poimatch.stages.scoring import MatchModel, score_and_group
 from poimatch.stages.spec import MatchingSpec
 
 __all__ = [
@@ -105,7 +104,7 @@ def match_against(
     pois: DataFrame,
     known: KnownTable,
     *,
-    model: PipelineModel,
+    model: MatchModel,
     spec: MatchingSpec,
     max_iterations: int = 40,
     local_max_edges: int = LOCAL_MAX_EDGES,

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -26,7 +25,7 @@ from poimatch import schema as S
 from poimatch.scorer import predict_scores
 from poimatch.stages.candidates import cached_points, featured_pairs
 from poimatch.stages.plan import SMALL
-from poimatch.stages.scoring import booster_parts
+from poimatch.stages.scoring import MatchModel, booster_parts
 from poimatch.stages.spec import MatchingSpec
 
 __all__ = ["Explanation", "explain_pair"]
@@ -107,7 +106,7 @@ class Explanation:
 
 
 def explain_pair(
-    pois: DataFrame, id_a: str, id_b: str, *, model: PipelineModel, spec: MatchingSpec
+    pois: DataFrame, id_a: str, id_b: str, *, model: MatchModel, spec: MatchingSpec
 ) -> Explanation:
     """Explain the model's score of the pair ``(id_a, id_b)`` of ``pois`` (typed POIs).
 
@@ -120,7 +119,7 @@ def explain_pair(
     parts = booster_parts(model)
     if parts is None:
         raise ValueError("this model is not an assembler + XGBoost pipeline: nothing to explain")
-    columns, xgb = parts
+    columns, booster = parts
     rows = pois.where(F.col(S.ID).isin(id_a, id_b))
     found = {r[S.ID] for r in rows.select(S.ID).collect()}
     missing = [i for i in (id_a, id_b) if i not in found]
@@ -142,7 +141,6 @@ def explain_pair(
     featured = featured_pairs(pair, points, plan=SMALL, added=spec.added)
     frame = featured.select(*[F.col(c).cast(T.DoubleType()).alias(c) for c in columns]).toPandas()
     features = frame.to_numpy(dtype=np.float32, na_value=np.nan)
-    booster = xgb.get_booster()
     matrix = DMatrix(features, missing=np.nan)
     contribs = np.asarray(
         booster.predict(matrix, pred_contribs=True, validate_features=False), dtype=np.float64

@@ -62,7 +62,7 @@ from poimatch.stages.grouping import LOCAL_MAX_EDGES
 from poimatch.stages.namestats import add_name_stats
 from poimatch.stages.normalize import add_normalized_columns
 from poimatch.stages.plan import BATCH, Plan
-from poimatch.stages.scoring import booster_parts, group_scored, score_pairs
+from poimatch.stages.scoring import MatchModel, booster_parts, group_scored, score_pairs
 from poimatch.stages.spec import MatchingSpec
 
 __all__ = [
@@ -137,19 +137,21 @@ def _library_version(name: str) -> str:
         return "absent"
 
 
-def model_fingerprint(model: PipelineModel) -> str:
-    """SHA-256 of an assembler + XGBoost pipeline's booster (its feature columns and
-    trees); any other pipeline's uid (a new object: never reused across processes)."""
+def model_fingerprint(model: MatchModel) -> str:
+    """SHA-256 of a model's booster (its feature columns and trees); any other
+    pipeline's uid (a new object: never reused across processes)."""
     parts = booster_parts(model)
     if parts is None:
+        # a BoosterModel always has its parts
+        assert isinstance(model, PipelineModel)  # nosec B101
         return f"uid:{model.uid}"
-    columns, xgb = parts
+    columns, booster = parts
     digest = hashlib.sha256(json.dumps(columns).encode())
-    digest.update(bytes(xgb.get_booster().save_raw("ubj")))
+    digest.update(bytes(booster.save_raw("ubj")))
     return digest.hexdigest()
 
 
-def state_key(spec: MatchingSpec, model: PipelineModel | None = None) -> str:
+def state_key(spec: MatchingSpec, model: MatchModel | None = None) -> str:
     """SHA-256 of what produced a run's saved per-row and per-pair results.
 
     The bytes of :data:`STATE_SOURCES`, the versions of :data:`STATE_LIBRARIES` and of
@@ -202,7 +204,7 @@ def match_incremental(
     spark: SparkSession,
     pois: DataFrame,
     *,
-    model: PipelineModel,
+    model: MatchModel,
     spec: MatchingSpec,
     matches_path: str,
     max_iterations: int = 40,

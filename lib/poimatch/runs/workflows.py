@@ -56,7 +56,13 @@ from poimatch.stages.grouping import LOCAL_MAX_EDGES
 from poimatch.stages.namestats import NameStats, add_name_stats, count_name_stats
 from poimatch.stages.normalize import add_normalized_columns
 from poimatch.stages.plan import BATCH, Plan, held_select, row_count, small_plan_conf
-from poimatch.stages.scoring import calibrate_scores, group_scored, score_and_group, score_pairs
+from poimatch.stages.scoring import (
+    MatchModel,
+    calibrate_scores,
+    group_scored,
+    score_and_group,
+    score_pairs,
+)
 from poimatch.stages.spec import ALL_FEATURES, MatchingSpec, check_features
 
 _log = logging.getLogger(__name__)
@@ -591,7 +597,7 @@ def match_pois(
 def match_with_model(
     pois: DataFrame,
     *,
-    model: PipelineModel,
+    model: MatchModel,
     spec: MatchingSpec,
     max_iterations: int = 40,
     local_max_edges: int = LOCAL_MAX_EDGES,

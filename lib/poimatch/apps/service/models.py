@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mlflow.tracking import MlflowClient
-from pyspark.ml import PipelineModel
 
 from poimatch.config import ConfigError
 from poimatch.lifecycle.tracking import load_matcher
+from poimatch.stages.scoring import MatchModel
 from poimatch.stages.spec import MatchingSpec
 
 log = logging.getLogger("poimatch.apps.service")  # one logger name for the whole service
@@ -29,7 +29,7 @@ class LoadedModel:
     name: str
     version: str
     alias: str | None
-    model: PipelineModel
+    model: MatchModel
     spec: MatchingSpec
     loaded_at: str
 

@@ -310,7 +310,7 @@ def test_a_warm_small_request_runs_two_spark_jobs_of_one_stage_each(
     assert loaded is not None
     # a model object of its own: its queries are prepared under the service's settings
     # (prepared queries are kept per model, planned under the settings of their first use)
-    fresh = dataclasses.replace(loaded, model=loaded.model.copy())
+    fresh = dataclasses.replace(loaded, model=dataclasses.replace(loaded.model))
     tracker = engine.spark.sparkContext.statusTracker()
     with session_conf(engine.spark, SERVICE_SQL_CONF):
         for i in range(3):  # the first prepares the queries

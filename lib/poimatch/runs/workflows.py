@@ -17,10 +17,6 @@ from functools import partial, reduce
 from pathlib import Path
 from typing import Any, ClassVar
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import pandas as pd
@@ -151,6 +147,13 @@ def _pair_metrics_pd(pairs: pd.DataFrame, threshold: float) -> dict[str, float]:
 def _plots(
     model: Any, features: tuple[str, ...], pairs: pd.DataFrame, curve: pd.DataFrame, folder: Path
 ) -> None:
+    # imported here: only a training draws (0.5 s that every match job and the service
+    # paid at import)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     booster = model.stages[-1].get_booster()
     gain = booster.get_score(importance_type="gain")
     names = {f"f{i}": name for i, name in enumerate(features)}

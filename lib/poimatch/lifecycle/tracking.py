@@ -107,7 +107,7 @@ def log_matcher(
         raise RuntimeError("log_matcher needs an active MLflow run")
     parts = booster_parts(model)
     if parts is None:
-        raise ValueError("log_matcher needs an assembler + XGBoost pipeline")
+        raise ValueError("log_matcher needs a BoosterModel or an assembler + XGBoost pipeline")
     columns, booster = parts
     if tuple(columns) != tuple(spec.features):
         raise ValueError(f"the pipeline's features {columns} are not the spec's {spec.features}")
@@ -174,7 +174,8 @@ def assign_alias(name: str, version: str, *, research: bool = False) -> str:
     return alias
 
 
-#: registered versions loaded in this process, per Spark context (see :func:`load_matcher`)
+#: registered versions loaded in this process, with the Spark context a Spark pipeline
+#: was loaded in (see :func:`load_matcher`)
 _LOADED: dict[tuple[str, ...], tuple[Any, MatchModel, MatchingSpec, dict[str, Any]]] = {}
 _LOADED_MAX = 4
 
@@ -216,8 +217,8 @@ def load_matcher(model_uri: str) -> tuple[MatchModel, MatchingSpec, dict[str, An
     metadata) load as their Spark pipeline.
 
     A registered version (``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``, resolved
-    against the registry on every call) is loaded once per process and Spark context
-    (a Spark pipeline lives in one JVM): a version's artifacts never change. The last
+    against the registry on every call) is loaded once per process (a Spark pipeline once
+    per Spark context, the JVM it lives in): a version's artifacts never change. The last
     :data:`_LOADED_MAX` versions are kept.
 
     Raises:

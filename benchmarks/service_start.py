@@ -52,7 +52,12 @@ def main() -> None:
     loaded = store.current
     assert loaded is not None, "no champion: run make run first"
     marks.append(("model", time.time()))
-    engine = SparkEngine(Matcher(settings, spark), store, reuse_plan=settings.service.reuse_plan)
+    engine = SparkEngine(
+        Matcher(settings, spark),
+        store,
+        reuse_plan=settings.service.reuse_plan,
+        compiled_pairs=settings.service.compiled_pairs,
+    )
     table, _ = parse_upload(EXAMPLE_CSV.encode(), max_rows=100)
     warm_started = time.time()
     engine.match(table, loaded, "warm-up")

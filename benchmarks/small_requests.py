@@ -140,6 +140,7 @@ def main() -> None:
         store,
         reuse_plan=settings.service.reuse_plan,
         hold_lookup_max_rows=settings.service.hold_lookup_max_rows,
+        compiled_pairs=settings.service.compiled_pairs,
     )
     loaded = engine.model()
     assert loaded is not None

@@ -68,7 +68,10 @@ def engine(spark: SparkSession, lab: dict[str, Any]) -> SparkEngine:
     settings: Settings = lab["settings"]
     store = ModelStore(lab["uri"])
     store.refresh()
-    return SparkEngine(Matcher(settings, spark), store)
+    # as the service builds it
+    return SparkEngine(
+        Matcher(settings, spark), store, compiled_pairs=settings.service.compiled_pairs
+    )
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ from poimatch.stages.candidates import (
     prepared_points,
 )
 from poimatch.stages.plan import (
+    COMPILED_SQL_CONF,
     SMALL,
     counted,
     driver_frame,
@@ -115,13 +116,31 @@ def test_prepared_points_and_pair_queries_equal_fresh_plans_on_other_rows(
         want, got = _sorted(fresh.toPandas()), _sorted(reused.toPandas())
         assert list(got.columns) == list(want.columns)
         pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-12)
+        # the service's: the same query compiled to Java code (planned under other
+        # settings, so another prepared query), the session's settings left as they were
+        before = {k: spark.conf.get(k, None) for k in COMPILED_SQL_CONF}
+        compiled = prepared_candidates(
+            pts, owner=owner, settings=blocking, added=spec.added, sql_conf=COMPILED_SQL_CONF
+        )
+        assert {k: spark.conf.get(k, None) for k in COMPILED_SQL_CONF} == before
+        pd.testing.assert_frame_equal(
+            _sorted(compiled.toPandas()), want, check_exact=False, rtol=1e-12
+        )
         counts.append(len(got))
     # the inputs differ, so do their pairs (a run reading an earlier run's shuffle would not)
     assert counts[1] > counts[0] > counts[2] == 0
     assert counts[3] == counts[0]
-    # both queries were executed once and their RDDs re-run on each input's rows
-    assert {key[0] for key in _prepared[owner]} == {"points", "candidates"}
+    # the queries were executed once and their RDDs re-run on each input's rows
+    assert sorted(key[0] for key in _prepared[owner]) == ["candidates", "candidates", "points"]
     assert all(q._reused[0] is not None for q in _prepared[owner].values())
+    # the compiled pair query's operators are compiled stages; the other's are not
+    stages = {
+        key[4]: sum("WholeStageCodegen" in n.node.nodeName() for n in q.nodes)
+        for key, q in _prepared[owner].items()
+        if key[0] == "candidates"
+    }
+    assert stages[()] == 0
+    assert stages[tuple(sorted(COMPILED_SQL_CONF.items()))] >= 5
     # copies were paired with their originals
     copies = got[got[S.ID_R].str.endswith("_copy") | got[S.ID_L].str.endswith("_copy")]
     assert len(copies) >= 5

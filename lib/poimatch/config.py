@@ -243,6 +243,9 @@ class ServiceSettings(_Frozen):
     # small plan: the blocking and pair-feature query planned once per model and re-run on
     # each request's rows (poimatch.stages.prepared), instead of planned per request
     reuse_plan: bool = True
+    # with reuse_plan: the pair query compiled to Java code once, when first run, instead
+    # of interpreted on every request (COMPILED_SQL_CONF; the warm-up match compiles it)
+    compiled_pairs: bool = True
     # ?against=pois: the pinned lookup table held on the driver (picked from there, no
     # file read per request) when it has at most this many rows; 0 never (~200 MB and
     # 13-15 s of loading per 1M rows here, in the background after each new version)

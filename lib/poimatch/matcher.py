@@ -256,13 +256,15 @@ class Matcher:
         keep_pair_features: bool = False,
         reuse_plan: bool = False,
         normalized: bool = False,
+        compiled_pairs: bool = False,
     ) -> MatchResult:
         """Match typed POIs in memory (nothing read or written): the service's and the
         notebooks' verb. ``model``: a loaded version (default: the champion); ``plan``:
         how the stages run (default: the batch plan), the output is the same;
         ``reuse_plan`` (small plan): the pair query planned once per model and re-run
         (what a warm service does); ``normalized``: ``pois`` are that model's points
-        already (see :func:`poimatch.runs.workflows.match_with_model`)."""
+        already; ``compiled_pairs``: that query compiled to Java code once (see
+        :func:`poimatch.runs.workflows.match_with_model`)."""
         from poimatch.runs.workflows import match_with_model
         from poimatch.stages.plan import BATCH
 
@@ -280,6 +282,7 @@ class Matcher:
             plan=plan or BATCH,
             reuse_plan=reuse_plan,
             normalized=normalized,
+            compiled_pairs=compiled_pairs,
         )
 
     def match_frame_against(

@@ -51,7 +51,14 @@ from poimatch.stages.comparisons import definitions
 from poimatch.stages.grouping import LOCAL_MAX_EDGES
 from poimatch.stages.namestats import NameStats, add_name_stats, count_name_stats
 from poimatch.stages.normalize import add_normalized_columns
-from poimatch.stages.plan import BATCH, Plan, held_select, row_count, small_plan_conf
+from poimatch.stages.plan import (
+    BATCH,
+    COMPILED_SQL_CONF,
+    Plan,
+    held_select,
+    row_count,
+    small_plan_conf,
+)
 from poimatch.stages.scoring import (
     MatchModel,
     calibrate_scores,
@@ -610,6 +617,7 @@ def match_with_model(
     keep_pair_features: bool = False,
     reuse_plan: bool = False,
     normalized: bool = False,
+    compiled_pairs: bool = False,
 ) -> MatchResult:
     """:func:`match_pois` with a model already loaded (the REST service keeps one warm).
 
@@ -626,6 +634,10 @@ def match_with_model(
     the output the same. ``normalized``: ``pois`` are the points already (small plan,
     held on the driver: what :func:`poimatch.stages.candidates.prepared_points` gives
     with this model's name statistics; the service computes them with its upload rules).
+    ``compiled_pairs`` (with ``reuse_plan``): the pair query's operators compiled to Java
+    code, once, when its plan is first executed (``COMPILED_SQL_CONF``), instead of
+    interpreted on every call: what a service re-running the query on every request wants,
+    and a one-off small run does not (the compiling costs more than it saves once).
     """
     started = time.perf_counter()
     blocking = BlockingSettings.model_validate(spec.blocking)
@@ -642,7 +654,11 @@ def match_with_model(
     n_rows = row_count(points)
     _log.info("match: %d rows normalized (%s plan)", n_rows, plan.name)
     candidates = (
-        partial(prepared_candidates, owner=model)
+        partial(
+            prepared_candidates,
+            owner=model,
+            sql_conf=COMPILED_SQL_CONF if compiled_pairs else None,
+        )
         if reuse
         else partial(cached_candidates, plan=plan)
     )

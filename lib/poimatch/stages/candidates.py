@@ -5,7 +5,7 @@ pairs (blocking) with every pair feature. Pure transforms, materialized by the p
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 
 from pyspark.sql import Column, DataFrame
@@ -19,7 +19,7 @@ from poimatch.stages.comparisons import Comparison
 from poimatch.stages.features import FEATURE_COLUMNS, add_pair_features
 from poimatch.stages.namestats import NameStats, add_name_stats
 from poimatch.stages.normalize import add_normalized_columns
-from poimatch.stages.plan import BATCH, SMALL, Plan, mark_stage, row_count
+from poimatch.stages.plan import BATCH, SMALL, Plan, mark_stage, row_count, session_conf
 from poimatch.stages.prepared import PreparedQuery, fits_one_partition
 
 __all__ = [
@@ -194,6 +194,7 @@ def prepared_candidates(
     added: tuple[Comparison, ...] = (),
     query: Column | None = None,
     one_partition: bool | None = None,
+    sql_conf: Mapping[str, str] | None = None,
 ) -> DataFrame:
     """:func:`cached_candidates` under the small plan, its physical plan built once per
     ``owner`` (the model whose spec gave ``settings`` and ``added``), Spark session and
@@ -203,7 +204,12 @@ def prepared_candidates(
 
     ``one_partition``: the plan for inputs of one partition (no shuffle), or not; by
     default the one-partition plan where ``points`` fit one partition
-    (:func:`poimatch.stages.prepared.fits_one_partition`)."""
+    (:func:`poimatch.stages.prepared.fits_one_partition`).
+
+    ``sql_conf``: session settings the query is planned under (a query planned under
+    other settings is another prepared query), e.g. ``COMPILED_SQL_CONF``: its operators
+    compiled to Java code once, when the plan is first executed, instead of interpreted
+    on every run."""
     build = partial(
         cached_candidates,
         settings=settings,
@@ -213,8 +219,12 @@ def prepared_candidates(
         broadcast_cells=broadcast_cells,
         added=added,
     )
+    settings_key = tuple(sorted((sql_conf or {}).items()))
     key = ("candidates", link_only, broadcast_cells, None if query is None else str(query))
-    prepared = _prepared_query(owner, key, points, build, one_partition=one_partition)
+    with session_conf(points.sparkSession, sql_conf or {}):
+        prepared = _prepared_query(
+            owner, (*key, settings_key), points, build, one_partition=one_partition
+        )
     mark_stage("pair_features:start")
     pairs = prepared.run(points)
     mark_stage("pair_features:end")

@@ -192,6 +192,7 @@ class Runtime:
                     lookup_path=settings.storage.table_path(settings.storage.lookup_table),
                     reuse_plan=svc.reuse_plan,
                     hold_lookup_max_rows=svc.hold_lookup_max_rows,
+                    compiled_pairs=svc.compiled_pairs,
                 )
                 if warming is not None:
                     warming.join()

@@ -97,11 +97,13 @@ class SparkEngine:
         lookup_path: str | None = None,
         reuse_plan: bool = True,
         hold_lookup_max_rows: int = 0,
+        compiled_pairs: bool = False,
     ) -> None:
         self.matcher = matcher
         self.spark = matcher.spark
         self.small_max_rows = small_max_rows
         self.reuse_plan = reuse_plan
+        self.compiled_pairs = compiled_pairs
         self.lookup_path = lookup_path
         self.hold_lookup_max_rows = hold_lookup_max_rows
         self._known: KnownTable | None = None
@@ -279,7 +281,12 @@ class SparkEngine:
         # held on the driver too: counted without a job
         points = held_select(checked, [c for c in checked.columns if c not in (ROW, S.REASON)])
         result = self.matcher.match_frame(
-            points, model=model, plan=SMALL, reuse_plan=True, normalized=True
+            points,
+            model=model,
+            plan=SMALL,
+            reuse_plan=True,
+            normalized=True,
+            compiled_pairs=self.compiled_pairs,
         )
         return self._output(result)
 

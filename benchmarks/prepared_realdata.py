@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -62,15 +63,15 @@ def main() -> None:
     thinned = geo.where(F.col(S.ID).contains("_edi_") & (F.abs(F.hash(S.ID)) % 10 == 0))
     copies = pit.limit(200).withColumn(S.ID, F.concat(F.col(S.ID), F.lit("_copy")))
     first = geo.where(F.col(S.ID).contains("_tor_")).limit(300)
-    compiled = settings.service.compiled_pairs  # the service's pair query, as it runs it
-    match_with_model(
-        first,
+    # the small plan as the service runs it (its pair query compiled or not, by its setting)
+    match = partial(
+        match_with_model,
         model=model.model,
         spec=model.spec,
         plan=SMALL,
-        reuse_plan=True,
-        compiled_pairs=compiled,
+        compiled_pairs=settings.service.compiled_pairs,
     )
+    match(first, reuse_plan=True)
     tables: list[tuple[str, DataFrame]] = [
         ("pit", pit),
         ("edi thinned 1/10", thinned),
@@ -81,14 +82,7 @@ def main() -> None:
         out = {}
         for reuse in (False, True):
             started = time.perf_counter()
-            result = match_with_model(
-                table,
-                model=model.model,
-                spec=model.spec,
-                plan=SMALL,
-                reuse_plan=reuse,
-                compiled_pairs=compiled,
-            )
+            result = match(table, reuse_plan=reuse)
             frame = result.matches.select(S.ID, S.MATCHES).toPandas()
             out[reuse] = frame.sort_values(S.ID).reset_index(drop=True)
             print(

@@ -34,7 +34,7 @@ from pyspark.sql import SparkSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from poimatch import schema as S
-from poimatch.apps.service.engine import SERVICE_SQL_CONF, Engine, SparkEngine, warm_workers
+from poimatch.apps.service.engine import SERVICE_SQL_CONF, Engine, SparkEngine
 from poimatch.apps.service.models import LoadedModel, ModelStore
 from poimatch.apps.service.spark_queue import SparkQueue
 from poimatch.apps.service.uploads import (
@@ -178,8 +178,6 @@ class Runtime:
                 for key, value in SERVICE_SQL_CONF.items():
                     session.conf.set(key, value)
                 session.conf.set("spark.sql.shuffle.partitions", str(svc.shuffle_partitions))
-                # the Python workers started beside the model's load (see warm_workers)
-                warming = self._warm_workers(session) if self._warm_up else None
                 configure_tracking(settings.tracking)
                 uri = svc.model_uri or f"models:/{settings.model.name}@{CHAMPION}"
                 store = ModelStore(uri)
@@ -194,8 +192,6 @@ class Runtime:
                     hold_lookup_max_rows=svc.hold_lookup_max_rows,
                     compiled_pairs=svc.compiled_pairs,
                 )
-                if warming is not None:
-                    warming.join()
             eng = self.engine
             if isinstance(eng, SparkEngine):
                 eng.after_hold = self.warm_against
@@ -218,24 +214,6 @@ class Runtime:
         except Exception as exc:  # start-up failures are reported by /ready, not raised
             log.exception("start-up failed")
             state.reason = f"start-up failed: {type(exc).__name__}: {exc}"
-
-    def _warm_workers(self, session: SparkSession) -> threading.Thread:
-        """:func:`warm_workers` on the example upload in a thread of its own, started
-        (a failure is logged: the warm-up match that follows meets the real error)."""
-        table, _ = parse_upload(EXAMPLE_CSV.encode(), max_rows=self.svc.max_rows)
-
-        def warm() -> None:
-            started = time.monotonic()
-            try:
-                warm_workers(session, table)
-            except Exception:  # the warm-up match after it reports what is wrong
-                log.exception("warming the Python workers up failed")
-                return
-            log.info("Python workers warm in %.1f s", time.monotonic() - started)
-
-        thread = threading.Thread(target=warm, name="poimatch-warm-workers", daemon=True)
-        thread.start()
-        return thread
 
     def warm_against(self, known: KnownTable) -> None:
         """Once ``known`` is held: one real against match of the example rows, queued on

@@ -24,7 +24,6 @@ from poimatch.io.ingest import accepted_rows, check_rows, poi_layout
 from poimatch.io.lookup import HeldLookup, KnownTable, held_lookup, hold_lookup, pin_lookup
 from poimatch.matcher import Matcher
 from poimatch.stages.candidates import prepared_points
-from poimatch.stages.normalize import add_normalized_columns
 from poimatch.stages.plan import (
     SMALL,
     SMALL_SQL_CONF,
@@ -311,20 +310,6 @@ def upload_frame(spark: SparkSession, table: pd.DataFrame) -> DataFrame:
         ]
     )
     return local_frame(spark, table.assign(**{S.SOURCE_FILE: "request"}), schema)
-
-
-def warm_workers(spark: SparkSession, table: pd.DataFrame) -> None:
-    """The upload rules and the normalization of ``table`` (the example upload), run and
-    collected: the service's start-up runs this beside the model's load, so the Python
-    worker daemon (its imports), the workers and the JVM's Python runner are started by
-    the time the first match needs them. Needs no model (no name statistics)."""
-    sc = spark.sparkContext
-    sc.setJobGroup("warm-up-workers", "poimatch: warming the Python workers up")
-    try:
-        _rules(upload_frame(spark, table)).transform(add_normalized_columns).collect()
-    finally:
-        sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
-        sc.setLocalProperty("spark.job.description", None)  # type: ignore[arg-type]
 
 
 def _rules(raw: DataFrame) -> DataFrame:

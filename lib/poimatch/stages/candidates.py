@@ -122,6 +122,7 @@ def _prepared_query(
     build: Callable[[DataFrame], DataFrame],
     *,
     one_partition: bool | None = None,
+    sql_conf: Mapping[str, str] | None = None,
 ) -> PreparedQuery:
     """``owner``'s prepared query ``key`` for ``rows``' schema, prepared from ``build``
     over that schema when it has none for this session and schema (one per schema:
@@ -130,14 +131,18 @@ def _prepared_query(
     ``one_partition``: which of the two plans (:meth:`PreparedQuery.prepare`); by
     default the one-partition plan where ``rows`` fit one partition
     (:func:`poimatch.stages.prepared.fits_one_partition`; counted without a job when the
-    small plan holds them)."""
+    small plan holds them). ``sql_conf``: session settings set while it is prepared (part
+    of the key: a query prepared under other settings is another query)."""
     if one_partition is None:
         one_partition = fits_one_partition(row_count(rows))
     by_key = _prepared.setdefault(owner, {})
-    full = (*key, one_partition, rows.schema.json())
+    settings = tuple(sorted((sql_conf or {}).items()))
+    full = (*key, settings, one_partition, rows.schema.json())
     query = by_key.get(full)
     if query is None or query.spark is not rows.sparkSession:
-        query = by_key[full] = PreparedQuery.prepare(rows, build, one_partition=one_partition)
+        with session_conf(rows.sparkSession, dict(settings)):
+            query = PreparedQuery.prepare(rows, build, one_partition=one_partition)
+        by_key[full] = query
     return query
 
 
@@ -219,12 +224,10 @@ def prepared_candidates(
         broadcast_cells=broadcast_cells,
         added=added,
     )
-    settings_key = tuple(sorted((sql_conf or {}).items()))
     key = ("candidates", link_only, broadcast_cells, None if query is None else str(query))
-    with session_conf(points.sparkSession, sql_conf or {}):
-        prepared = _prepared_query(
-            owner, (*key, settings_key), points, build, one_partition=one_partition
-        )
+    prepared = _prepared_query(
+        owner, key, points, build, one_partition=one_partition, sql_conf=sql_conf
+    )
     mark_stage("pair_features:start")
     pairs = prepared.run(points)
     mark_stage("pair_features:end")

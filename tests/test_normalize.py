@@ -11,6 +11,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from poimatch import schema as S
+from poimatch.columns import lower_case, upper_case
 from poimatch.stages.normalize import add_normalized_columns, fold_text
 
 _RAW_SCHEMA = T.StructType(
@@ -173,6 +174,43 @@ def test_categories_are_a_sorted_distinct_set_or_null(spark: SparkSession) -> No
         ["Cafes, Coffee Shops", "coffee shops,CAFES,, cafes", " , ", "", None],
     )
     assert got == [["cafes", "coffee shops"], ["cafes", "coffee shops"], None, None, None]
+
+
+def test_non_ascii_categories_and_hosts_are_lowercased_as_spark_does(spark: SparkSession) -> None:
+    cats = _normalized(spark, S.N_CATEGORIES, ["CAFÉS, Ünterführung,cafés", "ΟΔΟΣ", "İSTANBUL"])
+    assert cats == [["cafés", "ünterführung"], ["οδος"], ["i̇stanbul"]]
+    assert _normalized(spark, S.N_URL, ["HTTP://WWW.MÜNCHEN.DE/x"]) == ["münchen.de"]
+
+
+_CASE_SAMPLES = [
+    "Ab C-9",
+    "",
+    " ",
+    "ÉCOLE ΟΔΟΣ",  # final sigma: context-dependent in ICU's mapping
+    "İstanbul",  # one-to-many lowercase
+    "straße ß",  # one-to-many uppercase
+    "ǅemal ﬁ",  # title-case digraph, ligature
+    "𐐀𐐨 astral",  # Deseret: outside the basic plane
+    "ＡＢＣ ｄｅｆ",  # full-width
+    "e\u0301 combining",
+    None,
+]
+
+
+def test_case_helpers_equal_sparks_own_case_mapping(spark: SparkSession) -> None:
+    df = spark.createDataFrame([(i, v) for i, v in enumerate(_CASE_SAMPLES)], "i int, s string")
+    got = df.select(
+        "i",
+        lower_case(F.col("s")).alias("lower"),
+        upper_case(F.col("s")).alias("upper"),
+    )
+    want = df.select("i", F.lower("s").alias("lower"), F.upper("s").alias("upper"))
+    assert_df_equality(got, want, ignore_row_order=True)
+    # and not only equal to each other: the ASCII row is mapped, the others kept intact
+    rows = {r.i: (r.lower, r.upper) for r in got.collect()}
+    assert rows[0] == ("ab c-9", "AB C-9")
+    assert rows[3] == ("école οδος", "ÉCOLE ΟΔΟΣ")
+    assert rows[len(_CASE_SAMPLES) - 1] == (None, None)
 
 
 def test_keeps_original_columns_and_adds_typed_columns(spark: SparkSession) -> None:

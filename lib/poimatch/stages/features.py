@@ -29,7 +29,7 @@ from rapidfuzz import fuzz
 from rapidfuzz.distance import JaroWinkler, Levenshtein
 from rapidfuzz.process import cpdist
 
-from poimatch.columns import cached_column
+from poimatch.columns import cached_column, upper_case
 from poimatch.schema import (
     COUNTRY,
     F_NAME_FREQ_MAX,
@@ -216,7 +216,7 @@ def _number_match(col: str) -> Column:
 
 def _fold_country(c: Column) -> Column:
     """Trimmed, uppercase country code; null when blank."""
-    return F.when(F.length(F.trim(c)) > 0, F.upper(F.trim(c)))
+    return F.when(F.length(F.trim(c)) > 0, upper_case(F.trim(c)))
 
 
 _VOTING_FIELDS: tuple[str, ...] = (N_NAME, N_ADDRESS, N_CITY, N_ZIP, N_PHONE, N_URL)

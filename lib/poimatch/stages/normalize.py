@@ -26,6 +26,7 @@ named in :mod:`poimatch.schema`:
 from __future__ import annotations
 
 import re
+import string
 import unicodedata
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -37,7 +38,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.functions import pandas_udf
 
-from poimatch.columns import cached_column
+from poimatch.columns import cached_column, lower_case
 from poimatch.schema import (
     ADDRESS,
     CATEGORIES,
@@ -204,7 +205,10 @@ def _null_if_empty(col: Column) -> Column:
 
 
 def _zip_expr() -> Column:
-    return _null_if_empty(F.upper(F.regexp_replace(F.col(ZIP), r"[^0-9A-Za-z]", "")))
+    # only ASCII letters and digits are left: translate is upper case without Spark's
+    # case tables (see poimatch.columns.lower_case)
+    kept = F.regexp_replace(F.col(ZIP), r"[^0-9A-Za-z]", "")
+    return _null_if_empty(F.translate(kept, string.ascii_lowercase, string.ascii_uppercase))
 
 
 def _phone_expr() -> Column:
@@ -213,12 +217,12 @@ def _phone_expr() -> Column:
 
 
 def _url_expr() -> Column:
-    host = F.regexp_extract(F.lower(F.trim(F.col(URL))), _URL_HOST, 1)
+    host = F.regexp_extract(lower_case(F.trim(F.col(URL))), _URL_HOST, 1)
     return _null_if_empty(F.regexp_replace(host, r"\.+$", ""))
 
 
 def _categories_expr() -> Column:
-    parts = F.transform(F.split(F.col(CATEGORIES), ","), lambda c: F.lower(F.trim(c)))
+    parts = F.transform(F.split(F.col(CATEGORIES), ","), lambda c: lower_case(F.trim(c)))
     cats = F.array_sort(F.array_distinct(F.filter(parts, lambda c: F.length(c) > 0)))
     return F.when(F.size(cats) > 0, cats)
 

@@ -128,8 +128,10 @@ def main() -> None:
         started = time.perf_counter()
         one.select(length("v")).collect()
         udf_times.append(time.perf_counter() - started)
-    shown = " / ".join(f"{t:.3f}" for t in udf_times)
-    print(f"udf_query seconds={shown} warm_median={statistics.median(udf_times[1:]):.3f}")
+    if udf_times:
+        shown = " / ".join(f"{t:.3f}" for t in udf_times)
+        warm = f"{statistics.median(udf_times[1:]):.3f}" if len(udf_times) > 1 else "-"
+        print(f"udf_query seconds={shown} warm_median={warm}")
 
     configure_tracking(settings.tracking)
     uri = args.model or _small_model(spark, work)

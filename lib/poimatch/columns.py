@@ -143,8 +143,8 @@ def upper_case(col: Column) -> Column:
 def build_case_tables(spark: SparkSession) -> None:
     """Build Spark's case tables in ``spark``'s JVM now (see :func:`lower_case`), with one
     JVM call and no Spark job: for a caller that would rather pay their 1.1 s of one core
-    in a background thread than in its first request holding a non-ASCII value (the
-    service, once it is ready)."""
+    in a thread of its own than in the first query that meets a non-ASCII value (the
+    service: beside its imports, while its warm-up's example has one)."""
     jvm = spark.sparkContext._jvm
     if jvm is None:
         raise RuntimeError("no JVM behind this session")

@@ -168,13 +168,6 @@ class Runtime:
         settings, svc, state = self.settings, self.svc, self.state
         try:
             if self.engine is None:
-                # the registry first: opening it (MLflow's store, its imports and
-                # database: ~1 s) needs no Spark, so it runs while the JVM starts
-                state.reason = "opening the model registry"
-                configure_tracking(settings.tracking)
-                uri = svc.model_uri or f"models:/{settings.model.name}@{CHAMPION}"
-                store = ModelStore(uri)
-                store.target_version()
                 state.reason = "starting Spark"
                 given = self._spark
                 if isinstance(given, Future):  # being built (main: beside the imports)
@@ -185,7 +178,9 @@ class Runtime:
                 for key, value in SERVICE_SQL_CONF.items():
                     session.conf.set(key, value)
                 session.conf.set("spark.sql.shuffle.partitions", str(svc.shuffle_partitions))
-                # (a model logged before 2026-12-07 as a Spark pipeline loads into it)
+                configure_tracking(settings.tracking)
+                uri = svc.model_uri or f"models:/{settings.model.name}@{CHAMPION}"
+                store = ModelStore(uri)
                 state.reason = f"loading {uri}"
                 store.refresh()
                 self.engine = SparkEngine(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -154,6 +155,12 @@ def test_the_driver_gives_spark_s_statistics_to_the_last_bit(spark: SparkSession
 
     expected = read(spark_side)
     assert read(driver_side) == expected
+    # a held table's Arrow columns come in chunks, and picked rows as slices of them
+    arrow = points.toArrow()
+    chunked = pa.concat_tables([arrow.slice(0, 3), arrow.slice(3, 2), arrow.slice(5)])
+    assert chunked.column(S.N_NAME_TOKENS).num_chunks == 3
+    again = name_stats_arrow(chunked, stats, idf_weights(spark, stats))
+    assert read(spark.createDataFrame(again, name_stats_schema(points.schema))) == expected
     by_id = {r[0]: r for r in expected}
     assert [k for k, _ in by_id["b"][2]] == ["t2", "t1"]
     assert by_id["c"][1] is None

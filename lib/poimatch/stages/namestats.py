@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -63,6 +65,11 @@ class NameStats:
     )
     # token document count -> weight, as Spark computes it (idf_weights): built once
     _weights: dict[int, float] = field(default_factory=dict, compare=False, repr=False)
+    # names and tokens with their counts and weights as Arrow arrays (name_stats_arrow),
+    # with the weights they were built from: built once
+    _arrow: list[tuple[dict[int, float], tuple[pa.Array, ...]]] = field(
+        default_factory=list, compare=False, repr=False
+    )
 
     def idf(self, token: str) -> float:
         """The weight of ``token``: ``ln((places + 1) / (df + 1))``; unseen: ``ln(places + 1)``."""
@@ -242,20 +249,60 @@ def name_stats_arrow(table: pa.Table, stats: NameStats, weights: dict[int, float
     tokens in their order, which is the order Spark's ``collect_list`` gathers them in
     and the order a pair feature sums them in). For rows the driver holds already (a
     lookup table held for the service): no Spark job, no broadcast join, and no pandas
-    copy (Spark reads the Arrow columns as they are)."""
-    unseen = weights[0]
-    freq = [
-        None if name is None else float(stats.names.get(name, 0))
-        for name in table.column(S.N_NAME).to_pylist()
-    ]
-    idf: list[list[tuple[str, float]] | None] = []
-    for tokens in table.column(S.N_NAME_TOKENS).to_pylist():
-        entries: dict[str, float] = {}
-        for token in tokens or ():
-            if token is not None and token != "" and token not in entries:
-                count = stats.tokens.get(token)
-                entries[token] = unseen if count is None else weights[count]
-        idf.append(list(entries.items()) or None)
-    return table.append_column(S.N_NAME_FREQ, pa.array(freq, pa.float64())).append_column(
-        S.N_NAME_IDF, pa.array(idf, pa.map_(pa.string(), pa.float64()))
+    copy (Spark reads the Arrow columns as they are).
+
+    Arrow compute kernels over whole columns, not a Python loop over rows: a service's
+    1,000-row upload against the table brings ~15,000 table rows, 0.12 s a request as a
+    loop."""
+    names, counts, tokens, token_weights = _lookup_arrays(stats, weights)
+    name = table.column(S.N_NAME)
+    found = pc.take(counts, pc.index_in(name, value_set=names.cast(name.type)))
+    freq = pc.if_else(pc.is_null(name), pa.scalar(None, pa.float64()), pc.fill_null(found, 0.0))
+
+    lists = table.column(S.N_NAME_TOKENS).combine_chunks()
+    flat = pc.list_flatten(lists)  # a null list adds nothing
+    entries = pa.table(
+        {
+            "row": pc.list_parent_indices(lists),
+            "token": flat,
+            "pos": pa.array(np.arange(len(flat), dtype=np.int64)),
+        }
+    ).filter(pc.fill_null(pc.not_equal(flat, ""), False))  # empty and null are not tokens
+    # a token repeated in a row counts once, where it is first seen
+    first = entries.group_by(["row", "token"], use_threads=False).aggregate([("pos", "min")])
+    entries = entries.filter(pc.is_in(entries["pos"], value_set=first["pos_min"].combine_chunks()))
+    keys = entries["token"].combine_chunks().cast(pa.string())
+    seen = pc.index_in(keys, value_set=tokens)
+    items = pc.fill_null(pc.take(token_weights, seen), weights[0])  # unseen: count 0
+    per_row = np.bincount(entries["row"].to_numpy(), minlength=table.num_rows)
+    offsets = np.zeros(table.num_rows + 1, dtype=np.int32)
+    np.cumsum(per_row, out=offsets[1:])
+    idf = pa.MapArray.from_arrays(
+        pa.array(offsets),
+        keys,
+        items,
+        mask=pa.array(per_row == 0),  # no token: no map
     )
+    return table.append_column(S.N_NAME_FREQ, freq).append_column(S.N_NAME_IDF, idf)
+
+
+def _lookup_arrays(
+    stats: NameStats, weights: dict[int, float]
+) -> tuple[pa.Array, pa.Array, pa.Array, pa.Array]:
+    """``stats``' names with their counts and tokens with their ``weights``, as Arrow
+    arrays for :func:`name_stats_arrow`'s lookups: built once per statistics."""
+    built = stats._arrow
+    if not built or built[0][0] is not weights:
+        built[:] = [
+            (
+                weights,
+                (
+                    pa.array(list(stats.names), pa.string()),
+                    pa.array([float(c) for c in stats.names.values()], pa.float64()),
+                    pa.array(list(stats.tokens), pa.string()),
+                    pa.array([weights[c] for c in stats.tokens.values()], pa.float64()),
+                ),
+            )
+        ]
+    names, counts, tokens, token_weights = built[0][1]
+    return names, counts, tokens, token_weights

@@ -18,8 +18,11 @@ t0=$(date +%s.%N)
 GX_ANALYTICS_ENABLED=false "$here/.venv/bin/python" -m poimatch.apps.service --env local \
   --port "$port" "$@" >"$log" 2>&1 &
 pid=$!
+# the service goes down with this script, however it ends (piped into `head`, a SIGPIPE
+# ends it before its last line: the service then ran on, beside the next measurement)
+trap 'kill "$pid" 2>/dev/null || true; rm -f "$log"' EXIT
 until curl -sf "localhost:$port/ready" >/dev/null 2>&1; do
-  kill -0 "$pid" 2>/dev/null || { echo "the service exited; its log: $log"; exit 1; }
+  kill -0 "$pid" 2>/dev/null || { echo "the service exited; its log:"; tail -20 "$log"; exit 1; }
   sleep 0.2
 done
 t1=$(date +%s.%N)
@@ -44,4 +47,3 @@ done
 echo "  service (python) cpu_s $(cpu "$pid")"
 kill "$pid"
 wait "$pid" 2>/dev/null || true
-rm -f "$log"

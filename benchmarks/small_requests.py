@@ -24,19 +24,27 @@ called now and then does. ``--against LOOKUP`` matches each upload against a nig
 run's lookup table as well (``?against=pois``), held on the driver first as the service
 holds it, unless ``--set service.hold_lookup_max_rows=0`` (then each request reads its
 files). ``--profile N`` prints the driver's cProfile of the last N requests of each size
-(and saves it beside the work files).
+(and saves it beside the work files). ``--plans`` prints the operators of each query
+the requests prepared (:mod:`poimatch.stages.prepared`), by kind: the sort-merge joins,
+sorts, windows and aggregates a warm request re-runs. ``--hash-joins`` (an experiment,
+not the library's plan) asks for a shuffled hash join at every join the queries are built
+with (Spark's ``shuffle_hash`` hint on the right side, where no hint is already there), to
+compare with the sort-merge joins Spark chooses.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import cProfile
 import os
 import pstats
+import re
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -93,7 +101,19 @@ def main() -> None:
         default=0,
         help="print the driver's cProfile (cumulative) of the last N requests of each size",
     )
+    parser.add_argument(
+        "--plans",
+        action="store_true",
+        help="print the operators of the queries the requests prepared, by kind",
+    )
+    parser.add_argument(
+        "--hash-joins",
+        action="store_true",
+        help="experiment: a shuffle_hash hint on every join's right side",
+    )
     args = parser.parse_args()
+    if args.hash_joins:
+        _hint_hash_joins()
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     work = Path(tempfile.mkdtemp(prefix="pm-small-requests-"))
@@ -130,8 +150,8 @@ def main() -> None:
         udf_times.append(time.perf_counter() - started)
     if udf_times:
         shown = " / ".join(f"{t:.3f}" for t in udf_times)
-        warm = f"{statistics.median(udf_times[1:]):.3f}" if len(udf_times) > 1 else "-"
-        print(f"udf_query seconds={shown} warm_median={warm}")
+        warm_udf = f"{statistics.median(udf_times[1:]):.3f}" if len(udf_times) > 1 else "-"
+        print(f"udf_query seconds={shown} warm_median={warm_udf}")
 
     configure_tracking(settings.tracking)
     uri = args.model or _small_model(spark, work)
@@ -195,7 +215,47 @@ def main() -> None:
             stats.dump_stats(dump)
             print(f"rows={size} profile={dump}")
             stats.sort_stats("cumulative").print_stats(60)
+    if args.plans:
+        _print_prepared_plans()
     spark.stop()
+
+
+#: join types whose right side a shuffled hash join can build
+_RIGHT_BUILT = {"inner", "left", "leftouter", "left_outer", "semi", "leftsemi", "left_semi"}
+_RIGHT_BUILT |= {"anti", "leftanti", "left_anti", "full", "outer", "fullouter", "full_outer"}
+
+
+def _hint_hash_joins() -> None:
+    """Every ``DataFrame.join`` of this process asks for a shuffled hash join (the
+    ``shuffle_hash`` hint on its right side, unless that side carries a hint already,
+    e.g. the pipeline's broadcasts)."""
+    from pyspark.sql.classic.dataframe import DataFrame
+
+    join = DataFrame.join
+
+    def hinted(self: DataFrame, other: DataFrame, on: Any = None, how: str | None = None) -> Any:
+        bare = other._jdf.logicalPlan().nodeName() != "UnresolvedHint"
+        if (how or "inner").lower() in _RIGHT_BUILT and bare:
+            other = other.hint("shuffle_hash")  # type: ignore[assignment]
+        return join(self, other, on, how)
+
+    DataFrame.join = hinted  # type: ignore[method-assign,assignment]
+
+
+def _print_prepared_plans() -> None:
+    """Each prepared query of this process: its key and its operators by kind."""
+    from poimatch.stages import candidates
+
+    for queries in candidates._prepared.values():
+        for key, query in queries.items():
+            tree = query.nodes[-1].node.treeString()
+            kinds = collections.Counter(
+                re.findall(r"^[\s:+-]*\*?(?:\(\d+\) )?([A-Z][A-Za-z]+)", tree, re.MULTILINE)
+            )
+            shown = " ".join(f"{k}={n}" for k, n in kinds.most_common())
+            nodes = len(query.nodes)
+            print(f"prepared {key[0]} one_partition={query.one_partition} operators={nodes}")
+            print(f"  {shown}")
 
 
 def _tree_cpu_seconds(root: int) -> float:

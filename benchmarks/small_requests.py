@@ -29,7 +29,9 @@ the requests prepared (:mod:`poimatch.stages.prepared`), by kind: the sort-merge
 sorts, windows and aggregates a warm request re-runs. ``--hash-joins`` (an experiment,
 not the library's plan) asks for a shuffled hash join at every join the queries are built
 with (Spark's ``shuffle_hash`` hint on the right side, where no hint is already there), to
-compare with the sort-merge joins Spark chooses.
+compare with the sort-merge joins Spark chooses. Each size's last answer is printed as a
+fingerprint (``answer=``: SHA-256 of its rows in id order, each list of ids after a row's
+own as a set), to compare runs with and without an option.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from __future__ import annotations
 import argparse
 import collections
 import cProfile
+import hashlib
 import os
 import pstats
 import re
@@ -53,6 +56,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from service_start import _jobs as print_jobs
 
+from poimatch import schema as S
 from poimatch.apps.service import (
     EXAMPLE_CSV,
     SERVICE_SQL_CONF,
@@ -206,7 +210,11 @@ def main() -> None:
             print_jobs(spark, tag, last_started)
         warm = statistics.median(times[1:]) if len(times) > 1 else times[0]
         warm_cpu = statistics.median(cpus[1:]) if len(cpus) > 1 else cpus[0]
-        print(f"rows={size} warm_median={warm:.2f} warm_cpu_median={warm_cpu:.2f}", flush=True)
+        print(
+            f"rows={size} warm_median={warm:.2f} warm_cpu_median={warm_cpu:.2f} "
+            f"answer={_fingerprint(out)}",
+            flush=True,
+        )
         if profiles:
             stats = pstats.Stats(profiles[0])
             for extra in profiles[1:]:
@@ -226,15 +234,15 @@ _RIGHT_BUILT |= {"anti", "leftanti", "left_anti", "full", "outer", "fullouter", 
 
 
 def _hint_hash_joins() -> None:
-    """Every ``DataFrame.join`` of this process asks for a shuffled hash join (the
-    ``shuffle_hash`` hint on its right side, unless that side carries a hint already,
-    e.g. the pipeline's broadcasts)."""
+    """Every ``DataFrame.join`` of this process asks for a shuffled hash join: the
+    ``shuffle_hash`` hint on its right side, unless that side is a hint already (the
+    pipeline's ``F.broadcast`` of a lookup table stays a broadcast)."""
     from pyspark.sql.classic.dataframe import DataFrame
 
     join = DataFrame.join
 
     def hinted(self: DataFrame, other: DataFrame, on: Any = None, how: str | None = None) -> Any:
-        bare = other._jdf.logicalPlan().nodeName() != "UnresolvedHint"
+        bare = other._jdf.logicalPlan().nodeName() not in ("UnresolvedHint", "ResolvedHint")
         if (how or "inner").lower() in _RIGHT_BUILT and bare:
             other = other.hint("shuffle_hash")  # type: ignore[assignment]
         return join(self, other, on, how)
@@ -256,6 +264,25 @@ def _print_prepared_plans() -> None:
             nodes = len(query.nodes)
             print(f"prepared {key[0]} one_partition={query.one_partition} operators={nodes}")
             print(f"  {shown}")
+
+
+def _fingerprint(answer: pd.DataFrame) -> str:
+    """SHA-256 (16 hex digits) of ``answer``'s rows in id order, each space-separated list
+    as a set (``matches`` as its first id, the row's own, and the set of the rest)."""
+
+    def cell(column: str, value: object) -> str:
+        if not isinstance(value, str) or " " not in value:
+            return str(value)
+        ids = value.split(" ")
+        kept = ids[:1] if column == S.MATCHES else []
+        return " ".join([*kept, *sorted(ids[len(kept) :])])
+
+    columns = list(answer.columns)
+    rows = sorted(
+        "\t".join(cell(c, v) for c, v in zip(columns, row, strict=True))
+        for row in answer.itertuples(index=False)
+    )
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
 
 
 def _tree_cpu_seconds(root: int) -> float:

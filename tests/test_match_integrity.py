@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+import pandas as pd
 import pytest
 from conftest import register_matcher
 from delta.tables import DeltaTable
@@ -352,16 +353,22 @@ def test_a_rerun_keeps_group_ids_when_the_row_an_id_came_from_is_deleted(
 
 
 def test_a_named_pairs_table_holds_every_scored_candidate(
-    spark: SparkSession, lake: dict[str, Any]
+    spark: SparkSession, lake: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root, settings = lake["root"], lake["settings"]
     source = root / "pairs_in.csv"
     write_pois_csv(generate_pois(200, seed=83), source)
     out, pairs_path = root / "pairs_out.csv", root / "mine" / "pairs"
     production = _lake_versions(spark, root / "lake")
+    engines = _spy_output_checks(monkeypatch)
+    # the output contract by GX's Spark jobs (as for an output above the bound); the
+    # small run below checks it on the driver: the same file
+    on_spark = settings.model_copy(
+        update={"matching": settings.matching.model_copy(update={"driver_check_max_rows": 0})}
+    )
     lines = run_match(
         spark,
-        settings,
+        on_spark,
         input_path=str(source),
         output_csv=str(out),
         model_uri=lake["model_uri"],
@@ -381,6 +388,7 @@ def test_a_named_pairs_table_holds_every_scored_candidate(
     )
     assert small_lines.plan == "small"
     assert small_out.read_text(encoding="utf-8") == out.read_text(encoding="utf-8")
+    assert engines == ["spark", "pandas"]
     _, spec, _ = load_matcher(lake["model_uri"])
     pairs = spark.read.format("delta").load(str(pairs_path))
     assert pairs.columns == [
@@ -442,6 +450,20 @@ def test_a_pairs_table_must_be_its_own(
     assert not (root / "never.csv").exists()
 
 
+def _spy_output_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The engine of each output contract check a run makes from now on (``pandas``:
+    collected and checked on the driver; ``spark``: GX's Spark jobs)."""
+    engines: list[str] = []
+    real = batch.contracts.validate_output
+
+    def spy(matches: Any, **kwargs: Any) -> Any:
+        engines.append("pandas" if isinstance(matches, pd.DataFrame) else "spark")
+        return real(matches, **kwargs)
+
+    monkeypatch.setattr(batch.contracts, "validate_output", spy)
+    return engines
+
+
 def test_a_small_run_uses_the_small_plans_settings_and_gives_them_back(
     spark: SparkSession, lake: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -453,6 +475,7 @@ def test_a_small_run_uses_the_small_plans_settings_and_gives_them_back(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(batch, "_match_rows", spy)
+    engines = _spy_output_checks(monkeypatch)
     session = {key: spark.conf.get(key, None) for key in SMALL_SQL_CONF}
     assert session != SMALL_SQL_CONF  # the suite's session is not already set up so
     out = lake["root"] / "small-conf"
@@ -475,6 +498,8 @@ def test_a_small_run_uses_the_small_plans_settings_and_gives_them_back(
     )
     assert lines.plan == "batch"
     assert seen == [SMALL_SQL_CONF, session]
+    # both outputs (under matching.driver_check_max_rows) were checked on the driver
+    assert engines == ["pandas", "pandas"]
     assert {key: spark.conf.get(key, None) for key in SMALL_SQL_CONF} == session
     # and both give the same output
     assert _read_csv(out / "out.csv") == _read_csv(out / "batch.csv")

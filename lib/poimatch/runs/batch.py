@@ -380,11 +380,15 @@ def run_match(
             output = output.persist(StorageLevel.MEMORY_AND_DISK)
             nightly = input_path is None and target == storage.table_path(storage.matches_table)
             # the POI table's own run keeps its contract results and Data Docs; an ad-hoc
-            # run writes nothing but what it was asked to. A small run's output is checked
-            # on the driver (one Spark job collects it and the input ids, instead of the
-            # sixteen GX's Spark engine runs for its metrics)
+            # run writes nothing but what it was asked to. A small run's output, and any
+            # of at most matching.driver_check_max_rows rows, is checked on the driver:
+            # one Spark job collects it and the input ids, instead of the ~30 small jobs
+            # GX's Spark engine runs for its metrics over the cached output
+            on_driver = (
+                small or sum(data.counts.values()) <= settings.matching.driver_check_max_rows
+            )
             checked_output, checked_ids = (
-                _collect_output(output, data.output_ids) if small else (output, data.output_ids)
+                _collect_output(output, data.output_ids) if on_driver else (output, data.output_ids)
             )
             checked = contracts.validate_output(
                 checked_output,

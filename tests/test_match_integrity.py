@@ -36,7 +36,13 @@ from poimatch.io.tables import (
 )
 from poimatch.lifecycle.tracking import load_matcher
 from poimatch.runs import batch
-from poimatch.runs.batch import ABOVE_THRESHOLD, MatchReport, rejected_table_path, run_match
+from poimatch.runs.batch import (
+    ABOVE_THRESHOLD,
+    MatchReport,
+    load_pois,
+    rejected_table_path,
+    run_match,
+)
 from poimatch.runs.workflows import FitOutcome
 from poimatch.sample.generator import generate_pois, write_pois_csv
 from poimatch.scorer import predict_scores
@@ -448,6 +454,49 @@ def test_a_pairs_table_must_be_its_own(
         )
     assert _lake_versions(spark, root / "lake") == production
     assert not (root / "never.csv").exists()
+
+
+def test_a_delta_input_is_read_at_the_version_its_commit_names(
+    spark: SparkSession, lake: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an ingest commits to the input table just after the run pinned its version: the
+    # run still reads that version, which its output's commit metadata names
+    root = lake["root"] / "pinned"
+    source, target = str(root / "in"), str(root / "out")
+    rows = generate_pois(60, seed=84)
+    later = generate_pois(5, seed=85)
+    later[S.ID] = [f"late{i}" for i in range(len(later))]
+    first = load_pois(spark, _csv(rows, root / "first.csv"), quarantine_path=str(root / "q"))
+    write_delta(first.pois, source)
+    late = load_pois(spark, _csv(later, root / "late.csv"), quarantine_path=str(root / "q"))
+    real = batch.input_fingerprint
+
+    def commit_after_pinning(*args: Any, **kwargs: Any) -> str:
+        fingerprint = real(*args, **kwargs)
+        late.pois.write.format("delta").mode("append").save(source)
+        return fingerprint
+
+    monkeypatch.setattr(batch, "input_fingerprint", commit_after_pinning)
+    lines = run_match(
+        spark,
+        lake["settings"],
+        input_path=source,
+        output_csv=None,
+        model_uri=lake["model_uri"],
+        table=target,
+    )
+    assert DeltaTable.forPath(spark, source).history(1).first()["version"] == 1  # it landed
+    assert lines.source == f"delta:{source}"
+    assert lines.counts == {"matched": 60}
+    written = spark.read.format("delta").load(target)
+    assert {r[S.ID] for r in written.select(S.ID).collect()} == set(rows[S.ID])
+    metadata = DeltaTable.forPath(spark, target).history(1).first()["userMetadata"]
+    assert metadata.startswith(f"input=delta:{source}@v0 "), metadata
+
+
+def _csv(rows: Any, path: Path) -> str:
+    write_pois_csv(rows, path)
+    return str(path)
 
 
 def _spy_output_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:

@@ -244,14 +244,15 @@ def write_delta(
         writer.save(path)
 
 
-def input_fingerprint(spark: SparkSession, path: str) -> str:
-    """``delta:<path or catalog name>@v<version>`` for a Delta table,
+def input_fingerprint(spark: SparkSession, path: str, *, version: int | None = None) -> str:
+    """``delta:<path or catalog name>@v<version>`` for a Delta table (``version`` when
+    given: the version a run pinned and reads, else the current one),
     ``file:<path>:<size>:<mtime>`` else.
 
     Logged with every run so that its inputs can be found again.
     """
-    if is_delta_table(spark, path):
-        return f"delta:{path}@v{delta_version(spark, path)}"
+    if version is not None or is_delta_table(spark, path):
+        return f"delta:{path}@v{delta_version(spark, path) if version is None else version}"
     p = Path(path)
     if p.is_file():
         stat = p.stat()

@@ -157,8 +157,9 @@ class MatchInput:
         self.triaged.unpersist()
 
 
-def load_match_input(spark: SparkSession, path: str) -> MatchInput:
-    """Every row of a CSV or Delta table, checked by the input rules and triaged.
+def load_match_input(spark: SparkSession, path: str, *, version: int | None = None) -> MatchInput:
+    """Every row of a CSV or Delta table (at ``version`` when given: a run reads the
+    version it names), checked by the input rules and triaged.
 
     Unlike :func:`load_pois` nothing is quarantined and nothing is dropped: rows
     breaking a rule are returned with their ``status`` and ``reason`` for the output
@@ -167,8 +168,8 @@ def load_match_input(spark: SparkSession, path: str) -> MatchInput:
     Raises:
         poimatch.io.tables.InputError: the file cannot be used at all, or has no data rows.
     """
-    if is_delta_table(spark, path):
-        raw = read_delta(spark, path)
+    if version is not None or is_delta_table(spark, path):
+        raw = read_delta(spark, path, version=version)
         raw = raw.withColumn(S.INPUT_ORDER, F.monotonically_increasing_id())
         label = f"delta:{path}"
     else:
@@ -351,8 +352,11 @@ def run_match(
             f"--incremental needs a Delta table as input (not {source}) and a Delta "
             "output table (the POI table's run, or --table) to keep its state beside"
         )
-    fingerprint = input_fingerprint(spark, source)  # the version read just below
-    data = load_match_input(spark, source)
+    # a Delta input is read at the version its commit metadata will name, even when
+    # another commit lands while the run reads it
+    version = delta_version(spark, source) if is_delta_table(spark, source) else None
+    fingerprint = input_fingerprint(spark, source, version=version)
+    data = load_match_input(spark, source, version=version)
     uri = model_uri or default_model_uri(settings.model.name)
     rows = data.counts.get(triage.MATCHED, 0)
     written: dict[str, str] = {}

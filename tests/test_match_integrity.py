@@ -494,6 +494,27 @@ def test_a_delta_input_is_read_at_the_version_its_commit_names(
     assert metadata.startswith(f"input=delta:{source}@v0 "), metadata
 
 
+def test_an_incremental_run_needs_delta_tables(spark: SparkSession, lake: dict[str, Any]) -> None:
+    # state sits beside a Delta output and is keyed on a Delta input's rows: a CSV input,
+    # or no output table, is refused before anything is read or written
+    root = lake["root"]
+    production = _lake_versions(spark, root / "lake")
+    csv = _csv(generate_pois(20, seed=86), root / "incremental_in.csv")
+    for kwargs in ({"input_path": csv, "table": str(root / "inc_out")}, {"input_path": csv}):
+        with pytest.raises(ValueError, match="--incremental needs a Delta table as input"):
+            run_match(
+                spark,
+                lake["settings"],
+                output_csv=str(root / "inc.csv"),
+                model_uri=lake["model_uri"],
+                incremental=True,
+                **kwargs,
+            )
+    assert not (root / "inc_out").exists()
+    assert not (root / "inc.csv").exists()
+    assert _lake_versions(spark, root / "lake") == production
+
+
 def _csv(rows: Any, path: Path) -> str:
     write_pois_csv(rows, path)
     return str(path)

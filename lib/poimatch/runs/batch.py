@@ -347,14 +347,15 @@ def run_match(
             "give --output OUT.csv and/or --table PATH"
         )
     source = input_path or storage.table_path(storage.pois_table)
-    if incremental and (target is None or not is_delta_table(spark, source)):
+    delta_input = is_delta_table(spark, source)
+    if incremental and (target is None or not delta_input):
         raise ValueError(
             f"--incremental needs a Delta table as input (not {source}) and a Delta "
             "output table (the POI table's run, or --table) to keep its state beside"
         )
     # a Delta input is read at the version its commit metadata will name, even when
     # another commit lands while the run reads it
-    version = delta_version(spark, source) if is_delta_table(spark, source) else None
+    version = delta_version(spark, source) if delta_input else None
     fingerprint = input_fingerprint(spark, source, version=version)
     data = load_match_input(spark, source, version=version)
     uri = model_uri or default_model_uri(settings.model.name)

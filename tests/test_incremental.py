@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from conftest import register_matcher
+from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 
 from poimatch import schema as S
@@ -34,6 +35,12 @@ def _table(spark: SparkSession, path: str) -> pd.DataFrame:
     frame = spark.read.format("delta").load(path).toPandas()
     frame[S.MATCHES] = frame[S.MATCHES].map(lambda m: " ".join(sorted(m.split(" "))))
     return frame.sort_values(S.ID).reset_index(drop=True)
+
+
+def _state(spark: SparkSession, path: str) -> pd.DataFrame:
+    frame = spark.read.format("delta").load(path).toPandas()
+    keys = [c for c in (S.ID, S.ID_L, S.ID_R) if c in frame.columns]
+    return frame.sort_values(keys).reset_index(drop=True)[sorted(frame.columns)]
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +96,24 @@ def runs(
     version = delta_version(spark, pois_path)
     inc_lines = match(True)
     incremental = _table(spark, matches_path)
+    # the state this night's run left (MERGEd), and the state of a first run on the
+    # same table version beside another matches table (written whole)
+    merged_state = [_state(spark, path) for path in state_paths(matches_path)]
+    state_commits = [
+        DeltaTable.forPath(spark, path).history(1).first().asDict()
+        for path in state_paths(matches_path)
+    ]
+    scratch = str(root / "lake" / "scratch_matches")
+    run_match(
+        spark,
+        settings,
+        input_path=None,
+        output_csv=None,
+        model_uri=model_uri,
+        incremental=True,
+        table=scratch,
+    )
+    scratch_state = [_state(spark, path) for path in state_paths(scratch)]
     full_lines = match(False)
     full = _table(spark, matches_path)
     assert delta_version(spark, pois_path) == version  # both runs read the same table
@@ -102,6 +127,14 @@ def runs(
         "touched": touched,
         "matches_path": matches_path,
         "match": match,
+        "merged_state": merged_state,
+        "scratch_state": scratch_state,
+        "state_commits": state_commits,
+        "base": base,
+        "ingest": lambda csv: ingest_file(
+            spark, str(csv), pois_path=pois_path, quarantine_path=quarantine
+        ),
+        "root": root,
     }
 
 
@@ -167,6 +200,31 @@ def test_state_tables_sit_beside_the_matches_table(
     assert spark.read.format("delta").load(pairs).count() == candidates
 
 
+def test_a_night_merges_only_what_changed_into_the_state(runs: dict[str, Any]) -> None:
+    points, pairs = runs["state_commits"]
+    # one MERGE per state table, the pairs naming the points version they go with
+    assert (points["operation"], pairs["operation"]) == ("MERGE", "MERGE")
+    assert pairs["userMetadata"] == f"poimatch.state_points_version={points['version']}"
+    for commit in (points, pairs):
+        metrics = commit["operationMetrics"]
+        # deletion vectors: the rows that stay are not copied into new files
+        assert int(metrics["numTargetRowsCopied"]) == 0, metrics
+        assert int(metrics["numTargetRowsUpdated"]) > 0, metrics
+    # the night's 110 new or changed rows and the rows around them, not the table
+    assert (
+        110
+        <= int(points["operationMetrics"]["numTargetRowsInserted"])
+        + int(points["operationMetrics"]["numTargetRowsUpdated"])
+        < 3090 // 2
+    )
+
+
+def test_the_merged_state_equals_a_first_runs_state(runs: dict[str, Any]) -> None:
+    for merged, scratch in zip(runs["merged_state"], runs["scratch_state"], strict=True):
+        assert len(merged) > 3000
+        pd.testing.assert_frame_equal(merged, scratch)
+
+
 def _spec(**changes: Any) -> MatchingSpec:
     values: dict[str, Any] = {
         "threshold": 0.5,
@@ -220,5 +278,54 @@ def test_changed_normalization_code_forces_a_full_run(
     inc = runs["match"](True).incremental
     assert inc is not None
     assert not inc.used_state
+    assert inc.state_ignored == "produced by other code, libraries or model"
     assert (inc.rows, inc.changed_rows) == (3090, 3090)
     pd.testing.assert_frame_equal(_table(spark, runs["matches_path"]), runs["full"])
+
+
+def test_a_run_stopped_between_its_two_state_writes_leaves_no_usable_state(
+    spark: SparkSession, runs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    match = runs["match"]
+    # (after the test above, whose run left state of another key: this run writes it anew)
+    clean = match(True).incremental
+    assert clean is not None
+    assert not clean.used_state
+    # new rows: copies of existing places, so that they have pairs to keep
+    copies = runs["base"].sample(n=25, random_state=9).copy()
+    copies[S.ID] = [f"late_{i}" for i in range(len(copies))]
+    csv = runs["root"] / "late.csv"
+    write_pois_csv(copies, csv)
+    runs["ingest"](csv)
+    # the nightly run stops after writing the points state, before the pairs state
+    _, pairs_path = state_paths(runs["matches_path"])
+    original = incremental._merge_state
+
+    def stop_at_pairs(spark: SparkSession, path: str, *args: Any, **kwargs: Any) -> int:
+        if path == pairs_path:
+            raise RuntimeError("stopped between the two state writes")
+        return original(spark, path, *args, **kwargs)
+
+    # (the run reuses the state: it MERGEs into both tables)
+    monkeypatch.setattr(incremental, "_merge_state", stop_at_pairs)
+    with pytest.raises(RuntimeError, match="stopped between"):
+        match(True)
+    monkeypatch.undo()
+    # the points state knows the copies, the pairs state does not hold their pairs:
+    # reused, the copies would be "unchanged" rows without candidates
+    inc = match(True).incremental
+    assert inc is not None
+    assert not inc.used_state
+    assert (inc.state_ignored or "").startswith("torn (the pairs state names points state")
+    assert inc.changed_rows == inc.rows == 3115
+    after_torn = _table(spark, runs["matches_path"])
+    match(False)
+    full = _table(spark, runs["matches_path"])
+    pd.testing.assert_frame_equal(after_torn, full)
+    late = full[full[S.ID].str.startswith("late_")]
+    assert (late[S.MATCHES].str.count(" ") >= 1).mean() > 0.8
+    # and the state it wrote is whole again: the next run reuses it
+    again = match(True).incremental
+    assert again is not None
+    assert again.used_state
+    assert again.changed_rows == 0

@@ -21,7 +21,11 @@ State lives next to the matches table: ``<matches>_state_points`` and
 and the pair features, the versions of the libraries they call, the model's matching
 spec with its frozen name statistics, and the model itself (its booster's bytes: the
 scores are kept). State under another key is ignored and the run starts over, so a
-code or model change can never mix old and new results.
+code or model change can never mix old and new results. The two tables are written one
+after the other, the pairs' commit naming the points version it goes with: a run that
+stopped between the two writes leaves torn state, which the next run ignores too (it
+is then a full run that writes the state anew), rather than reusing pairs that do not
+hold the rows the points state already knows.
 """
 
 from __future__ import annotations
@@ -43,7 +47,15 @@ from pyspark.sql import types as T
 
 from poimatch import schema as S
 from poimatch.config import BlockingSettings
-from poimatch.io.tables import delta_version, is_delta_table, read_delta, write_delta
+from poimatch.io.tables import (
+    delta_handle,
+    delta_head,
+    delta_version,
+    ensure_table_properties,
+    is_delta_table,
+    read_delta,
+    write_delta,
+)
 from poimatch.stages.blocking import (
     BITS,
     FINE_LEVELS,
@@ -61,7 +73,7 @@ from poimatch.stages.candidates import featured_pairs
 from poimatch.stages.grouping import LOCAL_MAX_EDGES
 from poimatch.stages.namestats import add_name_stats
 from poimatch.stages.normalize import add_normalized_columns
-from poimatch.stages.plan import BATCH, Plan
+from poimatch.stages.plan import BATCH, Plan, session_conf
 from poimatch.stages.scoring import MatchModel, booster_parts, group_scored, score_pairs
 from poimatch.stages.spec import MatchingSpec
 
@@ -82,6 +94,11 @@ _BITS_L, _BITS_R = "_bits_l", "_bits_r"
 #: changed ids up to this many are broadcast to cut the tables they select from
 _BROADCAST_IDS = 1_000_000
 _PAIR_STATE = [S.ID_L, S.ID_R, _BITS_L, _BITS_R, S.SCORE]
+#: the pairs state's commit names the version of the points state it goes with
+#: (``userMetadata``): the two tables are written one after the other, so a run that
+#: stopped between the two writes leaves a pairs commit naming an older points version,
+#: and the next run ignores the torn state instead of mixing the two
+_POINTS_VERSION = "poimatch.state_points_version="
 
 
 @dataclass(frozen=True)
@@ -100,11 +117,19 @@ class IncrementalResult:
     points: DataFrame | None = None  # the normalized points (materialized)
     affected_rows: int = -1  # rows whose candidate lists were redone
     steps: dict[str, float] = field(default_factory=dict)  # seconds per step
+    #: why state beside the matches table was not used (None: there was none, or it was)
+    state_ignored: str | None = None
 
     def lines(self) -> list[str]:
         """Printable figures for the job."""
+        if self.used_state:
+            state = "reused"
+        elif self.state_ignored is not None:
+            state = f"ignored (full run): {self.state_ignored}"
+        else:
+            state = "none (full run)"
         return [
-            f"incremental state={'reused' if self.used_state else 'none (full run)'}",
+            f"incremental state={state}",
             f"plan={self.plan}",
             f"rows={self.rows} changed_rows={self.changed_rows} "
             f"redone_rows={self.affected_rows} "
@@ -188,16 +213,47 @@ def state_paths(matches_path: str) -> tuple[str, str]:
     return f"{matches_path}_state_points", f"{matches_path}_state_pairs"
 
 
-def _read_state(spark: SparkSession, path: str, version: str) -> DataFrame | None:
+@dataclass(frozen=True)
+class _StateTable:
+    """One state table as a run found it: its rows (pinned), version and commit note."""
+
+    frame: DataFrame | None  # None: no table, or another key's
+    version: int = -1
+    note: str | None = None  # the commit's userMetadata
+    other_key: bool = False
+
+
+def _read_state(spark: SparkSession, path: str, version: str) -> _StateTable:
     """The state table at ``path`` at its current version, pinned: the run reads what
     it keeps of it after overwriting it (an unpinned read would see the new state)."""
     if not is_delta_table(spark, path):
-        return None
-    frame = read_delta(spark, path, version=delta_version(spark, path))
+        return _StateTable(None)
+    pinned, note = delta_head(spark, path)
+    frame = read_delta(spark, path, version=pinned)
     first = frame.select(_CODE).limit(1).collect()
     if not first or first[0][0] != version:
-        return None  # produced by other code, libraries or model: start over
-    return frame.drop(_CODE)
+        # produced by other code, libraries or model: start over
+        return _StateTable(None, pinned, note, other_key=bool(first))
+    return _StateTable(frame.drop(_CODE), pinned, note)
+
+
+def _unusable(points: _StateTable, pairs: _StateTable) -> str | None:
+    """Why the two state tables cannot be used together (None: they can, or there is
+    none to use)."""
+    if points.other_key or pairs.other_key:
+        return "produced by other code, libraries or model"
+    if points.frame is None and pairs.frame is None:
+        return None  # no state yet
+    if points.frame is None or pairs.frame is None:
+        return "torn (one of the two state tables is missing)"
+    note = pairs.note or ""
+    named = note.removeprefix(_POINTS_VERSION) if note.startswith(_POINTS_VERSION) else None
+    if named != str(points.version):
+        return (
+            f"torn (the pairs state names points state version {named}, "
+            f"the points state is at version {points.version})"
+        )
+    return None
 
 
 def match_incremental(
@@ -234,8 +290,12 @@ def match_incremental(
     started = time.perf_counter()
     points_path, pairs_path = state_paths(matches_path)
     version = state_key(spec, model)
-    old_points = _read_state(spark, points_path, version)
-    old_pairs = _read_state(spark, pairs_path, version)
+    found_points = _read_state(spark, points_path, version)
+    found_pairs = _read_state(spark, pairs_path, version)
+    ignored = _unusable(found_points, found_pairs)
+    old_points, old_pairs = (
+        (None, None) if ignored is not None else (found_points.frame, found_pairs.frame)
+    )
     used_state = old_points is not None and old_pairs is not None
     blocking = BlockingSettings.model_validate(spec.blocking)
     fine = 0 if plan.small else FINE_LEVELS
@@ -302,12 +362,12 @@ def match_incremental(
     found = _canonical_sides(directed)
     fresh_ids = fresh.select(S.ID)
     if affected is None or old_pairs is None or leaving is None:
-        pairs, kept_pairs = found, None
+        pairs, kept_pairs, touched_keys = found, None, None
     else:
         # materialized: a union of unions here trips Spark's constraint propagation
         # (NoSuchElementException: key not found: id)
         redone = BATCH.materialize(affected.unionByName(leaving.select(S.ID)).distinct())
-        pairs, kept_pairs = _merge_pairs(old_pairs, found, redone, fresh_ids)
+        pairs, kept_pairs, touched_keys = _merge_pairs(old_pairs, found, redone, fresh_ids)
     pairs = BATCH.materialize(pairs)
     tick("blocking")
     names = pass_names(blocking)
@@ -342,12 +402,44 @@ def match_incremental(
     tick("grouping")
 
     kth = kth_distances(directed, blocking)
-    if kept is not None and affected is not None:
-        kth = kept.select(S.ID, KTH).join(affected, on=S.ID, how="left_anti").unionByName(kth)
     code = F.lit(version).alias(_CODE)
-    with_kth = points.join(kth, on=S.ID, how="left")
-    write_delta(with_kth.select(*columns, KTH, code), points_path)
-    write_delta(state_pairs.select(*_PAIR_STATE, code), pairs_path)
+    # the points first, then the pairs naming the points version they go with
+    if kept is None or affected is None or leaving is None or touched_keys is None:
+        # no state to build on: both tables written whole
+        with_kth = points.join(kth, on=S.ID, how="left")
+        _write_state(spark, with_kth.select(*columns, KTH, code), points_path)
+        points_version = delta_version(spark, points_path)
+        _write_state(
+            spark,
+            state_pairs.select(*_PAIR_STATE, code),
+            pairs_path,
+            user_metadata=f"{_POINTS_VERSION}{points_version}",
+        )
+    else:
+        # only what changed, one MERGE per table (deletion vectors mark the rows it
+        # replaces or deletes; the rows that stay are not rewritten): the redone rows
+        # with their new k-th distance, the deleted rows out; the pairs of the redone
+        # rows, the ones no side finds any more out
+        redone_rows = points.join(affected, on=S.ID, how="left_semi").join(kth, on=S.ID, how="left")
+        deleted = leaving.select(S.ID).join(fresh_ids, on=S.ID, how="left_anti")
+        points_version = _merge_state(
+            spark,
+            points_path,
+            redone_rows.select(*columns, KTH, code),
+            deleted,
+            key=(S.ID,),
+        )
+        dropped = touched_keys.join(
+            redone_pairs.select(S.ID_L, S.ID_R), on=[S.ID_L, S.ID_R], how="left_anti"
+        )
+        _merge_state(
+            spark,
+            pairs_path,
+            redone_pairs.select(*_PAIR_STATE, code),
+            dropped,
+            key=(S.ID_L, S.ID_R),
+            user_metadata=f"{_POINTS_VERSION}{points_version}",
+        )
     tick("state")
     return IncrementalResult(
         matches=grouped,
@@ -362,6 +454,7 @@ def match_incremental(
         points=points,
         affected_rows=n_rows if affected is None else affected.count(),
         steps=steps,
+        state_ignored=ignored,
     )
 
 
@@ -425,13 +518,15 @@ def _canonical_sides(directed: DataFrame) -> DataFrame:
 
 def _merge_pairs(
     old_pairs: DataFrame, found: DataFrame, redone: DataFrame, fresh_ids: DataFrame
-) -> tuple[DataFrame, DataFrame]:
-    """The last run's pairs updated with the redone rows' lists: ``(touched, kept)``.
+) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """The last run's pairs updated with the redone rows' lists:
+    ``(touched, kept, touched keys)``.
 
     ``kept``: pairs neither of whose rows was redone (lists, score unchanged).
     ``touched``: the other pairs, the redone sides' passes replaced by ``found``
     (those rows' new lists), a pair dropped when no side finds it any more; the old
-    score kept unless a side is new or changed (null: to score).
+    score kept unless a side is new or changed (null: to score). ``touched keys``: the
+    ids of the last run's pairs a redone row is a side of (the state rows it replaces).
     """
     flag_l = redone.select(F.col(S.ID).alias(S.ID_L), F.lit(True).alias("_redo_l"))
     flag_r = redone.select(F.col(S.ID).alias(S.ID_R), F.lit(True).alias("_redo_r"))
@@ -470,4 +565,59 @@ def _merge_pairs(
         )
         .where((F.col(_BITS_L) != 0) | (F.col(_BITS_R) != 0))
     )
-    return merged, kept
+    keys = flagged.where(redo_l | redo_r).select(S.ID_L, S.ID_R)
+    return merged, kept, keys
+
+
+#: deletion vectors on the state tables: a night's MERGE marks the rows it replaces
+#: instead of rewriting every file that holds one
+_STATE_PROPERTIES = {"delta.enableDeletionVectors": "true"}
+_DELETE = "_state_delete"
+#: the session setting a MERGE takes its commit's userMetadata from
+_COMMIT_NOTE = "spark.databricks.delta.commitInfo.userMetadata"
+
+
+def _write_state(
+    spark: SparkSession, frame: DataFrame, path: str, *, user_metadata: str | None = None
+) -> None:
+    """A state table written whole, with deletion vectors enabled for the MERGEs of the
+    nights after (:func:`_merge_state`): set when the write creates the table, or by a
+    commit before it on a table written before they were (the write's commit stays the
+    last: it carries ``user_metadata``)."""
+    if is_delta_table(spark, path):
+        ensure_table_properties(spark, path, _STATE_PROPERTIES)
+    write_delta(frame, path, user_metadata=user_metadata, properties=_STATE_PROPERTIES)
+
+
+def _merge_state(
+    spark: SparkSession,
+    path: str,
+    rows: DataFrame,
+    deleted: DataFrame,
+    *,
+    key: tuple[str, ...],
+    user_metadata: str | None = None,
+) -> int:
+    """One commit to the state table at ``path``: ``rows`` replace or join the rows of
+    their ``key``, the ``deleted`` keys leave. Returns the table's new version."""
+    columns = rows.columns
+    types = {f.name: f.dataType for f in rows.schema.fields}
+    gone = deleted.select(
+        *[F.col(c) if c in key else F.lit(None).cast(types[c]).alias(c) for c in columns],
+        F.lit(True).alias(_DELETE),
+    )
+    source = rows.withColumn(_DELETE, F.lit(False)).unionByName(gone)
+    on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
+    values: dict[str, str | Column] = {f"`{c}`": F.col(f"s.`{c}`") for c in columns}
+    table = delta_handle(spark, path)
+    note = {} if user_metadata is None else {_COMMIT_NOTE: user_metadata}
+    with session_conf(spark, note):
+        (
+            table.alias("t")
+            .merge(source.alias("s"), on)
+            .whenMatchedDelete(condition=F.col(f"s.{_DELETE}"))
+            .whenMatchedUpdate(set=values)
+            .whenNotMatchedInsert(condition=~F.col(f"s.{_DELETE}"), values=values)
+            .execute()
+        )
+    return delta_version(spark, path)

@@ -13,7 +13,6 @@ from typing import Any
 import pandas as pd
 import pytest
 from conftest import register_matcher
-from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 
 from poimatch import schema as S
@@ -96,13 +95,9 @@ def runs(
     version = delta_version(spark, pois_path)
     inc_lines = match(True)
     incremental = _table(spark, matches_path)
-    # the state this night's run left (MERGEd), and the state of a first run on the
-    # same table version beside another matches table (written whole)
-    merged_state = [_state(spark, path) for path in state_paths(matches_path)]
-    state_commits = [
-        DeltaTable.forPath(spark, path).history(1).first().asDict()
-        for path in state_paths(matches_path)
-    ]
+    # the state this night's run left, and the state of a first run on the same table
+    # version beside another matches table
+    night_state = [_state(spark, path) for path in state_paths(matches_path)]
     scratch = str(root / "lake" / "scratch_matches")
     run_match(
         spark,
@@ -127,9 +122,8 @@ def runs(
         "touched": touched,
         "matches_path": matches_path,
         "match": match,
-        "merged_state": merged_state,
+        "night_state": night_state,
         "scratch_state": scratch_state,
-        "state_commits": state_commits,
         "base": base,
         "ingest": lambda csv: ingest_file(
             spark, str(csv), pois_path=pois_path, quarantine_path=quarantine
@@ -200,29 +194,12 @@ def test_state_tables_sit_beside_the_matches_table(
     assert spark.read.format("delta").load(pairs).count() == candidates
 
 
-def test_a_night_merges_only_what_changed_into_the_state(runs: dict[str, Any]) -> None:
-    points, pairs = runs["state_commits"]
-    # one MERGE per state table, the pairs naming the points version they go with
-    assert (points["operation"], pairs["operation"]) == ("MERGE", "MERGE")
-    assert pairs["userMetadata"] == f"poimatch.state_points_version={points['version']}"
-    for commit in (points, pairs):
-        metrics = commit["operationMetrics"]
-        # deletion vectors: the rows that stay are not copied into new files
-        assert int(metrics["numTargetRowsCopied"]) == 0, metrics
-        assert int(metrics["numTargetRowsUpdated"]) > 0, metrics
-    # the night's 110 new or changed rows and the rows around them, not the table
-    assert (
-        110
-        <= int(points["operationMetrics"]["numTargetRowsInserted"])
-        + int(points["operationMetrics"]["numTargetRowsUpdated"])
-        < 3090 // 2
-    )
-
-
-def test_the_merged_state_equals_a_first_runs_state(runs: dict[str, Any]) -> None:
-    for merged, scratch in zip(runs["merged_state"], runs["scratch_state"], strict=True):
-        assert len(merged) > 3000
-        pd.testing.assert_frame_equal(merged, scratch)
+def test_a_nights_state_equals_a_first_runs_state(runs: dict[str, Any]) -> None:
+    # the rows and pairs a night kept from the state before, with those it redid, are
+    # the state a first run writes on the same table version
+    for night, scratch in zip(runs["night_state"], runs["scratch_state"], strict=True):
+        assert len(night) > 3000
+        pd.testing.assert_frame_equal(night, scratch)
 
 
 def _spec(**changes: Any) -> MatchingSpec:
@@ -299,15 +276,14 @@ def test_a_run_stopped_between_its_two_state_writes_leaves_no_usable_state(
     runs["ingest"](csv)
     # the nightly run stops after writing the points state, before the pairs state
     _, pairs_path = state_paths(runs["matches_path"])
-    original = incremental._merge_state
+    original = incremental.write_delta  # type: ignore[attr-defined]
 
-    def stop_at_pairs(spark: SparkSession, path: str, *args: Any, **kwargs: Any) -> int:
+    def stop_at_pairs(frame: Any, path: str, **kwargs: Any) -> None:
         if path == pairs_path:
             raise RuntimeError("stopped between the two state writes")
-        return original(spark, path, *args, **kwargs)
+        original(frame, path, **kwargs)
 
-    # (the run reuses the state: it MERGEs into both tables)
-    monkeypatch.setattr(incremental, "_merge_state", stop_at_pairs)
+    monkeypatch.setattr(incremental, "write_delta", stop_at_pairs)
     with pytest.raises(RuntimeError, match="stopped between"):
         match(True)
     monkeypatch.undo()
@@ -329,3 +305,28 @@ def test_a_run_stopped_between_its_two_state_writes_leaves_no_usable_state(
     assert again is not None
     assert again.used_state
     assert again.changed_rows == 0
+
+
+def test_which_state_is_reused() -> None:
+    frame: Any = object()  # (the rule reads only whether a table was found)
+    points = incremental._StateTable(frame, version=4)
+
+    def pairs(note: str | None) -> incremental._StateTable:
+        return incremental._StateTable(frame, version=3, note=note)
+
+    assert incremental._unusable(points, pairs("poimatch.state_points_version=4")) is None
+    torn = incremental._unusable(points, pairs("poimatch.state_points_version=3"))
+    assert torn == (
+        "torn (the pairs state names points state version 3, the points state is at version 4)"
+    )
+    # state written before the pairs named their points version: not reused
+    assert incremental._unusable(points, pairs(None)) == (
+        "its pairs state names no points state version (written before they did)"
+    )
+    assert incremental._unusable(points, incremental._StateTable(None)) == (
+        "torn (one of the two state tables is missing)"
+    )
+    none = incremental._StateTable(None)
+    assert incremental._unusable(none, none) is None
+    other = incremental._StateTable(None, version=2, other_key=True)
+    assert incremental._unusable(points, other) == "produced by other code, libraries or model"

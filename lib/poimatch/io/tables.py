@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +29,8 @@ __all__ = [
     "is_delta_table",
     "is_table_name",
     "read_delta",
-    "delta_handle",
     "delta_head",
     "delta_version",
-    "ensure_table_properties",
     "write_delta",
     "input_fingerprint",
     "read_matches",
@@ -104,33 +101,6 @@ def delta_head(spark: SparkSession, ref: str) -> tuple[int, str | None]:
     if row is None:
         raise InputError(f"{ref}: Delta table has no history")
     return int(row[0]), row[1]
-
-
-def delta_handle(spark: SparkSession, ref: str) -> DeltaTable:
-    """The :class:`DeltaTable` of ``ref`` (a path or a catalog name) for a MERGE, after
-    the isolation guard's check that this process may write it.
-
-    Raises:
-        poimatch.isolation.IsolationError: a research process and a production table.
-    """
-    if not is_table_name(ref):
-        check_write(ref)
-    return _delta_handle(spark, ref)
-
-
-def ensure_table_properties(spark: SparkSession, ref: str, properties: dict[str, str]) -> None:
-    """Set ``properties`` on the Delta table ``ref`` where it does not hold them already
-    (one commit when it does not; none when it does)."""
-    held = _delta_handle(spark, ref).detail().select("properties").first()
-    current = dict(held[0]) if held is not None and held[0] is not None else {}
-    missing = {k: v for k, v in properties.items() if current.get(k) != v}
-    if not missing:
-        return
-    if not is_table_name(ref):
-        check_write(ref)
-    name = ref if is_table_name(ref) else f"delta.`{ref}`"
-    pairs = ", ".join(f"'{k}' = '{v}'" for k, v in sorted(missing.items()))
-    spark.sql(f"ALTER TABLE {name} SET TBLPROPERTIES ({pairs})")  # nosec B608
 
 
 def read_delta(spark: SparkSession, ref: str, *, version: int | None = None) -> DataFrame:
@@ -263,22 +233,17 @@ def write_delta(
     mode: str = "overwrite",
     partition_by: tuple[str, ...] = (),
     user_metadata: str | None = None,
-    properties: Mapping[str, str] | None = None,
 ) -> None:
     """Write ``df`` as a Delta table at ``path``, or as the catalog table it names
     (``catalog.schema.table``: created, or replaced; overwrite replaces data and schema).
 
     One atomic commit: a job killed during the write leaves the table at its previous
     version. ``user_metadata`` is stored in the commit (see ``DESCRIBE HISTORY``).
-    ``properties``: table properties of a table this write creates (an existing
-    table's are set by :func:`ensure_table_properties`).
     """
     named = is_table_name(path)
     if not named:
         check_write(path)
     writer = df.write.format("delta").mode(mode).option("overwriteSchema", "true")
-    for key, value in (properties or {}).items():
-        writer = writer.option(key, value)
     if user_metadata:
         writer = writer.option("userMetadata", user_metadata)
     if partition_by:

@@ -47,15 +47,7 @@ from pyspark.sql import types as T
 
 from poimatch import schema as S
 from poimatch.config import BlockingSettings
-from poimatch.io.tables import (
-    delta_handle,
-    delta_head,
-    delta_version,
-    ensure_table_properties,
-    is_delta_table,
-    read_delta,
-    write_delta,
-)
+from poimatch.io.tables import delta_head, delta_version, is_delta_table, read_delta, write_delta
 from poimatch.stages.blocking import (
     BITS,
     FINE_LEVELS,
@@ -73,7 +65,7 @@ from poimatch.stages.candidates import featured_pairs
 from poimatch.stages.grouping import LOCAL_MAX_EDGES
 from poimatch.stages.namestats import add_name_stats
 from poimatch.stages.normalize import add_normalized_columns
-from poimatch.stages.plan import BATCH, Plan, session_conf
+from poimatch.stages.plan import BATCH, Plan
 from poimatch.stages.scoring import MatchModel, booster_parts, group_scored, score_pairs
 from poimatch.stages.spec import MatchingSpec
 
@@ -247,7 +239,9 @@ def _unusable(points: _StateTable, pairs: _StateTable) -> str | None:
     if points.frame is None or pairs.frame is None:
         return "torn (one of the two state tables is missing)"
     note = pairs.note or ""
-    named = note.removeprefix(_POINTS_VERSION) if note.startswith(_POINTS_VERSION) else None
+    if not note.startswith(_POINTS_VERSION):
+        return "its pairs state names no points state version (written before they did)"
+    named = note.removeprefix(_POINTS_VERSION)
     if named != str(points.version):
         return (
             f"torn (the pairs state names points state version {named}, "
@@ -362,12 +356,12 @@ def match_incremental(
     found = _canonical_sides(directed)
     fresh_ids = fresh.select(S.ID)
     if affected is None or old_pairs is None or leaving is None:
-        pairs, kept_pairs, touched_keys = found, None, None
+        pairs, kept_pairs = found, None
     else:
         # materialized: a union of unions here trips Spark's constraint propagation
         # (NoSuchElementException: key not found: id)
         redone = BATCH.materialize(affected.unionByName(leaving.select(S.ID)).distinct())
-        pairs, kept_pairs, touched_keys = _merge_pairs(old_pairs, found, redone, fresh_ids)
+        pairs, kept_pairs = _merge_pairs(old_pairs, found, redone, fresh_ids)
     pairs = BATCH.materialize(pairs)
     tick("blocking")
     names = pass_names(blocking)
@@ -403,43 +397,17 @@ def match_incremental(
 
     kth = kth_distances(directed, blocking)
     code = F.lit(version).alias(_CODE)
+    if kept is not None and affected is not None:
+        kth = kept.select(S.ID, KTH).join(affected, on=S.ID, how="left_anti").unionByName(kth)
+    with_kth = points.join(kth, on=S.ID, how="left")
     # the points first, then the pairs naming the points version they go with
-    if kept is None or affected is None or leaving is None or touched_keys is None:
-        # no state to build on: both tables written whole
-        with_kth = points.join(kth, on=S.ID, how="left")
-        _write_state(spark, with_kth.select(*columns, KTH, code), points_path)
-        points_version = delta_version(spark, points_path)
-        _write_state(
-            spark,
-            state_pairs.select(*_PAIR_STATE, code),
-            pairs_path,
-            user_metadata=f"{_POINTS_VERSION}{points_version}",
-        )
-    else:
-        # only what changed, one MERGE per table (deletion vectors mark the rows it
-        # replaces or deletes; the rows that stay are not rewritten): the redone rows
-        # with their new k-th distance, the deleted rows out; the pairs of the redone
-        # rows, the ones no side finds any more out
-        redone_rows = points.join(affected, on=S.ID, how="left_semi").join(kth, on=S.ID, how="left")
-        deleted = leaving.select(S.ID).join(fresh_ids, on=S.ID, how="left_anti")
-        points_version = _merge_state(
-            spark,
-            points_path,
-            redone_rows.select(*columns, KTH, code),
-            deleted,
-            key=(S.ID,),
-        )
-        dropped = touched_keys.join(
-            redone_pairs.select(S.ID_L, S.ID_R), on=[S.ID_L, S.ID_R], how="left_anti"
-        )
-        _merge_state(
-            spark,
-            pairs_path,
-            redone_pairs.select(*_PAIR_STATE, code),
-            dropped,
-            key=(S.ID_L, S.ID_R),
-            user_metadata=f"{_POINTS_VERSION}{points_version}",
-        )
+    write_delta(with_kth.select(*columns, KTH, code), points_path)
+    points_version = delta_version(spark, points_path)
+    write_delta(
+        state_pairs.select(*_PAIR_STATE, code),
+        pairs_path,
+        user_metadata=f"{_POINTS_VERSION}{points_version}",
+    )
     tick("state")
     return IncrementalResult(
         matches=grouped,
@@ -518,15 +486,13 @@ def _canonical_sides(directed: DataFrame) -> DataFrame:
 
 def _merge_pairs(
     old_pairs: DataFrame, found: DataFrame, redone: DataFrame, fresh_ids: DataFrame
-) -> tuple[DataFrame, DataFrame, DataFrame]:
-    """The last run's pairs updated with the redone rows' lists:
-    ``(touched, kept, touched keys)``.
+) -> tuple[DataFrame, DataFrame]:
+    """The last run's pairs updated with the redone rows' lists: ``(touched, kept)``.
 
     ``kept``: pairs neither of whose rows was redone (lists, score unchanged).
     ``touched``: the other pairs, the redone sides' passes replaced by ``found``
     (those rows' new lists), a pair dropped when no side finds it any more; the old
-    score kept unless a side is new or changed (null: to score). ``touched keys``: the
-    ids of the last run's pairs a redone row is a side of (the state rows it replaces).
+    score kept unless a side is new or changed (null: to score).
     """
     flag_l = redone.select(F.col(S.ID).alias(S.ID_L), F.lit(True).alias("_redo_l"))
     flag_r = redone.select(F.col(S.ID).alias(S.ID_R), F.lit(True).alias("_redo_r"))
@@ -565,59 +531,4 @@ def _merge_pairs(
         )
         .where((F.col(_BITS_L) != 0) | (F.col(_BITS_R) != 0))
     )
-    keys = flagged.where(redo_l | redo_r).select(S.ID_L, S.ID_R)
-    return merged, kept, keys
-
-
-#: deletion vectors on the state tables: a night's MERGE marks the rows it replaces
-#: instead of rewriting every file that holds one
-_STATE_PROPERTIES = {"delta.enableDeletionVectors": "true"}
-_DELETE = "_state_delete"
-#: the session setting a MERGE takes its commit's userMetadata from
-_COMMIT_NOTE = "spark.databricks.delta.commitInfo.userMetadata"
-
-
-def _write_state(
-    spark: SparkSession, frame: DataFrame, path: str, *, user_metadata: str | None = None
-) -> None:
-    """A state table written whole, with deletion vectors enabled for the MERGEs of the
-    nights after (:func:`_merge_state`): set when the write creates the table, or by a
-    commit before it on a table written before they were (the write's commit stays the
-    last: it carries ``user_metadata``)."""
-    if is_delta_table(spark, path):
-        ensure_table_properties(spark, path, _STATE_PROPERTIES)
-    write_delta(frame, path, user_metadata=user_metadata, properties=_STATE_PROPERTIES)
-
-
-def _merge_state(
-    spark: SparkSession,
-    path: str,
-    rows: DataFrame,
-    deleted: DataFrame,
-    *,
-    key: tuple[str, ...],
-    user_metadata: str | None = None,
-) -> int:
-    """One commit to the state table at ``path``: ``rows`` replace or join the rows of
-    their ``key``, the ``deleted`` keys leave. Returns the table's new version."""
-    columns = rows.columns
-    types = {f.name: f.dataType for f in rows.schema.fields}
-    gone = deleted.select(
-        *[F.col(c) if c in key else F.lit(None).cast(types[c]).alias(c) for c in columns],
-        F.lit(True).alias(_DELETE),
-    )
-    source = rows.withColumn(_DELETE, F.lit(False)).unionByName(gone)
-    on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
-    values: dict[str, str | Column] = {f"`{c}`": F.col(f"s.`{c}`") for c in columns}
-    table = delta_handle(spark, path)
-    note = {} if user_metadata is None else {_COMMIT_NOTE: user_metadata}
-    with session_conf(spark, note):
-        (
-            table.alias("t")
-            .merge(source.alias("s"), on)
-            .whenMatchedDelete(condition=F.col(f"s.{_DELETE}"))
-            .whenMatchedUpdate(set=values)
-            .whenNotMatchedInsert(condition=~F.col(f"s.{_DELETE}"), values=values)
-            .execute()
-        )
-    return delta_version(spark, path)
+    return merged, kept

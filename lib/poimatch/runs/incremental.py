@@ -307,27 +307,16 @@ def match_incremental(
     if used_state and old_points is not None and old_pairs is not None:
         # what changed, from the ids and hashes alone (no wide row is shuffled): new or
         # changed rows, and the rows whose old values leave (changed or deleted)
-        # one join of the two key sets, its rows whose hashes differ (null-safe) kept:
-        # a row is fresh where the table holds it, gone where the state did
-        now = keys.select(S.ID, F.col(_HASH).alias("_now"))
-        was = old_points.select(S.ID, F.col(_HASH).alias("_was"))
+        old_keys = old_points.select(S.ID, _HASH)
         # (ids re-aliased: a checkpoint keeps its source's attributes, and a join of the
         # table with a checkpoint of itself cannot be resolved)
-        diff = BATCH.materialize(
-            now.join(was, on=S.ID, how="full_outer")
-            .where(~F.col("_now").eqNullSafe(F.col("_was")))
-            .select(
-                F.col(S.ID).alias(S.ID),
-                F.col("_now").isNotNull().alias("_fresh"),
-                F.col("_was").isNotNull().alias("_gone"),
-            )
+        fresh_ids = BATCH.materialize(
+            keys.join(old_keys, on=[S.ID, _HASH], how="left_anti").select(F.col(S.ID).alias(S.ID))
         )
-        fresh_ids = diff.where(F.col("_fresh")).select(S.ID)
-        gone_ids = diff.where(F.col("_gone")).select(S.ID)
-        sizes = diff.agg(
-            F.count_if(F.col("_fresh")).alias("fresh"), F.count_if(F.col("_gone")).alias("gone")
-        ).first()
-        few = sizes is None or int(sizes["fresh"]) + int(sizes["gone"]) <= _BROADCAST_IDS
+        gone_ids = BATCH.materialize(
+            old_keys.join(keys, on=[S.ID, _HASH], how="left_anti").select(F.col(S.ID).alias(S.ID))
+        )
+        few = fresh_ids.count() + gone_ids.count() <= _BROADCAST_IDS
         fresh = hashed.join(_maybe_broadcast(fresh_ids, few), on=S.ID, how="left_semi")
         leaving = BATCH.materialize(
             old_points.join(_maybe_broadcast(gone_ids, few), on=S.ID, how="left_semi")

@@ -88,10 +88,7 @@ def is_delta_table(spark: SparkSession, ref: str) -> bool:
 
 def delta_version(spark: SparkSession, ref: str) -> int:
     """Current version of the Delta table ``ref`` (a path or a catalog name)."""
-    row = _delta_handle(spark, ref).history(1).select("version").first()
-    if row is None:
-        raise InputError(f"{ref}: Delta table has no history")
-    return int(row[0])
+    return delta_head(spark, ref)[0]
 
 
 def delta_head(spark: SparkSession, ref: str) -> tuple[int, str | None]:

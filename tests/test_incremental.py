@@ -42,6 +42,23 @@ def _state(spark: SparkSession, path: str) -> pd.DataFrame:
     return frame.sort_values(keys).reset_index(drop=True)[sorted(frame.columns)]
 
 
+#: the job group of the night's incremental run
+_NIGHT = "incremental-night"
+
+
+def _job_descriptions(spark: SparkSession, group: str) -> list[str | None]:
+    """The descriptions (as the UI shows them) of the jobs of ``group`` Spark still
+    holds, in the order they ran."""
+    jobs = spark.sparkContext._jsc.sc().statusStore().jobsList(None)  # type: ignore[union-attr]
+    found = []
+    for i in range(jobs.size()):
+        job = jobs.apply(i)
+        if job.jobGroup().isDefined() and job.jobGroup().get() == group:
+            described = job.description().get() if job.description().isDefined() else None
+            found.append((job.jobId(), described))
+    return [d for _, d in sorted(found)]
+
+
 @pytest.fixture(scope="module")
 def runs(
     spark: SparkSession, small_matcher: FitOutcome, tmp_path_factory: pytest.TempPathFactory
@@ -93,7 +110,13 @@ def runs(
     touched = set(new[S.ID]) | set(copies[S.ID]) | set(renamed[S.ID])
 
     version = delta_version(spark, pois_path)
-    inc_lines = match(True)
+    spark.sparkContext.setJobGroup(_NIGHT, _NIGHT)
+    try:
+        inc_lines = match(True)
+    finally:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+        spark.sparkContext.setJobDescription(None)  # type: ignore[arg-type]
+    night_jobs = _job_descriptions(spark, _NIGHT)  # before later runs' jobs push them out
     incremental = _table(spark, matches_path)
     # the state this night's run left, and the state of a first run on the same table
     # version beside another matches table
@@ -115,6 +138,7 @@ def runs(
     return {
         "first_lines": first_lines,
         "inc_lines": inc_lines,
+        "night_jobs": night_jobs,
         "full_lines": full_lines,
         "before": before,
         "incremental": incremental,
@@ -152,6 +176,36 @@ def test_second_run_reuses_the_state_and_redoes_only_what_changed(runs: dict[str
     assert inc.changed_rows == 110  # 60 new + 30 copies + 20 renamed
     assert 0 < inc.new_pairs < 0.2 * inc.candidates
     assert report.candidates == inc.candidates
+
+
+def test_every_job_of_a_night_is_named_after_its_step(runs: dict[str, Any]) -> None:
+    """The UI and the event log name each Spark job of an incremental match job after
+    its step (``poimatch incremental blocking``), or after the stage inside it, or
+    Delta's own; none is anonymous. The steps come in the run's order."""
+    jobs: list[str | None] = runs["night_jobs"]
+    suffix = f" [{_NIGHT}]"
+    steps = ["rows", "reach", "blocking", "scoring", "grouping", "state"]
+    inner = ["points", "pair_features", "scoring", "grouping"]
+    job_steps = ["input", "match", "output", "write", "figures"]
+    allowed = {f"poimatch incremental {s}{suffix}" for s in steps}
+    allowed |= {f"poimatch {s}{suffix}" for s in inner + job_steps}
+    anonymous = [d for d in jobs if d is None]
+    assert not anonymous, f"{len(anonymous)} of {len(jobs)} jobs have no description: {jobs}"
+    assert len(jobs) < 200  # all of them held
+    unknown = {d for d in jobs if d not in allowed and not str(d).startswith("Delta: ")}
+    assert not unknown, unknown
+    # the job's steps and the incremental run's, in order (the job's "match" step holds
+    # the run, its jobs come before and after the run's steps)
+    ours = [str(d).removesuffix(suffix) for d in jobs if d in allowed]
+    order = ["poimatch input"]
+    order += [f"poimatch incremental {s}" for s in steps] + [f"poimatch {s}" for s in job_steps[2:]]
+    seen = [name for i, name in enumerate(ours) if i == 0 or ours[i - 1] != name]
+    ranks = [order.index(name) for name in seen if name in order]
+    assert ranks == sorted(ranks), seen
+    every = {f"poimatch incremental {s}" for s in steps} | {
+        f"poimatch {s}" for s in ["input", "output", "write", "figures"]
+    }
+    assert every <= set(ours), every - set(ours)
 
 
 def test_incremental_equals_a_full_run(runs: dict[str, Any]) -> None:

@@ -52,7 +52,7 @@ from poimatch.runs.against import KNOWN_GROUPS, KNOWN_IDS, match_against
 from poimatch.runs.incremental import IncrementalResult, match_incremental
 from poimatch.runs.workflows import match_pois
 from poimatch.stages.grouping import group_id_changes, stable_group_ids
-from poimatch.stages.plan import BATCH, Plan, small_plan_conf
+from poimatch.stages.plan import BATCH, Plan, name_jobs, small_plan_conf
 
 ABOVE_THRESHOLD = "above_threshold"
 
@@ -353,11 +353,18 @@ def run_match(
             f"--incremental needs a Delta table as input (not {source}) and a Delta "
             "output table (the POI table's run, or --table) to keep its state beside"
         )
-    # a Delta input is read at the version its commit metadata will name, even when
-    # another commit lands while the run reads it
-    version = delta_version(spark, source) if delta_input else None
-    fingerprint = input_fingerprint(spark, source, version=version)
-    data = load_match_input(spark, source, version=version)
+    # the run's Spark jobs are named after its steps (input, match, output, write,
+    # figures), the matching stages' after themselves (poimatch.stages.plan.name_jobs)
+    name_jobs("input")
+    try:
+        # a Delta input is read at the version its commit metadata will name, even when
+        # another commit lands while the run reads it
+        version = delta_version(spark, source) if delta_input else None
+        fingerprint = input_fingerprint(spark, source, version=version)
+        data = load_match_input(spark, source, version=version)
+    except BaseException:
+        name_jobs(None)
+        raise
     uri = model_uri or default_model_uri(settings.model.name)
     rows = data.counts.get(triage.MATCHED, 0)
     written: dict[str, str] = {}
@@ -366,6 +373,7 @@ def run_match(
     small = pairs_table is None and Plan.for_rows(rows, settings.matching.small_max_rows).small
     with small_plan_conf(spark, enabled=small):
         try:
+            name_jobs("match")
             run = _match_rows(
                 spark,
                 settings,
@@ -377,6 +385,7 @@ def run_match(
                 rows=rows,
             )
             matched, points = run.matches, run.points
+            name_jobs("output")
             output = with_status(matched, data.triaged).unionByName(alone_rows(data.triaged))
             previous = _previous_groups(spark, target)
             if previous is not None:
@@ -402,6 +411,7 @@ def run_match(
                 run_name=f"match {fingerprint.rsplit('/', 1)[-1]}",
             )
             contracts.require(checked)
+            name_jobs("write")
             report = rejected_report(data.triaged)
             metadata = f"input={fingerprint} model={uri}"
             if target is not None:
@@ -432,6 +442,7 @@ def run_match(
                 write_single_csv(report, rejected_csv)
                 written["output"] = output_csv
                 written["rejected_output"] = rejected_csv
+            name_jobs("figures")
             n_groups, largest = _group_figures(checked_output)
             changes = None
             if previous is not None:
@@ -443,6 +454,7 @@ def run_match(
             matched.unpersist()
             output.unpersist()
         finally:
+            name_jobs(None)
             data.release()
     return MatchReport(
         source=data.source,

@@ -65,7 +65,7 @@ from poimatch.stages.candidates import featured_pairs
 from poimatch.stages.grouping import LOCAL_MAX_EDGES
 from poimatch.stages.namestats import add_name_stats
 from poimatch.stages.normalize import add_normalized_columns
-from poimatch.stages.plan import BATCH, Plan
+from poimatch.stages.plan import BATCH, Plan, job_name, name_jobs
 from poimatch.stages.scoring import MatchModel, booster_parts, group_scored, score_pairs
 from poimatch.stages.spec import MatchingSpec
 
@@ -282,6 +282,21 @@ def match_incremental(
         state tables are already updated for the next run.
     """
     started = time.perf_counter()
+    steps: dict[str, float] = {}
+    current, since, outer = "", started, job_name()
+
+    def step(name: str) -> None:
+        """End the step running (its wall seconds) and start ``name``: its Spark jobs
+        are named ``poimatch incremental <name>``; ``""`` ends the last one (the
+        caller's name comes back)."""
+        nonlocal current, since
+        now = time.perf_counter()
+        if current:
+            steps[current] = round(now - since, 1)
+        current, since = name, now
+        name_jobs(f"incremental {name}" if name else outer)
+
+    step("rows")
     points_path, pairs_path = state_paths(matches_path)
     version = state_key(spec, model)
     found_points = _read_state(spark, points_path, version)
@@ -294,14 +309,6 @@ def match_incremental(
     blocking = BlockingSettings.model_validate(spec.blocking)
     fine = 0 if plan.small else FINE_LEVELS
     stats = spec.stats()
-    steps: dict[str, float] = {}
-    last = [started]
-
-    def tick(step: str) -> None:
-        now = time.perf_counter()
-        steps[step] = round(now - last[0], 1)
-        last[0] = now
-
     hashed = pois.withColumn(_HASH, row_hash())
     keys = hashed.select(S.ID, _HASH)
     if used_state and old_points is not None and old_pairs is not None:
@@ -327,17 +334,17 @@ def match_incremental(
         kept, fresh, leaving = None, hashed, None
     fresh = BATCH.materialize(add_name_stats(fresh.transform(add_normalized_columns), stats))
     changed = fresh.count()
-    tick("rows")
     columns = list(fresh.columns)
     points = fresh if kept is None else kept.select(*columns).unionByName(fresh)
     n_rows = changed if kept is None else kept.count() + changed
 
     affected = None
     if kept is not None and leaving is not None and old_pairs is not None:
+        step("reach")
         affected = BATCH.materialize(
             _affected_rows(kept, fresh, leaving, old_pairs, blocking=blocking, fine=fine)
         )
-        tick("reach")
+    step("blocking")
     query = affected
     if affected is not None and kept is not None:
         # the rows that stay start on the grid level of their last k-th nearest distance
@@ -363,7 +370,7 @@ def match_incremental(
         redone = BATCH.materialize(affected.unionByName(leaving.select(S.ID)).distinct())
         pairs, kept_pairs = _merge_pairs(old_pairs, found, redone, fresh_ids)
     pairs = BATCH.materialize(pairs)
-    tick("blocking")
+    step("scoring")
     names = pass_names(blocking)
     to_score = pairs.where(F.col(S.SCORE).isNull()).select(
         S.ID_L, S.ID_R, pass_label(F.col(_BITS_L).bitwiseOR(F.col(_BITS_R)), names).alias(S.PASS)
@@ -373,7 +380,7 @@ def match_incremental(
         score_pairs(model, featured, spec.calibration).select(S.ID_L, S.ID_R, S.SCORE)
     )
     n_new = new_scores.count()
-    tick("scoring")
+    step("grouping")
     scored_new = pairs.drop(S.SCORE).join(new_scores, on=[S.ID_L, S.ID_R], how="inner")
     redone_pairs = BATCH.materialize(
         pairs.where(F.col(S.SCORE).isNotNull()).unionByName(scored_new)
@@ -393,7 +400,7 @@ def match_incremental(
         local_max_edges=local_max_edges,
     ).persist(StorageLevel.MEMORY_AND_DISK)
     grouped.count()
-    tick("grouping")
+    step("state")
 
     kth = kth_distances(directed, blocking)
     code = F.lit(version).alias(_CODE)
@@ -408,7 +415,7 @@ def match_incremental(
         pairs_path,
         user_metadata=f"{_POINTS_VERSION}{points_version}",
     )
-    tick("state")
+    step("")
     return IncrementalResult(
         matches=grouped,
         scored=scored,

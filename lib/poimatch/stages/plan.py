@@ -5,6 +5,7 @@ marks (Spark job descriptions, per-stage timings, cancellation checks).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import weakref
 from collections.abc import Iterator, Mapping
@@ -36,7 +37,9 @@ __all__ = [
     "local_frame",
     "held_select",
     "held_union",
+    "job_name",
     "mark_stage",
+    "name_jobs",
     "row_count",
     "selected_frame",
     "set_call_site",
@@ -49,6 +52,8 @@ _log = logging.getLogger(__name__)
 # stack of (event, epoch seconds) mark lists, one per active record_stages() block
 _recorders: list[list[tuple[str, float]]] = []
 _started: dict[str, float] = {}
+# the step a job names its Spark jobs after between the stages (name_jobs), per thread
+_step = threading.local()
 
 
 @contextmanager
@@ -112,9 +117,26 @@ def mark_stage(event: str) -> None:
     elif edge == "end" and stage in _started:
         _log.info("stage %s: %.1f s", stage, now - _started.pop(stage))
     if edge == "end" and stage == "grouping":
-        _describe_jobs(None)
+        _describe_jobs(job_name())
     if _recorders:
         _recorders[-1].append((event, now))
+
+
+def job_name() -> str | None:
+    """The step this thread names its Spark jobs after (:func:`name_jobs`), if any."""
+    return getattr(_step, "name", None)
+
+
+def name_jobs(step: str | None) -> None:
+    """Name the Spark jobs this thread starts from now on ``poimatch <step>`` (the UI's
+    and the event log's job description), until the next call; ``None``: unnamed again.
+
+    For a job's own steps around the stages (its input, an incremental run's steps, the
+    output contract, the writes). A stage inside (``points``, ``pair_features``,
+    ``scoring``, ``grouping``) names its jobs after itself; after ``grouping`` the
+    step's name comes back."""
+    _step.name = step
+    _describe_jobs(step)
 
 
 def _checkpoint(df: DataFrame) -> DataFrame:

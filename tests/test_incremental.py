@@ -8,6 +8,8 @@ the same matches table; groups that no new or changed row touches keep their ids
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any
 
 import pandas as pd
@@ -44,6 +46,17 @@ def _state(spark: SparkSession, path: str) -> pd.DataFrame:
 
 #: the job group of the night's incremental run
 _NIGHT = "incremental-night"
+
+
+class _Lines(logging.Handler):
+    """The log lines of a run, as its console shows them (the message alone)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 def _job_descriptions(spark: SparkSession, group: str) -> list[str | None]:
@@ -111,9 +124,16 @@ def runs(
 
     version = delta_version(spark, pois_path)
     spark.sparkContext.setJobGroup(_NIGHT, _NIGHT)
+    progress = _Lines()
+    logger = logging.getLogger("poimatch")
+    level = logger.level
+    logger.addHandler(progress)
+    logger.setLevel(logging.INFO)
     try:
         inc_lines = match(True)
     finally:
+        logger.removeHandler(progress)
+        logger.setLevel(level)
         spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
         spark.sparkContext.setJobDescription(None)  # type: ignore[arg-type]
     night_jobs = _job_descriptions(spark, _NIGHT)  # before later runs' jobs push them out
@@ -139,6 +159,7 @@ def runs(
         "first_lines": first_lines,
         "inc_lines": inc_lines,
         "night_jobs": night_jobs,
+        "night_log": progress.lines,
         "full_lines": full_lines,
         "before": before,
         "incremental": incremental,
@@ -206,6 +227,43 @@ def test_every_job_of_a_night_is_named_after_its_step(runs: dict[str, Any]) -> N
         f"poimatch {s}" for s in ["input", "output", "write", "figures"]
     }
     assert every <= set(ours), every - set(ours)
+
+
+def test_a_night_prints_a_progress_line_per_step_with_its_counts(runs: dict[str, Any]) -> None:
+    """Each step of a match job, and of its incremental run, ends with a line (INFO):
+    its seconds and what it did."""
+    report = runs["inc_lines"]
+    inc = report.incremental
+    assert inc is not None
+    lines = [line for line in runs["night_log"] if line.startswith(("step ", "incremental "))]
+    steps = [line.split(":")[0] for line in lines]
+    incremental_steps = ["rows", "reach", "blocking", "scoring", "grouping", "state"]
+    assert steps == [
+        "step input",
+        *[f"incremental {s}" for s in incremental_steps],
+        "step match",
+        "step output",
+        "step write",
+        "step figures",
+    ]
+    seconds = r"\d+\.\d s"
+    expected = [
+        f"step input: {seconds}, 3,090 rows, 3,090 to match",
+        f"incremental rows: {seconds}, 110 new or changed of 3,090 rows",
+        f"incremental reach: {seconds}, {inc.affected_rows:,} rows' candidate lists to redo",
+        f"incremental blocking: {seconds}, the candidate lists of {inc.affected_rows:,} rows",
+        f"incremental scoring: {seconds}, {inc.new_pairs:,} new or changed pairs scored",
+        f"incremental grouping: {seconds}, 3,090 rows grouped over {inc.candidates:,} "
+        "candidate pairs",
+        f"incremental state: {seconds}, points state version \\d+",
+        f"step match: {seconds}, {report.candidates:,} candidate pairs, plan small",
+        f"step output: {seconds}, the output contract is met",
+        f"step write: {seconds}, wrote .*/matches, .*/matches_rejected, .*/pois_lookup",
+        f"step figures: {seconds}",
+    ]
+    for pattern in expected:
+        assert any(re.fullmatch(pattern, line) for line in lines), (pattern, lines)
+    assert 110 < inc.affected_rows < 3090
 
 
 def test_incremental_equals_a_full_run(runs: dict[str, Any]) -> None:

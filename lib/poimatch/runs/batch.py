@@ -6,6 +6,8 @@ call these; each returns a typed result whose ``lines()`` the command prints.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +57,8 @@ from poimatch.stages.grouping import group_id_changes, stable_group_ids
 from poimatch.stages.plan import BATCH, Plan, name_jobs, small_plan_conf
 
 ABOVE_THRESHOLD = "above_threshold"
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "AGAINST_TABLES",
@@ -355,7 +359,8 @@ def run_match(
         )
     # the run's Spark jobs are named after its steps (input, match, output, write,
     # figures), the matching stages' after themselves (poimatch.stages.plan.name_jobs)
-    name_jobs("input")
+    progress = _Progress()
+    progress.next("input")
     try:
         # a Delta input is read at the version its commit metadata will name, even when
         # another commit lands while the run reads it
@@ -373,7 +378,7 @@ def run_match(
     small = pairs_table is None and Plan.for_rows(rows, settings.matching.small_max_rows).small
     with small_plan_conf(spark, enabled=small):
         try:
-            name_jobs("match")
+            progress.next("match", f"{sum(data.counts.values()):,} rows, {rows:,} to match")
             run = _match_rows(
                 spark,
                 settings,
@@ -385,7 +390,7 @@ def run_match(
                 rows=rows,
             )
             matched, points = run.matches, run.points
-            name_jobs("output")
+            progress.next("output", f"{run.candidates:,} candidate pairs, plan {run.plan}")
             output = with_status(matched, data.triaged).unionByName(alone_rows(data.triaged))
             previous = _previous_groups(spark, target)
             if previous is not None:
@@ -411,7 +416,7 @@ def run_match(
                 run_name=f"match {fingerprint.rsplit('/', 1)[-1]}",
             )
             contracts.require(checked)
-            name_jobs("write")
+            progress.next("write", "the output contract is met")
             report = rejected_report(data.triaged)
             metadata = f"input={fingerprint} model={uri}"
             if target is not None:
@@ -442,7 +447,7 @@ def run_match(
                 write_single_csv(report, rejected_csv)
                 written["output"] = output_csv
                 written["rejected_output"] = rejected_csv
-            name_jobs("figures")
+            progress.next("figures", "wrote " + ", ".join(written.values()))
             n_groups, largest = _group_figures(checked_output)
             changes = None
             if previous is not None:
@@ -454,7 +459,7 @@ def run_match(
             matched.unpersist()
             output.unpersist()
         finally:
-            name_jobs(None)
+            progress.next(None)
             data.release()
     return MatchReport(
         source=data.source,
@@ -471,6 +476,25 @@ def run_match(
         group_ids_changed=changes,
         incremental=run.incremental,
     )
+
+
+class _Progress:
+    """A match job's steps: each one's Spark jobs named after it
+    (:func:`~poimatch.stages.plan.name_jobs`), and a progress line as it ends (INFO
+    ``step <name>: <seconds> s, <what it did>``): a long run is not silent."""
+
+    def __init__(self) -> None:
+        self.step: str | None = None
+        self.since = time.perf_counter()
+
+    def next(self, step: str | None, done: str = "") -> None:
+        """End the step running (``done``: what it did) and start ``step`` (``None``:
+        none)."""
+        now = time.perf_counter()
+        if self.step is not None:
+            _log.info("step %s: %.1f s%s", self.step, now - self.since, f", {done}" if done else "")
+        self.step, self.since = step, now
+        name_jobs(step)
 
 
 #: marks the output's rows in the one collection of a small run's output and input ids

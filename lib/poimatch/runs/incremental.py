@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import unicodedata
 from dataclasses import dataclass, field
@@ -79,6 +80,8 @@ __all__ = [
     "state_key",
     "state_paths",
 ]
+
+_log = logging.getLogger(__name__)
 
 _HASH = "_row_hash"
 _CODE = "_code_version"
@@ -285,14 +288,15 @@ def match_incremental(
     steps: dict[str, float] = {}
     current, since, outer = "", started, job_name()
 
-    def step(name: str) -> None:
-        """End the step running (its wall seconds) and start ``name``: its Spark jobs
-        are named ``poimatch incremental <name>``; ``""`` ends the last one (the
-        caller's name comes back)."""
+    def step(name: str, done: str = "") -> None:
+        """End the step running (its wall seconds, and a progress line with ``done``:
+        what it did) and start ``name``: its Spark jobs are named ``poimatch
+        incremental <name>``; ``""`` ends the last one (the caller's name comes back)."""
         nonlocal current, since
         now = time.perf_counter()
         if current:
             steps[current] = round(now - since, 1)
+            _log.info("incremental %s: %.1f s%s", current, now - since, f", {done}" if done else "")
         current, since = name, now
         name_jobs(f"incremental {name}" if name else outer)
 
@@ -338,13 +342,17 @@ def match_incremental(
     points = fresh if kept is None else kept.select(*columns).unionByName(fresh)
     n_rows = changed if kept is None else kept.count() + changed
 
-    affected = None
+    rows_done = f"{changed:,} new or changed of {n_rows:,} rows"
+    affected, n_affected = None, n_rows
     if kept is not None and leaving is not None and old_pairs is not None:
-        step("reach")
+        step("reach", rows_done)
         affected = BATCH.materialize(
             _affected_rows(kept, fresh, leaving, old_pairs, blocking=blocking, fine=fine)
         )
-    step("blocking")
+        n_affected = affected.count()
+        step("blocking", f"{n_affected:,} rows' candidate lists to redo")
+    else:
+        step("blocking", rows_done)
     query = affected
     if affected is not None and kept is not None:
         # the rows that stay start on the grid level of their last k-th nearest distance
@@ -370,7 +378,7 @@ def match_incremental(
         redone = BATCH.materialize(affected.unionByName(leaving.select(S.ID)).distinct())
         pairs, kept_pairs = _merge_pairs(old_pairs, found, redone, fresh_ids)
     pairs = BATCH.materialize(pairs)
-    step("scoring")
+    step("scoring", f"the candidate lists of {n_affected:,} rows")
     names = pass_names(blocking)
     to_score = pairs.where(F.col(S.SCORE).isNull()).select(
         S.ID_L, S.ID_R, pass_label(F.col(_BITS_L).bitwiseOR(F.col(_BITS_R)), names).alias(S.PASS)
@@ -380,7 +388,7 @@ def match_incremental(
         score_pairs(model, featured, spec.calibration).select(S.ID_L, S.ID_R, S.SCORE)
     )
     n_new = new_scores.count()
-    step("grouping")
+    step("grouping", f"{n_new:,} new or changed pairs scored")
     scored_new = pairs.drop(S.SCORE).join(new_scores, on=[S.ID_L, S.ID_R], how="inner")
     redone_pairs = BATCH.materialize(
         pairs.where(F.col(S.SCORE).isNotNull()).unionByName(scored_new)
@@ -400,7 +408,7 @@ def match_incremental(
         local_max_edges=local_max_edges,
     ).persist(StorageLevel.MEMORY_AND_DISK)
     grouped.count()
-    step("state")
+    step("state", f"{n_rows:,} rows grouped over {n_pairs:,} candidate pairs")
 
     kth = kth_distances(directed, blocking)
     code = F.lit(version).alias(_CODE)
@@ -415,7 +423,7 @@ def match_incremental(
         pairs_path,
         user_metadata=f"{_POINTS_VERSION}{points_version}",
     )
-    step("")
+    step("", f"points state version {points_version}")
     return IncrementalResult(
         matches=grouped,
         scored=scored,
@@ -427,7 +435,7 @@ def match_incremental(
         plan=plan.name,
         seconds=time.perf_counter() - started,
         points=points,
-        affected_rows=n_rows if affected is None else affected.count(),
+        affected_rows=n_affected,
         steps=steps,
         state_ignored=ignored,
     )

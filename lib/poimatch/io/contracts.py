@@ -49,7 +49,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -91,20 +91,6 @@ if TYPE_CHECKING:
     )
 
 
-def import_gx_in_background() -> None:
-    """Start importing great_expectations in a thread of its own (3-5 s of one core
-    here), so that a job's first validation does not wait for it: for a job to call as
-    its Spark work starts, which leaves the driver's Python thread waiting on the JVM.
-    The first validation's own import waits for this one (Python's import lock) and
-    raises its error, if any."""
-
-    def load() -> None:
-        with suppress(Exception):  # the validation's own import raises it
-            _gx()
-
-    threading.Thread(target=load, name="poimatch-gx-import", daemon=True).start()
-
-
 def _gx() -> ModuleType:
     """:mod:`poimatch.io.gx_api`, for the rules' expectation factories (a lambda cannot hold
     an import). GX is imported on the first validation, not with this module (see
@@ -130,7 +116,6 @@ __all__ = [
     "require",
     "validate_input",
     "validate_output",
-    "import_gx_in_background",
 ]
 
 INPUT_SUITE = "poimatch.input"

@@ -359,7 +359,6 @@ def run_match(
         )
     # the run's Spark jobs are named after its steps (input, match, output, write,
     # figures), the matching stages' after themselves (poimatch.stages.plan.name_jobs)
-    contracts.import_gx_in_background()  # the output contract's, while Spark reads
     progress = _Progress()
     progress.next("input")
     try:

@@ -6,8 +6,6 @@ call these; each returns a typed result whose ``lines()`` the command prints.
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,11 +52,9 @@ from poimatch.runs.against import KNOWN_GROUPS, KNOWN_IDS, match_against
 from poimatch.runs.incremental import IncrementalResult, match_incremental
 from poimatch.runs.workflows import match_pois
 from poimatch.stages.grouping import group_id_changes, stable_group_ids
-from poimatch.stages.plan import BATCH, Plan, name_jobs, small_plan_conf
+from poimatch.stages.plan import BATCH, Plan, Steps, name_jobs, small_plan_conf
 
 ABOVE_THRESHOLD = "above_threshold"
-
-_log = logging.getLogger(__name__)
 
 __all__ = [
     "AGAINST_TABLES",
@@ -359,7 +355,7 @@ def run_match(
         )
     # the run's Spark jobs are named after its steps (input, match, output, write,
     # figures), the matching stages' after themselves (poimatch.stages.plan.name_jobs)
-    progress = _Progress()
+    progress = Steps(log_prefix="step ")
     progress.next("input")
     try:
         # a Delta input is read at the version its commit metadata will name, even when
@@ -476,25 +472,6 @@ def run_match(
         group_ids_changed=changes,
         incremental=run.incremental,
     )
-
-
-class _Progress:
-    """A match job's steps: each one's Spark jobs named after it
-    (:func:`~poimatch.stages.plan.name_jobs`), and a progress line as it ends (INFO
-    ``step <name>: <seconds> s, <what it did>``): a long run is not silent."""
-
-    def __init__(self) -> None:
-        self.step: str | None = None
-        self.since = time.perf_counter()
-
-    def next(self, step: str | None, done: str = "") -> None:
-        """End the step running (``done``: what it did) and start ``step`` (``None``:
-        none)."""
-        now = time.perf_counter()
-        if self.step is not None:
-            _log.info("step %s: %.1f s%s", self.step, now - self.since, f", {done}" if done else "")
-        self.step, self.since = step, now
-        name_jobs(step)
 
 
 #: marks the output's rows in the one collection of a small run's output and input ids

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 import unicodedata
 from dataclasses import dataclass, field
@@ -66,7 +65,7 @@ from poimatch.stages.candidates import featured_pairs
 from poimatch.stages.grouping import LOCAL_MAX_EDGES
 from poimatch.stages.namestats import add_name_stats
 from poimatch.stages.normalize import add_normalized_columns
-from poimatch.stages.plan import BATCH, Plan, job_name, name_jobs
+from poimatch.stages.plan import BATCH, Plan, Steps
 from poimatch.stages.scoring import MatchModel, booster_parts, group_scored, score_pairs
 from poimatch.stages.spec import MatchingSpec
 
@@ -80,8 +79,6 @@ __all__ = [
     "state_key",
     "state_paths",
 ]
-
-_log = logging.getLogger(__name__)
 
 _HASH = "_row_hash"
 _CODE = "_code_version"
@@ -285,21 +282,8 @@ def match_incremental(
         state tables are already updated for the next run.
     """
     started = time.perf_counter()
-    steps: dict[str, float] = {}
-    current, since, outer = "", started, job_name()
-
-    def step(name: str, done: str = "") -> None:
-        """End the step running (its wall seconds, and a progress line with ``done``:
-        what it did) and start ``name``: its Spark jobs are named ``poimatch
-        incremental <name>``; ``""`` ends the last one (the caller's name comes back)."""
-        nonlocal current, since
-        now = time.perf_counter()
-        if current:
-            steps[current] = round(now - since, 1)
-            _log.info("incremental %s: %.1f s%s", current, now - since, f", {done}" if done else "")
-        current, since = name, now
-        name_jobs(f"incremental {name}" if name else outer)
-
+    steps = Steps(log_prefix="incremental ", jobs_prefix="incremental ")
+    step = steps.next
     step("rows")
     points_path, pairs_path = state_paths(matches_path)
     version = state_key(spec, model)
@@ -423,7 +407,7 @@ def match_incremental(
         pairs_path,
         user_metadata=f"{_POINTS_VERSION}{points_version}",
     )
-    step("", f"points state version {points_version}")
+    step(None, f"points state version {points_version}")
     return IncrementalResult(
         matches=grouped,
         scored=scored,
@@ -436,7 +420,7 @@ def match_incremental(
         seconds=time.perf_counter() - started,
         points=points,
         affected_rows=n_affected,
-        steps=steps,
+        steps=steps.seconds,
         state_ignored=ignored,
     )
 

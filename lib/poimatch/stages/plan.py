@@ -30,6 +30,7 @@ __all__ = [
     "SMALL",
     "SMALL_SQL_CONF",
     "Plan",
+    "Steps",
     "counted",
     "driver_frame",
     "held_copy",
@@ -137,6 +138,34 @@ def name_jobs(step: str | None) -> None:
     step's name comes back."""
     _step.name = step
     _describe_jobs(step)
+
+
+class Steps:
+    """A run's steps, one after the other: each one's Spark jobs named ``poimatch
+    <jobs_prefix><step>`` (:func:`name_jobs`), its wall seconds kept (:attr:`seconds`),
+    and a progress line as it ends (INFO, ``<log_prefix><step>: <seconds> s, <what it
+    did>``), so a long run is not silent. When the last step ends, the jobs are named
+    as before the first began."""
+
+    def __init__(self, *, log_prefix: str, jobs_prefix: str = "") -> None:
+        self.log_prefix, self.jobs_prefix = log_prefix, jobs_prefix
+        self.seconds: dict[str, float] = {}
+        self._step: str | None = None
+        self._since = time.perf_counter()
+        self._outer = job_name()
+
+    def next(self, step: str | None, done: str = "") -> None:
+        """End the step running (``done``: what it did) and start ``step`` (``None``:
+        the last one has ended)."""
+        now = time.perf_counter()
+        if self._step is not None:
+            elapsed = now - self._since
+            self.seconds[self._step] = round(elapsed, 1)
+            _log.info(
+                "%s%s: %.1f s%s", self.log_prefix, self._step, elapsed, f", {done}" if done else ""
+            )
+        self._step, self._since = step, now
+        name_jobs(self._outer if step is None else f"{self.jobs_prefix}{step}")
 
 
 def _checkpoint(df: DataFrame) -> DataFrame:

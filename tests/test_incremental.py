@@ -19,7 +19,7 @@ from pyspark.sql import SparkSession
 
 from poimatch import schema as S
 from poimatch.config import Settings, load_settings
-from poimatch.io.ingest import ingest_file
+from poimatch.io.ingest import CHANGE_FEED, ingest_file
 from poimatch.io.tables import delta_version
 from poimatch.runs import incremental
 from poimatch.runs.batch import MatchReport, run_match
@@ -107,6 +107,7 @@ def runs(
             incremental=incremental,
         )
 
+    first_version = delta_version(spark, pois_path)
     first_lines = match(True)
     before = _table(spark, matches_path)
 
@@ -157,6 +158,9 @@ def runs(
     assert delta_version(spark, pois_path) == version  # both runs read the same table
     return {
         "first_lines": first_lines,
+        "first_version": first_version,
+        "version": version,
+        "pois_path": pois_path,
         "inc_lines": inc_lines,
         "night_jobs": night_jobs,
         "night_log": progress.lines,
@@ -195,6 +199,13 @@ def test_second_run_reuses_the_state_and_redoes_only_what_changed(runs: dict[str
     assert report.plan == inc.plan == "small"
     assert inc.rows == 3090
     assert inc.changed_rows == 110  # 60 new + 30 copies + 20 renamed
+    # what changed came from the POI table's change data feed (the ingest records it)
+    # since the version the first run's state names: the second ingest's versions
+    assert (
+        inc.changes_from
+        == f"change data feed, versions {runs['first_version'] + 1}-{runs['version']}"
+    )
+    assert f"incremental changes={inc.changes_from}" in report.lines()
     assert 0 < inc.new_pairs < 0.2 * inc.candidates
     assert report.candidates == inc.candidates
 
@@ -249,7 +260,8 @@ def test_a_night_prints_a_progress_line_per_step_with_its_counts(runs: dict[str,
     seconds = r"\d+\.\d s"
     expected = [
         f"step input: {seconds}, 3,090 rows, 3,090 to match",
-        f"incremental rows: {seconds}, 110 new or changed of 3,090 rows",
+        f"incremental rows: {seconds}, 110 new or changed of 3,090 rows "
+        r"\(by change data feed, versions \d+-\d+\)",
         f"incremental reach: {seconds}, {inc.affected_rows:,} rows' candidate lists to redo",
         f"incremental blocking: {seconds}, the candidate lists of {inc.affected_rows:,} rows",
         f"incremental scoring: {seconds}, {inc.new_pairs:,} new or changed pairs scored",
@@ -436,3 +448,50 @@ def test_which_state_is_reused() -> None:
     assert incremental._unusable(none, none) is None
     other = incremental._StateTable(None, version=2, other_key=True)
     assert incremental._unusable(points, other) == "produced by other code, libraries or model"
+
+
+def test_without_the_change_feed_a_night_compares_row_hashes_and_equals_a_full_run(
+    spark: SparkSession, runs: dict[str, Any]
+) -> None:
+    """The POI table's owner turned the change data feed off: the next night cannot
+    read what changed there, says why, finds it by row hashes, and its output is still
+    a full run's. (After the test above: the state is that of its last run.)"""
+    pois_path = runs["pois_path"]
+    spark.sql(f"ALTER TABLE delta.`{pois_path}` SET TBLPROPERTIES ('{CHANGE_FEED}' = 'false')")
+    renamed = runs["base"].sample(n=15, random_state=11).copy()
+    renamed[S.NAME] = renamed[S.NAME].fillna("") + " Nord"
+    csv = runs["root"] / "renamed.csv"
+    write_pois_csv(renamed, csv)
+    runs["ingest"](csv)
+    report = runs["match"](True)
+    inc = report.incremental
+    assert inc is not None
+    assert inc.used_state
+    assert (inc.changes_from or "").startswith("row hashes (the change data feed of versions ")
+    assert "DELTA_MISSING_CHANGE_DATA" in (inc.changes_from or "")
+    assert inc.changed_rows == 15
+    night = _table(spark, runs["matches_path"])
+    runs["match"](False)
+    pd.testing.assert_frame_equal(night, _table(spark, runs["matches_path"]))
+
+
+def test_the_feed_is_read_only_after_the_version_the_state_names(spark: SparkSession) -> None:
+    source = incremental.ChangeSource("/lake/pois", 7)
+    assert source.note() == "poimatch.state_source=7:/lake/pois"
+    cases = {
+        None: "the state names no table version",
+        "poimatch.state_source=3:/lake/other": "computed from /lake/other version 3",
+        "poimatch.state_source=9:/lake/pois": "computed from /lake/pois version 9",
+    }
+    for note, why in cases.items():
+        ids, how = incremental._fed_changes(spark, source, note)
+        assert ids is None
+        assert how.startswith("row hashes (")
+        assert why in how
+    ids, how = incremental._fed_changes(spark, source, source.note())
+    assert ids is not None
+    assert ids.count() == 0
+    assert how == "change data feed, no version since 7"
+    ids, how = incremental._fed_changes(spark, None, source.note())
+    assert ids is None
+    assert how == "row hashes (no change data feed asked for: matching.change_feed)"

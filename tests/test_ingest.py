@@ -10,8 +10,8 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from poimatch import schema as S
-from poimatch.io.ingest import MALFORMED_ROW, ingest_file
-from poimatch.io.tables import InputError
+from poimatch.io.ingest import CHANGE_FEED, MALFORMED_ROW, ingest_file
+from poimatch.io.tables import InputError, read_changes
 
 HEADER = ",".join((*S.INPUT_COLUMNS, S.POI))
 
@@ -115,6 +115,45 @@ def test_rerun_changes_nothing_and_changed_rows_update(spark: SparkSession, tmp_
     ops = [r["operation"] for r in history.orderBy("version").collect()]
     assert ops.count("MERGE") == 3
     assert r3.pois_version > r1.pois_version
+    # the table records Delta's change data feed: after the first day it names the
+    # changed row and the new one, nothing for the re-run that changed nothing
+    fed = read_changes(
+        spark, paths["pois_path"], start=r1.pois_version + 1, end=r3.pois_version
+    ).collect()
+    assert sorted((r[S.ID], r["_change_type"]) for r in fed) == [
+        ("a1", "update_postimage"),
+        ("a1", "update_preimage"),
+        ("a4", "insert"),
+    ]
+
+
+def _properties(table: DeltaTable) -> dict[str, str]:
+    detail = table.detail().first()
+    assert detail is not None
+    return dict(detail["properties"])
+
+
+def test_a_poi_table_from_before_the_change_feed_gets_it_and_an_owners_choice_stays(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    paths = _paths(tmp_path)
+    old = spark.createDataFrame([], S.poi_table_schema())
+    old.write.format("delta").save(paths["pois_path"])  # no table properties
+    report = ingest_file(spark, _write(tmp_path / "a.csv", [HEADER, *GOOD]), **paths)
+    table = DeltaTable.forPath(spark, paths["pois_path"])
+    assert _properties(table) == {CHANGE_FEED: "true"}
+    fed = read_changes(
+        spark, paths["pois_path"], start=report.pois_version, end=report.pois_version
+    )
+    assert sorted(r[S.ID] for r in fed.collect()) == ["a1", "a2", "a3"]
+    # an owner who turned it off keeps it off
+    spark.sql(
+        f"ALTER TABLE delta.`{paths['pois_path']}` SET TBLPROPERTIES ('{CHANGE_FEED}' = 'false')"
+    )
+    ingest_file(
+        spark, _write(tmp_path / "b.csv", [HEADER, _row("a5", "Other", "48.9", "2.4")]), **paths
+    )
+    assert _properties(table) == {CHANGE_FEED: "false"}
 
 
 def test_file_without_poi_column_is_accepted(spark: SparkSession, tmp_path: Path) -> None:

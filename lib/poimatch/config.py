@@ -189,6 +189,10 @@ class MatchingSettings(_Frozen):
     # small jobs over the cached output); a small run's output always is; 0: only a
     # small run's. At 100k rows the driver saves 6 s; at 1M the two tie
     driver_check_max_rows: int = Field(default=500_000, ge=0)
+    # an incremental run reads the rows changed since its last run from the POI table's
+    # change data feed (Delta; the ingest records it); false, or where the feed was not
+    # recorded: it compares a hash of every row with its state
+    change_feed: bool = True
 
 
 class GroupingSettings(_Frozen):

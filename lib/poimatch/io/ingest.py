@@ -33,6 +33,7 @@ __all__ = [
     "upsert_quarantine",
     "ingest_file",
     "MALFORMED_ROW",
+    "CHANGE_FEED",
 ]
 
 MALFORMED_ROW = "malformed_csv_row"
@@ -166,8 +167,25 @@ def _merge_metrics(table: DeltaTable) -> dict[str, int]:
     return {k: int(v) for k, v in (row["operationMetrics"] or {}).items() if v.isdigit()}
 
 
+#: the POI table records Delta's change data feed: an incremental match run reads the
+#: rows that changed since its last run there (poimatch.runs.incremental)
+CHANGE_FEED = "delta.enableChangeDataFeed"
+
+
+def _record_changes(spark: SparkSession, table: DeltaTable, path: str) -> None:
+    """Turn the change data feed on for a POI table created before it was (one
+    metadata commit, once); a table whose owner set the property, to either value, is
+    left as it is."""
+    properties = table.detail().select("properties").first()
+    if properties is not None and CHANGE_FEED in (properties[0] or {}):
+        return
+    quoted = path.replace("`", "``")
+    spark.sql(f"ALTER TABLE delta.`{quoted}` SET TBLPROPERTIES ('{CHANGE_FEED}' = 'true')")
+
+
 def upsert_pois(spark: SparkSession, accepted: DataFrame, path: str) -> dict[str, int]:
     """MERGE accepted rows into the POI table by id; unchanged rows are not rewritten.
+    The table records Delta's change data feed (:data:`CHANGE_FEED`).
 
     Returns Delta's MERGE metrics (``numTargetRowsInserted``, ``...Updated``, ...).
     """
@@ -180,9 +198,11 @@ def upsert_pois(spark: SparkSession, accepted: DataFrame, path: str) -> dict[str
         .addColumns(S.poi_table_schema())
         .addColumn(S.SOURCE_FILE, T.StringType())
         .addColumn(_UPDATED_AT, T.TimestampType())
+        .property(CHANGE_FEED, "true")
         .execute()
     )
     table = DeltaTable.forPath(spark, path)
+    _record_changes(spark, table, path)
     (
         table.alias("t")
         .merge(source.alias("s"), f"t.`{S.ID}` = s.`{S.ID}`")

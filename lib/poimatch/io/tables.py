@@ -29,6 +29,7 @@ __all__ = [
     "is_delta_table",
     "is_table_name",
     "read_delta",
+    "read_changes",
     "delta_head",
     "delta_version",
     "write_delta",
@@ -106,6 +107,25 @@ def read_delta(spark: SparkSession, ref: str, *, version: int | None = None) -> 
     reader = spark.read.format("delta")
     if version is not None:
         reader = reader.option("versionAsOf", version)
+    return reader.table(ref) if is_table_name(ref) else reader.load(ref)
+
+
+def read_changes(spark: SparkSession, ref: str, *, start: int, end: int) -> DataFrame:
+    """The rows Delta's change data feed recorded for the table ``ref`` over versions
+    ``start`` to ``end`` (both included): the table's columns with ``_change_type``
+    (``insert``, ``update_preimage``, ``update_postimage``, ``delete``),
+    ``_commit_version`` and ``_commit_timestamp``.
+
+    Raises:
+        pyspark.errors.AnalysisException: the feed was not recorded for a version of
+            the range (``DELTA_MISSING_CHANGE_DATA``), or the range is past the table.
+    """
+    reader = (
+        spark.read.format("delta")
+        .option("readChangeFeed", "true")
+        .option("startingVersion", start)
+        .option("endingVersion", end)
+    )
     return reader.table(ref) if is_table_name(ref) else reader.load(ref)
 
 

@@ -49,7 +49,7 @@ from poimatch.lifecycle.evaluation import (
 )
 from poimatch.lifecycle.tracking import configure_tracking, default_model_uri, load_matcher
 from poimatch.runs.against import KNOWN_GROUPS, KNOWN_IDS, match_against
-from poimatch.runs.incremental import IncrementalResult, match_incremental
+from poimatch.runs.incremental import ChangeSource, IncrementalResult, match_incremental
 from poimatch.runs.workflows import match_pois
 from poimatch.stages.grouping import group_id_changes, stable_group_ids
 from poimatch.stages.plan import BATCH, Plan, Steps, name_jobs, small_plan_conf
@@ -384,6 +384,11 @@ def run_match(
                 table=target,
                 keep_pairs=pairs_table is not None,
                 rows=rows,
+                source=(
+                    ChangeSource(source, version)
+                    if version is not None and settings.matching.change_feed
+                    else None
+                ),
             )
             matched, points = run.matches, run.points
             progress.next("output", f"{run.candidates:,} candidate pairs, plan {run.plan}")
@@ -541,13 +546,15 @@ def _match_rows(
     table: str | None,
     keep_pairs: bool = False,
     rows: int = -1,
+    source: ChangeSource | None = None,
 ) -> _Matched:
     """Match the rows that passed the input rules (``keep_pairs``: keep the scored pairs
     with ``block_pass`` and the features). A full run of at most
     ``matching.small_max_rows`` ``rows`` runs the small plan (the same output, a handful
     of Spark jobs), with its queries prepared once per model and session as the service's
     are (a notebook or test matching small files repeatedly plans them once); the
-    scored-pairs table and larger inputs the batch plan."""
+    scored-pairs table and larger inputs the batch plan. ``source``: the Delta input and
+    its version, whose change data feed an incremental run reads."""
     by_size = Plan.for_rows(rows, settings.matching.small_max_rows)
     # every row rejected: nothing to match (``rows`` when the caller counted them, else a
     # one-row probe)
@@ -569,6 +576,7 @@ def _match_rows(
             local_max_edges=settings.grouping.local_max_edges,
             broadcast_max_rows=settings.matching.broadcast_max_rows,
             plan=by_size,
+            source=source,
         )
         per_row = 2.0 * inc.candidates / max(inc.rows, 1)
         return _Matched(

@@ -7,13 +7,21 @@ sharing a key, so a row arriving or leaving changes the lists of the rows around
 An incremental run keeps, beside the matches table, each row's normalized values with
 the distance of its k-th nearest spatial candidate, and each candidate pair with the
 passes each of its two rows found it by and its score. From the rows that changed
-since (new, changed or deleted, found by a hash of each row's values) it finds the
-rows whose lists they can reach (:func:`poimatch.stages.blocking.rows_near_changes`,
-and the rows whose lists held a row that left), recomputes those rows' lists alone
+since (new, changed or deleted) it finds the rows whose lists they can reach
+(:func:`poimatch.stages.blocking.rows_near_changes`, and the rows whose lists held a row
+that left), recomputes those rows' lists alone
 (:func:`poimatch.stages.blocking.directed_candidates`, reading only the cells and keys
 they need), scores only the pairs that are new or touch a changed row, and groups the
 whole table's scored pairs as a full run does. The output equals a full run's on the
 same table exactly (``tests/test_incremental.py``).
+
+What changed comes from Delta's change data feed of the POI table (the ingest turns it
+on, :data:`poimatch.io.ingest.CHANGE_FEED`): the points state's commit names the table
+version it was computed from, and the run reads the ids the feed recorded after it, a
+read of the changed rows alone. When the feed cannot say (not recorded for a version
+since, the state from another table or from before the state named its version, or
+``matching.change_feed`` off) the run compares a hash of every row's values with the
+state's, and says why.
 
 State lives next to the matches table: ``<matches>_state_points`` and
 ``<matches>_state_pairs`` (Delta), each tagged with a key of what produced it
@@ -40,6 +48,7 @@ from importlib.metadata import version as package_version
 from importlib.resources import files
 
 from pyspark import StorageLevel
+from pyspark.errors import AnalysisException, IllegalArgumentException
 from pyspark.ml import PipelineModel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -47,7 +56,14 @@ from pyspark.sql import types as T
 
 from poimatch import schema as S
 from poimatch.config import BlockingSettings
-from poimatch.io.tables import delta_head, delta_version, is_delta_table, read_delta, write_delta
+from poimatch.io.tables import (
+    delta_head,
+    delta_version,
+    is_delta_table,
+    read_changes,
+    read_delta,
+    write_delta,
+)
 from poimatch.stages.blocking import (
     BITS,
     FINE_LEVELS,
@@ -72,6 +88,9 @@ from poimatch.stages.spec import MatchingSpec
 __all__ = [
     "STATE_LIBRARIES",
     "STATE_SOURCES",
+    "BY_FEED",
+    "BY_HASH",
+    "ChangeSource",
     "IncrementalResult",
     "match_incremental",
     "model_fingerprint",
@@ -91,6 +110,25 @@ _PAIR_STATE = [S.ID_L, S.ID_R, _BITS_L, _BITS_R, S.SCORE]
 #: stopped between the two writes leaves a pairs commit naming an older points version,
 #: and the next run ignores the torn state instead of mixing the two
 _POINTS_VERSION = "poimatch.state_points_version="
+#: the points state's commit names the POI table and version its rows were read from
+#: (``<version>:<table>``): the next run reads the change data feed after that version
+_SOURCE_VERSION = "poimatch.state_source="
+#: how a run found what changed
+BY_FEED = "change data feed"
+BY_HASH = "row hashes"
+
+
+@dataclass(frozen=True)
+class ChangeSource:
+    """The Delta table an incremental run matches (``table``: a path or a catalog
+    name) at the version it reads."""
+
+    table: str
+    version: int
+
+    def note(self) -> str:
+        """The points state's commit note naming this source."""
+        return f"{_SOURCE_VERSION}{self.version}:{self.table}"
 
 
 @dataclass(frozen=True)
@@ -111,6 +149,9 @@ class IncrementalResult:
     steps: dict[str, float] = field(default_factory=dict)  # seconds per step
     #: why state beside the matches table was not used (None: there was none, or it was)
     state_ignored: str | None = None
+    #: how the changed rows were found (``change data feed, versions a-b`` or ``row
+    #: hashes (why not the feed)``; None: a full run, nothing to compare)
+    changes_from: str | None = None
 
     def lines(self) -> list[str]:
         """Printable figures for the job."""
@@ -122,6 +163,7 @@ class IncrementalResult:
             state = "none (full run)"
         return [
             f"incremental state={state}",
+            *([f"incremental changes={self.changes_from}"] if self.changes_from else []),
             f"plan={self.plan}",
             f"rows={self.rows} changed_rows={self.changed_rows} "
             f"redone_rows={self.affected_rows} "
@@ -137,6 +179,11 @@ STATE_SOURCES: tuple[str, ...] = (
     "stages/comparisons.py",
     "stages/namestats.py",
     "stages/blocking.py",
+    # the input rules decide which of the table's rows are matched: the change data
+    # feed names the rows that changed, not those a changed rule now reads otherwise
+    "io/contracts.py",
+    "io/ingest.py",
+    "io/triage.py",
 )
 #: Libraries those modules call to compute them (folding, string similarities, Spark).
 STATE_LIBRARIES: tuple[str, ...] = ("anyascii", "rapidfuzz", "pyspark", "pandas")
@@ -261,6 +308,7 @@ def match_incremental(
     local_max_edges: int = LOCAL_MAX_EDGES,
     broadcast_max_rows: int = 5_000_000,
     plan: Plan = BATCH,
+    source: ChangeSource | None = None,
 ) -> IncrementalResult:
     """Match the whole POI table, redoing only what its changes since the last
     incremental run can reach.
@@ -276,6 +324,9 @@ def match_incremental(
         plan: the small plan (a table of at most ``matching.small_max_rows`` rows)
             blocks on the coarse grid alone, which gives the same pairs; every stage is
             still checkpointed, as the state tables are written from them.
+        source: the Delta table ``pois`` was read from, at its version: the changed
+            rows are read from its change data feed where it recorded them since the
+            last run (None: found by row hashes).
 
     Returns:
         :class:`IncrementalResult`; write ``matches``, then call nothing else: the
@@ -299,18 +350,36 @@ def match_incremental(
     stats = spec.stats()
     hashed = pois.withColumn(_HASH, row_hash())
     keys = hashed.select(S.ID, _HASH)
+    changes_from = None
     if used_state and old_points is not None and old_pairs is not None:
-        # what changed, from the ids and hashes alone (no wide row is shuffled): new or
-        # changed rows, and the rows whose old values leave (changed or deleted)
-        old_keys = old_points.select(S.ID, _HASH)
-        # (ids re-aliased: a checkpoint keeps its source's attributes, and a join of the
-        # table with a checkpoint of itself cannot be resolved)
-        fresh_ids = BATCH.materialize(
-            keys.join(old_keys, on=[S.ID, _HASH], how="left_anti").select(F.col(S.ID).alias(S.ID))
-        )
-        gone_ids = BATCH.materialize(
-            old_keys.join(keys, on=[S.ID, _HASH], how="left_anti").select(F.col(S.ID).alias(S.ID))
-        )
+        fed, changes_from = _fed_changes(spark, source, found_points.note)
+        if fed is not None:
+            # the ids the feed names: those in the table now are new or changed, those
+            # in the state leave (changed or deleted); an id it names whose row did not
+            # change is redone to the same values
+            named = _maybe_broadcast(fed, fed.count() <= _BROADCAST_IDS)
+            fresh_ids = BATCH.materialize(
+                keys.select(F.col(S.ID).alias(S.ID)).join(named, S.ID, "left_semi")
+            )
+            gone_ids = BATCH.materialize(
+                old_points.select(F.col(S.ID).alias(S.ID)).join(named, S.ID, "left_semi")
+            )
+        else:
+            # what changed, from the ids and hashes alone (no wide row is shuffled): new
+            # or changed rows, and the rows whose old values leave (changed or deleted)
+            old_keys = old_points.select(S.ID, _HASH)
+            # (ids re-aliased: a checkpoint keeps its source's attributes, and a join of
+            # the table with a checkpoint of itself cannot be resolved)
+            fresh_ids = BATCH.materialize(
+                keys.join(old_keys, on=[S.ID, _HASH], how="left_anti").select(
+                    F.col(S.ID).alias(S.ID)
+                )
+            )
+            gone_ids = BATCH.materialize(
+                old_keys.join(keys, on=[S.ID, _HASH], how="left_anti").select(
+                    F.col(S.ID).alias(S.ID)
+                )
+            )
         few = fresh_ids.count() + gone_ids.count() <= _BROADCAST_IDS
         fresh = hashed.join(_maybe_broadcast(fresh_ids, few), on=S.ID, how="left_semi")
         leaving = BATCH.materialize(
@@ -327,6 +396,8 @@ def match_incremental(
     n_rows = changed if kept is None else kept.count() + changed
 
     rows_done = f"{changed:,} new or changed of {n_rows:,} rows"
+    if changes_from is not None:
+        rows_done += f" (by {changes_from})"
     affected, n_affected = None, n_rows
     if kept is not None and leaving is not None and old_pairs is not None:
         step("reach", rows_done)
@@ -400,7 +471,11 @@ def match_incremental(
         kth = kept.select(S.ID, KTH).join(affected, on=S.ID, how="left_anti").unionByName(kth)
     with_kth = points.join(kth, on=S.ID, how="left")
     # the points first, then the pairs naming the points version they go with
-    write_delta(with_kth.select(*columns, KTH, code), points_path)
+    write_delta(
+        with_kth.select(*columns, KTH, code),
+        points_path,
+        user_metadata=source.note() if source is not None else None,
+    )
     points_version = delta_version(spark, points_path)
     write_delta(
         state_pairs.select(*_PAIR_STATE, code),
@@ -422,7 +497,34 @@ def match_incremental(
         affected_rows=n_affected,
         steps=steps.seconds,
         state_ignored=ignored,
+        changes_from=changes_from,
     )
+
+
+def _fed_changes(
+    spark: SparkSession, source: ChangeSource | None, note: str | None
+) -> tuple[DataFrame | None, str]:
+    """The distinct ids Delta's change data feed recorded for ``source`` since the
+    version the points state's commit ``note`` names (materialized), with how they were
+    found; ``(None, why not)`` when the feed cannot tell and row hashes must."""
+    if source is None:
+        return None, f"{BY_HASH} (no change data feed asked for: matching.change_feed)"
+    if not note or not note.startswith(_SOURCE_VERSION):
+        return None, f"{BY_HASH} (the state names no table version, written before it did)"
+    since, _, table = note.removeprefix(_SOURCE_VERSION).partition(":")
+    start, end = int(since) + 1 if since.isdigit() else -1, source.version
+    if table != source.table or not 0 < start <= end + 1:
+        return None, f"{BY_HASH} (the state was computed from {table} version {since})"
+    if start > end:  # the table has not changed since
+        empty = spark.createDataFrame([], f"{S.ID} string")
+        return empty, f"{BY_FEED}, no version since {since}"
+    try:
+        fed = read_changes(spark, source.table, start=start, end=end)
+        ids = BATCH.materialize(fed.select(F.col(S.ID).alias(S.ID)).distinct())
+    except (AnalysisException, IllegalArgumentException) as exc:
+        reason = str(exc).split("\n", 1)[0]
+        return None, f"{BY_HASH} (the change data feed of versions {start}-{end}: {reason})"
+    return ids, f"{BY_FEED}, versions {start}-{end}"
 
 
 def _maybe_broadcast(ids: DataFrame, few: bool) -> DataFrame:
